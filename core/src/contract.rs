@@ -1,0 +1,131 @@
+//! The trial contract: what a trial receives and what it reports (DESIGN.md, "The trial
+//! contract"). Any container that honours it can be a trial.
+
+use crate::arch::Architecture;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Environment variable holding the [`TrialInput`] as JSON.
+pub const ENV_TRIAL: &str = "NASOP_TRIAL";
+/// Environment variable holding the URL that progress reports are posted to.
+pub const ENV_REPORT_URL: &str = "NASOP_REPORT_URL";
+/// Environment variable holding the trial's bearer token for the report URL.
+pub const ENV_REPORT_TOKEN: &str = "NASOP_REPORT_TOKEN";
+/// Environment variable naming the termination-message file (defaults to
+/// [`DEFAULT_TERMINATION_PATH`] in a pod).
+pub const ENV_TERMINATION_PATH: &str = "NASOP_TERMINATION_PATH";
+pub const DEFAULT_TERMINATION_PATH: &str = "/dev/termination-log";
+/// Kubernetes keeps at most this many bytes of a termination message.
+pub const TERMINATION_MESSAGE_MAX_BYTES: usize = 4096;
+
+/// What a trial is asked to do.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TrialInput {
+    pub experiment: String,
+    pub trial: String,
+    pub index: u32,
+    pub seed: u64,
+    /// The candidate's string (architecture, then `;name=value` hyperparameters).
+    pub candidate: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub architecture: Option<ArchitectureInput>,
+    #[serde(default)]
+    pub hyperparameters: BTreeMap<String, serde_json::Value>,
+    pub budget: Budget,
+    /// The metrics the experiment optimises; the trial should report at least these.
+    pub metrics: Vec<String>,
+    /// Index of the trial whose checkpoint this one continues (multi-fidelity promotion).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_from: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ArchitectureInput {
+    /// The architecture's string form (NAS-Bench-201 format for cells).
+    pub string: String,
+    pub structure: Architecture,
+}
+
+/// How much training a trial gets.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Budget {
+    pub epochs: u32,
+}
+
+/// One progress report, posted after an epoch and printed to stdout as a JSON line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub step: u32,
+    pub metrics: BTreeMap<String, f64>,
+}
+
+/// The answer to a report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ReportAction {
+    Continue,
+    /// Checkpoint and exit cleanly (early stopping, deadline, experiment deleted).
+    Stop,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReportReply {
+    pub action: ReportAction,
+}
+
+/// The final metrics as the compact JSON written to the termination-message file, trimmed
+/// (metrics dropped from the end of the alphabet) to fit Kubernetes' 4 KiB limit.
+pub fn termination_message(metrics: &BTreeMap<String, f64>) -> String {
+    let mut kept = metrics.clone();
+    loop {
+        let text = serde_json::to_string(&kept).expect("metrics serialise");
+        if text.len() <= TERMINATION_MESSAGE_MAX_BYTES {
+            return text;
+        }
+        let last = kept
+            .keys()
+            .next_back()
+            .cloned()
+            .expect("a non-empty map is over the limit");
+        kept.remove(&last);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn termination_message_fits() {
+        let metrics: BTreeMap<String, f64> = (0..500)
+            .map(|i| (format!("metric_{i:04}"), i as f64 / 3.0))
+            .collect();
+        let text = termination_message(&metrics);
+        assert!(text.len() <= TERMINATION_MESSAGE_MAX_BYTES);
+        let back: BTreeMap<String, f64> = serde_json::from_str(&text).unwrap();
+        assert!(back.contains_key("metric_0000"));
+        assert!(back.len() < 500);
+    }
+
+    #[test]
+    fn input_round_trips_as_camel_case_json() {
+        let input = TrialInput {
+            experiment: "e".into(),
+            trial: "e-3".into(),
+            index: 3,
+            seed: 9,
+            candidate: "x".into(),
+            architecture: None,
+            hyperparameters: BTreeMap::new(),
+            budget: Budget { epochs: 12 },
+            metrics: vec!["val_accuracy".into()],
+            resume_from: Some(1),
+        };
+        let json = serde_json::to_string(&input).unwrap();
+        assert!(json.contains("\"resumeFrom\":1"), "{json}");
+        assert_eq!(serde_json::from_str::<TrialInput>(&json).unwrap(), input);
+    }
+}
