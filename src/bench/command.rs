@@ -1,7 +1,7 @@
 //! `nasop bench nb201`: the command line around the harness.
 
 use super::nb201::{Dataset, Table};
-use super::{run_many, BenchConfig, Summary};
+use super::{BenchConfig, Summary, run_many};
 use crate::strategy::{Algorithm, FidelityKind, FidelitySchedule, Settings, StrategyConfig};
 use std::io::Write;
 use std::path::PathBuf;
@@ -63,11 +63,18 @@ pub struct Nb201Args {
 
 pub fn run(args: &Nb201Args) -> anyhow::Result<()> {
     let algorithms: Vec<Algorithm> = if args.strategy == "all" {
-        Algorithm::ALL.into_iter().filter(|a| *a != Algorithm::Grid).collect()
+        Algorithm::ALL
+            .into_iter()
+            .filter(|a| *a != Algorithm::Grid)
+            .collect()
     } else {
         vec![Algorithm::parse(&args.strategy).ok_or_else(|| {
             let names: Vec<&str> = Algorithm::ALL.iter().map(|a| a.name()).collect();
-            anyhow::anyhow!("--strategy {:?} is unknown; use one of {} or all", args.strategy, names.join(", "))
+            anyhow::anyhow!(
+                "--strategy {:?} is unknown; use one of {} or all",
+                args.strategy,
+                names.join(", ")
+            )
         })?]
     };
     anyhow::ensure!(args.runs > 0, "--runs must be at least 1");
@@ -107,7 +114,12 @@ pub fn run(args: &Nb201Args) -> anyhow::Result<()> {
     };
     for algorithm in algorithms {
         let cfg = BenchConfig {
-            strategy: StrategyConfig { algorithm, seed: args.seed, settings: settings.clone(), fidelity: fidelity.clone() },
+            strategy: StrategyConfig {
+                algorithm,
+                seed: args.seed,
+                settings: settings.clone(),
+                fidelity: fidelity.clone(),
+            },
             runs: args.runs,
             budget_seconds: args.budget_seconds,
             workers: args.workers,
@@ -124,9 +136,18 @@ pub fn run(args: &Nb201Args) -> anyhow::Result<()> {
             }
         }
         if let Some(path) = &args.runs_out {
-            let mut f = std::io::BufWriter::new(std::fs::OpenOptions::new().create(true).append(true).open(path)?);
+            let mut f = std::io::BufWriter::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?,
+            );
             for r in &results {
-                writeln!(f, "{}", serde_json::json!({"strategy": summary.strategy, "run": r}))?;
+                writeln!(
+                    f,
+                    "{}",
+                    serde_json::json!({"strategy": summary.strategy, "run": r})
+                )?;
             }
         }
         if !args.json {
@@ -135,7 +156,11 @@ pub fn run(args: &Nb201Args) -> anyhow::Result<()> {
         summaries.push(summary);
     }
     if args.json {
-        let text = if summaries.len() == 1 { serde_json::to_string(&summaries[0])? } else { serde_json::to_string(&summaries)? };
+        let text = if summaries.len() == 1 {
+            serde_json::to_string(&summaries[0])?
+        } else {
+            serde_json::to_string(&summaries)?
+        };
         println!("{text}");
     }
     Ok(())
@@ -147,7 +172,20 @@ fn print_row(s: &Summary, header: bool) {
             "NAS-Bench-201 {}: {} runs, {} simulated s, {} worker(s); optimum test {:.2}",
             s.dataset, s.runs, s.budget_seconds, s.workers, s.optimum_test
         );
-        println!("{:<10} {:>8} {:>10} {:>16} {:>9} {:>9}{}", "strategy", "queries", "valid", "test (mean±std)", "optimum", "wall s", if s.hypervolume_mean.is_some() { "  hypervolume" } else { "" });
+        println!(
+            "{:<10} {:>8} {:>10} {:>16} {:>9} {:>9}{}",
+            "strategy",
+            "queries",
+            "valid",
+            "test (mean±std)",
+            "optimum",
+            "wall s",
+            if s.hypervolume_mean.is_some() {
+                "  hypervolume"
+            } else {
+                ""
+            }
+        );
     }
     println!(
         "{:<10} {:>8.1} {:>10.2} {:>10.2} ± {:.2} {:>8.0}% {:>9.2}{}",
@@ -158,6 +196,8 @@ fn print_row(s: &Summary, header: bool) {
         s.test_std,
         s.optimum_found * 100.0,
         s.wall_seconds,
-        s.hypervolume_mean.map(|h| format!("  {h:.4}")).unwrap_or_default()
+        s.hypervolume_mean
+            .map(|h| format!("  {h:.4}"))
+            .unwrap_or_default()
     );
 }

@@ -5,9 +5,9 @@
 pub mod command;
 pub mod nb201;
 
-use crate::strategy::{self, pareto, Context, Observation, StrategyConfig, Taken};
-use nb201::{Row, Table};
+use crate::strategy::{self, Context, Observation, StrategyConfig, Taken, pareto};
 use nasop_core::Rng;
+use nb201::{Row, Table};
 use serde::Serialize;
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};
@@ -85,7 +85,10 @@ impl PartialOrd for Running {
 }
 impl Ord for Running {
     fn cmp(&self, other: &Self) -> Ordering {
-        other.finish.total_cmp(&self.finish).then(other.order.cmp(&self.order))
+        other
+            .finish
+            .total_cmp(&self.finish)
+            .then(other.order.cmp(&self.order))
     }
 }
 
@@ -119,18 +122,29 @@ pub fn run_once(table: &Table, cfg: &BenchConfig, seed: u64) -> RunResult {
                 let (signal, cost) = if p.budget >= 200 {
                     (row.valid_200ep, row.train_time_200ep)
                 } else {
-                    (row.valid_12ep, row.train_time_200ep * p.budget as f64 / 200.0)
+                    (
+                        row.valid_12ep,
+                        row.train_time_200ep * p.budget as f64 / 200.0,
+                    )
                 };
                 let mut objectives = vec![signal];
                 if cfg.latency_objective {
                     objectives.push(-row.latency_ms);
                 }
-                let violation = cfg.max_latency_ms.map_or(0.0, |m| (row.latency_ms - m).max(0.0));
+                let violation = cfg
+                    .max_latency_ms
+                    .map_or(0.0, |m| (row.latency_ms - m).max(0.0));
                 *pending.entry(p.budget).or_default() += 1;
                 running.push(Running {
                     finish: clock + cost,
                     order: created,
-                    obs: Observation { point: p.point, key: p.key, budget: p.budget, objectives: Some(objectives), violation },
+                    obs: Observation {
+                        point: p.point,
+                        key: p.key,
+                        budget: p.budget,
+                        objectives: Some(objectives),
+                        violation,
+                    },
                     row,
                 });
                 created += 1;
@@ -142,19 +156,29 @@ pub fn run_once(table: &Table, cfg: &BenchConfig, seed: u64) -> RunResult {
             break;
         }
         clock = done.finish;
-        *pending.get_mut(&done.obs.budget).expect("counted when started") -= 1;
+        *pending
+            .get_mut(&done.obs.budget)
+            .expect("counted when started") -= 1;
         strategy.observe(&done.obs);
         if let Some(v) = done.obs.value() {
             // The pick: the best value at the highest budget evaluated.
-            let better = best.as_ref().is_none_or(|(b, bv, _)| (done.obs.budget, v) > (*b, *bv));
+            let better = best
+                .as_ref()
+                .is_none_or(|(b, bv, _)| (done.obs.budget, v) > (*b, *bv));
             if better {
                 best = Some((done.obs.budget, v, done.row));
             }
         }
         observed.push((done.obs, done.row));
-        curve.push((observed.len(), clock, best.as_ref().map_or(f64::NAN, |b| b.2.test)));
+        curve.push((
+            observed.len(),
+            clock,
+            best.as_ref().map_or(f64::NAN, |b| b.2.test),
+        ));
     }
-    let hypervolume = cfg.latency_objective.then(|| normalised_hypervolume(table, &observed));
+    let hypervolume = cfg
+        .latency_objective
+        .then(|| normalised_hypervolume(table, &observed));
     RunResult {
         queries: observed.len(),
         seconds_used: clock,
@@ -170,34 +194,62 @@ pub fn run_once(table: &Table, cfg: &BenchConfig, seed: u64) -> RunResult {
 /// objectives it observed), measured in test accuracy and latency, as a share of the
 /// hypervolume of the table's true front. Infeasible architectures are left out.
 fn normalised_hypervolume(table: &Table, observed: &[(Observation, Row)]) -> f64 {
-    let feasible: Vec<&(Observation, Row)> = observed.iter().filter(|(o, _)| o.violation == 0.0).collect();
-    let objs: Vec<Vec<f64>> = feasible.iter().map(|(o, _)| o.objectives.clone().unwrap_or_default()).collect();
-    let reported: Vec<Vec<f64>> = pareto::front(&objs).into_iter().map(|i| vec![feasible[i].1.test, -feasible[i].1.latency_ms]).collect();
+    let feasible: Vec<&(Observation, Row)> = observed
+        .iter()
+        .filter(|(o, _)| o.violation == 0.0)
+        .collect();
+    let objs: Vec<Vec<f64>> = feasible
+        .iter()
+        .map(|(o, _)| o.objectives.clone().unwrap_or_default())
+        .collect();
+    let reported: Vec<Vec<f64>> = pareto::front(&objs)
+        .into_iter()
+        .map(|i| vec![feasible[i].1.test, -feasible[i].1.latency_ms])
+        .collect();
     let rows = table.rows();
     let min_test = rows.iter().map(|r| r.test).fold(f64::INFINITY, f64::min);
-    let max_lat = rows.iter().map(|r| r.latency_ms).fold(f64::NEG_INFINITY, f64::max);
+    let max_lat = rows
+        .iter()
+        .map(|r| r.latency_ms)
+        .fold(f64::NEG_INFINITY, f64::max);
     let reference = [min_test, -max_lat];
     let all: Vec<Vec<f64>> = rows.iter().map(|r| vec![r.test, -r.latency_ms]).collect();
     let truth = pareto::hypervolume_2d(&all, reference);
-    if truth > 0.0 { pareto::hypervolume_2d(&reported, reference) / truth } else { 0.0 }
+    if truth > 0.0 {
+        pareto::hypervolume_2d(&reported, reference) / truth
+    } else {
+        0.0
+    }
 }
 
 /// Runs `cfg.runs` seeded runs on all cores and summarises them.
 pub fn run_many(table: &Table, cfg: &BenchConfig, base_seed: u64) -> (Summary, Vec<RunResult>) {
     let started = std::time::Instant::now();
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(cfg.runs.max(1));
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(cfg.runs.max(1));
     let mut results: Vec<Option<RunResult>> = vec![None; cfg.runs];
     std::thread::scope(|s| {
-        for (t, chunk) in results.chunks_mut(cfg.runs.div_ceil(threads).max(1)).enumerate() {
+        for (t, chunk) in results
+            .chunks_mut(cfg.runs.div_ceil(threads).max(1))
+            .enumerate()
+        {
             let offset = t * cfg.runs.div_ceil(threads).max(1);
             s.spawn(move || {
                 for (k, slot) in chunk.iter_mut().enumerate() {
-                    *slot = Some(run_once(table, cfg, base_seed.wrapping_add((offset + k) as u64)));
+                    *slot = Some(run_once(
+                        table,
+                        cfg,
+                        base_seed.wrapping_add((offset + k) as u64),
+                    ));
                 }
             });
         }
     });
-    let results: Vec<RunResult> = results.into_iter().map(|r| r.expect("every run ran")).collect();
+    let results: Vec<RunResult> = results
+        .into_iter()
+        .map(|r| r.expect("every run ran"))
+        .collect();
     let n = results.len().max(1) as f64;
     let tests: Vec<f64> = results.iter().map(|r| r.picked_test).collect();
     let mean = |xs: &mut dyn Iterator<Item = f64>| xs.sum::<f64>() / n;
@@ -205,7 +257,11 @@ pub fn run_many(table: &Table, cfg: &BenchConfig, base_seed: u64) -> (Summary, V
     let optimum = table.optimum_test();
     let summary = Summary {
         strategy: cfg.strategy.algorithm.name().to_string(),
-        fidelity: cfg.strategy.fidelity.as_ref().map(|f| format!("{:?} rungs {:?} eta {}", f.kind, f.rungs, f.eta)),
+        fidelity: cfg
+            .strategy
+            .fidelity
+            .as_ref()
+            .map(|f| format!("{:?} rungs {:?} eta {}", f.kind, f.rungs, f.eta)),
         dataset: table.dataset.name().to_string(),
         runs: cfg.runs,
         budget_seconds: cfg.budget_seconds,
@@ -218,7 +274,9 @@ pub fn run_many(table: &Table, cfg: &BenchConfig, base_seed: u64) -> (Summary, V
         test_max: tests.iter().copied().fold(f64::NEG_INFINITY, f64::max),
         optimum_test: optimum,
         optimum_found: tests.iter().filter(|t| **t >= optimum - 0.01).count() as f64 / n,
-        hypervolume_mean: cfg.latency_objective.then(|| mean(&mut results.iter().map(|r| r.hypervolume.unwrap_or(0.0)))),
+        hypervolume_mean: cfg
+            .latency_objective
+            .then(|| mean(&mut results.iter().map(|r| r.hypervolume.unwrap_or(0.0)))),
         wall_seconds: started.elapsed().as_secs_f64(),
     };
     (summary, results)

@@ -6,7 +6,9 @@ use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TableError {
-    #[error("cannot read {path}: {source} (pass --data with the folder holding nb201.csv; in this repository it is ../shared/data/nasbench201)")]
+    #[error(
+        "cannot read {path}: {source} (pass --data with the folder holding nb201.csv; in this repository it is ../shared/data/nasbench201)"
+    )]
     Read {
         path: String,
         #[source]
@@ -58,7 +60,10 @@ pub struct Table {
 }
 
 fn read(path: &Path) -> Result<csv::Reader<std::fs::File>, TableError> {
-    let file = std::fs::File::open(path).map_err(|source| TableError::Read { path: path.display().to_string(), source })?;
+    let file = std::fs::File::open(path).map_err(|source| TableError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
     Ok(csv::Reader::from_reader(file))
 }
 
@@ -67,10 +72,18 @@ impl Table {
     pub fn load(dir: &Path, dataset: Dataset, latency: Option<&str>) -> Result<Self, TableError> {
         let space = SearchSpace::nas_bench_201();
         let path = dir.join("nb201.csv");
-        let fmt = |problem: String| TableError::Format { path: path.display().to_string(), problem };
+        let fmt = |problem: String| TableError::Format {
+            path: path.display().to_string(),
+            problem,
+        };
         let mut reader = read(&path)?;
         let headers = reader.headers().map_err(|e| fmt(e.to_string()))?.clone();
-        let col = |name: &str| headers.iter().position(|h| h == name).ok_or_else(|| fmt(format!("no column {name}")));
+        let col = |name: &str| {
+            headers
+                .iter()
+                .position(|h| h == name)
+                .ok_or_else(|| fmt(format!("no column {name}")))
+        };
         let ds = dataset.name();
         let (c_index, c_arch) = (col("index")?, col("arch")?);
         let c_v12 = col(&format!("{ds}_valid_12ep"))?;
@@ -85,10 +98,17 @@ impl Table {
         let mut filled = 0;
         for record in reader.records() {
             let r = record.map_err(|e| fmt(e.to_string()))?;
-            let num = |c: usize| r[c].parse::<f64>().map_err(|_| fmt(format!("row {}: {:?} is not a number", &r[c_index], &r[c])));
-            let point = space.parse(&r[c_arch]).map_err(|e| fmt(format!("row {}: {e}", &r[c_index])))?;
+            let num = |c: usize| {
+                r[c].parse::<f64>()
+                    .map_err(|_| fmt(format!("row {}: {:?} is not a number", &r[c_index], &r[c])))
+            };
+            let point = space
+                .parse(&r[c_arch])
+                .map_err(|e| fmt(format!("row {}: {e}", &r[c_index])))?;
             let g = grid_index(&point);
-            let index: u32 = r[c_index].parse().map_err(|_| fmt(format!("bad index {:?}", &r[c_index])))?;
+            let index: u32 = r[c_index]
+                .parse()
+                .map_err(|_| fmt(format!("bad index {:?}", &r[c_index])))?;
             rows[g] = Row {
                 index,
                 valid_12ep: num(c_v12)?,
@@ -108,21 +128,44 @@ impl Table {
         }
         if let Some(column) = latency {
             let path = dir.join("nb201_hw_latency.csv");
-            let fmt = |problem: String| TableError::Format { path: path.display().to_string(), problem };
+            let fmt = |problem: String| TableError::Format {
+                path: path.display().to_string(),
+                problem,
+            };
             let mut reader = read(&path)?;
             let headers = reader.headers().map_err(|e| fmt(e.to_string()))?.clone();
             let c_lat = headers.iter().position(|h| h == column).ok_or_else(|| {
-                let names: Vec<&str> = headers.iter().filter(|h| h.ends_with("_latency_ms")).collect();
-                fmt(format!("no latency column {column:?}; choose one of {}", names.join(", ")))
+                let names: Vec<&str> = headers
+                    .iter()
+                    .filter(|h| h.ends_with("_latency_ms"))
+                    .collect();
+                fmt(format!(
+                    "no latency column {column:?}; choose one of {}",
+                    names.join(", ")
+                ))
             })?;
             for record in reader.records() {
                 let r = record.map_err(|e| fmt(e.to_string()))?;
-                let index: u32 = r[0].parse().map_err(|_| fmt(format!("bad index {:?}", &r[0])))?;
-                let g = *by_index.get(&index).ok_or_else(|| fmt(format!("index {index} is not in nb201.csv")))?;
-                rows[g].latency_ms = r[c_lat].parse().map_err(|_| fmt(format!("row {index}: latency {:?} is not a number", &r[c_lat])))?;
+                let index: u32 = r[0]
+                    .parse()
+                    .map_err(|_| fmt(format!("bad index {:?}", &r[0])))?;
+                let g = *by_index
+                    .get(&index)
+                    .ok_or_else(|| fmt(format!("index {index} is not in nb201.csv")))?;
+                rows[g].latency_ms = r[c_lat].parse().map_err(|_| {
+                    fmt(format!(
+                        "row {index}: latency {:?} is not a number",
+                        &r[c_lat]
+                    ))
+                })?;
             }
         }
-        Ok(Table { dataset, space, rows, arch_strings })
+        Ok(Table {
+            dataset,
+            space,
+            rows,
+            arch_strings,
+        })
     }
 
     pub fn row(&self, point: &Point) -> &Row {
@@ -135,7 +178,10 @@ impl Table {
 
     /// The best test accuracy in the table.
     pub fn optimum_test(&self) -> f64 {
-        self.rows.iter().map(|r| r.test).fold(f64::NEG_INFINITY, f64::max)
+        self.rows
+            .iter()
+            .map(|r| r.test)
+            .fold(f64::NEG_INFINITY, f64::max)
     }
 }
 

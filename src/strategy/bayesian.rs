@@ -1,6 +1,6 @@
+use super::catalogue::Catalogue;
 use super::{Context, Observation, Proposal, Settings, Strategy};
 use nasop_core::space::Domain;
-use super::catalogue::Catalogue;
 use nasop_core::{Point, SearchSpace, Value};
 use std::sync::Arc;
 
@@ -68,7 +68,11 @@ impl Bayesian {
                 (domain, v) => numbers.push(unit(domain, *v)),
             }
         }
-        Features { choices, paths: self.space.paths(point), numbers }
+        Features {
+            choices,
+            paths: self.space.paths(point),
+            numbers,
+        }
     }
 
     /// The `k` untaken networks of the catalogue that a ridge model on all results rates best.
@@ -85,8 +89,12 @@ impl Bayesian {
             .zip(targets)
             .filter_map(|(key, t)| cat.index.get(key).map(|&i| (i, t)))
             .collect();
-        let Some(w) = cat.ridge(&data, RIDGE_LAMBDA) else { return Vec::new() };
-        let mut scored: Vec<(usize, f64)> = (0..cat.points.len()).map(|i| (i, cat.score(&w, i))).collect();
+        let Some(w) = cat.ridge(&data, RIDGE_LAMBDA) else {
+            return Vec::new();
+        };
+        let mut scored: Vec<(usize, f64)> = (0..cat.points.len())
+            .map(|i| (i, cat.score(&w, i)))
+            .collect();
         scored.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         scored
             .into_iter()
@@ -100,7 +108,9 @@ impl Bayesian {
     /// best expected improvement first; empty when the model cannot be fitted.
     fn expected_improvement_ranking(&self, ctx: &mut Context<'_>) -> Vec<Point> {
         let training = self.training();
-        let Some(gp) = Gp::fit(&training) else { return Vec::new() };
+        let Some(gp) = Gp::fit(&training) else {
+            return Vec::new();
+        };
         let parents: Vec<Point> = self.parents(PARENTS);
         let mut pool: Vec<Point> = Vec::new();
         for p in &parents {
@@ -135,7 +145,11 @@ impl Bayesian {
     fn parents(&self, k: usize) -> Vec<Point> {
         let mut order: Vec<usize> = (0..self.data.len()).collect();
         order.sort_by(|&a, &b| self.data[b].1.total_cmp(&self.data[a].1));
-        order.into_iter().take(k).map(|i| self.points[i].clone()).collect()
+        order
+            .into_iter()
+            .take(k)
+            .map(|i| self.points[i].clone())
+            .collect()
     }
 
     /// The training set: the best half and the most recent half of the cap.
@@ -161,15 +175,29 @@ impl Bayesian {
 
 fn unit(domain: &Domain, v: Value) -> f64 {
     match (domain, v) {
-        (Domain::Int { min, max }, Value::Int(i)) if max > min => (i - min) as f64 / (max - min) as f64,
-        (Domain::Real { min, max, log: true }, Value::Real(x)) if max > min => (x.ln() - min.ln()) / (max.ln() - min.ln()),
+        (Domain::Int { min, max }, Value::Int(i)) if max > min => {
+            (i - min) as f64 / (max - min) as f64
+        }
+        (
+            Domain::Real {
+                min,
+                max,
+                log: true,
+            },
+            Value::Real(x),
+        ) if max > min => (x.ln() - min.ln()) / (max.ln() - min.ln()),
         (Domain::Real { min, max, .. }, Value::Real(x)) if max > min => (x - min) / (max - min),
         _ => 0.0,
     }
 }
 
 fn distance(a: &Features, b: &Features) -> f64 {
-    let choices = a.choices.iter().zip(&b.choices).filter(|(x, y)| x != y).count();
+    let choices = a
+        .choices
+        .iter()
+        .zip(&b.choices)
+        .filter(|(x, y)| x != y)
+        .count();
     // Symmetric difference of two sorted path lists.
     let (mut i, mut j, mut common) = (0, 0, 0);
     while i < a.paths.len() && j < b.paths.len() {
@@ -184,7 +212,13 @@ fn distance(a: &Features, b: &Features) -> f64 {
         }
     }
     let paths = a.paths.len() + b.paths.len() - 2 * common;
-    let numbers: f64 = a.numbers.iter().zip(&b.numbers).map(|(x, y)| ((x - y) * 10.0).powi(2)).sum::<f64>().sqrt();
+    let numbers: f64 = a
+        .numbers
+        .iter()
+        .zip(&b.numbers)
+        .map(|(x, y)| ((x - y) * 10.0).powi(2))
+        .sum::<f64>()
+        .sqrt();
     choices as f64 + paths as f64 + numbers
 }
 
@@ -224,7 +258,12 @@ impl<'a> Gp<'a> {
         let z: Vec<f64> = ys.iter().map(|y| (y - mean) / std).collect();
         let alpha = solve_upper(&chol, n, &solve_lower(&chol, n, &z));
         let best = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        Some(Gp { train, chol, alpha, best })
+        Some(Gp {
+            train,
+            chol,
+            alpha,
+            best,
+        })
     }
 
     /// Posterior mean and standard deviation, standardised.
@@ -298,20 +337,47 @@ fn expected_improvement(mu: f64, sigma: f64, best: f64) -> f64 {
 
 /// The standard normal quantile (Acklam's rational approximation, relative error 1e-9).
 fn normal_quantile(p: f64) -> f64 {
-    const A: [f64; 6] = [-3.969683028665376e1, 2.209460984245205e2, -2.759285104469687e2, 1.383577518672690e2, -3.066479806614716e1, 2.506628277459239];
-    const B: [f64; 5] = [-5.447609879822406e1, 1.615858368580409e2, -1.556989798598866e2, 6.680131188771972e1, -1.328068155288572e1];
-    const C: [f64; 6] = [-7.784894002430293e-3, -3.223964580411365e-1, -2.400758277161838, -2.549732539343734, 4.374664141464968, 2.938163982698783];
-    const D: [f64; 4] = [7.784695709041462e-3, 3.224671290700398e-1, 2.445134137142996, 3.754408661907416];
+    const A: [f64; 6] = [
+        -3.969683028665376e1,
+        2.209460984245205e2,
+        -2.759285104469687e2,
+        1.383577518672690e2,
+        -3.066479806614716e1,
+        2.506628277459239,
+    ];
+    const B: [f64; 5] = [
+        -5.447609879822406e1,
+        1.615858368580409e2,
+        -1.556989798598866e2,
+        6.680131188771972e1,
+        -1.328068155288572e1,
+    ];
+    const C: [f64; 6] = [
+        -7.784894002430293e-3,
+        -3.223964580411365e-1,
+        -2.400758277161838,
+        -2.549732539343734,
+        4.374664141464968,
+        2.938163982698783,
+    ];
+    const D: [f64; 4] = [
+        7.784695709041462e-3,
+        3.224671290700398e-1,
+        2.445134137142996,
+        3.754408661907416,
+    ];
     let low = 0.02425;
     if p < low {
         let q = (-2.0 * p.ln()).sqrt();
-        (((((C[0] * q + C[1]) * q + C[2]) * q + C[3]) * q + C[4]) * q + C[5]) / ((((D[0] * q + D[1]) * q + D[2]) * q + D[3]) * q + 1.0)
+        (((((C[0] * q + C[1]) * q + C[2]) * q + C[3]) * q + C[4]) * q + C[5])
+            / ((((D[0] * q + D[1]) * q + D[2]) * q + D[3]) * q + 1.0)
     } else if p > 1.0 - low {
         -normal_quantile(1.0 - p)
     } else {
         let q = p - 0.5;
         let r = q * q;
-        (((((A[0] * r + A[1]) * r + A[2]) * r + A[3]) * r + A[4]) * r + A[5]) * q / (((((B[0] * r + B[1]) * r + B[2]) * r + B[3]) * r + B[4]) * r + 1.0)
+        (((((A[0] * r + A[1]) * r + A[2]) * r + A[3]) * r + A[4]) * r + A[5]) * q
+            / (((((B[0] * r + B[1]) * r + B[2]) * r + B[3]) * r + B[4]) * r + 1.0)
     }
 }
 
@@ -326,7 +392,11 @@ fn normal_cdf(z: f64) -> f64 {
 /// Abramowitz & Stegun 7.1.26 (error below 1.5e-7, plenty for ranking candidates).
 fn erf(x: f64) -> f64 {
     let t = 1.0 / (1.0 + 0.327_591_1 * x.abs());
-    let y = 1.0 - (((((1.061_405_429 * t - 1.453_152_027) * t) + 1.421_413_741) * t - 0.284_496_736) * t + 0.254_829_592) * t * (-x * x).exp();
+    let y = 1.0
+        - (((((1.061_405_429 * t - 1.453_152_027) * t) + 1.421_413_741) * t - 0.284_496_736) * t
+            + 0.254_829_592)
+            * t
+            * (-x * x).exp();
     if x >= 0.0 { y } else { -y }
 }
 
@@ -345,10 +415,18 @@ impl Strategy for Bayesian {
         for slot in 0..n {
             // Alternate between the global screen and local expected improvement.
             let use_global = (self.data.len() + slot) % 2 == 0;
-            let pick = if use_global { global.next().or_else(|| local.next()) } else { local.next().or_else(|| global.next()) };
+            let pick = if use_global {
+                global.next().or_else(|| local.next())
+            } else {
+                local.next().or_else(|| global.next())
+            };
             let claimed = pick.and_then(|p| ctx.claim(p)).or_else(|| {
                 // Taken meanwhile (or nothing ranked): the next of either list, then random.
-                local.by_ref().chain(global.by_ref()).find_map(|p| ctx.claim(p)).or_else(|| ctx.random())
+                local
+                    .by_ref()
+                    .chain(global.by_ref())
+                    .find_map(|p| ctx.claim(p))
+                    .or_else(|| ctx.random())
             });
             match claimed {
                 Some(p) => out.push(p),

@@ -27,7 +27,10 @@ impl Catalogue {
     /// The shared catalogue of `space`, built on first use; `None` for spaces too large or
     /// with numeric decisions.
     pub fn of(space: &SearchSpace) -> Option<Arc<Catalogue>> {
-        let enumerable = space.decisions().iter().all(|d| matches!(d.domain, Domain::Choice { .. }))
+        let enumerable = space
+            .decisions()
+            .iter()
+            .all(|d| matches!(d.domain, Domain::Choice { .. }))
             && space.grid_size() <= MAX_POINTS;
         if !enumerable {
             return None;
@@ -36,7 +39,12 @@ impl Catalogue {
         let cache = CACHE.get_or_init(Default::default);
         let id = format!("{space:?}");
         let mut guard = cache.lock().unwrap_or_else(|e| e.into_inner());
-        Some(guard.entry(id).or_insert_with(|| Arc::new(Catalogue::build(space))).clone())
+        Some(
+            guard
+                .entry(id)
+                .or_insert_with(|| Arc::new(Catalogue::build(space)))
+                .clone(),
+        )
     }
 
     fn build(space: &SearchSpace) -> Catalogue {
@@ -49,7 +57,13 @@ impl Catalogue {
             }
         }
         let mut path_ids: HashMap<u64, u32> = HashMap::new();
-        let mut cat = Catalogue { points: Vec::new(), keys: Vec::new(), features: Vec::new(), index: HashMap::new(), n_features: 0 };
+        let mut cat = Catalogue {
+            points: Vec::new(),
+            keys: Vec::new(),
+            features: Vec::new(),
+            index: HashMap::new(),
+            n_features: 0,
+        };
         for k in 0..space.grid_size() {
             let point = space.grid_point(k).expect("k is below the grid size");
             let key = space.key(&point);
@@ -91,7 +105,10 @@ impl Catalogue {
                 mark[f as usize] = i as u32;
             }
             for j in 0..=i {
-                let shared = self.features[data[j].0].iter().filter(|&&f| mark[f as usize] == i as u32).count();
+                let shared = self.features[data[j].0]
+                    .iter()
+                    .filter(|&&f| mark[f as usize] == i as u32)
+                    .count();
                 k[i * n + j] = shared as f64 + if i == j { lambda } else { 0.0 };
             }
         }

@@ -28,7 +28,9 @@ impl Strategy for RegularizedEvolution {
             let next = if self.population.len() < self.capacity {
                 ctx.random()
             } else {
-                let picks = ctx.rng.choose_indices(self.population.len(), self.sample_size);
+                let picks = ctx
+                    .rng
+                    .choose_indices(self.population.len(), self.sample_size);
                 let parent = picks
                     .into_iter()
                     .map(|i| &self.population[i])

@@ -3,7 +3,9 @@ use nasop_core::Point;
 use std::collections::HashMap;
 
 /// How trial budgets grow (multi-fidelity scheduling over epochs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "camelCase")]
 pub enum FidelityKind {
     /// Asynchronous successive halving (Li et al. 2020): whenever a slot frees, promote the
@@ -56,27 +58,47 @@ pub struct Scheduled {
 
 impl Scheduled {
     pub fn new(base: Box<dyn Strategy>, schedule: FidelitySchedule) -> Self {
-        Scheduled { base, schedule, results: HashMap::new(), bracket_of: HashMap::new() }
+        Scheduled {
+            base,
+            schedule,
+            results: HashMap::new(),
+            bracket_of: HashMap::new(),
+        }
     }
 
     fn promotion(&self, ctx: &mut Context<'_>) -> Option<Proposal> {
         let top = self.schedule.rungs.len() - 1;
-        let brackets = if self.schedule.kind == FidelityKind::Hyperband { top + 1 } else { 1 };
+        let brackets = if self.schedule.kind == FidelityKind::Hyperband {
+            top + 1
+        } else {
+            1
+        };
         for rung in (0..top).rev() {
             let next_budget = self.schedule.rungs[rung + 1];
             if self.schedule.kind == FidelityKind::SuccessiveHalving
-                && ctx.pending.get(&self.schedule.rungs[rung]).copied().unwrap_or(0) > 0
+                && ctx
+                    .pending
+                    .get(&self.schedule.rungs[rung])
+                    .copied()
+                    .unwrap_or(0)
+                    > 0
             {
                 continue;
             }
             for bracket in 0..brackets.min(rung + 1) {
-                let Some(done) = self.results.get(&(bracket, rung)) else { continue };
+                let Some(done) = self.results.get(&(bracket, rung)) else {
+                    continue;
+                };
                 let quota = (done.len() as f64 / self.schedule.eta).floor() as usize;
                 let mut order: Vec<&(Point, String, f64)> = done.iter().collect();
                 order.sort_by(|a, b| b.2.total_cmp(&a.2).then_with(|| a.1.cmp(&b.1)));
                 for (point, key, _) in order.into_iter().take(quota) {
                     if ctx.taken.insert(key, next_budget) {
-                        return Some(Proposal { point: point.clone(), key: key.clone(), budget: next_budget });
+                        return Some(Proposal {
+                            point: point.clone(),
+                            key: key.clone(),
+                            budget: next_budget,
+                        });
                     }
                 }
             }
@@ -94,7 +116,11 @@ impl Strategy for Scheduled {
                 out.push(p);
                 continue;
             }
-            let bracket = if self.schedule.kind == FidelityKind::Hyperband { ctx.rng.below(top + 1) } else { 0 };
+            let bracket = if self.schedule.kind == FidelityKind::Hyperband {
+                ctx.rng.below(top + 1)
+            } else {
+                0
+            };
             let budget = ctx.budget;
             ctx.budget = self.schedule.rungs[bracket];
             let fresh = self.base.propose(ctx, 1);
@@ -114,8 +140,16 @@ impl Strategy for Scheduled {
             self.base.observe(obs);
         }
         if let Some(v) = obs.value() {
-            let bracket = if self.schedule.kind == FidelityKind::Hyperband { bracket } else { 0 };
-            self.results.entry((bracket, rung)).or_default().push((obs.point.clone(), obs.key.clone(), v));
+            let bracket = if self.schedule.kind == FidelityKind::Hyperband {
+                bracket
+            } else {
+                0
+            };
+            self.results.entry((bracket, rung)).or_default().push((
+                obs.point.clone(),
+                obs.key.clone(),
+                v,
+            ));
         }
     }
 }
@@ -131,6 +165,9 @@ mod tests {
         let s = FidelitySchedule::geometric(FidelityKind::Asha, 2, 20, 3.0);
         assert_eq!(s.rungs, vec![2, 6, 18, 20]);
         assert_eq!(s.rung_of(7), 1);
-        assert_eq!(FidelitySchedule::geometric(FidelityKind::Asha, 5, 5, 3.0).rungs, vec![5]);
+        assert_eq!(
+            FidelitySchedule::geometric(FidelityKind::Asha, 5, 5, 3.0).rungs,
+            vec![5]
+        );
     }
 }

@@ -35,7 +35,11 @@ impl LocalSearch {
             .map(|p| self.space.key(p))
             .filter(|k| k != key)
             .collect();
-        self.seen_neighbours = self.neighbourhood.intersection(&self.seen).cloned().collect();
+        self.seen_neighbours = self
+            .neighbourhood
+            .intersection(&self.seen)
+            .cloned()
+            .collect();
         self.current = Some((point.clone(), key.to_string(), value));
     }
 

@@ -197,7 +197,11 @@ impl Context<'_> {
     pub fn claim(&mut self, point: Point) -> Option<Proposal> {
         let key = self.space.key(&point);
         if self.taken.insert(&key, self.budget) {
-            Some(Proposal { point, key, budget: self.budget })
+            Some(Proposal {
+                point,
+                key,
+                budget: self.budget,
+            })
         } else {
             None
         }
@@ -258,7 +262,12 @@ pub fn build(config: &StrategyConfig, space: &SearchSpace) -> Box<dyn Strategy> 
     }
 }
 
-fn build_base(algorithm: Algorithm, settings: &Settings, space: &SearchSpace, seed: u64) -> Box<dyn Strategy> {
+fn build_base(
+    algorithm: Algorithm,
+    settings: &Settings,
+    space: &SearchSpace,
+    seed: u64,
+) -> Box<dyn Strategy> {
     match algorithm {
         Algorithm::Random => Box::new(random::RandomSearch),
         Algorithm::Grid => Box::new(grid::GridSearch::default()),

@@ -1,7 +1,7 @@
 use super::pareto::{crowding, ranks};
 use super::{Context, Observation, Proposal, Settings, Strategy};
-use nasop_core::space::Value;
 use nasop_core::Point;
+use nasop_core::space::Value;
 
 /// NSGA-II (Deb et al. 2002) for several objectives: the population is the best
 /// `population` results by constrained non-dominated rank (candidates outside the
@@ -15,13 +15,21 @@ pub struct Nsga2 {
 
 impl Nsga2 {
     pub fn new(settings: &Settings) -> Self {
-        Nsga2 { capacity: settings.population.max(2), results: Vec::new() }
+        Nsga2 {
+            capacity: settings.population.max(2),
+            results: Vec::new(),
+        }
     }
 
     /// The population as (point, rank, crowding), best first.
     fn population(&self) -> Vec<(usize, usize, f64)> {
-        let feasible: Vec<usize> = (0..self.results.len()).filter(|&i| self.results[i].2 == 0.0).collect();
-        let objs: Vec<Vec<f64>> = feasible.iter().map(|&i| self.results[i].1.clone()).collect();
+        let feasible: Vec<usize> = (0..self.results.len())
+            .filter(|&i| self.results[i].2 == 0.0)
+            .collect();
+        let objs: Vec<Vec<f64>> = feasible
+            .iter()
+            .map(|&i| self.results[i].1.clone())
+            .collect();
         let rank = ranks(&objs);
         let mut scored: Vec<(usize, usize, f64)> = Vec::new();
         let max_rank = rank.iter().copied().max().unwrap_or(0);
@@ -34,7 +42,9 @@ impl Nsga2 {
         }
         scored.sort_by(|a, b| a.1.cmp(&b.1).then(b.2.total_cmp(&a.2)));
         // Infeasible results fill the population after every feasible one, least violating first.
-        let mut infeasible: Vec<usize> = (0..self.results.len()).filter(|&i| self.results[i].2 > 0.0).collect();
+        let mut infeasible: Vec<usize> = (0..self.results.len())
+            .filter(|&i| self.results[i].2 > 0.0)
+            .collect();
         infeasible.sort_by(|&a, &b| self.results[a].2.total_cmp(&self.results[b].2));
         scored.extend(infeasible.into_iter().map(|i| (i, max_rank + 1, 0.0)));
         scored.truncate(self.capacity);
@@ -45,7 +55,11 @@ impl Nsga2 {
 impl Strategy for Nsga2 {
     fn propose(&mut self, ctx: &mut Context<'_>, n: usize) -> Vec<Proposal> {
         let mut out = Vec::with_capacity(n);
-        let population = if self.results.len() >= self.capacity { self.population() } else { Vec::new() };
+        let population = if self.results.len() >= self.capacity {
+            self.population()
+        } else {
+            Vec::new()
+        };
         for _ in 0..n {
             let next = if population.len() < 2 {
                 ctx.random()
@@ -75,7 +89,8 @@ impl Strategy for Nsga2 {
 
     fn observe(&mut self, obs: &Observation) {
         if let Some(objectives) = &obs.objectives {
-            self.results.push((obs.point.clone(), objectives.clone(), obs.violation));
+            self.results
+                .push((obs.point.clone(), objectives.clone(), obs.violation));
         }
     }
 }

@@ -18,7 +18,12 @@ pub fn dominates(a: &[f64], b: &[f64]) -> bool {
 /// Indices of the non-dominated vectors.
 pub fn front(points: &[Vec<f64>]) -> Vec<usize> {
     (0..points.len())
-        .filter(|&i| !points.iter().enumerate().any(|(j, p)| j != i && dominates(p, &points[i])))
+        .filter(|&i| {
+            !points
+                .iter()
+                .enumerate()
+                .any(|(j, p)| j != i && dominates(p, &points[i]))
+        })
         .collect()
 }
 
@@ -61,7 +66,9 @@ pub fn ranks(points: &[Vec<f64>]) -> Vec<usize> {
 /// Crowding distance of each member of one front (infinite at the extremes).
 pub fn crowding(points: &[Vec<f64>], members: &[usize]) -> Vec<f64> {
     let mut dist = vec![0.0; members.len()];
-    let Some(first) = members.first() else { return dist };
+    let Some(first) = members.first() else {
+        return dist;
+    };
     for m in 0..points[*first].len() {
         let mut order: Vec<usize> = (0..members.len()).collect();
         order.sort_by(|&a, &b| points[members[a]][m].total_cmp(&points[members[b]][m]));
@@ -104,14 +111,25 @@ mod tests {
 
     #[test]
     fn ranks_and_front() {
-        let pts = vec![vec![1.0, 5.0], vec![2.0, 4.0], vec![1.5, 3.0], vec![0.5, 0.5], vec![3.0, 1.0]];
+        let pts = vec![
+            vec![1.0, 5.0],
+            vec![2.0, 4.0],
+            vec![1.5, 3.0],
+            vec![0.5, 0.5],
+            vec![3.0, 1.0],
+        ];
         assert_eq!(front(&pts), vec![0, 1, 4]);
         assert_eq!(ranks(&pts), vec![0, 0, 1, 2, 0]);
     }
 
     #[test]
     fn crowding_prefers_extremes_and_gaps() {
-        let pts = vec![vec![0.0, 3.0], vec![1.0, 2.0], vec![1.1, 1.9], vec![3.0, 0.0]];
+        let pts = vec![
+            vec![0.0, 3.0],
+            vec![1.0, 2.0],
+            vec![1.1, 1.9],
+            vec![3.0, 0.0],
+        ];
         let d = crowding(&pts, &[0, 1, 2, 3]);
         assert!(d[0].is_infinite() && d[3].is_infinite());
         assert!(d[1] > 0.0 && d[2] > 0.0);
@@ -119,7 +137,12 @@ mod tests {
 
     #[test]
     fn hypervolume_of_a_staircase() {
-        let pts = vec![vec![1.0, 3.0], vec![2.0, 2.0], vec![3.0, 1.0], vec![1.0, 1.0]];
+        let pts = vec![
+            vec![1.0, 3.0],
+            vec![2.0, 2.0],
+            vec![3.0, 1.0],
+            vec![1.0, 1.0],
+        ];
         assert!((hypervolume_2d(&pts, [0.0, 0.0]) - 6.0).abs() < 1e-12);
         assert_eq!(hypervolume_2d(&[], [0.0, 0.0]), 0.0);
     }

@@ -65,7 +65,11 @@ impl Reinforce {
                 }
                 Domain::Real { min, max, log } => {
                     let u = (self.means[i] + SIGMA * ctx.rng.normal()).clamp(0.0, 1.0);
-                    let x = if *log { (min.ln() + u * (max.ln() - min.ln())).exp() } else { min + u * (max - min) };
+                    let x = if *log {
+                        (min.ln() + u * (max.ln() - min.ln())).exp()
+                    } else {
+                        min + u * (max - min)
+                    };
                     Value::Real(x.clamp(*min, *max))
                 }
             })
@@ -82,8 +86,17 @@ fn softmax(logits: &[f64]) -> Vec<f64> {
 
 fn unit(domain: &Domain, v: Value) -> f64 {
     match (domain, v) {
-        (Domain::Int { min, max }, Value::Int(i)) if max > min => (i - min) as f64 / (max - min) as f64,
-        (Domain::Real { min, max, log: true }, Value::Real(x)) if max > min => (x.ln() - min.ln()) / (max.ln() - min.ln()),
+        (Domain::Int { min, max }, Value::Int(i)) if max > min => {
+            (i - min) as f64 / (max - min) as f64
+        }
+        (
+            Domain::Real {
+                min,
+                max,
+                log: true,
+            },
+            Value::Real(x),
+        ) if max > min => (x.ln() - min.ln()) / (max.ln() - min.ln()),
         (Domain::Real { min, max, .. }, Value::Real(x)) if max > min => (x - min) / (max - min),
         _ => 0.5,
     }
@@ -113,7 +126,11 @@ impl Strategy for Reinforce {
         let Some(reward) = obs.value() else { return };
         let baseline = *self.baseline.get_or_insert(reward);
         let advantage = reward - baseline;
-        self.scale = if self.scale == 0.0 { advantage.abs() } else { self.decay * self.scale + (1.0 - self.decay) * advantage.abs() };
+        self.scale = if self.scale == 0.0 {
+            advantage.abs()
+        } else {
+            self.decay * self.scale + (1.0 - self.decay) * advantage.abs()
+        };
         self.baseline = Some(self.decay * baseline + (1.0 - self.decay) * reward);
         if self.scale <= 0.0 {
             return;
