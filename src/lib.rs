@@ -2,4 +2,5 @@
 //! CRD types and the benchmark harness; `main.rs` is a thin command line around them.
 
 pub mod bench;
+pub mod engine;
 pub mod strategy;

@@ -1,0 +1,345 @@
+//! The experiment engine: a pure decision function shared by the operator and the local
+//! runner (DESIGN.md, "The data flow").
+//!
+//! [`decide`] maps (experiment, trials, clock) to a [`Decision`]: trials to create, trials to
+//! stop, or the end of the experiment. It does no I/O. [`Engine`] gives the same answers
+//! while keeping the rebuilt strategy between calls, feeding it only new results.
+
+mod median;
+pub mod model;
+
+pub use model::*;
+
+use crate::strategy::{self, Context, Observation, Strategy, Taken, pareto};
+use nasop_core::Rng;
+use nasop_core::rng::mix64;
+use std::collections::HashMap;
+
+/// The decision for `trials` at `clock`, computed from scratch.
+pub fn decide(experiment: &Experiment, trials: &[TrialRecord], clock: Clock) -> Decision {
+    Engine::new(experiment.clone()).decide(trials, clock)
+}
+
+/// The engine with its strategy cache.
+pub struct Engine {
+    experiment: Experiment,
+    strategy: Box<dyn Strategy>,
+    /// Indices of the trials the cached strategy has observed, in order.
+    observed: Vec<u32>,
+}
+
+impl Engine {
+    pub fn new(experiment: Experiment) -> Self {
+        let strategy = strategy::build(&experiment.strategy, &experiment.space);
+        Engine {
+            experiment,
+            strategy,
+            observed: Vec::new(),
+        }
+    }
+
+    pub fn experiment(&self) -> &Experiment {
+        &self.experiment
+    }
+
+    /// The seed of trial `index` (its training seed; derived, so a restart reuses it).
+    pub fn trial_seed(&self, index: u32) -> u64 {
+        mix64(self.experiment.strategy.seed ^ mix64(index as u64))
+    }
+
+    pub fn decide(&mut self, trials: &[TrialRecord], clock: Clock) -> Decision {
+        let exp = &self.experiment;
+        let mut decision = Decision::default();
+        let active: Vec<&TrialRecord> = trials.iter().filter(|t| t.phase.is_active()).collect();
+        let failed = trials
+            .iter()
+            .filter(|t| t.phase == TrialPhase::Failed)
+            .count() as u32;
+        let succeeded = trials
+            .iter()
+            .filter(|t| t.phase == TrialPhase::Succeeded)
+            .count();
+
+        // The experiment's end, in order of precedence.
+        let past_deadline = exp
+            .budget
+            .deadline
+            .is_some_and(|d| clock.now - clock.started_at >= d);
+        let target = trials
+            .iter()
+            .find(|t| t.phase == TrialPhase::Succeeded && self.meets_targets(t));
+        let finish = if failed > exp.budget.max_failed_trials {
+            Some(Finish {
+                succeeded: false,
+                reason: FinishReason::TooManyFailures,
+                message: format!(
+                    "{failed} trials failed, more than maxFailedTrials ({}); see the failed trials' logs",
+                    exp.budget.max_failed_trials
+                ),
+            })
+        } else if let Some(t) = target {
+            Some(Finish {
+                succeeded: true,
+                reason: FinishReason::TargetReached,
+                message: format!("trial {} reached the target", t.index),
+            })
+        } else if past_deadline {
+            Some(Finish {
+                succeeded: succeeded > 0,
+                reason: FinishReason::DeadlineExceeded,
+                message: format!(
+                    "the deadline of {}s passed with {succeeded} trials succeeded",
+                    exp.budget.deadline.unwrap_or_default()
+                ),
+            })
+        } else {
+            None
+        };
+        if let Some(finish) = finish {
+            let reason = if finish.reason == FinishReason::DeadlineExceeded {
+                StopReason::Deadline
+            } else {
+                StopReason::ExperimentFinished
+            };
+            decision.stop = active
+                .iter()
+                .map(|t| Stop {
+                    index: t.index,
+                    reason,
+                })
+                .collect();
+            decision.finish = Some(finish);
+            return decision;
+        }
+
+        // Trials to stop: timeouts, then the median rule.
+        for t in &active {
+            let timed_out = matches!((exp.budget.trial_timeout, t.started_at), (Some(limit), Some(start)) if clock.now - start >= limit);
+            if timed_out {
+                decision.stop.push(Stop {
+                    index: t.index,
+                    reason: StopReason::Timeout,
+                });
+            } else if let Some(rule) = &exp.early_stopping
+                && t.phase == TrialPhase::Running
+                && median::should_stop(rule, &exp.objectives[0], t, trials)
+            {
+                decision.stop.push(Stop {
+                    index: t.index,
+                    reason: StopReason::EarlyStopped,
+                });
+            }
+        }
+
+        // New trials.
+        let created = trials.len() as u32;
+        // A stopped trial holds its slot until it has really ended.
+        let running = active.len() as u32;
+        let max_trials = exp.budget.max_trials;
+        let slots = exp
+            .budget
+            .parallelism
+            .saturating_sub(running)
+            .min(max_trials.saturating_sub(created));
+        if slots > 0 {
+            decision.create = self.propose(trials, slots as usize);
+        }
+        if decision.create.is_empty() && active.is_empty() {
+            let reason = if created >= max_trials {
+                FinishReason::BudgetSpent
+            } else {
+                FinishReason::SearchSpaceExhausted
+            };
+            decision.finish = Some(Finish {
+                succeeded: succeeded > 0,
+                reason,
+                message: match reason {
+                    FinishReason::BudgetSpent => {
+                        format!("all {created} trials ended, {succeeded} succeeded")
+                    }
+                    _ => {
+                        format!("every candidate of the search space was tried ({created} trials)")
+                    }
+                },
+            });
+        }
+        decision
+    }
+
+    fn meets_targets(&self, t: &TrialRecord) -> bool {
+        let with_target: Vec<_> = self
+            .experiment
+            .objectives
+            .iter()
+            .filter(|o| o.target.is_some())
+            .collect();
+        !with_target.is_empty()
+            && self.violation(t) == 0.0
+            && with_target
+                .iter()
+                .all(|o| t.metrics.get(&o.metric).is_some_and(|v| o.reached(*v)))
+    }
+
+    fn violation(&self, t: &TrialRecord) -> f64 {
+        self.experiment
+            .constraints
+            .iter()
+            .map(|c| c.violation(t.metrics.get(&c.metric).copied()))
+            .sum()
+    }
+
+    /// What a strategy learns from a finished trial.
+    pub fn observation(&self, t: &TrialRecord) -> Observation {
+        let objectives: Option<Vec<f64>> = if t.phase == TrialPhase::Failed {
+            None
+        } else {
+            self.experiment
+                .objectives
+                .iter()
+                .map(|o| t.metrics.get(&o.metric).map(|v| o.oriented(*v)))
+                .collect()
+        };
+        let budget = match t.phase {
+            // A stopped trial trained only as far as its last report.
+            TrialPhase::Stopped => t.reports.last().map_or(0, |r| r.step).min(t.epochs),
+            _ => t.epochs,
+        };
+        Observation {
+            point: t.point.clone(),
+            key: t.key.clone(),
+            budget,
+            objectives,
+            violation: self.violation(t),
+        }
+    }
+
+    /// Brings the cached strategy up to date with the finished trials, in the order they
+    /// finished; rebuilds it when the history is not an extension of what it saw.
+    fn sync_strategy(&mut self, trials: &[TrialRecord]) {
+        let mut finished: Vec<&TrialRecord> =
+            trials.iter().filter(|t| !t.phase.is_active()).collect();
+        finished.sort_by(|a, b| {
+            a.finished_at
+                .unwrap_or(f64::MAX)
+                .total_cmp(&b.finished_at.unwrap_or(f64::MAX))
+                .then(a.index.cmp(&b.index))
+        });
+        let order: Vec<u32> = finished.iter().map(|t| t.index).collect();
+        if !order.starts_with(&self.observed) {
+            self.strategy = strategy::build(&self.experiment.strategy, &self.experiment.space);
+            self.observed.clear();
+        }
+        for t in &finished[self.observed.len()..] {
+            let obs = self.observation(t);
+            self.strategy.observe(&obs);
+            self.observed.push(t.index);
+        }
+    }
+
+    fn propose(&mut self, trials: &[TrialRecord], n: usize) -> Vec<NewTrial> {
+        self.sync_strategy(trials);
+        let mut taken = Taken::default();
+        let mut pending: HashMap<u32, usize> = HashMap::new();
+        for t in trials {
+            taken.insert(&t.key, t.epochs);
+            if t.phase.is_active() {
+                *pending.entry(t.epochs).or_default() += 1;
+            }
+        }
+        let created = trials.len() as u64;
+        let mut ctx = Context {
+            space: &self.experiment.space,
+            rng: Rng::stream(self.experiment.strategy.seed, created),
+            taken: &mut taken,
+            budget: self.experiment.first_budget(),
+            pending: &pending,
+        };
+        let proposals = self.strategy.propose(&mut ctx, n);
+        let next_index = trials.iter().map(|t| t.index + 1).max().unwrap_or(0);
+        proposals
+            .into_iter()
+            .take(n)
+            .enumerate()
+            .map(|(k, p)| {
+                let index = next_index + k as u32;
+                let resume_from = trials
+                    .iter()
+                    .filter(|t| {
+                        t.key == p.key && t.phase == TrialPhase::Succeeded && t.epochs < p.budget
+                    })
+                    .max_by_key(|t| t.epochs)
+                    .map(|t| t.index);
+                NewTrial {
+                    index,
+                    candidate: self.experiment.space.format(&p.point),
+                    key: p.key,
+                    point: p.point,
+                    epochs: p.budget,
+                    seed: self.trial_seed(index),
+                    resume_from,
+                }
+            })
+            .collect()
+    }
+}
+
+/// The best trial: the best first objective among succeeded trials inside the constraints,
+/// at the largest budget any of them reached (a multi-fidelity pick is made on full runs).
+pub fn best_trial<'a>(
+    experiment: &Experiment,
+    trials: &'a [TrialRecord],
+) -> Option<&'a TrialRecord> {
+    let engine_view = |t: &TrialRecord| {
+        let o = &experiment.objectives[0];
+        let feasible = experiment
+            .constraints
+            .iter()
+            .all(|c| c.violation(t.metrics.get(&c.metric).copied()) == 0.0);
+        (t.phase == TrialPhase::Succeeded && feasible)
+            .then(|| t.metrics.get(&o.metric).map(|v| o.oriented(*v)))
+            .flatten()
+    };
+    trials
+        .iter()
+        .filter_map(|t| engine_view(t).map(|v| (t, v)))
+        .max_by(|(a, va), (b, vb)| {
+            a.epochs
+                .cmp(&b.epochs)
+                .then(va.total_cmp(vb))
+                .then(b.index.cmp(&a.index))
+        })
+        .map(|(t, _)| t)
+}
+
+/// The Pareto front over all objectives among succeeded trials inside the constraints.
+pub fn pareto_front<'a>(
+    experiment: &Experiment,
+    trials: &'a [TrialRecord],
+) -> Vec<&'a TrialRecord> {
+    let candidates: Vec<(&TrialRecord, Vec<f64>)> = trials
+        .iter()
+        .filter(|t| t.phase == TrialPhase::Succeeded)
+        .filter(|t| {
+            experiment
+                .constraints
+                .iter()
+                .all(|c| c.violation(t.metrics.get(&c.metric).copied()) == 0.0)
+        })
+        .filter_map(|t| {
+            let v: Option<Vec<f64>> = experiment
+                .objectives
+                .iter()
+                .map(|o| t.metrics.get(&o.metric).map(|v| o.oriented(*v)))
+                .collect();
+            v.map(|v| (t, v))
+        })
+        .collect();
+    let objs: Vec<Vec<f64>> = candidates.iter().map(|c| c.1.clone()).collect();
+    pareto::front(&objs)
+        .into_iter()
+        .map(|i| candidates[i].0)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,461 @@
+use super::*;
+use crate::strategy::{Algorithm, FidelityKind, FidelitySchedule, Settings, StrategyConfig};
+use nasop_core::{SearchSpace, Value};
+use proptest::prelude::*;
+use std::collections::{BTreeMap, HashSet};
+
+fn experiment(algorithm: Algorithm, max_trials: u32, parallelism: u32) -> Experiment {
+    Experiment {
+        name: "e".into(),
+        space: SearchSpace::nas_bench_201(),
+        objectives: vec![Objective {
+            metric: "val_accuracy".into(),
+            maximize: true,
+            target: None,
+        }],
+        constraints: vec![],
+        strategy: StrategyConfig {
+            algorithm,
+            seed: 5,
+            settings: Settings::default(),
+            fidelity: None,
+        },
+        early_stopping: None,
+        budget: Budget {
+            max_trials,
+            parallelism,
+            max_failed_trials: 2,
+            trial_epochs: 10,
+            trial_timeout: None,
+            deadline: None,
+        },
+    }
+}
+
+fn clock(now: f64) -> Clock {
+    Clock {
+        started_at: 0.0,
+        now,
+    }
+}
+
+/// A synthetic trainer's accuracy: convolutions help.
+fn accuracy(point: &[Value]) -> f64 {
+    50.0 + 5.0
+        * point
+            .iter()
+            .filter(|v| matches!(v, Value::Choice(3)))
+            .count() as f64
+}
+
+fn record(t: &NewTrial, phase: TrialPhase, at: f64) -> TrialRecord {
+    let done = !phase.is_active();
+    let metrics: BTreeMap<String, f64> = if phase == TrialPhase::Succeeded {
+        BTreeMap::from([("val_accuracy".into(), accuracy(&t.point))])
+    } else {
+        BTreeMap::new()
+    };
+    TrialRecord {
+        index: t.index,
+        candidate: t.candidate.clone(),
+        point: t.point.clone(),
+        key: t.key.clone(),
+        epochs: t.epochs,
+        phase,
+        started_at: Some(at),
+        finished_at: done.then_some(at),
+        reports: vec![],
+        metrics,
+    }
+}
+
+fn finish(
+    trials: &mut [TrialRecord],
+    index: u32,
+    phase: TrialPhase,
+    at: f64,
+    metrics: &[(&str, f64)],
+) {
+    let t = trials.iter_mut().find(|t| t.index == index).unwrap();
+    t.phase = phase;
+    t.finished_at = Some(at);
+    t.metrics = metrics.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+}
+
+#[test]
+fn first_decision_fills_the_parallel_slots() {
+    let d = decide(&experiment(Algorithm::Random, 10, 3), &[], clock(0.0));
+    assert_eq!(d.create.len(), 3);
+    assert_eq!(
+        d.create.iter().map(|t| t.index).collect::<Vec<_>>(),
+        vec![0, 1, 2]
+    );
+    assert!(
+        d.create
+            .iter()
+            .all(|t| t.epochs == 10 && t.resume_from.is_none())
+    );
+    assert!(d.finish.is_none() && d.stop.is_empty());
+}
+
+#[test]
+fn never_creates_past_max_trials() {
+    let exp = experiment(Algorithm::Random, 4, 3);
+    let first = decide(&exp, &[], clock(0.0));
+    let mut trials: Vec<TrialRecord> = first
+        .create
+        .iter()
+        .map(|t| record(t, TrialPhase::Running, 0.0))
+        .collect();
+    finish(
+        &mut trials,
+        0,
+        TrialPhase::Succeeded,
+        1.0,
+        &[("val_accuracy", 60.0)],
+    );
+    finish(
+        &mut trials,
+        1,
+        TrialPhase::Succeeded,
+        2.0,
+        &[("val_accuracy", 61.0)],
+    );
+    let d = decide(&exp, &trials, clock(3.0));
+    assert_eq!(d.create.len(), 1, "only one trial is left in the budget");
+    assert_eq!(d.create[0].index, 3);
+}
+
+#[test]
+fn budget_spent_finishes_only_when_nothing_runs() {
+    let exp = experiment(Algorithm::Random, 2, 2);
+    let first = decide(&exp, &[], clock(0.0));
+    let mut trials: Vec<TrialRecord> = first
+        .create
+        .iter()
+        .map(|t| record(t, TrialPhase::Running, 0.0))
+        .collect();
+    finish(
+        &mut trials,
+        0,
+        TrialPhase::Succeeded,
+        1.0,
+        &[("val_accuracy", 60.0)],
+    );
+    assert_eq!(decide(&exp, &trials, clock(1.0)), Decision::default());
+    finish(
+        &mut trials,
+        1,
+        TrialPhase::Succeeded,
+        2.0,
+        &[("val_accuracy", 70.0)],
+    );
+    let d = decide(&exp, &trials, clock(2.0));
+    let f = d.finish.expect("finished");
+    assert!(f.succeeded);
+    assert_eq!(f.reason, FinishReason::BudgetSpent);
+    assert_eq!(best_trial(&exp, &trials).unwrap().index, 1);
+}
+
+#[test]
+fn too_many_failures_fail_the_experiment_and_stop_the_rest() {
+    let exp = experiment(Algorithm::Random, 10, 4);
+    let first = decide(&exp, &[], clock(0.0));
+    let mut trials: Vec<TrialRecord> = first
+        .create
+        .iter()
+        .map(|t| record(t, TrialPhase::Running, 0.0))
+        .collect();
+    for i in 0..2 {
+        finish(&mut trials, i, TrialPhase::Failed, 1.0, &[]);
+    }
+    assert!(
+        decide(&exp, &trials, clock(1.0)).finish.is_none(),
+        "two failures are allowed"
+    );
+    finish(&mut trials, 2, TrialPhase::Failed, 1.0, &[]);
+    let d = decide(&exp, &trials, clock(1.0));
+    assert_eq!(
+        d.finish.as_ref().map(|f| (f.succeeded, f.reason)),
+        Some((false, FinishReason::TooManyFailures))
+    );
+    assert_eq!(
+        d.stop,
+        vec![Stop {
+            index: 3,
+            reason: StopReason::ExperimentFinished
+        }]
+    );
+    assert!(d.create.is_empty());
+}
+
+#[test]
+fn target_reached_ends_the_experiment() {
+    let mut exp = experiment(Algorithm::Random, 10, 2);
+    exp.objectives[0].target = Some(0.9);
+    let first = decide(&exp, &[], clock(0.0));
+    let mut trials: Vec<TrialRecord> = first
+        .create
+        .iter()
+        .map(|t| record(t, TrialPhase::Running, 0.0))
+        .collect();
+    finish(
+        &mut trials,
+        0,
+        TrialPhase::Succeeded,
+        1.0,
+        &[("val_accuracy", 0.85)],
+    );
+    assert!(decide(&exp, &trials, clock(1.0)).finish.is_none());
+    finish(
+        &mut trials,
+        0,
+        TrialPhase::Succeeded,
+        1.0,
+        &[("val_accuracy", 0.93)],
+    );
+    let d = decide(&exp, &trials, clock(1.0));
+    assert_eq!(
+        d.finish.map(|f| f.reason),
+        Some(FinishReason::TargetReached)
+    );
+    assert_eq!(
+        d.stop,
+        vec![Stop {
+            index: 1,
+            reason: StopReason::ExperimentFinished
+        }]
+    );
+}
+
+#[test]
+fn a_target_outside_the_constraints_does_not_count() {
+    let mut exp = experiment(Algorithm::Random, 10, 1);
+    exp.objectives[0].target = Some(0.9);
+    exp.constraints.push(Constraint {
+        metric: "latency_ms".into(),
+        min: None,
+        max: Some(5.0),
+    });
+    let first = decide(&exp, &[], clock(0.0));
+    let mut trials: Vec<TrialRecord> = first
+        .create
+        .iter()
+        .map(|t| record(t, TrialPhase::Running, 0.0))
+        .collect();
+    finish(
+        &mut trials,
+        0,
+        TrialPhase::Succeeded,
+        1.0,
+        &[("val_accuracy", 0.95), ("latency_ms", 9.0)],
+    );
+    let d = decide(&exp, &trials, clock(1.0));
+    assert!(d.finish.is_none());
+    assert!(
+        best_trial(&exp, &trials).is_none(),
+        "an infeasible trial is never the best"
+    );
+}
+
+#[test]
+fn deadline_stops_everything() {
+    let mut exp = experiment(Algorithm::Random, 10, 2);
+    exp.budget.deadline = Some(100.0);
+    let first = decide(&exp, &[], clock(0.0));
+    let trials: Vec<TrialRecord> = first
+        .create
+        .iter()
+        .map(|t| record(t, TrialPhase::Running, 0.0))
+        .collect();
+    assert!(decide(&exp, &trials, clock(99.0)).stop.is_empty());
+    let d = decide(&exp, &trials, clock(100.0));
+    assert_eq!(d.stop.len(), 2);
+    assert!(d.stop.iter().all(|s| s.reason == StopReason::Deadline));
+    let f = d.finish.unwrap();
+    assert_eq!(
+        (f.succeeded, f.reason),
+        (false, FinishReason::DeadlineExceeded)
+    );
+}
+
+#[test]
+fn timed_out_trials_are_stopped_and_keep_their_slot() {
+    let mut exp = experiment(Algorithm::Random, 10, 2);
+    exp.budget.trial_timeout = Some(50.0);
+    let first = decide(&exp, &[], clock(0.0));
+    let mut trials: Vec<TrialRecord> = first
+        .create
+        .iter()
+        .map(|t| record(t, TrialPhase::Running, 0.0))
+        .collect();
+    trials[1].started_at = Some(30.0);
+    let d = decide(&exp, &trials, clock(60.0));
+    assert_eq!(
+        d.stop,
+        vec![Stop {
+            index: 0,
+            reason: StopReason::Timeout
+        }]
+    );
+    assert!(
+        d.create.is_empty(),
+        "the stopped trial still runs until it exits"
+    );
+}
+
+#[test]
+fn median_rule_stops_a_trial_below_the_median() {
+    let mut exp = experiment(Algorithm::Random, 10, 4);
+    exp.early_stopping = Some(MedianStop {
+        min_trials: 2,
+        start_step: 2,
+    });
+    let first = decide(&exp, &[], clock(0.0));
+    let mut trials: Vec<TrialRecord> = first
+        .create
+        .iter()
+        .map(|t| record(t, TrialPhase::Running, 0.0))
+        .collect();
+    let curve = |vals: &[f64]| -> Vec<Report> {
+        vals.iter()
+            .enumerate()
+            .map(|(i, v)| Report {
+                step: i as u32 + 1,
+                metrics: BTreeMap::from([("val_accuracy".into(), *v)]),
+            })
+            .collect()
+    };
+    for (i, vals) in [(0u32, vec![0.5, 0.6, 0.7]), (1, vec![0.6, 0.7, 0.8])] {
+        trials[i as usize].reports = curve(&vals);
+        finish(
+            &mut trials,
+            i,
+            TrialPhase::Succeeded,
+            1.0,
+            &[("val_accuracy", *vals.last().unwrap())],
+        );
+    }
+    trials[2].reports = curve(&[0.2]);
+    trials[3].reports = curve(&[0.2, 0.3]);
+    let d = decide(&exp, &trials, clock(2.0));
+    // Trial 2 is before start_step; trial 3 is at step 2 with best 0.3 < median of (0.55, 0.65).
+    assert_eq!(
+        d.stop,
+        vec![Stop {
+            index: 3,
+            reason: StopReason::EarlyStopped
+        }]
+    );
+    trials[3].reports = curve(&[0.2, 0.9]);
+    assert!(decide(&exp, &trials, clock(2.0)).stop.is_empty());
+}
+
+#[test]
+fn promotions_resume_from_the_lower_rung() {
+    let mut exp = experiment(Algorithm::Random, 20, 1);
+    exp.strategy.fidelity = Some(FidelitySchedule {
+        kind: FidelityKind::Asha,
+        rungs: vec![3, 9],
+        eta: 2.0,
+    });
+    let mut trials: Vec<TrialRecord> = Vec::new();
+    let mut engine = Engine::new(exp.clone());
+    for step in 0..6 {
+        let d = engine.decide(&trials, clock(step as f64));
+        for t in &d.create {
+            let mut r = record(t, TrialPhase::Succeeded, step as f64);
+            r.metrics
+                .insert("val_accuracy".into(), accuracy(&t.point) + t.epochs as f64);
+            trials.push(r);
+            if t.epochs == 9 {
+                let parent = t.resume_from.expect("a promotion resumes");
+                let p = trials.iter().find(|x| x.index == parent).unwrap();
+                assert_eq!((p.key.as_str(), p.epochs), (t.key.as_str(), 3));
+                return;
+            }
+        }
+    }
+    panic!("no promotion in 6 rounds");
+}
+
+#[test]
+fn the_cached_engine_answers_like_the_pure_function() {
+    let exp = experiment(Algorithm::Evolution, 30, 3);
+    let mut engine = Engine::new(exp.clone());
+    let mut trials: Vec<TrialRecord> = Vec::new();
+    for step in 0..40 {
+        let now = step as f64;
+        let cached = engine.decide(&trials, clock(now));
+        assert_eq!(cached, decide(&exp, &trials, clock(now)), "step {step}");
+        for t in &cached.create {
+            trials.push(record(t, TrialPhase::Running, now));
+        }
+        // Finish the oldest running trial.
+        if let Some(t) = trials.iter_mut().find(|t| t.phase == TrialPhase::Running) {
+            t.phase = TrialPhase::Succeeded;
+            t.finished_at = Some(now + 0.5);
+            t.metrics.insert("val_accuracy".into(), accuracy(&t.point));
+        }
+        if cached.finish.is_some() {
+            return;
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+    /// Whatever order trials finish in, and however often the runner restarts (a fresh
+    /// engine), the experiment never exceeds its budget or parallelism, never repeats a
+    /// network at a budget, and ends with exactly maxTrials trials.
+    #[test]
+    fn budgets_hold_and_nothing_repeats(
+        algorithm in prop::sample::select(vec![Algorithm::Random, Algorithm::Evolution, Algorithm::Local, Algorithm::Bayesian, Algorithm::Reinforce]),
+        max_trials in 1u32..40,
+        parallelism in 1u32..6,
+        seed in any::<u64>(),
+        fail_every in 0u32..7,
+    ) {
+        let mut exp = experiment(algorithm, max_trials, parallelism);
+        exp.budget.max_failed_trials = 1000;
+        let mut engine = Engine::new(exp.clone());
+        let mut trials: Vec<TrialRecord> = Vec::new();
+        let mut rng = nasop_core::Rng::new(seed);
+        for step in 0..10_000 {
+            let now = step as f64;
+            if rng.below(5) == 0 {
+                engine = Engine::new(exp.clone()); // a restart
+            }
+            let d = engine.decide(&trials, clock(now));
+            for t in &d.create {
+                trials.push(record(t, TrialPhase::Running, now));
+            }
+            let active = trials.iter().filter(|t| t.phase.is_active()).count() as u32;
+            prop_assert!(active <= parallelism, "{active} running > {parallelism}");
+            prop_assert!(trials.len() as u32 <= max_trials);
+            let keys: HashSet<(&str, u32)> = trials.iter().map(|t| (t.key.as_str(), t.epochs)).collect();
+            prop_assert_eq!(keys.len(), trials.len(), "a network was evaluated twice");
+            let indices: HashSet<u32> = trials.iter().map(|t| t.index).collect();
+            prop_assert_eq!(indices.len(), trials.len());
+            if d.finish.is_some() {
+                prop_assert_eq!(trials.len() as u32, max_trials);
+                prop_assert!(trials.iter().all(|t| !t.phase.is_active()));
+                return Ok(());
+            }
+            // Some running trial ends, in random order; every fail_every-th fails.
+            let running: Vec<usize> = (0..trials.len()).filter(|&i| trials[i].phase.is_active()).collect();
+            if !running.is_empty() {
+                let i = running[rng.below(running.len())];
+                let t = &mut trials[i];
+                t.finished_at = Some(now + 0.5);
+                if fail_every > 0 && t.index % fail_every == 0 {
+                    t.phase = TrialPhase::Failed;
+                } else {
+                    t.phase = TrialPhase::Succeeded;
+                    t.metrics.insert("val_accuracy".into(), accuracy(&t.point));
+                }
+            }
+        }
+        prop_assert!(false, "the experiment never finished");
+    }
+}
