@@ -10,6 +10,11 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Writes the CRD YAML generated from the API types (crds/ by default).
+    Crds {
+        #[arg(long, default_value = "crds")]
+        out: std::path::PathBuf,
+    },
     /// Benchmarks search strategies on tabular results.
     #[command(subcommand)]
     Bench(Bench),
@@ -18,12 +23,18 @@ enum Command {
 #[derive(Debug, Subcommand)]
 enum Bench {
     /// Runs strategies on NAS-Bench-201 (a trial is a table lookup with simulated cost).
-    Nb201(nasop::bench::command::Nb201Args),
+    Nb201(Box<nasop::bench::command::Nb201Args>),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Crds { out } => {
+            for path in nasop::api::write_crds(&out)? {
+                println!("wrote {path}");
+            }
+            Ok(())
+        }
         Command::Bench(Bench::Nb201(args)) => nasop::bench::command::run(&args),
     }
 }

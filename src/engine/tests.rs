@@ -448,7 +448,7 @@ proptest! {
                 let i = running[rng.below(running.len())];
                 let t = &mut trials[i];
                 t.finished_at = Some(now + 0.5);
-                if fail_every > 0 && t.index % fail_every == 0 {
+                if fail_every > 0 && t.index.is_multiple_of(fail_every) {
                     t.phase = TrialPhase::Failed;
                 } else {
                     t.phase = TrialPhase::Succeeded;

@@ -341,7 +341,7 @@ fn normal_quantile(p: f64) -> f64 {
         -3.969683028665376e1,
         2.209460984245205e2,
         -2.759285104469687e2,
-        1.383577518672690e2,
+        1.383_577_518_672_69e2,
         -3.066479806614716e1,
         2.506628277459239,
     ];
@@ -414,7 +414,7 @@ impl Strategy for Bayesian {
         let mut out = Vec::with_capacity(n);
         for slot in 0..n {
             // Alternate between the global screen and local expected improvement.
-            let use_global = (self.data.len() + slot) % 2 == 0;
+            let use_global = (self.data.len() + slot).is_multiple_of(2);
             let pick = if use_global {
                 global.next().or_else(|| local.next())
             } else {

@@ -46,12 +46,15 @@ impl FidelitySchedule {
     }
 }
 
+/// Results of one (bracket, rung): point, key, value.
+type RungResults = Vec<(Point, String, f64)>;
+
 /// A base strategy (which picks new candidates) under a multi-fidelity schedule.
 pub struct Scheduled {
     base: Box<dyn Strategy>,
     schedule: FidelitySchedule,
     /// Results per (bracket, rung): point, key, value.
-    results: HashMap<(usize, usize), Vec<(Point, String, f64)>>,
+    results: HashMap<(usize, usize), RungResults>,
     /// The bracket of each candidate (the rung it started at).
     bracket_of: HashMap<String, usize>,
 }

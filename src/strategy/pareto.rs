@@ -69,7 +69,9 @@ pub fn crowding(points: &[Vec<f64>], members: &[usize]) -> Vec<f64> {
     let Some(first) = members.first() else {
         return dist;
     };
-    for m in 0..points[*first].len() {
+    let objectives = points[*first].len();
+    #[allow(clippy::needless_range_loop)] // m indexes the inner vectors of many points
+    for m in 0..objectives {
         let mut order: Vec<usize> = (0..members.len()).collect();
         order.sort_by(|&a, &b| points[members[a]][m].total_cmp(&points[members[b]][m]));
         let lo = points[members[order[0]]][m];

@@ -1,0 +1,414 @@
+//! The `NasExperiment` resource.
+
+// kube's printcolumn(...) attributes repeat keys such as type_ by design.
+#![allow(clippy::duplicated_attributes)]
+
+use crate::strategy::{Algorithm, FidelityKind};
+use k8s_openapi::api::core::v1::PodTemplateSpec;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// A neural architecture search: a search space, a strategy, objectives and a budget. The
+/// operator runs its trials as pods from `trialTemplate`; `nasop run` runs the same manifest
+/// on one machine.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "nasop.dev",
+    version = "v1alpha1",
+    kind = "NasExperiment",
+    namespaced,
+    status = "NasExperimentStatus",
+    shortname = "nasexp",
+    shortname = "nasexps",
+    category = "nasop",
+    doc = "A neural architecture search run by nasop.",
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(
+        name = "Best",
+        type_ = "number",
+        json_path = ".status.bestValue",
+        description = "Best value of the first objective"
+    ),
+    printcolumn(
+        name = "Done/Running/Total",
+        type_ = "string",
+        json_path = ".status.progress"
+    ),
+    printcolumn(
+        name = "Strategy",
+        type_ = "string",
+        json_path = ".spec.strategy.algorithm",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct NasExperimentSpec {
+    /// What the search optimises: one or more metrics that trials report. The first leads
+    /// single-objective strategies; all of them form the Pareto front in the status.
+    #[schemars(length(min = 1, max = 8))]
+    pub objectives: Vec<ObjectiveSpec>,
+    /// Hard limits on reported metrics (for example parameters, FLOPs, latency). A trial
+    /// outside them is never the best trial, whatever its objectives.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub constraints: Vec<ConstraintSpec>,
+    /// The candidates the strategy may propose. Immutable: the recorded trials are only
+    /// meaningful in the space they were drawn from.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("searchSpace is immutable; create a new NasExperiment to search another space"))]
+    pub search_space: SearchSpaceSpec,
+    /// The search algorithm and its settings. Immutable, so that a restarted operator
+    /// rebuilds exactly the strategy that proposed the recorded trials.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("strategy is immutable; create a new NasExperiment to change the algorithm, seed or settings"))]
+    pub strategy: StrategySpec,
+    /// Multi-fidelity scheduling: trials start with few epochs and the best are promoted
+    /// to more (successive halving, ASHA, Hyperband). Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("fidelity is immutable"))]
+    pub fidelity: Option<FidelitySpec>,
+    /// Stops trials whose progress reports fall behind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub early_stopping: Option<EarlyStoppingSpec>,
+    /// How many trials, how many at once, and how long. maxTrials and parallelism may be
+    /// raised on a running or finished experiment to continue it.
+    pub budget: BudgetSpec,
+    /// The pod each trial runs in (on Kubernetes). nasop injects the trial contract
+    /// (NASOP_TRIAL, NASOP_REPORT_URL, NASOP_REPORT_TOKEN) into its first container;
+    /// resources such as nvidia.com/gpu, node selectors, tolerations, volumes and the image
+    /// are used as written. `nasop run` uses the first container's command and args, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "pod_template_schema")]
+    pub trial_template: Option<PodTemplateSpec>,
+}
+
+/// The pod template is validated by the API server when nasop creates each pod; embedding
+/// the whole PodSpec schema here would add ~500 KB to the CRD and tie it to one
+/// Kubernetes version.
+fn pod_template_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "description": "A core/v1 PodTemplateSpec (metadata and spec).",
+        "x-kubernetes-preserve-unknown-fields": true,
+        "x-kubernetes-embedded-resource": false,
+    })
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectiveSpec {
+    /// The metric's name as trials report it, e.g. val_accuracy, latency_ms.
+    #[schemars(length(min = 1, max = 63))]
+    pub metric: String,
+    /// Whether larger or smaller is better.
+    pub goal: Goal,
+    /// The experiment ends as soon as one trial reaches the target of every objective that
+    /// has one (and meets the constraints).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<f64>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Goal {
+    Maximize,
+    Minimize,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.min) || has(self.max)").message("a constraint needs min, max or both"))]
+#[x_kube(validation = Rule::new("!has(self.min) || !has(self.max) || self.min <= self.max").message("min must not be above max"))]
+pub struct ConstraintSpec {
+    /// The metric's name as trials report it, e.g. params, flops, latency_ms.
+    #[schemars(length(min = 1, max = 63))]
+    pub metric: String,
+    /// Smallest allowed value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+    /// Largest allowed value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+}
+
+/// A cell space, a layer-wise space, hyperparameters, or an architecture space together
+/// with hyperparameters.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!(has(self.cell) && has(self.layers))").message("give either cell or layers, not both"))]
+#[x_kube(validation = Rule::new("has(self.cell) || has(self.layers) || size(self.hyperparameters) > 0").message("the search space is empty: give cell, layers or hyperparameters"))]
+pub struct SearchSpaceSpec {
+    /// A DAG cell whose every edge picks one operation, stacked into the trainer's
+    /// skeleton (NAS-Bench-201: nodes 4 and its five operations).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cell: Option<CellSpec>,
+    /// A layer-wise (macro) space: each layer picks an operation and a width.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub layers: Option<Vec<LayerSpec>>,
+    /// Hyperparameters searched together with the architecture (or alone).
+    #[serde(default)]
+    #[schemars(length(max = 32))]
+    pub hyperparameters: Vec<HyperparameterSpec>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CellSpec {
+    /// Nodes of the cell, input and output included.
+    #[schemars(range(min = 2, max = 12))]
+    pub nodes: u32,
+    /// The operations an edge may take; `none` removes the edge and `skip_connect` is the
+    /// identity. The trainer knows none, skip_connect, nor_conv_1x1, nor_conv_3x3,
+    /// avg_pool_3x3.
+    #[schemars(length(min = 1, max = 16))]
+    pub operations: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LayerSpec {
+    #[schemars(length(min = 1, max = 16))]
+    pub operations: Vec<String>,
+    /// Output channels to choose from.
+    #[schemars(length(min = 1, max = 16))]
+    pub widths: Vec<u32>,
+}
+
+/// Exactly one of int, float and categorical.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("(has(self.int) ? 1 : 0) + (has(self.float) ? 1 : 0) + (has(self.categorical) ? 1 : 0) == 1").message("give exactly one of int, float, categorical"))]
+pub struct HyperparameterSpec {
+    /// The name the trial receives it under, e.g. learning_rate.
+    #[schemars(length(min = 1, max = 63))]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub int: Option<IntRange>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub float: Option<FloatRange>,
+    /// Values to choose from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub categorical: Option<Vec<String>>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[x_kube(validation = Rule::new("self.min <= self.max").message("min must not be above max"))]
+pub struct IntRange {
+    pub min: i64,
+    pub max: i64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[x_kube(validation = Rule::new("self.min <= self.max").message("min must not be above max"))]
+#[x_kube(validation = Rule::new("!has(self.log) || !self.log || self.min > 0.0").message("a log scale needs min above 0"))]
+pub struct FloatRange {
+    pub min: f64,
+    pub max: f64,
+    /// Sample and mutate on a log scale (learning rates, weight decay).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<bool>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StrategySpec {
+    /// random, grid, evolution, local, reinforce, bayesian or nsga2.
+    pub algorithm: Algorithm,
+    /// Seeds the strategy and every trial's training; the same seed and results give the
+    /// same search.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 9007199254740991u64))]
+    pub seed: u64,
+    /// Algorithm settings; each algorithm reads only its own and rejects the others.
+    #[serde(default, skip_serializing_if = "StrategySettings::is_empty")]
+    pub settings: StrategySettings,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StrategySettings {
+    /// evolution, nsga2: population size (default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 2, max = 10000))]
+    pub population: Option<u32>,
+    /// evolution: tournament size, at most the population (default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub sample_size: Option<u32>,
+    /// bayesian: random trials before the model guides the search (default 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub initial_samples: Option<u32>,
+    /// bayesian: candidates scored per proposal (default 200).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub candidates: Option<u32>,
+    /// reinforce: policy learning rate (default 0.2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 10.0))]
+    pub learning_rate: Option<f64>,
+    /// reinforce: decay of the moving reward baseline, in [0, 1) (default 0.9).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 0.999))]
+    pub baseline_decay: Option<f64>,
+}
+
+impl StrategySettings {
+    pub fn is_empty(&self) -> bool {
+        self == &StrategySettings::default()
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.minEpochs <= self.maxEpochs").message("minEpochs must not be above maxEpochs"))]
+pub struct FidelitySpec {
+    /// asha, successiveHalving or hyperband.
+    pub algorithm: FidelityKind,
+    /// Epochs of the first rung.
+    #[schemars(range(min = 1, max = 100000))]
+    pub min_epochs: u32,
+    /// Epochs of the last rung (a fully trained candidate).
+    #[schemars(range(min = 1, max = 100000))]
+    pub max_epochs: u32,
+    /// Rungs grow by this factor and the best 1/reductionFactor of a rung is promoted
+    /// (default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1.1, max = 100.0))]
+    pub reduction_factor: Option<f64>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EarlyStoppingSpec {
+    /// medianStop: stop a trial whose best value so far is below the median of finished
+    /// trials' running averages at the same step.
+    pub algorithm: EarlyStoppingAlgorithm,
+    /// Finished trials needed before any trial is stopped (default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub min_trials: Option<u32>,
+    /// The first step (epoch) at which a trial may be stopped (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub start_step: Option<u32>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum EarlyStoppingAlgorithm {
+    MedianStop,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BudgetSpec {
+    /// Trials to run in all (promotions to a larger budget count as trials).
+    #[schemars(range(min = 1, max = 100000))]
+    pub max_trials: u32,
+    /// Trials running at once (default 1).
+    #[serde(default = "one")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub parallelism: u32,
+    /// The experiment fails once more trials than this have failed (default 3). Pods lost
+    /// to eviction or node loss are retried and do not count.
+    #[serde(default = "three")]
+    #[schemars(range(min = 0, max = 100000))]
+    pub max_failed_trials: u32,
+    /// Epochs a trial trains for (outside a fidelity schedule; default 10).
+    #[serde(default = "ten")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub trial_epochs: u32,
+    /// A trial running longer than this is stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 31536000))]
+    pub trial_timeout_seconds: Option<u64>,
+    /// The experiment stops all trials and ends this long after it started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 31536000))]
+    pub deadline_seconds: Option<u64>,
+}
+
+fn one() -> u32 {
+    1
+}
+fn three() -> u32 {
+    3
+}
+fn ten() -> u32 {
+    10
+}
+
+/// The observed state of a NasExperiment.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NasExperimentStatus {
+    /// Pending, Running, Succeeded or Failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<ExperimentPhase>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default)]
+    pub trials: TrialCounts,
+    /// done/running/total, for `kubectl get`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<String>,
+    /// The first objective's value of the best trial.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best_value: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best_trial: Option<TrialSummary>,
+    /// Non-dominated trials when there are several objectives.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pareto_front: Vec<TrialSummary>,
+    /// GPU-seconds used by trial pods (requested GPUs times running time).
+    #[serde(default)]
+    pub gpu_seconds: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum ExperimentPhase {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TrialCounts {
+    pub created: u32,
+    pub pending: u32,
+    pub running: u32,
+    pub succeeded: u32,
+    pub failed: u32,
+    pub stopped: u32,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TrialSummary {
+    /// The NasTrial's name.
+    pub name: String,
+    pub index: u32,
+    /// The candidate (architecture string, then `;name=value` hyperparameters).
+    pub candidate: String,
+    pub epochs: u32,
+    pub metrics: BTreeMap<String, f64>,
+}

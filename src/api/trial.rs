@@ -1,0 +1,103 @@
+//! The `NasTrial` resource: one candidate trained at one budget.
+
+// kube's printcolumn(...) attributes repeat keys such as type_ by design.
+#![allow(clippy::duplicated_attributes)]
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// One trial of a NasExperiment, recorded before it runs. Created by the operator; its name
+/// is `<experiment>-<index>`.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "nasop.dev",
+    version = "v1alpha1",
+    kind = "NasTrial",
+    namespaced,
+    status = "NasTrialStatus",
+    shortname = "nastrial",
+    category = "nasop",
+    doc = "One candidate architecture trained at one budget.",
+    selectable = ".spec.experiment",
+    printcolumn(name = "Experiment", type_ = "string", json_path = ".spec.experiment"),
+    printcolumn(name = "Index", type_ = "integer", json_path = ".spec.index"),
+    printcolumn(name = "Epochs", type_ = "integer", json_path = ".spec.epochs"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Value", type_ = "number", json_path = ".status.value"),
+    printcolumn(
+        name = "Candidate",
+        type_ = "string",
+        json_path = ".spec.candidate",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct NasTrialSpec {
+    /// The owning NasExperiment.
+    pub experiment: String,
+    /// The trial's number within the experiment, from 0.
+    pub index: u32,
+    /// The candidate: architecture string, then `;name=value` hyperparameters.
+    pub candidate: String,
+    /// Epochs to train.
+    pub epochs: u32,
+    /// Training seed.
+    pub seed: u64,
+    /// The trial whose checkpoint this one continues (a multi-fidelity promotion).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_from: Option<u32>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NasTrialStatus {
+    /// Pending, Running, Succeeded, Failed or Stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<TrialPhaseName>,
+    /// Pods started for this trial (a pod lost to eviction or node loss is retried).
+    #[serde(default)]
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// The first objective's final value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+    /// Progress reports, newest last; the oldest are thinned out past 64 entries.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<ReportEntry>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metrics: BTreeMap<String, f64>,
+    /// Why the trial ended: Completed, TrainerFailed, EarlyStopped, Timeout, Deadline,
+    /// ExperimentFinished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum TrialPhaseName {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Stopped,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct ReportEntry {
+    pub step: u32,
+    pub metrics: BTreeMap<String, f64>,
+}

@@ -1,0 +1,317 @@
+//! From a `NasExperimentSpec` to the engine's `Experiment`, with errors that name the field
+//! and say what would be valid. The schema already enforces bounds on the API server; this
+//! repeats what `nasop run` needs without one and adds the checks a schema cannot express.
+
+use super::experiment::*;
+use crate::engine::{Budget, Constraint, Experiment, MedianStop, Objective};
+use crate::strategy::{Algorithm, FidelitySchedule, Settings, StrategyConfig};
+use nasop_core::SearchSpace;
+use nasop_core::space::{ArchitectureSpace, CellSpace, Domain, Hyperparameter, LayerOptions};
+
+/// A spec field that is wrong, and why.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{field}: {problem}")]
+pub struct ValidationError {
+    /// The field's path, e.g. `spec.strategy.settings.population`.
+    pub field: String,
+    pub problem: String,
+}
+
+fn invalid(field: impl Into<String>, problem: impl Into<String>) -> ValidationError {
+    ValidationError {
+        field: field.into(),
+        problem: problem.into(),
+    }
+}
+
+/// Validates `spec` of the experiment `name`.
+pub fn validate(name: &str, spec: &NasExperimentSpec) -> Result<Experiment, ValidationError> {
+    let objectives = objectives(&spec.objectives)?;
+    let constraints = constraints(&spec.constraints)?;
+    let space = search_space(&spec.search_space)?;
+    let settings = settings(spec.strategy.algorithm, &spec.strategy.settings)?;
+    if spec.strategy.seed > (1u64 << 53) - 1 {
+        return Err(invalid(
+            "spec.strategy.seed",
+            "must be at most 2^53-1 (JSON numbers above it lose precision)",
+        ));
+    }
+    let fidelity = spec.fidelity.as_ref().map(fidelity).transpose()?;
+    let budget = budget(&spec.budget)?;
+    let early_stopping = spec.early_stopping.as_ref().map(|e| MedianStop {
+        min_trials: e.min_trials.unwrap_or(3) as usize,
+        start_step: e.start_step.unwrap_or(1),
+    });
+    Ok(Experiment {
+        name: name.to_string(),
+        space,
+        objectives,
+        constraints,
+        strategy: StrategyConfig {
+            algorithm: spec.strategy.algorithm,
+            seed: spec.strategy.seed,
+            settings,
+            fidelity,
+        },
+        early_stopping,
+        budget,
+    })
+}
+
+fn check_metric(field: &str, metric: &str) -> Result<(), ValidationError> {
+    if metric.is_empty()
+        || metric.len() > 63
+        || !metric
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+    {
+        return Err(invalid(
+            field,
+            format!(
+                "{metric:?} is not a metric name; use letters, digits, '_', '-' or '.', at most 63"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn objectives(specs: &[ObjectiveSpec]) -> Result<Vec<Objective>, ValidationError> {
+    if specs.is_empty() {
+        return Err(invalid(
+            "spec.objectives",
+            "give at least one objective, e.g. [{metric: val_accuracy, goal: maximize}]",
+        ));
+    }
+    let mut out: Vec<Objective> = Vec::new();
+    for (i, o) in specs.iter().enumerate() {
+        let field = format!("spec.objectives[{i}].metric");
+        check_metric(&field, &o.metric)?;
+        if out.iter().any(|p| p.metric == o.metric) {
+            return Err(invalid(
+                field,
+                format!("{:?} is already an objective", o.metric),
+            ));
+        }
+        if let Some(t) = o.target
+            && !t.is_finite()
+        {
+            return Err(invalid(
+                format!("spec.objectives[{i}].target"),
+                "must be a finite number",
+            ));
+        }
+        out.push(Objective {
+            metric: o.metric.clone(),
+            maximize: o.goal == Goal::Maximize,
+            target: o.target,
+        });
+    }
+    Ok(out)
+}
+
+fn constraints(specs: &[ConstraintSpec]) -> Result<Vec<Constraint>, ValidationError> {
+    specs
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let field = format!("spec.constraints[{i}]");
+            check_metric(&format!("{field}.metric"), &c.metric)?;
+            match (c.min, c.max) {
+                (None, None) => Err(invalid(field, "give min, max or both")),
+                (Some(lo), Some(hi)) if lo > hi => Err(invalid(
+                    format!("{field}.min"),
+                    format!("{lo} is above max {hi}"),
+                )),
+                _ => Ok(Constraint {
+                    metric: c.metric.clone(),
+                    min: c.min,
+                    max: c.max,
+                }),
+            }
+        })
+        .collect()
+}
+
+fn search_space(spec: &SearchSpaceSpec) -> Result<SearchSpace, ValidationError> {
+    let architecture = match (&spec.cell, &spec.layers) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "spec.searchSpace",
+                "give either cell or layers, not both",
+            ));
+        }
+        (Some(c), None) => Some(ArchitectureSpace::Cell(CellSpace {
+            nodes: c.nodes as usize,
+            operations: c.operations.clone(),
+        })),
+        (None, Some(layers)) => Some(ArchitectureSpace::Layers(
+            layers
+                .iter()
+                .map(|l| LayerOptions {
+                    operations: l.operations.clone(),
+                    widths: l.widths.clone(),
+                })
+                .collect(),
+        )),
+        (None, None) => None,
+    };
+    let mut hps = Vec::new();
+    for (i, h) in spec.hyperparameters.iter().enumerate() {
+        let field = format!("spec.searchSpace.hyperparameters[{i}]");
+        let domain = match (&h.int, &h.float, &h.categorical) {
+            (Some(r), None, None) => Domain::Int {
+                min: r.min,
+                max: r.max,
+            },
+            (None, Some(r), None) => Domain::Real {
+                min: r.min,
+                max: r.max,
+                log: r.log.unwrap_or(false),
+            },
+            (None, None, Some(values)) => Domain::Choice {
+                options: values.clone(),
+            },
+            _ => {
+                return Err(invalid(
+                    field,
+                    format!("{:?}: give exactly one of int, float, categorical", h.name),
+                ));
+            }
+        };
+        hps.push(Hyperparameter {
+            name: h.name.clone(),
+            domain,
+        });
+    }
+    SearchSpace::new(architecture, hps).map_err(|e| {
+        let field = if e.field.is_empty() {
+            "spec.searchSpace".to_string()
+        } else {
+            format!("spec.searchSpace.{}", e.field)
+        };
+        invalid(field, e.problem)
+    })
+}
+
+fn settings(algorithm: Algorithm, s: &StrategySettings) -> Result<Settings, ValidationError> {
+    let mut out = Settings::default();
+    // Which algorithms read each setting: anything else is a mistake worth reporting.
+    let uses = |name: &str, users: &[Algorithm]| -> Result<(), ValidationError> {
+        if users.contains(&algorithm) {
+            Ok(())
+        } else {
+            let names: Vec<&str> = users.iter().map(|a| a.name()).collect();
+            Err(invalid(
+                format!("spec.strategy.settings.{name}"),
+                format!(
+                    "is a setting of {}, not of {algorithm}; remove it",
+                    names.join(" and ")
+                ),
+            ))
+        }
+    };
+    let range = |name: &str, v: f64, lo: f64, hi: f64| {
+        if (lo..=hi).contains(&v) {
+            Ok(())
+        } else {
+            Err(invalid(
+                format!("spec.strategy.settings.{name}"),
+                format!("{v} is out of range; use {lo}..={hi}"),
+            ))
+        }
+    };
+    if let Some(v) = s.population {
+        uses("population", &[Algorithm::Evolution, Algorithm::Nsga2])?;
+        range("population", v as f64, 2.0, 10_000.0)?;
+        out.population = v as usize;
+    }
+    if let Some(v) = s.sample_size {
+        uses("sampleSize", &[Algorithm::Evolution])?;
+        range("sampleSize", v as f64, 1.0, out.population as f64)?;
+        out.sample_size = v as usize;
+    } else {
+        out.sample_size = out.sample_size.min(out.population);
+    }
+    if let Some(v) = s.initial_samples {
+        uses("initialSamples", &[Algorithm::Bayesian])?;
+        range("initialSamples", v as f64, 1.0, 10_000.0)?;
+        out.initial_samples = v as usize;
+    }
+    if let Some(v) = s.candidates {
+        uses("candidates", &[Algorithm::Bayesian])?;
+        range("candidates", v as f64, 1.0, 100_000.0)?;
+        out.candidates = v as usize;
+    }
+    if let Some(v) = s.learning_rate {
+        uses("learningRate", &[Algorithm::Reinforce])?;
+        range("learningRate", v, 0.0, 10.0)?;
+        out.learning_rate = v;
+    }
+    if let Some(v) = s.baseline_decay {
+        uses("baselineDecay", &[Algorithm::Reinforce])?;
+        range("baselineDecay", v, 0.0, 0.999)?;
+        out.baseline_decay = v;
+    }
+    Ok(out)
+}
+
+fn fidelity(f: &FidelitySpec) -> Result<FidelitySchedule, ValidationError> {
+    if f.min_epochs == 0 {
+        return Err(invalid("spec.fidelity.minEpochs", "must be at least 1"));
+    }
+    if f.min_epochs > f.max_epochs {
+        return Err(invalid(
+            "spec.fidelity.minEpochs",
+            format!("{} is above maxEpochs {}", f.min_epochs, f.max_epochs),
+        ));
+    }
+    let eta = f.reduction_factor.unwrap_or(3.0);
+    if !(1.1..=100.0).contains(&eta) {
+        return Err(invalid(
+            "spec.fidelity.reductionFactor",
+            format!("{eta} is out of range; use 1.1..=100 (3 is usual)"),
+        ));
+    }
+    Ok(FidelitySchedule::geometric(
+        f.algorithm,
+        f.min_epochs,
+        f.max_epochs,
+        eta,
+    ))
+}
+
+fn budget(b: &BudgetSpec) -> Result<Budget, ValidationError> {
+    let at_least_one = |name: &str, v: u32| {
+        if v >= 1 {
+            Ok(())
+        } else {
+            Err(invalid(format!("spec.budget.{name}"), "must be at least 1"))
+        }
+    };
+    at_least_one("maxTrials", b.max_trials)?;
+    at_least_one("parallelism", b.parallelism)?;
+    at_least_one("trialEpochs", b.trial_epochs)?;
+    if b.trial_timeout_seconds == Some(0) {
+        return Err(invalid(
+            "spec.budget.trialTimeoutSeconds",
+            "must be at least 1 (leave it out for no timeout)",
+        ));
+    }
+    if b.deadline_seconds == Some(0) {
+        return Err(invalid(
+            "spec.budget.deadlineSeconds",
+            "must be at least 1 (leave it out for no deadline)",
+        ));
+    }
+    Ok(Budget {
+        max_trials: b.max_trials,
+        parallelism: b.parallelism,
+        max_failed_trials: b.max_failed_trials,
+        trial_epochs: b.trial_epochs,
+        trial_timeout: b.trial_timeout_seconds.map(|s| s as f64),
+        deadline: b.deadline_seconds.map(|s| s as f64),
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,132 @@
+use super::*;
+use crate::api::NasExperiment;
+
+const GOOD: &str = r#"
+apiVersion: nasop.dev/v1alpha1
+kind: NasExperiment
+metadata:
+  name: nb201
+spec:
+  objectives:
+    - metric: val_accuracy
+      goal: maximize
+      target: 0.95
+    - metric: latency_ms
+      goal: minimize
+  constraints:
+    - metric: params
+      max: 1000000
+  searchSpace:
+    cell:
+      nodes: 4
+      operations: [none, skip_connect, nor_conv_1x1, nor_conv_3x3, avg_pool_3x3]
+    hyperparameters:
+      - name: learning_rate
+        float: {min: 0.001, max: 0.1, log: true}
+      - name: batch_size
+        categorical: ["64", "128"]
+  strategy:
+    algorithm: evolution
+    seed: 7
+    settings: {population: 20, sampleSize: 5}
+  fidelity:
+    algorithm: asha
+    minEpochs: 2
+    maxEpochs: 18
+  earlyStopping:
+    algorithm: medianStop
+  budget:
+    maxTrials: 50
+    parallelism: 4
+"#;
+
+fn parse(yaml: &str) -> NasExperiment {
+    serde_yaml::from_str(yaml).expect("parses")
+}
+
+fn error_for(edit: impl FnOnce(&mut NasExperimentSpec)) -> ValidationError {
+    let mut exp = parse(GOOD);
+    edit(&mut exp.spec);
+    validate("nb201", &exp.spec).expect_err("must be rejected")
+}
+
+#[test]
+fn a_full_manifest_validates_with_defaults() {
+    let exp = validate("nb201", &parse(GOOD).spec).unwrap();
+    assert_eq!(exp.objectives.len(), 2);
+    assert!(exp.objectives[0].maximize && !exp.objectives[1].maximize);
+    assert_eq!(exp.space.decisions().len(), 8);
+    assert_eq!(exp.strategy.settings.population, 20);
+    assert_eq!(
+        exp.strategy.fidelity.as_ref().unwrap().rungs,
+        vec![2, 6, 18]
+    );
+    assert_eq!(exp.budget.max_failed_trials, 3);
+    assert_eq!(exp.budget.trial_epochs, 10);
+    assert_eq!(exp.early_stopping.as_ref().unwrap().min_trials, 3);
+}
+
+#[test]
+fn empty_operation_list_names_the_field() {
+    let e = error_for(|s| s.search_space.cell.as_mut().unwrap().operations.clear());
+    assert_eq!(e.field, "spec.searchSpace.cell.operations");
+    assert!(e.problem.contains("at least one operation"), "{e}");
+}
+
+#[test]
+fn settings_out_of_range_or_for_another_algorithm_are_named() {
+    let e = error_for(|s| s.strategy.settings.sample_size = Some(50));
+    assert_eq!(e.field, "spec.strategy.settings.sampleSize");
+    assert!(e.problem.contains("out of range; use 1..=20"), "{e}");
+    let e = error_for(|s| s.strategy.settings.learning_rate = Some(0.1));
+    assert_eq!(e.field, "spec.strategy.settings.learningRate");
+    assert!(
+        e.problem.contains("setting of reinforce, not of evolution"),
+        "{e}"
+    );
+}
+
+#[test]
+fn unknown_algorithm_lists_the_valid_ones() {
+    let yaml = GOOD.replace("algorithm: evolution", "algorithm: annealing");
+    let err = serde_yaml::from_str::<NasExperiment>(&yaml)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("annealing") && err.contains("evolution") && err.contains("bayesian"),
+        "{err}"
+    );
+}
+
+#[test]
+fn duplicate_objectives_and_bad_constraints_are_named() {
+    let e = error_for(|s| s.objectives[1].metric = "val_accuracy".into());
+    assert_eq!(e.field, "spec.objectives[1].metric");
+    let e = error_for(|s| s.constraints[0].max = None);
+    assert_eq!(e.field, "spec.constraints[0]");
+    let e = error_for(|s| s.constraints[0].min = Some(2e6));
+    assert_eq!(e.field, "spec.constraints[0].min");
+}
+
+#[test]
+fn hyperparameter_needs_exactly_one_kind() {
+    let e =
+        error_for(|s| s.search_space.hyperparameters[0].int = Some(IntRange { min: 1, max: 2 }));
+    assert_eq!(e.field, "spec.searchSpace.hyperparameters[0]");
+    let e = error_for(|s| {
+        s.search_space.hyperparameters[0]
+            .float
+            .as_mut()
+            .unwrap()
+            .min = 0.0
+    });
+    assert_eq!(e.field, "spec.searchSpace.hyperparameters[0].float.min");
+}
+
+#[test]
+fn fidelity_and_budget_ranges_are_named() {
+    let e = error_for(|s| s.fidelity.as_mut().unwrap().min_epochs = 40);
+    assert_eq!(e.field, "spec.fidelity.minEpochs");
+    let e = error_for(|s| s.budget.parallelism = 0);
+    assert_eq!(e.field, "spec.budget.parallelism");
+}
