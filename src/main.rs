@@ -24,6 +24,8 @@ enum Command {
 enum Bench {
     /// Runs strategies on NAS-Bench-201 (a trial is a table lookup with simulated cost).
     Nb201(Box<nasop::bench::command::Nb201Args>),
+    /// Times one proposal of every strategy after a long history.
+    Proposal(nasop::bench::proposal::ProposalArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -36,5 +38,23 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench(Bench::Nb201(args)) => nasop::bench::command::run(&args),
+        Command::Bench(Bench::Proposal(args)) => {
+            let timings = nasop::bench::proposal::run(&args);
+            if args.json {
+                println!("{}", serde_json::to_string(&timings)?);
+            } else {
+                println!(
+                    "{:<10} {:>8} {:>10} {:>10} {:>11}",
+                    "strategy", "history", "mean ms", "max ms", "rebuild ms"
+                );
+                for t in timings {
+                    println!(
+                        "{:<10} {:>8} {:>10.3} {:>10.3} {:>11.1}",
+                        t.strategy, t.history, t.mean_ms, t.max_ms, t.rebuild_ms
+                    );
+                }
+            }
+            Ok(())
+        }
     }
 }

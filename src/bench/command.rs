@@ -152,6 +152,18 @@ pub fn run(args: &Nb201Args) -> anyhow::Result<()> {
         }
         if !args.json {
             print_row(&summary, summaries.is_empty());
+            if args.runs == 1
+                && let Some(r) = results.first()
+            {
+                println!(
+                    "  picked {} (NAS-Bench-201 index {}): 200-epoch valid {:.2}, test {:.2} after {} trials",
+                    r.picked_architecture.as_deref().unwrap_or("nothing"),
+                    r.picked_index.map_or("-".into(), |i| i.to_string()),
+                    r.picked_valid,
+                    r.picked_test,
+                    r.queries
+                );
+            }
         }
         summaries.push(summary);
     }

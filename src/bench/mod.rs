@@ -4,6 +4,7 @@
 
 pub mod command;
 pub mod nb201;
+pub mod proposal;
 
 use crate::strategy::{self, Context, Observation, StrategyConfig, Taken, pareto};
 use nasop_core::Rng;
@@ -33,6 +34,7 @@ pub struct RunResult {
     pub queries: usize,
     pub seconds_used: f64,
     pub picked_index: Option<u32>,
+    pub picked_architecture: Option<String>,
     pub picked_valid: f64,
     pub picked_test: f64,
     /// (queries, simulated seconds, test accuracy of the pick so far) after every result.
@@ -104,7 +106,7 @@ pub fn run_once(table: &Table, cfg: &BenchConfig, seed: u64) -> RunResult {
     let mut created = 0usize;
     let mut clock = 0.0;
     let mut observed: Vec<(Observation, Row)> = Vec::new();
-    let mut best: Option<(u32, f64, Row)> = None;
+    let mut best: Option<(u32, f64, Row, String)> = None;
     let mut curve = Vec::new();
     loop {
         let free = cfg.workers.saturating_sub(running.len());
@@ -164,9 +166,9 @@ pub fn run_once(table: &Table, cfg: &BenchConfig, seed: u64) -> RunResult {
             // The pick: the best value at the highest budget evaluated.
             let better = best
                 .as_ref()
-                .is_none_or(|(b, bv, _)| (done.obs.budget, v) > (*b, *bv));
+                .is_none_or(|(b, bv, _, _)| (done.obs.budget, v) > (*b, *bv));
             if better {
-                best = Some((done.obs.budget, v, done.row));
+                best = Some((done.obs.budget, v, done.row, space.format(&done.obs.point)));
             }
         }
         observed.push((done.obs, done.row));
@@ -183,6 +185,7 @@ pub fn run_once(table: &Table, cfg: &BenchConfig, seed: u64) -> RunResult {
         queries: observed.len(),
         seconds_used: clock,
         picked_index: best.as_ref().map(|b| b.2.index),
+        picked_architecture: best.as_ref().map(|b| b.3.clone()),
         picked_valid: best.as_ref().map_or(f64::NAN, |b| b.2.valid_200ep),
         picked_test: best.as_ref().map_or(f64::NAN, |b| b.2.test),
         curve,

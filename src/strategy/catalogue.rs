@@ -91,36 +91,59 @@ impl Catalogue {
         cat
     }
 
-    /// Ridge regression (in its dual form, cheap for few observations) on binary features:
-    /// the weight of every feature, from (catalogue index, target) pairs.
+    /// Ridge regression on binary features: the weight of every feature, from (catalogue
+    /// index, target) pairs. Solved in whichever form is smaller (dual n×n for few results,
+    /// primal d×d for many), so its cost stops growing with the history.
     pub fn ridge(&self, data: &[(usize, f64)], lambda: f64) -> Option<Vec<f64>> {
         let n = data.len();
         if n == 0 {
             return None;
         }
-        let mut k = vec![0.0; n * n];
-        let mut mark = vec![u32::MAX; self.n_features];
-        for i in 0..n {
-            for &f in &self.features[data[i].0] {
-                mark[f as usize] = i as u32;
+        let d = self.n_features;
+        if n <= d {
+            let mut k = vec![0.0; n * n];
+            let mut mark = vec![u32::MAX; d];
+            for i in 0..n {
+                for &f in &self.features[data[i].0] {
+                    mark[f as usize] = i as u32;
+                }
+                for j in 0..=i {
+                    let shared = self.features[data[j].0]
+                        .iter()
+                        .filter(|&&f| mark[f as usize] == i as u32)
+                        .count();
+                    k[i * n + j] = shared as f64 + if i == j { lambda } else { 0.0 };
+                }
             }
-            for j in 0..=i {
-                let shared = self.features[data[j].0]
-                    .iter()
-                    .filter(|&&f| mark[f as usize] == i as u32)
-                    .count();
-                k[i * n + j] = shared as f64 + if i == j { lambda } else { 0.0 };
+            let ys: Vec<f64> = data.iter().map(|x| x.1).collect();
+            let alpha = super::bayesian::solve_spd(k, n, &ys)?;
+            let mut w = vec![0.0; d];
+            for (i, a) in alpha.iter().enumerate() {
+                for &f in &self.features[data[i].0] {
+                    w[f as usize] += a;
+                }
             }
+            Some(w)
+        } else {
+            // (XᵀX + λI) w = Xᵀy, filling the lower triangle.
+            let mut a = vec![0.0; d * d];
+            let mut b = vec![0.0; d];
+            for &(i, y) in data {
+                let f = &self.features[i];
+                for &p in f {
+                    b[p as usize] += y;
+                    for &q in f {
+                        if q <= p {
+                            a[p as usize * d + q as usize] += 1.0;
+                        }
+                    }
+                }
+            }
+            for p in 0..d {
+                a[p * d + p] += lambda;
+            }
+            super::bayesian::solve_spd(a, d, &b)
         }
-        let ys: Vec<f64> = data.iter().map(|d| d.1).collect();
-        let alpha = super::bayesian::solve_spd(k, n, &ys)?;
-        let mut w = vec![0.0; self.n_features];
-        for (i, a) in alpha.iter().enumerate() {
-            for &f in &self.features[data[i].0] {
-                w[f as usize] += a;
-            }
-        }
-        Some(w)
     }
 
     pub fn score(&self, weights: &[f64], i: usize) -> f64 {

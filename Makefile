@@ -1,0 +1,40 @@
+# nasop: `make demo` shows a search, `make test` runs every test. See README.md.
+SHELL := /bin/bash
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+CARGO ?= cargo
+NB201 ?= ../shared/data/nasbench201
+NASOP := target/release/nasop
+
+.PHONY: all build test lint crds bench demo toolchain
+
+all: build
+
+toolchain:
+	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust 1.89 or newer with rustup (https://rustup.rs), then rerun make" >&2; exit 1; }
+
+build: toolchain
+	$(CARGO) build --release --workspace
+
+lint: toolchain
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
+
+# Every test: unit and property tests of core, strategies and engine, the CRD drift check,
+# and the strategy benchmark on the NAS-Bench-201 tables.
+test: lint
+	$(CARGO) test --release --workspace
+
+# Regenerates crds/ from src/api (a test fails when they drift).
+crds: build
+	$(NASOP) crds --out crds
+
+# The figures of BENCHMARKS.md (about 10 minutes on 2 cores).
+bench: build
+	scripts/benchmarks.sh 500
+
+# A real search on real data: every strategy against NAS-Bench-201 (CIFAR-10, the paper's
+# 12,000 s budget), then one run of the best strategy with the architecture it picks.
+demo: build
+	$(NASOP) bench nb201 --data $(NB201) --strategy all --runs 100
+	@echo
+	$(NASOP) bench nb201 --data $(NB201) --strategy bayesian --runs 1 --seed 1

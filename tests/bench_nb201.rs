@@ -1,0 +1,144 @@
+//! The strategy benchmark on the real NAS-Bench-201 tables in ../shared/data/nasbench201.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn data() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/nasbench201");
+    assert!(
+        dir.join("nb201.csv").exists(),
+        "{} is missing: the benchmark tables live in the shared folder beside the repository",
+        dir.display()
+    );
+    dir
+}
+
+fn bench(args: &[&str]) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_nasop"))
+        .args(["bench", "nb201", "--data"])
+        .arg(data())
+        .args(args)
+        .arg("--json")
+        .output()
+        .expect("nasop runs");
+    assert!(
+        out.status.success(),
+        "nasop bench failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("one JSON object")
+}
+
+#[test]
+fn random_search_reproduces_the_published_row() {
+    // NAS-Bench-201 paper, Table 5: RS 93.70 ± 0.36 on CIFAR-10 at 12,000 s.
+    let r = bench(&[
+        "--dataset",
+        "cifar10",
+        "--strategy",
+        "random",
+        "--runs",
+        "200",
+        "--budget-seconds",
+        "12000",
+    ]);
+    for key in [
+        "strategy",
+        "dataset",
+        "runs",
+        "queries_mean",
+        "valid_mean",
+        "test_mean",
+        "test_std",
+    ] {
+        assert!(r.get(key).is_some(), "missing {key} in {r}");
+    }
+    assert_eq!(r["strategy"], "random");
+    assert_eq!(r["runs"], 200);
+    let mean = r["test_mean"].as_f64().unwrap();
+    assert!(
+        (93.70 - 0.36..=93.70 + 0.36).contains(&mean),
+        "random search test mean {mean}"
+    );
+    let queries = r["queries_mean"].as_f64().unwrap();
+    assert!(
+        (90.0..=120.0).contains(&queries),
+        "{queries} queries in 12,000 simulated seconds"
+    );
+}
+
+#[test]
+fn guided_search_beats_random_and_is_reproducible() {
+    let args = [
+        "--dataset",
+        "cifar10",
+        "--strategy",
+        "bayesian",
+        "--runs",
+        "40",
+        "--seed",
+        "3",
+    ];
+    let a = bench(&args);
+    let random = bench(&[
+        "--dataset",
+        "cifar10",
+        "--strategy",
+        "random",
+        "--runs",
+        "40",
+        "--seed",
+        "3",
+    ]);
+    assert!(
+        a["test_mean"].as_f64().unwrap() > random["test_mean"].as_f64().unwrap() + 0.2,
+        "bayesian {a} vs random {random}"
+    );
+    let b = bench(&args);
+    assert_eq!(a["test_mean"], b["test_mean"]);
+}
+
+#[test]
+fn multi_objective_runs_report_hypervolume() {
+    let r = bench(&[
+        "--strategy",
+        "nsga2",
+        "--runs",
+        "10",
+        "--latency",
+        "hwnas_pixel3_latency_ms",
+        "--max-latency-ms",
+        "20",
+    ]);
+    let hv = r["hypervolume_mean"]
+        .as_f64()
+        .expect("hypervolume in multi-objective runs");
+    assert!(hv > 0.5 && hv <= 1.0, "hypervolume share {hv}");
+}
+
+#[test]
+fn multi_fidelity_runs_and_bad_input_is_explained() {
+    let r = bench(&["--strategy", "random", "--fidelity", "asha", "--runs", "10"]);
+    assert!(r["test_mean"].as_f64().unwrap() > 90.0);
+    let out = Command::new(env!("CARGO_BIN_EXE_nasop"))
+        .args(["bench", "nb201", "--strategy", "annealing", "--data"])
+        .arg(data())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("annealing") && err.contains("evolution"),
+        "{err}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_nasop"))
+        .args(["bench", "nb201", "--data", "/nonexistent"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("pass --data"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
