@@ -69,6 +69,15 @@ fn record(t: &NewTrial, phase: TrialPhase, at: f64) -> TrialRecord {
     }
 }
 
+/// The trials of the experiment's first decision, all running.
+fn started(exp: &Experiment) -> Vec<TrialRecord> {
+    decide(exp, &[], clock(0.0))
+        .create
+        .iter()
+        .map(|t| record(t, TrialPhase::Running, 0.0))
+        .collect()
+}
+
 fn finish(
     trials: &mut [TrialRecord],
     index: u32,
@@ -101,12 +110,7 @@ fn first_decision_fills_the_parallel_slots() {
 #[test]
 fn never_creates_past_max_trials() {
     let exp = experiment(Algorithm::Random, 4, 3);
-    let first = decide(&exp, &[], clock(0.0));
-    let mut trials: Vec<TrialRecord> = first
-        .create
-        .iter()
-        .map(|t| record(t, TrialPhase::Running, 0.0))
-        .collect();
+    let mut trials = started(&exp);
     finish(
         &mut trials,
         0,
@@ -129,12 +133,7 @@ fn never_creates_past_max_trials() {
 #[test]
 fn budget_spent_finishes_only_when_nothing_runs() {
     let exp = experiment(Algorithm::Random, 2, 2);
-    let first = decide(&exp, &[], clock(0.0));
-    let mut trials: Vec<TrialRecord> = first
-        .create
-        .iter()
-        .map(|t| record(t, TrialPhase::Running, 0.0))
-        .collect();
+    let mut trials = started(&exp);
     finish(
         &mut trials,
         0,
@@ -160,12 +159,7 @@ fn budget_spent_finishes_only_when_nothing_runs() {
 #[test]
 fn too_many_failures_fail_the_experiment_and_stop_the_rest() {
     let exp = experiment(Algorithm::Random, 10, 4);
-    let first = decide(&exp, &[], clock(0.0));
-    let mut trials: Vec<TrialRecord> = first
-        .create
-        .iter()
-        .map(|t| record(t, TrialPhase::Running, 0.0))
-        .collect();
+    let mut trials = started(&exp);
     for i in 0..2 {
         finish(&mut trials, i, TrialPhase::Failed, 1.0, &[]);
     }
@@ -193,12 +187,7 @@ fn too_many_failures_fail_the_experiment_and_stop_the_rest() {
 fn target_reached_ends_the_experiment() {
     let mut exp = experiment(Algorithm::Random, 10, 2);
     exp.objectives[0].target = Some(0.9);
-    let first = decide(&exp, &[], clock(0.0));
-    let mut trials: Vec<TrialRecord> = first
-        .create
-        .iter()
-        .map(|t| record(t, TrialPhase::Running, 0.0))
-        .collect();
+    let mut trials = started(&exp);
     finish(
         &mut trials,
         0,
@@ -237,12 +226,7 @@ fn a_target_outside_the_constraints_does_not_count() {
         min: None,
         max: Some(5.0),
     });
-    let first = decide(&exp, &[], clock(0.0));
-    let mut trials: Vec<TrialRecord> = first
-        .create
-        .iter()
-        .map(|t| record(t, TrialPhase::Running, 0.0))
-        .collect();
+    let mut trials = started(&exp);
     finish(
         &mut trials,
         0,
@@ -262,12 +246,7 @@ fn a_target_outside_the_constraints_does_not_count() {
 fn deadline_stops_everything() {
     let mut exp = experiment(Algorithm::Random, 10, 2);
     exp.budget.deadline = Some(100.0);
-    let first = decide(&exp, &[], clock(0.0));
-    let trials: Vec<TrialRecord> = first
-        .create
-        .iter()
-        .map(|t| record(t, TrialPhase::Running, 0.0))
-        .collect();
+    let trials = started(&exp);
     assert!(decide(&exp, &trials, clock(99.0)).stop.is_empty());
     let d = decide(&exp, &trials, clock(100.0));
     assert_eq!(d.stop.len(), 2);
@@ -283,12 +262,7 @@ fn deadline_stops_everything() {
 fn timed_out_trials_are_stopped_and_keep_their_slot() {
     let mut exp = experiment(Algorithm::Random, 10, 2);
     exp.budget.trial_timeout = Some(50.0);
-    let first = decide(&exp, &[], clock(0.0));
-    let mut trials: Vec<TrialRecord> = first
-        .create
-        .iter()
-        .map(|t| record(t, TrialPhase::Running, 0.0))
-        .collect();
+    let mut trials = started(&exp);
     trials[1].started_at = Some(30.0);
     let d = decide(&exp, &trials, clock(60.0));
     assert_eq!(
@@ -311,12 +285,7 @@ fn median_rule_stops_a_trial_below_the_median() {
         min_trials: 2,
         start_step: 2,
     });
-    let first = decide(&exp, &[], clock(0.0));
-    let mut trials: Vec<TrialRecord> = first
-        .create
-        .iter()
-        .map(|t| record(t, TrialPhase::Running, 0.0))
-        .collect();
+    let mut trials = started(&exp);
     let curve = |vals: &[f64]| -> Vec<Report> {
         vals.iter()
             .enumerate()

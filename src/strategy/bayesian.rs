@@ -65,7 +65,7 @@ impl Bayesian {
         for (d, v) in self.space.decisions().iter().zip(point) {
             match (&d.domain, v) {
                 (Domain::Choice { .. }, Value::Choice(i)) => choices.push(*i),
-                (domain, v) => numbers.push(unit(domain, *v)),
+                (domain, v) => numbers.push(domain.unit(*v)),
             }
         }
         Features {
@@ -170,24 +170,6 @@ impl Bayesian {
         }
         keep.sort_unstable();
         keep.into_iter().map(|i| &self.data[i]).collect()
-    }
-}
-
-fn unit(domain: &Domain, v: Value) -> f64 {
-    match (domain, v) {
-        (Domain::Int { min, max }, Value::Int(i)) if max > min => {
-            (i - min) as f64 / (max - min) as f64
-        }
-        (
-            Domain::Real {
-                min,
-                max,
-                log: true,
-            },
-            Value::Real(x),
-        ) if max > min => (x.ln() - min.ln()) / (max.ln() - min.ln()),
-        (Domain::Real { min, max, .. }, Value::Real(x)) if max > min => (x - min) / (max - min),
-        _ => 0.0,
     }
 }
 

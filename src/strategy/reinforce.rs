@@ -84,24 +84,6 @@ fn softmax(logits: &[f64]) -> Vec<f64> {
     e.into_iter().map(|x| x / s).collect()
 }
 
-fn unit(domain: &Domain, v: Value) -> f64 {
-    match (domain, v) {
-        (Domain::Int { min, max }, Value::Int(i)) if max > min => {
-            (i - min) as f64 / (max - min) as f64
-        }
-        (
-            Domain::Real {
-                min,
-                max,
-                log: true,
-            },
-            Value::Real(x),
-        ) if max > min => (x.ln() - min.ln()) / (max.ln() - min.ln()),
-        (Domain::Real { min, max, .. }, Value::Real(x)) if max > min => (x - min) / (max - min),
-        _ => 0.5,
-    }
-}
-
 impl Strategy for Reinforce {
     fn propose(&mut self, ctx: &mut Context<'_>, n: usize) -> Vec<Proposal> {
         let mut out = Vec::with_capacity(n);
@@ -146,7 +128,7 @@ impl Strategy for Reinforce {
                     }
                 }
                 (domain, v) => {
-                    let u = unit(domain, v);
+                    let u = domain.unit(v);
                     let grad = (u - self.means[i]) / (SIGMA * SIGMA);
                     self.means[i] = (self.means[i] + step * SIGMA * SIGMA * grad).clamp(0.0, 1.0);
                 }

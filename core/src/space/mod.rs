@@ -638,7 +638,18 @@ fn value_in(domain: &Domain, v: Value) -> bool {
     }
 }
 
-/// A number's position in its range, in [0, 1].
+impl Domain {
+    /// A number's position in its range, in [0, 1] (log scale where declared); 0 for choices.
+    pub fn unit(&self, v: Value) -> f64 {
+        unit_of(self, v)
+    }
+
+    /// The value at position `u` of the range (clamped to [0, 1]).
+    pub fn at_unit(&self, u: f64) -> Value {
+        from_unit(self, u)
+    }
+}
+
 fn unit_of(domain: &Domain, v: Value) -> f64 {
     match (domain, v) {
         (Domain::Int { min, max }, Value::Int(i)) if max > min => {
