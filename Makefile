@@ -4,25 +4,31 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 CARGO ?= cargo
 NB201 ?= ../shared/data/nasbench201
 NASOP := target/release/nasop
+# tch finds libtorch through these; scripts/libtorch.sh installs it once into ~/.cache/nasop.
+TORCH = LIBTORCH="$$(scripts/libtorch.sh)" LIBTORCH_CXX11_ABI=1
 
-.PHONY: all build test lint crds bench demo toolchain
+.PHONY: all build test lint crds bench demo toolchain data
 
 all: build
 
 toolchain:
 	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust 1.89 or newer with rustup (https://rustup.rs), then rerun make" >&2; exit 1; }
+	@command -v python3 >/dev/null || { echo "python3 (with pip) is needed to fetch libtorch from PyPI" >&2; exit 1; }
+
+data:
+	scripts/data.sh
 
 build: toolchain
-	$(CARGO) build --release --workspace
+	$(TORCH) $(CARGO) build --release --workspace
 
 lint: toolchain
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
+	$(TORCH) $(CARGO) clippy --release --workspace --all-targets -- -D warnings
 
 # Every test: unit and property tests of core, strategies and engine, the CRD drift check,
-# and the strategy benchmark on the NAS-Bench-201 tables.
-test: lint
-	$(CARGO) test --release --workspace
+# the strategy benchmark on the NAS-Bench-201 tables, and the trainer on Fashion-MNIST.
+test: lint data
+	$(TORCH) $(CARGO) test --release --workspace
 
 # Regenerates crds/ from src/api (a test fails when they drift).
 crds: build

@@ -55,11 +55,15 @@ pub struct Budget {
     pub epochs: u32,
 }
 
-/// One progress report, posted after an epoch and printed to stdout as a JSON line.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One progress report, posted after an epoch and printed to stdout as a JSON line. The
+/// final report (also the termination message) holds the final metrics.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Report {
     pub step: u32,
     pub metrics: BTreeMap<String, f64>,
+    /// Non-numeric results, e.g. `derived_architecture` of a one-shot (DARTS) search.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub info: BTreeMap<String, String>,
 }
 
 /// The answer to a report.
@@ -76,21 +80,27 @@ pub struct ReportReply {
     pub action: ReportAction,
 }
 
-/// The final metrics as the compact JSON written to the termination-message file, trimmed
-/// (metrics dropped from the end of the alphabet) to fit Kubernetes' 4 KiB limit.
-pub fn termination_message(metrics: &BTreeMap<String, f64>) -> String {
-    let mut kept = metrics.clone();
+/// The final report as the compact JSON written to the termination-message file, trimmed
+/// to fit Kubernetes' 4 KiB limit (info entries first, then metrics, from the end of the
+/// alphabet).
+pub fn termination_message(report: &Report) -> String {
+    let mut kept = report.clone();
     loop {
-        let text = serde_json::to_string(&kept).expect("metrics serialise");
+        let text = serde_json::to_string(&kept).expect("reports serialise");
         if text.len() <= TERMINATION_MESSAGE_MAX_BYTES {
             return text;
         }
-        let last = kept
-            .keys()
-            .next_back()
-            .cloned()
-            .expect("a non-empty map is over the limit");
-        kept.remove(&last);
+        if let Some(last) = kept.info.keys().next_back().cloned() {
+            kept.info.remove(&last);
+        } else {
+            let last = kept
+                .metrics
+                .keys()
+                .next_back()
+                .cloned()
+                .expect("an empty report fits");
+            kept.metrics.remove(&last);
+        }
     }
 }
 
@@ -103,11 +113,17 @@ mod tests {
         let metrics: BTreeMap<String, f64> = (0..500)
             .map(|i| (format!("metric_{i:04}"), i as f64 / 3.0))
             .collect();
-        let text = termination_message(&metrics);
+        let info = BTreeMap::from([("derived_architecture".to_string(), "x".repeat(5000))]);
+        let text = termination_message(&Report {
+            step: 3,
+            metrics,
+            info,
+        });
         assert!(text.len() <= TERMINATION_MESSAGE_MAX_BYTES);
-        let back: BTreeMap<String, f64> = serde_json::from_str(&text).unwrap();
-        assert!(back.contains_key("metric_0000"));
-        assert!(back.len() < 500);
+        let back: Report = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.step, 3);
+        assert!(back.metrics.contains_key("metric_0000"));
+        assert!(back.metrics.len() < 500 && back.info.is_empty());
     }
 
     #[test]

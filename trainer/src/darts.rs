@@ -1,0 +1,321 @@
+//! One-shot search over a cell space: DARTS (Liu et al., ICLR 2019, first order) and GDAS
+//! (Dong & Yang, CVPR 2019). A supernet puts every operation on every edge; the weights
+//! train on one half of the training split and the architecture parameters (Adam) on the
+//! other, alternating. The derived cell takes each edge's strongest operation.
+
+use crate::data::{Dataset, Split};
+use crate::model::{CELL_OPERATIONS, NetConfig, Op, Skeleton, sum_or_zeros};
+use crate::optim::{Optimizer, OptimizerKind};
+use crate::report::Reporter;
+use crate::train::{Ending, Outcome, cosine, evaluate};
+use anyhow::{Result, bail};
+use nasop_core::Rng;
+use nasop_core::arch::{Architecture, Edge, cell_edges};
+use nasop_core::contract::{Report, ReportAction};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+use tch::nn;
+use tch::{Device, Kind, Tensor};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OneShot {
+    Darts,
+    Gdas,
+}
+
+pub struct SearchConfig {
+    pub method: OneShot,
+    pub nodes: usize,
+    pub operations: Vec<String>,
+    pub net: NetConfig,
+    pub epochs: u32,
+    pub seed: u64,
+    pub batch_size: i64,
+    pub learning_rate: f64,
+    pub device: Device,
+    pub max_batches: usize,
+}
+
+/// The supernet: every cell holds all operations on every edge; one set of architecture
+/// parameters (edges × operations) is shared by all cells, as in NAS-Bench-201's baselines.
+struct Supernet {
+    skeleton: Skeleton,
+    /// cells[stage * N + k][edge][op]
+    cells: Vec<Vec<Vec<Op>>>,
+    edges: Vec<(usize, usize)>,
+    nodes: usize,
+    alpha: Tensor,
+}
+
+/// How edges mix their operations in one forward pass.
+enum Mixing {
+    /// DARTS: softmax weights over all operations.
+    Soft(Tensor),
+    /// GDAS: one sampled operation per edge, with straight-through weights.
+    Hard { weights: Tensor, picks: Vec<usize> },
+}
+
+impl Supernet {
+    fn forward(&self, x: &Tensor, train: bool, mixing: &Mixing) -> Tensor {
+        let per_stage = self.skeleton.config.cells_per_stage as usize;
+        self.skeleton.forward_with(x, train, |stage, k, h| {
+            let ops = &self.cells[stage * per_stage + k];
+            let mut states = vec![h.shallow_clone()];
+            for j in 1..self.nodes {
+                let mut terms = Vec::new();
+                for (e, &(from, to)) in self.edges.iter().enumerate() {
+                    if to != j {
+                        continue;
+                    }
+                    match mixing {
+                        Mixing::Soft(w) => {
+                            for (o, op) in ops[e].iter().enumerate() {
+                                if let Some(y) = op.forward(&states[from], train) {
+                                    terms.push(y * w.get(e as i64).get(o as i64));
+                                }
+                            }
+                        }
+                        Mixing::Hard { weights, picks } => {
+                            let o = picks[e];
+                            let w = weights.get(e as i64).get(o as i64);
+                            match ops[e][o].forward(&states[from], train) {
+                                Some(y) => terms.push(y * w),
+                                // A zero pick still passes its gradient to alpha through the weight.
+                                None => terms.push(states[from].zeros_like() * w),
+                            }
+                        }
+                    }
+                }
+                states.push(sum_or_zeros(terms, h));
+            }
+            states.pop().expect("an output node")
+        })
+    }
+
+    fn soft(&self) -> Mixing {
+        Mixing::Soft(self.alpha.softmax(-1, Kind::Float))
+    }
+
+    /// Gumbel-softmax sample at temperature `tau` (GDAS).
+    fn hard(&self, tau: f64) -> Mixing {
+        let gumbel = -(-(self.alpha.rand_like().clamp(1e-9, 1.0 - 1e-9)).log()).log();
+        let soft = ((&self.alpha + gumbel) / tau).softmax(-1, Kind::Float);
+        let picks: Vec<usize> = Vec::<i64>::try_from(soft.argmax(-1, false))
+            .expect("indices")
+            .into_iter()
+            .map(|i| i as usize)
+            .collect();
+        let one_hot = soft
+            .zeros_like()
+            .scatter_value(-1, &soft.argmax(-1, true), 1.0);
+        let weights = one_hot - soft.detach() + soft;
+        Mixing::Hard { weights, picks }
+    }
+
+    fn derived(&self, operations: &[String]) -> Architecture {
+        let best: Vec<i64> = Vec::<i64>::try_from(self.alpha.argmax(-1, false)).expect("indices");
+        let edges = self
+            .edges
+            .iter()
+            .zip(best)
+            .map(|(&(from, to), o)| Edge {
+                from,
+                to,
+                op: operations[o as usize].clone(),
+            })
+            .collect();
+        Architecture::Cell {
+            nodes: self.nodes,
+            edges,
+        }
+    }
+
+    /// Mean entropy (nats) of the edges' operation distributions.
+    fn entropy(&self) -> f64 {
+        let p = self.alpha.softmax(-1, Kind::Float);
+        let h = -(&p * p.clamp_min(1e-12).log()).sum_dim_intlist(-1, false, Kind::Float);
+        h.mean(Kind::Float).double_value(&[])
+    }
+}
+
+pub fn search(
+    cfg: &SearchConfig,
+    data: &Dataset,
+    reporter: &Reporter,
+    terminate: &AtomicBool,
+) -> Result<Outcome> {
+    for op in &cfg.operations {
+        if !CELL_OPERATIONS.contains(&op.as_str()) {
+            bail!(
+                "operation {op:?} is unknown; the trainer knows {}",
+                CELL_OPERATIONS.join(", ")
+            );
+        }
+    }
+    tch::manual_seed(cfg.seed as i64);
+    let vs = nn::VarStore::new(cfg.device);
+    let arch_vs = nn::VarStore::new(cfg.device);
+    let root = vs.root();
+    let skeleton = Skeleton::new(&root, cfg.net);
+    let edges = cell_edges(cfg.nodes);
+    let mut cells = Vec::new();
+    for stage in 0..3 {
+        let c = skeleton.stage_channels(stage);
+        for k in 0..cfg.net.cells_per_stage {
+            let cp = &root / format!("cell{stage}_{k}");
+            let cell: Vec<Vec<Op>> = edges
+                .iter()
+                .map(|(i, j)| {
+                    cfg.operations
+                        .iter()
+                        .map(|name| {
+                            Op::new(&cp / format!("edge{i}_{j}_{name}"), name, c)
+                                .expect("checked above")
+                        })
+                        .collect()
+                })
+                .collect();
+            cells.push(cell);
+        }
+    }
+    let alpha = arch_vs.root().var(
+        "alpha",
+        &[edges.len() as i64, cfg.operations.len() as i64],
+        nn::Init::Randn {
+            mean: 0.0,
+            stdev: 1e-3,
+        },
+    );
+    let net = Supernet {
+        skeleton,
+        cells,
+        edges,
+        nodes: cfg.nodes,
+        alpha,
+    };
+    let mut w_opt = Optimizer::new(
+        OptimizerKind::Sgd,
+        vs.trainable_variables(),
+        3e-4,
+        0.9,
+        (0.9, 0.999),
+    );
+    let mut a_opt = Optimizer::new(
+        OptimizerKind::Adam,
+        arch_vs.trainable_variables(),
+        1e-3,
+        0.0,
+        (0.5, 0.999),
+    );
+    // Half the training split for the weights, half for the architecture.
+    let n = data.train.len();
+    let half = n / 2;
+    let batch = cfg.batch_size.max(1) as usize;
+    let mut batches = (half as usize).div_ceil(batch);
+    if cfg.max_batches > 0 {
+        batches = batches.min(cfg.max_batches);
+    }
+    let total = batches * cfg.epochs as usize;
+    let mut metrics = BTreeMap::new();
+    let mut ending = Ending::Completed;
+    let slice = |split: &Split, idx: &[i64]| {
+        let i = Tensor::from_slice(idx);
+        (
+            split.images.index_select(0, &i).to_device(cfg.device),
+            split.labels.index_select(0, &i).to_device(cfg.device),
+        )
+    };
+    for epoch in 0..cfg.epochs {
+        let started = Instant::now();
+        let mut rng = Rng::stream(cfg.seed, epoch as u64 + 1);
+        let mut order: Vec<i64> = (0..n).collect();
+        rng.shuffle(&mut order);
+        let (w_part, a_part) = order.split_at(half as usize);
+        // GDAS anneals the Gumbel temperature from 10 to 0.1 over the search.
+        let tau = 10.0 * (0.01f64).powf(epoch as f64 / (cfg.epochs.max(2) - 1) as f64);
+        let mut train_loss = 0.0;
+        for b in 0..batches {
+            if terminate.load(Ordering::Relaxed) {
+                return Ok(Outcome {
+                    ending: Ending::Terminated,
+                    metrics,
+                    info: BTreeMap::new(),
+                });
+            }
+            let range = |part: &[i64]| {
+                part[(b * batch).min(part.len())..((b + 1) * batch).min(part.len())].to_vec()
+            };
+            let mixing = |net: &Supernet| match cfg.method {
+                OneShot::Darts => net.soft(),
+                OneShot::Gdas => net.hard(tau),
+            };
+            // Architecture step on its half (first-order).
+            let (xa, ya) = slice(&data.train, &range(a_part));
+            if xa.size()[0] > 0 {
+                let loss = net
+                    .forward(&xa, true, &mixing(&net))
+                    .cross_entropy_for_logits(&ya);
+                a_opt.zero_grad();
+                w_opt.zero_grad();
+                loss.backward();
+                a_opt.step(3e-4);
+            }
+            // Weight step on the other half.
+            let (xw, yw) = slice(&data.train, &range(w_part));
+            let loss = net
+                .forward(&xw, true, &mixing(&net))
+                .cross_entropy_for_logits(&yw);
+            w_opt.zero_grad();
+            a_opt.zero_grad();
+            loss.backward();
+            w_opt.step(cosine(
+                cfg.learning_rate,
+                epoch as usize * batches + b,
+                total,
+            ));
+            train_loss += loss.double_value(&[]);
+        }
+        let (val_loss, val_accuracy) = evaluate(
+            |x| net.forward(x, false, &net.soft()),
+            &data.valid,
+            cfg.device,
+        );
+        metrics = BTreeMap::from([
+            ("epoch".to_string(), (epoch + 1) as f64),
+            ("train_loss".to_string(), train_loss / batches.max(1) as f64),
+            ("val_loss".to_string(), val_loss),
+            ("val_accuracy".to_string(), val_accuracy),
+            ("entropy".to_string(), net.entropy()),
+            ("epoch_seconds".to_string(), started.elapsed().as_secs_f64()),
+        ]);
+        let info = BTreeMap::from([(
+            "derived_architecture".to_string(),
+            net.derived(&cfg.operations).to_string(),
+        )]);
+        if reporter.send(&Report {
+            step: epoch + 1,
+            metrics: metrics.clone(),
+            info,
+        }) == ReportAction::Stop
+        {
+            ending = Ending::StoppedByRunner;
+            break;
+        }
+    }
+    let derived = net.derived(&cfg.operations);
+    let (test_loss, test_accuracy) = evaluate(
+        |x| net.forward(x, false, &net.soft()),
+        &data.test,
+        cfg.device,
+    );
+    metrics.insert("supernet_test_loss".into(), test_loss);
+    metrics.insert("supernet_test_accuracy".into(), test_accuracy);
+    metrics.insert("entropy".into(), net.entropy());
+    let info = BTreeMap::from([("derived_architecture".to_string(), derived.to_string())]);
+    Ok(Outcome {
+        ending,
+        metrics,
+        info,
+    })
+}

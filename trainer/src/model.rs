@@ -1,0 +1,441 @@
+//! Networks built from architectures: the NAS-Bench-201 skeleton (Dong & Yang, ICLR 2020)
+//! with its operations, and layer-wise networks.
+//!
+//! Skeleton: 3×3 stem convolution (C channels) with batch norm; three stages of N cells at
+//! C, 2C and 4C channels; between stages a residual reduction block (ReLU-conv-BN 3×3
+//! stride 2, ReLU-conv-BN 3×3, shortcut 2×2 average pool then 1×1 convolution); BN-ReLU,
+//! global average pool, linear classifier. C = 16 and N = 5 is the benchmark's network.
+
+use anyhow::{Result, bail};
+use nasop_core::arch::{Architecture, IDENTITY_OPS, ZERO_OPS};
+use tch::Tensor;
+use tch::nn::{self, ModuleT};
+
+/// The operations the trainer knows, by name.
+pub const CELL_OPERATIONS: [&str; 5] = [
+    "none",
+    "skip_connect",
+    "nor_conv_1x1",
+    "nor_conv_3x3",
+    "avg_pool_3x3",
+];
+pub const LAYER_OPERATIONS: [&str; 4] = ["conv_3x3", "conv_5x5", "conv_1x1", "avg_pool_3x3"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NetConfig {
+    /// Channels of the first stage (16 in NAS-Bench-201).
+    pub channels: i64,
+    /// Cells per stage (5 in NAS-Bench-201).
+    pub cells_per_stage: i64,
+    pub input_channels: i64,
+    pub classes: i64,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        NetConfig {
+            channels: 16,
+            cells_per_stage: 5,
+            input_channels: 3,
+            classes: 10,
+        }
+    }
+}
+
+/// ReLU, convolution without bias, batch norm (affine).
+#[derive(Debug)]
+pub struct ReluConvBn {
+    conv: nn::Conv2D,
+    bn: nn::BatchNorm,
+}
+
+impl ReluConvBn {
+    pub fn new(p: nn::Path, cin: i64, cout: i64, k: i64, stride: i64, padding: i64) -> Self {
+        let cfg = nn::ConvConfig {
+            stride,
+            padding,
+            bias: false,
+            ..Default::default()
+        };
+        ReluConvBn {
+            conv: nn::conv2d(&p / "conv", cin, cout, k, cfg),
+            bn: nn::batch_norm2d(&p / "bn", cout, Default::default()),
+        }
+    }
+}
+
+impl ModuleT for ReluConvBn {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        x.relu().apply(&self.conv).apply_t(&self.bn, train)
+    }
+}
+
+/// One cell operation (stride 1, channels preserved).
+#[derive(Debug)]
+pub enum Op {
+    Zero,
+    Identity,
+    Conv(Box<ReluConvBn>),
+    AvgPool,
+}
+
+impl Op {
+    /// `None` for an operation the trainer does not know.
+    pub fn new(p: nn::Path, name: &str, c: i64) -> Option<Op> {
+        Some(match name {
+            n if ZERO_OPS.contains(&n) => Op::Zero,
+            n if IDENTITY_OPS.contains(&n) => Op::Identity,
+            "nor_conv_1x1" => Op::Conv(Box::new(ReluConvBn::new(p, c, c, 1, 1, 0))),
+            "nor_conv_3x3" => Op::Conv(Box::new(ReluConvBn::new(p, c, c, 3, 1, 1))),
+            "avg_pool_3x3" => Op::AvgPool,
+            _ => return None,
+        })
+    }
+
+    /// `None` for the zero operation (the caller skips the term).
+    pub fn forward(&self, x: &Tensor, train: bool) -> Option<Tensor> {
+        match self {
+            Op::Zero => None,
+            Op::Identity => Some(x.shallow_clone()),
+            Op::Conv(m) => Some(m.forward_t(x, train)),
+            Op::AvgPool => Some(x.avg_pool2d([3i64, 3], [1i64, 1], [1i64, 1], false, false, None)),
+        }
+    }
+}
+
+/// A cell with one fixed operation per edge.
+#[derive(Debug)]
+pub struct Cell {
+    nodes: usize,
+    /// (from, to, op), grouped by `to` in increasing order.
+    edges: Vec<(usize, usize, Op)>,
+}
+
+impl Cell {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        let mut states: Vec<Tensor> = vec![x.shallow_clone()];
+        for j in 1..self.nodes {
+            let terms: Vec<Tensor> = self
+                .edges
+                .iter()
+                .filter(|e| e.1 == j)
+                .filter_map(|(i, _, op)| op.forward(&states[*i], train))
+                .collect();
+            states.push(sum_or_zeros(terms, x));
+        }
+        states.pop().expect("a cell has an output node")
+    }
+}
+
+pub fn sum_or_zeros(terms: Vec<Tensor>, like: &Tensor) -> Tensor {
+    let mut it = terms.into_iter();
+    match it.next() {
+        Some(first) => it.fold(first, |acc, t| acc + t),
+        None => like.zeros_like(),
+    }
+}
+
+/// The residual reduction block between stages.
+#[derive(Debug)]
+pub struct Reduction {
+    a: ReluConvBn,
+    b: ReluConvBn,
+    shortcut: nn::Conv2D,
+}
+
+impl Reduction {
+    pub fn new(p: nn::Path, cin: i64, cout: i64) -> Self {
+        let cfg = nn::ConvConfig {
+            bias: false,
+            ..Default::default()
+        };
+        Reduction {
+            a: ReluConvBn::new(&p / "a", cin, cout, 3, 2, 1),
+            b: ReluConvBn::new(&p / "b", cout, cout, 3, 1, 1),
+            shortcut: nn::conv2d(&p / "shortcut", cin, cout, 1, cfg),
+        }
+    }
+}
+
+impl ModuleT for Reduction {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        let main = self.b.forward_t(&self.a.forward_t(x, train), train);
+        let short = x
+            .avg_pool2d([2i64, 2], [2i64, 2], [0i64, 0], false, true, None)
+            .apply(&self.shortcut);
+        main + short
+    }
+}
+
+/// Stem, head and the stage layout shared by fixed networks and the DARTS supernet.
+#[derive(Debug)]
+pub struct Skeleton {
+    stem: nn::Conv2D,
+    stem_bn: nn::BatchNorm,
+    pub reductions: Vec<Reduction>,
+    last_bn: nn::BatchNorm,
+    classifier: nn::Linear,
+    pub config: NetConfig,
+}
+
+impl Skeleton {
+    pub fn new(p: &nn::Path, config: NetConfig) -> Self {
+        let c = config.channels;
+        let cfg = nn::ConvConfig {
+            padding: 1,
+            bias: false,
+            ..Default::default()
+        };
+        Skeleton {
+            stem: nn::conv2d(p / "stem", config.input_channels, c, 3, cfg),
+            stem_bn: nn::batch_norm2d(p / "stem_bn", c, Default::default()),
+            reductions: vec![
+                Reduction::new(p / "reduce1", c, 2 * c),
+                Reduction::new(p / "reduce2", 2 * c, 4 * c),
+            ],
+            last_bn: nn::batch_norm2d(p / "last_bn", 4 * c, Default::default()),
+            classifier: nn::linear(p / "classifier", 4 * c, config.classes, Default::default()),
+            config,
+        }
+    }
+
+    /// Channels of stage `s` (0, 1, 2).
+    pub fn stage_channels(&self, s: usize) -> i64 {
+        self.config.channels << s
+    }
+
+    /// Runs the network, calling `cell(stage, index, x)` for every cell.
+    pub fn forward_with(
+        &self,
+        x: &Tensor,
+        train: bool,
+        mut cell: impl FnMut(usize, usize, &Tensor) -> Tensor,
+    ) -> Tensor {
+        let mut h = x.apply(&self.stem).apply_t(&self.stem_bn, train);
+        for stage in 0..3 {
+            if stage > 0 {
+                h = self.reductions[stage - 1].forward_t(&h, train);
+            }
+            for k in 0..self.config.cells_per_stage as usize {
+                h = cell(stage, k, &h);
+            }
+        }
+        h.apply_t(&self.last_bn, train)
+            .relu()
+            .adaptive_avg_pool2d([1i64, 1])
+            .flatten(1, -1)
+            .apply(&self.classifier)
+    }
+}
+
+/// A network with a fixed architecture.
+#[derive(Debug)]
+pub enum Network {
+    Cells {
+        skeleton: Box<Skeleton>,
+        cells: Vec<Cell>,
+    },
+    Layers {
+        layers: Vec<LayerModule>,
+        classifier: nn::Linear,
+    },
+}
+
+#[derive(Debug)]
+pub struct LayerModule {
+    conv: Option<nn::Conv2D>,
+    bn: nn::BatchNorm,
+    /// A 1×1 projection when an average pool must change the width.
+    project: Option<nn::Conv2D>,
+    stride: i64,
+}
+
+impl Network {
+    pub fn new(p: &nn::Path, arch: &Architecture, config: NetConfig) -> Result<Self> {
+        match arch {
+            Architecture::Cell { nodes, edges } => {
+                let skeleton = Skeleton::new(p, config);
+                let mut cells = Vec::new();
+                for stage in 0..3 {
+                    let c = skeleton.stage_channels(stage);
+                    for k in 0..config.cells_per_stage {
+                        let cp = p / format!("cell{stage}_{k}");
+                        let mut ops = Vec::new();
+                        for e in edges {
+                            let op = Op::new(&cp / format!("edge{}_{}", e.from, e.to), &e.op, c)
+                                .ok_or_else(|| anyhow::anyhow!("operation {:?} (edge {}->{}) is unknown; the trainer knows {}", e.op, e.from, e.to, CELL_OPERATIONS.join(", ")))?;
+                            ops.push((e.from, e.to, op));
+                        }
+                        cells.push(Cell {
+                            nodes: *nodes,
+                            edges: ops,
+                        });
+                    }
+                }
+                Ok(Network::Cells {
+                    skeleton: Box::new(skeleton),
+                    cells,
+                })
+            }
+            Architecture::Layers { layers } => {
+                let mut modules = Vec::new();
+                let mut cin = config.input_channels;
+                for (k, l) in layers.iter().enumerate() {
+                    let lp = p / format!("layer{k}");
+                    // Halve the resolution every third layer.
+                    let stride = if k % 3 == 2 { 2 } else { 1 };
+                    let conv_cfg = |pad| nn::ConvConfig {
+                        stride,
+                        padding: pad,
+                        bias: false,
+                        ..Default::default()
+                    };
+                    let (conv, project) = match l.op.as_str() {
+                        "conv_3x3" => (
+                            Some(nn::conv2d(
+                                &lp / "conv",
+                                cin,
+                                l.width as i64,
+                                3,
+                                conv_cfg(1),
+                            )),
+                            None,
+                        ),
+                        "conv_5x5" => (
+                            Some(nn::conv2d(
+                                &lp / "conv",
+                                cin,
+                                l.width as i64,
+                                5,
+                                conv_cfg(2),
+                            )),
+                            None,
+                        ),
+                        "conv_1x1" => (
+                            Some(nn::conv2d(
+                                &lp / "conv",
+                                cin,
+                                l.width as i64,
+                                1,
+                                conv_cfg(0),
+                            )),
+                            None,
+                        ),
+                        "avg_pool_3x3" => (
+                            None,
+                            (cin != l.width as i64).then(|| {
+                                nn::conv2d(
+                                    &lp / "project",
+                                    cin,
+                                    l.width as i64,
+                                    1,
+                                    nn::ConvConfig {
+                                        bias: false,
+                                        ..Default::default()
+                                    },
+                                )
+                            }),
+                        ),
+                        other => bail!(
+                            "layer {k}: operation {other:?} is unknown; the trainer knows {}",
+                            LAYER_OPERATIONS.join(", ")
+                        ),
+                    };
+                    modules.push(LayerModule {
+                        conv,
+                        bn: nn::batch_norm2d(&lp / "bn", l.width as i64, Default::default()),
+                        project,
+                        stride,
+                    });
+                    cin = l.width as i64;
+                }
+                let classifier =
+                    nn::linear(p / "classifier", cin, config.classes, Default::default());
+                Ok(Network::Layers {
+                    layers: modules,
+                    classifier,
+                })
+            }
+        }
+    }
+}
+
+impl ModuleT for Network {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        match self {
+            Network::Cells { skeleton, cells } => {
+                let per_stage = skeleton.config.cells_per_stage as usize;
+                skeleton.forward_with(x, train, |stage, k, h| {
+                    cells[stage * per_stage + k].forward_t(h, train)
+                })
+            }
+            Network::Layers { layers, classifier } => {
+                let mut h = x.shallow_clone();
+                for l in layers {
+                    h = match (&l.conv, &l.project) {
+                        (Some(conv), _) => h.apply(conv),
+                        (None, project) => {
+                            let pooled = h.avg_pool2d(
+                                [3i64, 3],
+                                [l.stride, l.stride],
+                                [1i64, 1],
+                                false,
+                                false,
+                                None,
+                            );
+                            match project {
+                                Some(p) => pooled.apply(p),
+                                None => pooled,
+                            }
+                        }
+                    };
+                    h = h.apply_t(&l.bn, train).relu();
+                }
+                h.adaptive_avg_pool2d([1i64, 1])
+                    .flatten(1, -1)
+                    .apply(classifier)
+            }
+        }
+    }
+}
+
+/// Trainable parameters (batch-norm running statistics excluded), as the benchmark counts them.
+pub fn parameter_count(vs: &nn::VarStore) -> i64 {
+    vs.trainable_variables()
+        .iter()
+        .map(|t| t.numel() as i64)
+        .sum()
+}
+
+/// Multiply-accumulates of one forward pass of a 1-image batch, in millions, counted with
+/// hooks-free arithmetic over the architecture (convolutions and the classifier).
+pub fn mflops(arch: &Architecture, config: NetConfig, hw: i64) -> f64 {
+    let c = config.channels;
+    let mut macs = (config.input_channels * c * 9 * hw * hw) as f64;
+    match arch {
+        Architecture::Cell { edges, .. } => {
+            for stage in 0..3i64 {
+                let ch = c << stage;
+                let side = hw >> stage;
+                let cell: i64 = edges
+                    .iter()
+                    .map(|e| match e.op.as_str() {
+                        "nor_conv_1x1" => ch * ch * side * side,
+                        "nor_conv_3x3" => 9 * ch * ch * side * side,
+                        _ => 0,
+                    })
+                    .sum();
+                macs += (cell * config.cells_per_stage) as f64;
+                if stage > 0 {
+                    let cin = ch / 2;
+                    macs += (9 * cin * ch * side * side
+                        + 9 * ch * ch * side * side
+                        + cin * ch * side * side) as f64;
+                }
+            }
+            macs += (4 * c * config.classes) as f64;
+        }
+        Architecture::Layers { .. } => {}
+    }
+    macs / 1e6
+}

@@ -1,0 +1,116 @@
+//! The trainer's side of the trial contract: JSON lines on stdout, reports posted to
+//! NASOP_REPORT_URL with the trial's token, the final metrics in the termination-message file.
+
+use nasop_core::contract::{
+    DEFAULT_TERMINATION_PATH, ENV_REPORT_TOKEN, ENV_REPORT_URL, ENV_TERMINATION_PATH, Report,
+    ReportAction, ReportReply, termination_message,
+};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub struct Reporter {
+    endpoint: Option<(String, String)>,
+    agent: ureq::Agent,
+    termination: Option<PathBuf>,
+    attempts: u32,
+}
+
+impl Reporter {
+    /// From the environment; `termination` overrides NASOP_TERMINATION_PATH.
+    pub fn from_env(termination: Option<PathBuf>) -> Self {
+        let endpoint = match (
+            std::env::var(ENV_REPORT_URL),
+            std::env::var(ENV_REPORT_TOKEN),
+        ) {
+            (Ok(url), Ok(token)) if !url.is_empty() => Some((url, token)),
+            (Ok(url), _) if !url.is_empty() => Some((url, String::new())),
+            _ => None,
+        };
+        let termination = termination
+            .or_else(|| std::env::var(ENV_TERMINATION_PATH).ok().map(PathBuf::from))
+            .or_else(|| {
+                // In a pod the kubelet provides this file; elsewhere there is none to write.
+                let default = PathBuf::from(DEFAULT_TERMINATION_PATH);
+                default.exists().then_some(default)
+            });
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(5)))
+            .build()
+            .into();
+        Reporter {
+            endpoint,
+            agent,
+            termination,
+            attempts: 4,
+        }
+    }
+
+    /// Prints the report as a JSON line and posts it; returns the action the runner asked
+    /// for. A report that cannot be delivered is logged and training goes on.
+    pub fn report(&self, step: u32, metrics: &BTreeMap<String, f64>) -> ReportAction {
+        self.send(&Report {
+            step,
+            metrics: metrics.clone(),
+            info: BTreeMap::new(),
+        })
+    }
+
+    /// Prints and posts a full report (metrics and info).
+    pub fn send(&self, report: &Report) -> ReportAction {
+        let step = report.step;
+        let line = serde_json::to_string(&report).expect("a report serialises");
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+        let Some((url, token)) = &self.endpoint else {
+            return ReportAction::Continue;
+        };
+        let mut delay = Duration::from_millis(200);
+        for attempt in 1..=self.attempts {
+            let sent = self
+                .agent
+                .post(url)
+                .header("Authorization", format!("Bearer {token}"))
+                .send_json(report);
+            match sent {
+                Ok(mut response) => match response.body_mut().read_json::<ReportReply>() {
+                    Ok(reply) => return reply.action,
+                    Err(e) => eprintln!(
+                        "nasop-trainer: the report endpoint answered something unreadable ({e}); continuing"
+                    ),
+                },
+                Err(ureq::Error::StatusCode(code)) if (400..500).contains(&code) => {
+                    eprintln!(
+                        "nasop-trainer: the report endpoint refused step {step} (HTTP {code}); continuing without it"
+                    );
+                    return ReportAction::Continue;
+                }
+                Err(e) if attempt < self.attempts => {
+                    eprintln!(
+                        "nasop-trainer: report of step {step} failed ({e}); retrying in {delay:?}"
+                    );
+                    std::thread::sleep(delay);
+                    delay *= 2;
+                }
+                Err(e) => eprintln!(
+                    "nasop-trainer: report of step {step} failed {attempt} times ({e}); training goes on"
+                ),
+            }
+        }
+        ReportAction::Continue
+    }
+
+    /// Writes the final report (at most 4 KiB of compact JSON) to the termination file.
+    pub fn finish(&self, report: &Report) {
+        if let Some(path) = &self.termination
+            && let Err(e) = std::fs::write(path, termination_message(report))
+        {
+            eprintln!(
+                "nasop-trainer: cannot write the termination message to {}: {e}",
+                path.display()
+            );
+        }
+    }
+}

@@ -1,0 +1,306 @@
+//! Training a fixed architecture: SGD (Nesterov) or Adam with a cosine schedule, validation
+//! every epoch, a checkpoint every epoch, reports through the trial contract, the test set
+//! at the end.
+
+use crate::data::{Dataset, Split, augment};
+use crate::model::{NetConfig, Network, mflops, parameter_count};
+use crate::optim::{Optimizer, OptimizerKind};
+use crate::report::Reporter;
+use anyhow::{Context, Result};
+use nasop_core::contract::ReportAction;
+use nasop_core::{Architecture, Rng};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+use tch::nn::{self, ModuleT};
+use tch::{Device, Kind, Tensor};
+
+#[derive(Debug, Clone)]
+pub struct TrainConfig {
+    pub arch: Architecture,
+    pub net: NetConfig,
+    pub epochs: u32,
+    pub seed: u64,
+    pub batch_size: i64,
+    pub learning_rate: f64,
+    pub weight_decay: f64,
+    pub optimizer: OptimizerKind,
+    pub device: Device,
+    /// Where a checkpoint is written every epoch and resumed from.
+    pub checkpoint_dir: Option<PathBuf>,
+    /// Another trial's checkpoint to continue (a promotion to more epochs).
+    pub resume_from: Option<PathBuf>,
+    /// Stop an epoch after this many batches (quick checks); 0 = all.
+    pub max_batches: usize,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Ending {
+    Completed,
+    /// The runner answered a report with "stop".
+    StoppedByRunner,
+    /// SIGTERM: the last completed epoch is checkpointed.
+    Terminated,
+}
+
+pub struct Outcome {
+    pub ending: Ending,
+    pub metrics: BTreeMap<String, f64>,
+    /// Non-numeric results (the derived architecture of a one-shot search).
+    pub info: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct CheckpointState {
+    architecture: String,
+    seed: u64,
+    epochs_done: u32,
+}
+
+/// The learning rate at `step` of `total` (cosine annealing to zero).
+pub fn cosine(lr: f64, step: usize, total: usize) -> f64 {
+    0.5 * lr * (1.0 + (std::f64::consts::PI * step as f64 / total.max(1) as f64).cos())
+}
+
+/// (mean loss, accuracy) on a split, with `forward` in evaluation mode.
+pub fn evaluate(forward: impl Fn(&Tensor) -> Tensor, split: &Split, device: Device) -> (f64, f64) {
+    tch::no_grad(|| {
+        let n = split.len();
+        let (mut loss, mut correct) = (0.0, 0.0);
+        let mut start = 0;
+        while start < n {
+            let len = (n - start).min(1000);
+            let x = split.images.narrow(0, start, len).to_device(device);
+            let y = split.labels.narrow(0, start, len).to_device(device);
+            let logits = tch::autocast(device.is_cuda(), || forward(&x)).to_kind(Kind::Float);
+            loss += logits.cross_entropy_for_logits(&y).double_value(&[]) * len as f64;
+            correct += logits
+                .argmax(-1, false)
+                .eq_tensor(&y)
+                .to_kind(Kind::Float)
+                .sum(Kind::Float)
+                .double_value(&[]);
+            start += len;
+        }
+        (loss / n.max(1) as f64, correct / n.max(1) as f64)
+    })
+}
+
+/// Median batch-1 inference latency in milliseconds on `device`.
+pub fn latency_ms(net: &impl ModuleT, sample: &Tensor, device: Device) -> f64 {
+    tch::no_grad(|| {
+        let x = sample.narrow(0, 0, 1).to_device(device);
+        let sync = || {
+            if let Device::Cuda(i) = device {
+                tch::Cuda::synchronize(i as i64);
+            }
+        };
+        for _ in 0..5 {
+            let _ = net.forward_t(&x, false);
+        }
+        sync();
+        let mut times: Vec<f64> = (0..20)
+            .map(|_| {
+                let t = Instant::now();
+                let _ = net.forward_t(&x, false);
+                sync();
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .collect();
+        times.sort_by(f64::total_cmp);
+        times[times.len() / 2]
+    })
+}
+
+fn paths(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    (
+        dir.join("weights.ot"),
+        dir.join("optimizer.ot"),
+        dir.join("state.json"),
+    )
+}
+
+fn save_checkpoint(
+    dir: &Path,
+    vs: &nn::VarStore,
+    opt: &Optimizer,
+    state: &CheckpointState,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let (w, o, s) = paths(dir);
+    // Write beside, then rename: a crash mid-write never leaves a torn checkpoint.
+    let tmp = |p: &Path| p.with_extension("tmp");
+    vs.save(tmp(&w))
+        .with_context(|| format!("saving weights to {}", w.display()))?;
+    opt.save(&tmp(&o))?;
+    std::fs::write(tmp(&s), serde_json::to_vec(state)?)?;
+    std::fs::rename(tmp(&w), &w)?;
+    std::fs::rename(tmp(&o), &o)?;
+    std::fs::rename(tmp(&s), &s)?;
+    Ok(())
+}
+
+fn load_checkpoint(
+    dir: &Path,
+    vs: &mut nn::VarStore,
+    opt: &mut Optimizer,
+) -> Result<Option<CheckpointState>> {
+    let (w, o, s) = paths(dir);
+    if !s.exists() {
+        return Ok(None);
+    }
+    let state: CheckpointState = serde_json::from_slice(&std::fs::read(&s)?)
+        .with_context(|| format!("reading {}", s.display()))?;
+    vs.load(&w)
+        .with_context(|| format!("loading weights from {}", w.display()))?;
+    opt.load(&o)?;
+    Ok(Some(state))
+}
+
+pub fn train(
+    cfg: &TrainConfig,
+    data: &Dataset,
+    reporter: &Reporter,
+    terminate: &AtomicBool,
+) -> Result<Outcome> {
+    tch::manual_seed(cfg.seed as i64);
+    let mut vs = nn::VarStore::new(cfg.device);
+    let net = Network::new(&vs.root(), &cfg.arch, cfg.net)?;
+    let mut opt = Optimizer::new(
+        cfg.optimizer,
+        vs.trainable_variables(),
+        cfg.weight_decay,
+        0.9,
+        (0.9, 0.999),
+    );
+    let arch_string = cfg.arch.to_string();
+    let mut start_epoch = 0;
+    if let Some(dir) = &cfg.checkpoint_dir
+        && let Some(state) = load_checkpoint(dir, &mut vs, &mut opt)?
+    {
+        anyhow::ensure!(
+            state.architecture == arch_string && state.seed == cfg.seed,
+            "the checkpoint in {} belongs to another trial ({} seed {}); use another --checkpoint-dir",
+            dir.display(),
+            state.architecture,
+            state.seed
+        );
+        start_epoch = state.epochs_done;
+        eprintln!(
+            "nasop-trainer: resuming after epoch {start_epoch} from {}",
+            dir.display()
+        );
+    } else if let Some(parent) = &cfg.resume_from {
+        let state = load_checkpoint(parent, &mut vs, &mut opt)?
+            .with_context(|| format!("--resume-from {}: no checkpoint there", parent.display()))?;
+        anyhow::ensure!(
+            state.architecture == arch_string,
+            "--resume-from {} holds {}, not this architecture",
+            parent.display(),
+            state.architecture
+        );
+        start_epoch = state.epochs_done;
+        eprintln!(
+            "nasop-trainer: continuing {}'s {start_epoch} epochs",
+            parent.display()
+        );
+    }
+    let n = data.train.len() as usize;
+    let batch = cfg.batch_size.max(1) as usize;
+    let mut batches = n.div_ceil(batch);
+    if cfg.max_batches > 0 {
+        batches = batches.min(cfg.max_batches);
+    }
+    let total_steps = batches * cfg.epochs as usize;
+    let mut metrics = BTreeMap::new();
+    let mut ending = Ending::Completed;
+    for epoch in start_epoch..cfg.epochs {
+        let started = Instant::now();
+        let mut rng = Rng::stream(cfg.seed, epoch as u64 + 1);
+        let mut order: Vec<i64> = (0..n as i64).collect();
+        rng.shuffle(&mut order);
+        let mut train_loss = 0.0;
+        for b in 0..batches {
+            if terminate.load(Ordering::Relaxed) {
+                return Ok(Outcome {
+                    ending: Ending::Terminated,
+                    metrics,
+                    info: BTreeMap::new(),
+                });
+            }
+            let idx = Tensor::from_slice(&order[b * batch..((b + 1) * batch).min(n)]);
+            let mut x = data.train.images.index_select(0, &idx);
+            if data.augment {
+                x = augment(&x, &mut rng);
+            }
+            let x = x.to_device(cfg.device);
+            let y = data
+                .train
+                .labels
+                .index_select(0, &idx)
+                .to_device(cfg.device);
+            let loss = tch::autocast(cfg.device.is_cuda(), || {
+                net.forward_t(&x, true).cross_entropy_for_logits(&y)
+            });
+            opt.zero_grad();
+            loss.backward();
+            opt.step(cosine(
+                cfg.learning_rate,
+                epoch as usize * batches + b,
+                total_steps,
+            ));
+            train_loss += loss.double_value(&[]);
+        }
+        let (val_loss, val_accuracy) =
+            evaluate(|x| net.forward_t(x, false), &data.valid, cfg.device);
+        metrics = BTreeMap::from([
+            ("epoch".to_string(), (epoch + 1) as f64),
+            ("train_loss".to_string(), train_loss / batches as f64),
+            ("val_loss".to_string(), val_loss),
+            ("val_accuracy".to_string(), val_accuracy),
+            ("epoch_seconds".to_string(), started.elapsed().as_secs_f64()),
+        ]);
+        if let Some(dir) = &cfg.checkpoint_dir {
+            save_checkpoint(
+                dir,
+                &vs,
+                &opt,
+                &CheckpointState {
+                    architecture: arch_string.clone(),
+                    seed: cfg.seed,
+                    epochs_done: epoch + 1,
+                },
+            )?;
+        }
+        if reporter.report(epoch + 1, &metrics) == ReportAction::Stop {
+            ending = Ending::StoppedByRunner;
+            break;
+        }
+    }
+    if !metrics.contains_key("val_accuracy") {
+        // Resumed after the last epoch: the result is the checkpoint's.
+        let (val_loss, val_accuracy) =
+            evaluate(|x| net.forward_t(x, false), &data.valid, cfg.device);
+        metrics.insert("epoch".into(), start_epoch as f64);
+        metrics.insert("val_loss".into(), val_loss);
+        metrics.insert("val_accuracy".into(), val_accuracy);
+    }
+    let (test_loss, test_accuracy) = evaluate(|x| net.forward_t(x, false), &data.test, cfg.device);
+    let hw = data.train.images.size()[2];
+    metrics.insert("test_loss".into(), test_loss);
+    metrics.insert("test_accuracy".into(), test_accuracy);
+    metrics.insert("params".into(), parameter_count(&vs) as f64);
+    metrics.insert("flops".into(), mflops(&cfg.arch, cfg.net, hw));
+    metrics.insert(
+        "latency_ms".into(),
+        latency_ms(&net, &data.test.images, cfg.device),
+    );
+    Ok(Outcome {
+        ending,
+        metrics,
+        info: BTreeMap::new(),
+    })
+}

@@ -1,0 +1,399 @@
+//! nasop-trainer end to end on CPU: real Fashion-MNIST training, the trial contract against
+//! a local report server, one-shot search, checkpoints, and bad input.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::{Arc, Mutex};
+
+const FMNIST: &str = "/usr/share/datasets/fashion-mnist";
+const SMALL_CELL: &str =
+    "|nor_conv_3x3~0|+|none~0|nor_conv_3x3~1|+|skip_connect~0|none~1|nor_conv_3x3~2|";
+
+fn trainer() -> Command {
+    assert!(
+        PathBuf::from(FMNIST).is_dir(),
+        "Fashion-MNIST is missing: run `make data` (apt-get install dataset-fashion-mnist)"
+    );
+    let mut c = Command::new(env!("CARGO_BIN_EXE_nasop-trainer"));
+    c.env_remove("NASOP_TRIAL")
+        .env_remove("NASOP_REPORT_URL")
+        .env_remove("NASOP_REPORT_TOKEN")
+        .env_remove("NASOP_TERMINATION_PATH");
+    c
+}
+
+fn quick(c: &mut Command) -> &mut Command {
+    c.args([
+        "train",
+        "--arch",
+        SMALL_CELL,
+        "--channels",
+        "4",
+        "--cells-per-stage",
+        "1",
+        "--threads",
+        "2",
+        "--limit",
+        "1200",
+        "--batch-size",
+        "100",
+    ])
+}
+
+/// The JSON lines a run printed.
+fn lines(out: &Output) -> Vec<serde_json::Value> {
+    assert!(
+        out.status.success(),
+        "trainer failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect()
+}
+
+fn metric(line: &serde_json::Value, name: &str) -> f64 {
+    line["metrics"][name]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no {name} in {line}"))
+}
+
+/// A report endpoint on loopback: records each request's Authorization header and body, and
+/// answers `stop` from the `stop_at`-th report on.
+struct ReportServer {
+    url: String,
+    seen: Arc<Mutex<Vec<(String, serde_json::Value)>>>,
+}
+
+impl ReportServer {
+    fn start(stop_at: usize) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/v1/report", listener.local_addr().unwrap());
+        let seen: Arc<Mutex<Vec<(String, serde_json::Value)>>> = Arc::default();
+        let log = Arc::clone(&seen);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let mut stream = stream.unwrap();
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let (mut auth, mut length) = (String::new(), 0usize);
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap() == 0 || line == "\r\n" {
+                        break;
+                    }
+                    let lower = line.to_ascii_lowercase();
+                    if let Some(v) = lower.strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap();
+                    }
+                    if lower.starts_with("authorization:") {
+                        auth = line["authorization:".len()..].trim().to_string();
+                    }
+                }
+                let mut body = vec![0; length];
+                reader.read_exact(&mut body).unwrap();
+                let mut seen = log.lock().unwrap();
+                seen.push((auth, serde_json::from_slice(&body).unwrap()));
+                let action = if seen.len() >= stop_at {
+                    "stop"
+                } else {
+                    "continue"
+                };
+                let reply = format!("{{\"action\":\"{action}\"}}");
+                write!(stream, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reply}", reply.len()).unwrap();
+            }
+        });
+        ReportServer { url, seen }
+    }
+}
+
+#[test]
+fn one_epoch_on_fashion_mnist_reaches_85_percent() {
+    let started = std::time::Instant::now();
+    let out = trainer()
+        .args([
+            "train",
+            "--arch",
+            SMALL_CELL,
+            "--dataset",
+            "fashion-mnist",
+            "--data-dir",
+            FMNIST,
+            "--epochs",
+            "1",
+            "--seed",
+            "1",
+        ])
+        .args([
+            "--channels",
+            "8",
+            "--cells-per-stage",
+            "1",
+            "--threads",
+            "2",
+        ])
+        .output()
+        .unwrap();
+    let lines = lines(&out);
+    let last = lines.last().unwrap();
+    let acc = metric(last, "test_accuracy");
+    eprintln!(
+        "one epoch: test accuracy {acc:.4} in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(acc >= 0.85, "test accuracy {acc} after one epoch");
+    for name in [
+        "val_accuracy",
+        "val_loss",
+        "train_loss",
+        "params",
+        "flops",
+        "latency_ms",
+        "epoch_seconds",
+    ] {
+        metric(last, name);
+    }
+}
+
+#[test]
+fn reports_carry_the_token_and_the_result_lands_in_the_termination_file() {
+    let server = ReportServer::start(usize::MAX);
+    let dir = tempdir("contract");
+    let termination = dir.join("termination-log");
+    let trial = serde_json::json!({
+        "experiment": "e", "trial": "e-4", "index": 4, "seed": 11,
+        "candidate": format!("{SMALL_CELL};learning_rate=0.05"),
+        "hyperparameters": {"learning_rate": 0.05, "batch_size": "100"},
+        "budget": {"epochs": 2}, "metrics": ["val_accuracy"]
+    });
+    let out = quick(&mut trainer())
+        .env("NASOP_TRIAL", trial.to_string())
+        .env("NASOP_REPORT_URL", &server.url)
+        .env("NASOP_REPORT_TOKEN", "secret-4")
+        .env("NASOP_TERMINATION_PATH", &termination)
+        .output()
+        .unwrap();
+    let printed = lines(&out);
+    assert_eq!(printed.len(), 3, "two epochs and the final line");
+    let seen = server.seen.lock().unwrap();
+    assert_eq!(seen.len(), 3);
+    assert!(
+        seen.iter().all(|(auth, _)| auth == "Bearer secret-4"),
+        "{seen:?}"
+    );
+    assert_eq!(seen[1].1["step"], 2);
+    let final_report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&termination).unwrap()).unwrap();
+    assert!(std::fs::metadata(&termination).unwrap().len() <= 4096);
+    assert_eq!(final_report["info"]["trial"], "e-4");
+    assert_eq!(
+        &final_report,
+        printed.last().unwrap(),
+        "the termination message is the final report"
+    );
+    metric(&final_report, "test_accuracy");
+    assert_eq!(seen[2].1, final_report, "the final report is posted too");
+}
+
+#[test]
+fn a_stop_reply_ends_training_early() {
+    let server = ReportServer::start(1);
+    let out = quick(&mut trainer())
+        .args(["--epochs", "5"])
+        .env("NASOP_REPORT_URL", &server.url)
+        .env("NASOP_REPORT_TOKEN", "t")
+        .output()
+        .unwrap();
+    let printed = lines(&out);
+    let last = printed.last().unwrap();
+    assert_eq!(last["info"]["ending"], "StoppedByRunner");
+    assert_eq!(metric(last, "epoch"), 1.0, "stopped after the first epoch");
+}
+
+#[test]
+fn an_unreachable_report_url_does_not_stop_training() {
+    let out = quick(&mut trainer())
+        .args(["--epochs", "1"])
+        .env("NASOP_REPORT_URL", "http://127.0.0.1:9/v1/report")
+        .env("NASOP_REPORT_TOKEN", "t")
+        .output()
+        .unwrap();
+    assert_eq!(lines(&out).last().unwrap()["info"]["ending"], "Completed");
+}
+
+#[test]
+fn resuming_from_a_checkpoint_matches_an_uninterrupted_run() {
+    let whole = tempdir("whole");
+    let out = quick(&mut trainer())
+        .args(["--epochs", "3", "--seed", "5", "--checkpoint-dir"])
+        .arg(&whole)
+        .output()
+        .unwrap();
+    let uninterrupted = lines(&out).last().unwrap().clone();
+    // Interrupted after epoch 1 (a stop reply), then run again with the same checkpoint dir.
+    let parts = tempdir("parts");
+    let server = ReportServer::start(1);
+    let first = quick(&mut trainer())
+        .args(["--epochs", "3", "--seed", "5", "--checkpoint-dir"])
+        .arg(&parts)
+        .env("NASOP_REPORT_URL", &server.url)
+        .output()
+        .unwrap();
+    assert_eq!(metric(lines(&first).last().unwrap(), "epoch"), 1.0);
+    let second = quick(&mut trainer())
+        .args(["--epochs", "3", "--seed", "5", "--checkpoint-dir"])
+        .arg(&parts)
+        .output()
+        .unwrap();
+    let printed = lines(&second);
+    assert_eq!(printed.first().unwrap()["step"], 2, "resumed at epoch 2");
+    let resumed = printed.last().unwrap();
+    for name in ["val_accuracy", "val_loss", "test_accuracy", "train_loss"] {
+        let (a, b) = (metric(&uninterrupted, name), metric(resumed, name));
+        assert!(
+            (a - b).abs() < 1e-6,
+            "{name}: uninterrupted {a} vs resumed {b}"
+        );
+    }
+}
+
+#[test]
+fn darts_and_gdas_derive_a_valid_cell() {
+    for mode in ["darts", "gdas"] {
+        let out = trainer()
+            .args([
+                "train",
+                "--mode",
+                mode,
+                "--epochs",
+                "1",
+                "--channels",
+                "4",
+                "--cells-per-stage",
+                "1",
+                "--threads",
+                "2",
+                "--limit",
+                "800",
+                "--batch-size",
+                "50",
+            ])
+            .output()
+            .unwrap();
+        let printed = lines(&out);
+        let epoch = &printed[0];
+        assert!(metric(epoch, "entropy") > 0.0);
+        let derived = printed.last().unwrap()["info"]["derived_architecture"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let arch = nasop_core::Architecture::parse(&derived).unwrap();
+        assert_eq!(arch.to_string(), derived);
+        let space = nasop_core::SearchSpace::nas_bench_201();
+        space
+            .parse(&derived)
+            .unwrap_or_else(|e| panic!("{mode} derived {derived}, outside the space: {e}"));
+    }
+}
+
+#[test]
+fn bad_input_says_what_and_where() {
+    let fail = |c: &mut Command| -> String {
+        let out = c.output().unwrap();
+        assert!(
+            !out.status.success(),
+            "should have failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = fail(trainer().args([
+        "train",
+        "--arch",
+        "|nor_conv_7x7~0|+|none~0|none~1|+|none~0|none~1|none~2|",
+    ]));
+    assert!(
+        err.contains("nor_conv_7x7") && err.contains("edge 0->1") && err.contains("nor_conv_3x3"),
+        "{err}"
+    );
+    let err = fail(trainer().args([
+        "train",
+        "--arch",
+        SMALL_CELL,
+        "--data-dir",
+        "/nonexistent/fmnist",
+    ]));
+    assert!(
+        err.contains("/nonexistent/fmnist") && err.contains("dataset-fashion-mnist"),
+        "{err}"
+    );
+    let err = fail(
+        trainer()
+            .args(["train"])
+            .env("NASOP_TRIAL", "{\"experiment\": \"e\", \"seed\": }"),
+    );
+    assert!(
+        err.contains("NASOP_TRIAL") && err.contains("line 1 column"),
+        "{err}"
+    );
+    let err = fail(trainer().args(["params", "--arch", "|nor_conv_3x3~0|+|none~0|"]));
+    assert!(err.contains("node 2 must have 2 input edge"), "{err}");
+}
+
+#[test]
+fn parameter_counts_equal_the_nas_bench_201_table() {
+    // 200 rows spread over the table; the count must equal params_cifar10 (millions, 6 dp:
+    // the exact count).
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/nasbench201/nb201.csv");
+    let mut reader =
+        csv::Reader::from_path(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let headers = reader.headers().unwrap().clone();
+    let col = |n: &str| headers.iter().position(|h| h == n).unwrap();
+    let (c_arch, c_params) = (col("arch"), col("params_cifar10"));
+    let rows: Vec<csv::StringRecord> = reader.records().map(|r| r.unwrap()).collect();
+    let mut expected = BTreeMap::new();
+    for k in 0..200 {
+        let r = &rows[(k * 7919 + 13) % rows.len()];
+        expected.insert(r[c_arch].to_string(), r[c_params].parse::<f64>().unwrap());
+    }
+    assert_eq!(expected.len(), 200);
+    let archs: Vec<&String> = expected.keys().collect();
+    let out = Command::new(env!("CARGO_BIN_EXE_nasop-trainer"))
+        .args([
+            "params",
+            "--input-channels",
+            "3",
+            "--classes",
+            "10",
+            "--arch",
+        ])
+        .args(archs.iter().map(|s| s.as_str()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let counts: Vec<i64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim().parse().unwrap())
+        .collect();
+    assert_eq!(counts.len(), 200);
+    for (arch, count) in archs.iter().zip(counts) {
+        let millions = (count as f64 / 1e6 * 1e6).round() / 1e6;
+        assert_eq!(millions, expected[*arch], "{arch}: {count} parameters");
+    }
+}
+
+fn tempdir(name: &str) -> PathBuf {
+    let dir =
+        std::env::temp_dir().join(format!("nasop-trainer-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
