@@ -7,7 +7,7 @@ NASOP := target/release/nasop
 # tch finds libtorch through these; scripts/libtorch.sh installs it once into ~/.cache/nasop.
 TORCH = LIBTORCH="$$(scripts/libtorch.sh)" LIBTORCH_CXX11_ABI=1
 
-.PHONY: all build test lint crds bench demo toolchain data
+.PHONY: all build test lint crds bench bench-trainer demo toolchain data
 
 all: build
 
@@ -44,3 +44,7 @@ demo: build
 	$(NASOP) bench nb201 --data $(NB201) --strategy all --runs 100
 	@echo
 	$(NASOP) bench nb201 --data $(NB201) --strategy bayesian --runs 1 --seed 1
+
+# nasop-trainer against PyTorch eager on the same network (installs a Python torch once).
+bench-trainer: build
+	scripts/bench-trainer.sh cpu

@@ -45,6 +45,23 @@ enum Command {
     /// epoch and a last line with the final metrics. With NASOP_TRIAL set, the trial's
     /// architecture, seed, epochs and hyperparameters override the flags.
     Train(Box<TrainArgs>),
+    /// Trains an architecture's network on random CIFAR-sized batches for a fixed number of
+    /// steps and prints images/s as JSON (compare with trainer/bench/pytorch_nb201.py).
+    Bench {
+        #[arg(long)]
+        arch: String,
+        #[arg(long, default_value_t = 30)]
+        steps: usize,
+        #[arg(long, default_value_t = 5)]
+        warmup: usize,
+        #[arg(long, default_value_t = 64)]
+        batch_size: i64,
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        /// cpu or cuda.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
 }
 
 #[derive(Args, Clone, Copy)]
@@ -132,7 +149,19 @@ struct TrainArgs {
     device: String,
 }
 
+unsafe extern "C" {
+    /// csrc/autocast.cpp: CUDA autocast in bfloat16 instead of float16.
+    fn nasop_autocast_cuda_bf16();
+}
+
+/// Sets CUDA autocast to bfloat16 (a no-op on CPU runs).
+pub fn use_bf16_autocast() {
+    // SAFETY: a plain libtorch setter with no arguments and no preconditions.
+    unsafe { nasop_autocast_cuda_bf16() }
+}
+
 fn main() {
+    use_bf16_autocast();
     if let Err(e) = run() {
         eprintln!("nasop-trainer: error: {e:#}");
         std::process::exit(2);
@@ -157,7 +186,48 @@ fn run() -> Result<()> {
             Ok(())
         }
         Command::Train(args) => train(*args),
+        Command::Bench {
+            arch,
+            steps,
+            warmup,
+            batch_size,
+            threads,
+            device,
+        } => {
+            tch::set_num_threads(threads as i32);
+            let device = parse_device(&device)?;
+            let arch = Architecture::parse(&arch)?;
+            let (images_per_second, params) = train::throughput(
+                &arch,
+                NetConfig::default(),
+                steps,
+                warmup,
+                batch_size,
+                device,
+            )?;
+            let out = serde_json::json!({
+                "implementation": "nasop-trainer", "device": format!("{device:?}"), "params": params,
+                "steps": steps, "batch_size": batch_size, "threads": threads, "images_per_second": images_per_second,
+            });
+            println!("{out}");
+            Ok(())
+        }
     }
+}
+
+fn parse_device(name: &str) -> Result<Device> {
+    Ok(match name {
+        "cpu" => Device::Cpu,
+        "cuda" => {
+            anyhow::ensure!(
+                tch::Cuda::is_available(),
+                "--device cuda: no CUDA device is available (is the GPU PyTorch's torch/lib first on LD_LIBRARY_PATH?)"
+            );
+            Device::Cuda(0)
+        }
+        "auto" => Device::cuda_if_available(),
+        other => bail!("--device {other:?}: use cpu, cuda or auto"),
+    })
 }
 
 /// Applies NASOP_TRIAL (if set) over the flags.
@@ -219,18 +289,7 @@ fn train(mut args: TrainArgs) -> Result<()> {
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     tch::set_num_threads(threads as i32);
-    let device = match args.device.as_str() {
-        "cpu" => Device::Cpu,
-        "cuda" => {
-            anyhow::ensure!(
-                tch::Cuda::is_available(),
-                "--device cuda: no CUDA device is available (is the GPU PyTorch's torch/lib on LD_LIBRARY_PATH?)"
-            );
-            Device::Cuda(0)
-        }
-        "auto" => Device::cuda_if_available(),
-        other => bail!("--device {other:?}: use cpu, cuda or auto"),
-    };
+    let device = parse_device(&args.device)?;
     let data_dir = args
         .data_dir
         .clone()

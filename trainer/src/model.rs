@@ -407,13 +407,13 @@ pub fn parameter_count(vs: &nn::VarStore) -> i64 {
         .sum()
 }
 
-/// Multiply-accumulates of one forward pass of a 1-image batch, in millions, counted with
-/// hooks-free arithmetic over the architecture (convolutions and the classifier).
+/// Multiply-accumulates of one forward pass of one `hw`×`hw` image, in millions
+/// (convolutions and the classifier; pools, BN and additions are not counted).
 pub fn mflops(arch: &Architecture, config: NetConfig, hw: i64) -> f64 {
     let c = config.channels;
-    let mut macs = (config.input_channels * c * 9 * hw * hw) as f64;
-    match arch {
+    let macs = match arch {
         Architecture::Cell { edges, .. } => {
+            let mut macs = config.input_channels * c * 9 * hw * hw;
             for stage in 0..3i64 {
                 let ch = c << stage;
                 let side = hw >> stage;
@@ -425,17 +425,34 @@ pub fn mflops(arch: &Architecture, config: NetConfig, hw: i64) -> f64 {
                         _ => 0,
                     })
                     .sum();
-                macs += (cell * config.cells_per_stage) as f64;
+                macs += cell * config.cells_per_stage;
                 if stage > 0 {
                     let cin = ch / 2;
-                    macs += (9 * cin * ch * side * side
+                    macs += 9 * cin * ch * side * side
                         + 9 * ch * ch * side * side
-                        + cin * ch * side * side) as f64;
+                        + cin * ch * side * side;
                 }
             }
-            macs += (4 * c * config.classes) as f64;
+            macs + 4 * c * config.classes
         }
-        Architecture::Layers { .. } => {}
-    }
-    macs / 1e6
+        Architecture::Layers { layers } => {
+            let (mut macs, mut cin, mut side) = (0, config.input_channels, hw);
+            for (k, l) in layers.iter().enumerate() {
+                if k % 3 == 2 {
+                    side = (side + 1) / 2;
+                }
+                let w = l.width as i64;
+                macs += match l.op.as_str() {
+                    "conv_3x3" => 9 * cin * w * side * side,
+                    "conv_5x5" => 25 * cin * w * side * side,
+                    "conv_1x1" => cin * w * side * side,
+                    _ if cin != w => cin * w * side * side,
+                    _ => 0,
+                };
+                cin = w;
+            }
+            macs + cin * config.classes
+        }
+    };
+    macs as f64 / 1e6
 }

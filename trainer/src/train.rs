@@ -115,6 +115,55 @@ pub fn latency_ms(net: &impl ModuleT, sample: &Tensor, device: Device) -> f64 {
     })
 }
 
+/// Images per second of training steps on random CIFAR-sized batches, and the parameter count.
+pub fn throughput(
+    arch: &Architecture,
+    net: NetConfig,
+    steps: usize,
+    warmup: usize,
+    batch: i64,
+    device: Device,
+) -> Result<(f64, i64)> {
+    tch::manual_seed(0);
+    let vs = nn::VarStore::new(device);
+    let model = Network::new(&vs.root(), arch, net)?;
+    let mut opt = Optimizer::new(
+        OptimizerKind::Sgd,
+        vs.trainable_variables(),
+        5e-4,
+        0.9,
+        (0.9, 0.999),
+    );
+    let x = Tensor::randn([batch, net.input_channels, 32, 32], (Kind::Float, device));
+    let y = Tensor::randint(net.classes, [batch], (Kind::Int64, device));
+    let sync = || {
+        if let Device::Cuda(i) = device {
+            tch::Cuda::synchronize(i as i64);
+        }
+    };
+    let mut step = || {
+        let loss = tch::autocast(device.is_cuda(), || {
+            model.forward_t(&x, true).cross_entropy_for_logits(&y)
+        });
+        opt.zero_grad();
+        loss.backward();
+        opt.step(0.1);
+    };
+    for _ in 0..warmup {
+        step();
+    }
+    sync();
+    let started = Instant::now();
+    for _ in 0..steps {
+        step();
+    }
+    sync();
+    Ok((
+        steps as f64 * batch as f64 / started.elapsed().as_secs_f64(),
+        parameter_count(&vs),
+    ))
+}
+
 fn paths(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     (
         dir.join("weights.ot"),

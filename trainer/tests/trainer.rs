@@ -339,8 +339,44 @@ fn bad_input_says_what_and_where() {
         err.contains("NASOP_TRIAL") && err.contains("line 1 column"),
         "{err}"
     );
+    let err = fail(trainer().args(["params", "--arch", "conv_9x9@8"]));
+    assert!(
+        err.contains("conv_9x9") && err.contains("conv_5x5"),
+        "{err}"
+    );
     let err = fail(trainer().args(["params", "--arch", "|nor_conv_3x3~0|+|none~0|"]));
     assert!(err.contains("node 2 must have 2 input edge"), "{err}");
+}
+
+#[test]
+fn layer_wise_networks_build_and_train() {
+    // conv 3->8 (216) + BN (16); conv5x5 8->16 (3,200) + BN (32); pool + BN (32); linear 16->10 (170).
+    let out = trainer()
+        .args(["params", "--arch", "conv_3x3@8,conv_5x5@16,avg_pool_3x3@16"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "3666");
+    let out = trainer()
+        .args([
+            "train",
+            "--arch",
+            "conv_3x3@8,conv_5x5@16,avg_pool_3x3@16",
+            "--epochs",
+            "1",
+            "--limit",
+            "1200",
+            "--threads",
+            "2",
+        ])
+        .output()
+        .unwrap();
+    let last = lines(&out).last().unwrap().clone();
+    // Fashion-MNIST has one input channel: the first convolution has 1*8*9 = 72 weights.
+    assert_eq!(metric(&last, "params"), 3666.0 - 216.0 + 72.0);
+    assert!(
+        metric(&last, "flops") > 0.0 && metric(&last, "test_accuracy") > 0.0,
+        "{last}"
+    );
 }
 
 #[test]
