@@ -38,12 +38,10 @@ crds: build
 bench: build
 	scripts/benchmarks.sh 500
 
-# A real search on real data: every strategy against NAS-Bench-201 (CIFAR-10, the paper's
-# 12,000 s budget), then one run of the best strategy with the architecture it picks.
-demo: build
-	$(NASOP) bench nb201 --data $(NB201) --strategy all --runs 100
-	@echo
-	$(NASOP) bench nb201 --data $(NB201) --strategy bayesian --runs 1 --seed 1
+# A real architecture search on this machine: NAS-Bench-201-style cells trained on
+# Fashion-MNIST (examples/quickstart.yaml). Running it again resumes the run in nasop-runs/.
+demo: build data
+	$(NASOP) run examples/quickstart.yaml
 
 # nasop-trainer against PyTorch eager on the same network (installs a Python torch once).
 bench-trainer: build

@@ -4,4 +4,5 @@
 pub mod api;
 pub mod bench;
 pub mod engine;
+pub mod local;
 pub mod strategy;

@@ -1,4 +1,5 @@
 use clap::{Parser, Subcommand};
+use std::path::PathBuf;
 
 /// nasop: neural architecture search on Kubernetes and on your laptop.
 #[derive(Debug, Parser)]
@@ -10,10 +11,48 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Runs a NasExperiment manifest on this machine, trials as local processes (or table
+    /// lookups); running it again resumes.
+    Run {
+        manifest: PathBuf,
+        /// Where run directories are kept.
+        #[arg(long, default_value = "nasop-runs")]
+        runs_dir: PathBuf,
+        /// Trials at once (default: what the machine can hold, at most the manifest's
+        /// parallelism; CPU threads are split between them).
+        #[arg(long)]
+        parallel: Option<usize>,
+        /// Plain log lines instead of a progress bar.
+        #[arg(long)]
+        plain: bool,
+    },
+    /// Shows a run directory's trials: the best first.
+    Results {
+        dir: PathBuf,
+        /// One JSON object: experiment, best, pareto_front, trials.
+        #[arg(long, conflicts_with = "csv")]
+        json: bool,
+        /// Every trial as CSV.
+        #[arg(long)]
+        csv: bool,
+        #[arg(long, default_value_t = 10)]
+        top: usize,
+    },
+    /// A trial that looks its candidate up in the NAS-Bench-201 tables (reads NASOP_TRIAL,
+    /// writes the result to the termination-message file): for manifests and pods that
+    /// should cost nothing to run.
+    Nb201Trial {
+        #[arg(long, default_value = "../shared/data/nasbench201")]
+        data: PathBuf,
+        #[arg(long, default_value = "cifar10")]
+        dataset: String,
+        #[arg(long)]
+        latency: Option<String>,
+    },
     /// Writes the CRD YAML generated from the API types (crds/ by default).
     Crds {
         #[arg(long, default_value = "crds")]
-        out: std::path::PathBuf,
+        out: PathBuf,
     },
     /// Benchmarks search strategies on tabular results.
     #[command(subcommand)]
@@ -28,9 +67,69 @@ enum Bench {
     Proposal(nasop::bench::proposal::ProposalArgs),
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+fn main() {
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("nasop: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Run {
+            manifest,
+            runs_dir,
+            parallel,
+            plain,
+        } => {
+            let dir = nasop::local::run(&nasop::local::RunOptions {
+                manifest,
+                runs_dir,
+                parallel,
+                plain,
+            })?;
+            println!(
+                "\nrun directory: {} (nasop results {} --json)",
+                dir.display(),
+                dir.display()
+            );
+            Ok(())
+        }
+        Command::Results {
+            dir,
+            json,
+            csv,
+            top,
+        } => {
+            let run = nasop::local::results::load(&dir)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&nasop::local::results::json(&run))?
+                );
+            } else if csv {
+                nasop::local::results::csv(&run, &mut std::io::stdout().lock())?;
+            } else {
+                nasop::local::results::print_table(&run.experiment, &run.trials, &run.info, top);
+            }
+            Ok(())
+        }
+        Command::Nb201Trial {
+            data,
+            dataset,
+            latency,
+        } => {
+            let mut args = vec![
+                "--data".to_string(),
+                data.display().to_string(),
+                "--dataset".into(),
+                dataset,
+            ];
+            if let Some(l) = latency {
+                args.extend(["--latency".to_string(), l]);
+            }
+            nasop::local::executor::nb201_trial(&args)
+        }
         Command::Crds { out } => {
             for path in nasop::api::write_crds(&out)? {
                 println!("wrote {path}");

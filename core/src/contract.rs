@@ -15,6 +15,12 @@ pub const ENV_REPORT_TOKEN: &str = "NASOP_REPORT_TOKEN";
 /// [`DEFAULT_TERMINATION_PATH`] in a pod).
 pub const ENV_TERMINATION_PATH: &str = "NASOP_TERMINATION_PATH";
 pub const DEFAULT_TERMINATION_PATH: &str = "/dev/termination-log";
+/// Optional: a directory the trial checkpoints into every epoch and resumes from.
+pub const ENV_CHECKPOINT_DIR: &str = "NASOP_CHECKPOINT_DIR";
+/// Optional: another trial's checkpoint directory to continue (a multi-fidelity promotion).
+pub const ENV_RESUME_FROM: &str = "NASOP_RESUME_FROM";
+/// Optional: CPU threads the trial may use.
+pub const ENV_THREADS: &str = "NASOP_THREADS";
 /// Kubernetes keeps at most this many bytes of a termination message.
 pub const TERMINATION_MESSAGE_MAX_BYTES: usize = 4096;
 

@@ -285,6 +285,25 @@ fn apply_trial(args: &mut TrainArgs) -> Result<Option<TrialInput>> {
 
 fn train(mut args: TrainArgs) -> Result<()> {
     let trial = apply_trial(&mut args)?;
+    // The optional parts of the contract fill flags that were not given.
+    let env_path = |name: &str| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    args.checkpoint_dir = args
+        .checkpoint_dir
+        .take()
+        .or_else(|| env_path(nasop_core::contract::ENV_CHECKPOINT_DIR));
+    args.resume_from = args
+        .resume_from
+        .take()
+        .or_else(|| env_path(nasop_core::contract::ENV_RESUME_FROM));
+    if args.threads.is_none() {
+        args.threads = std::env::var(nasop_core::contract::ENV_THREADS)
+            .ok()
+            .and_then(|t| t.parse().ok());
+    }
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));

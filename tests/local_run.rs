@@ -1,0 +1,350 @@
+//! `nasop run` end to end: tabular search, resume after SIGKILL, results, bad manifests.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+fn nasop() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_nasop"))
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("nasop-run-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "nasop failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn results(dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&ok(nasop()
+        .arg("results")
+        .arg(dir)
+        .arg("--json")
+        .output()
+        .unwrap()))
+    .unwrap()
+}
+
+fn example(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("examples")
+        .join(name)
+}
+
+/// A manifest whose trials are a shell script speaking the trial contract: it sleeps, then
+/// writes a result that depends on the candidate.
+fn script_manifest(dir: &Path, max_trials: u32, parallelism: u32, sleep: &str) -> PathBuf {
+    let path = dir.join("script.yaml");
+    let script = format!(
+        "sleep {sleep}; n=$(printf %s \"$NASOP_TRIAL\" | grep -o nor_conv_3x3 | wc -l); printf '{{\"step\":1,\"metrics\":{{\"val_accuracy\":%s}}}}' \"$n\" > \"$NASOP_TERMINATION_PATH\""
+    );
+    let yaml = format!(
+        r#"apiVersion: nasop.dev/v1alpha1
+kind: NasExperiment
+metadata:
+  name: script
+spec:
+  objectives: [{{metric: val_accuracy, goal: maximize}}]
+  searchSpace:
+    cell: {{nodes: 4, operations: [none, skip_connect, nor_conv_1x1, nor_conv_3x3, avg_pool_3x3]}}
+  strategy: {{algorithm: evolution, seed: 4}}
+  budget: {{maxTrials: {max_trials}, parallelism: {parallelism}, trialEpochs: 1}}
+  trialTemplate:
+    spec:
+      containers:
+        - name: trial
+          command: [sh, -c]
+          args: [{script:?}]
+"#
+    );
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+#[test]
+fn tabular_example_finds_the_same_best_for_the_same_seed() {
+    let dir = scratch("tabular");
+    let mut best = Vec::new();
+    for run in ["a", "b"] {
+        let runs = dir.join(run);
+        let out = ok(nasop()
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .arg("run")
+            .arg(example("nb201-evolution.yaml"))
+            .arg("--runs-dir")
+            .arg(&runs)
+            .output()
+            .unwrap());
+        assert!(out.contains("finished: all 2000 trials ended"), "{out}");
+        let r = results(&runs.join("nb201-evolution"));
+        assert_eq!(r["trials"].as_array().unwrap().len(), 2000);
+        best.push(r["best"]["candidate"].as_str().unwrap().to_string());
+        assert!(
+            r["best"]["metrics"]["test_accuracy"].as_f64().unwrap() > 94.0,
+            "{}",
+            r["best"]
+        );
+    }
+    assert_eq!(best[0], best[1]);
+}
+
+#[test]
+fn a_short_search_of_real_processes_ends_with_a_results_table() {
+    let dir = scratch("processes");
+    let manifest = script_manifest(&dir, 6, 3, "0.05");
+    let out = ok(nasop()
+        .arg("run")
+        .arg(&manifest)
+        .arg("--runs-dir")
+        .arg(dir.join("runs"))
+        .arg("--plain")
+        .output()
+        .unwrap());
+    assert!(out.contains("Top 10 by val_accuracy"), "{out}");
+    assert!(out.contains("best: trial"), "{out}");
+    let r = results(&dir.join("runs/script"));
+    let trials = r["trials"].as_array().unwrap();
+    assert_eq!(trials.len(), 6);
+    assert!(trials.iter().all(|t| t["phase"] == "Succeeded"), "{r}");
+    let csv = ok(nasop()
+        .arg("results")
+        .arg(dir.join("runs/script"))
+        .arg("--csv")
+        .output()
+        .unwrap());
+    assert_eq!(csv.lines().count(), 7);
+    assert!(csv.lines().next().unwrap().contains("val_accuracy"));
+}
+
+/// Journal entries of one kind, by trial index.
+fn journal_counts(path: &Path, event: &str) -> BTreeMap<u64, usize> {
+    let mut counts = BTreeMap::new();
+    for line in std::fs::read_to_string(path).unwrap().lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if v["event"] == event {
+            *counts.entry(v["index"].as_u64().unwrap()).or_default() += 1;
+        }
+    }
+    counts
+}
+
+#[test]
+fn sigkill_at_any_moment_loses_nothing_and_repeats_nothing() {
+    let dir = scratch("kill");
+    let manifest = script_manifest(&dir, 24, 3, "0.15");
+    let runs = dir.join("runs");
+    for wait_ms in [150, 420, 700, 1000, 1300] {
+        let mut child = nasop()
+            .arg("run")
+            .arg(&manifest)
+            .arg("--runs-dir")
+            .arg(&runs)
+            .arg("--plain")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(wait_ms));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+    }
+    let journal = runs.join("script/journal.jsonl");
+    let finished_before: BTreeSet<u64> = journal_counts(&journal, "finished").into_keys().collect();
+    assert!(
+        !finished_before.is_empty(),
+        "no trial finished before the kills; the test did not test anything"
+    );
+    ok(nasop()
+        .arg("run")
+        .arg(&manifest)
+        .arg("--runs-dir")
+        .arg(&runs)
+        .arg("--plain")
+        .output()
+        .unwrap());
+    let created = journal_counts(&journal, "trial");
+    let finished = journal_counts(&journal, "finished");
+    assert_eq!(created.len(), 24, "exactly maxTrials trials: {created:?}");
+    assert!(
+        created.values().all(|&n| n == 1),
+        "a trial index was recorded twice: {created:?}"
+    );
+    assert_eq!(finished.len(), 24, "every trial finished: {finished:?}");
+    assert!(
+        finished.values().all(|&n| n == 1),
+        "a finished trial ran again: {finished:?}"
+    );
+    assert_eq!(
+        created.keys().copied().collect::<Vec<_>>(),
+        (0..24).collect::<Vec<_>>()
+    );
+    let r = results(&runs.join("script"));
+    assert!(
+        r["trials"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["phase"] == "Succeeded"),
+        "{r}"
+    );
+}
+
+#[test]
+fn a_changed_search_space_is_refused() {
+    let dir = scratch("conflict");
+    let manifest = script_manifest(&dir, 2, 2, "0");
+    ok(nasop()
+        .arg("run")
+        .arg(&manifest)
+        .arg("--runs-dir")
+        .arg(dir.join("runs"))
+        .output()
+        .unwrap());
+    let text = std::fs::read_to_string(&manifest)
+        .unwrap()
+        .replace("seed: 4", "seed: 5");
+    std::fs::write(&manifest, text).unwrap();
+    let out = nasop()
+        .arg("run")
+        .arg(&manifest)
+        .arg("--runs-dir")
+        .arg(dir.join("runs"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("different strategy"), "{err}");
+}
+
+#[test]
+fn a_raised_budget_continues_a_finished_run() {
+    let dir = scratch("continue");
+    let manifest = script_manifest(&dir, 3, 3, "0");
+    ok(nasop()
+        .arg("run")
+        .arg(&manifest)
+        .arg("--runs-dir")
+        .arg(dir.join("runs"))
+        .output()
+        .unwrap());
+    let text = std::fs::read_to_string(&manifest)
+        .unwrap()
+        .replace("maxTrials: 3", "maxTrials: 5");
+    std::fs::write(&manifest, text).unwrap();
+    ok(nasop()
+        .arg("run")
+        .arg(&manifest)
+        .arg("--runs-dir")
+        .arg(dir.join("runs"))
+        .output()
+        .unwrap());
+    assert_eq!(
+        results(&dir.join("runs/script"))["trials"]
+            .as_array()
+            .unwrap()
+            .len(),
+        5
+    );
+}
+
+#[test]
+fn bad_manifests_and_missing_programs_say_what_to_do() {
+    let dir = scratch("bad");
+    let path = dir.join("bad.yaml");
+    let good = std::fs::read_to_string(example("nb201-evolution.yaml")).unwrap();
+    std::fs::write(&path, good.replace("sampleSize: 5", "sampleSize: 50")).unwrap();
+    let out = nasop()
+        .arg("run")
+        .arg(&path)
+        .arg("--runs-dir")
+        .arg(dir.join("runs"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.yaml:21:7: spec.strategy.settings.sampleSize"),
+        "{err}"
+    );
+    std::fs::write(
+        &path,
+        good.replace(
+            "command: [nasop, nb201-trial]",
+            "command: [nasop-trainer-missing]",
+        ),
+    )
+    .unwrap();
+    let out = nasop()
+        .arg("run")
+        .arg(&path)
+        .arg("--runs-dir")
+        .arg(dir.join("runs"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("nasop-trainer-missing") && err.contains("not found"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn failing_trials_fail_the_experiment_with_a_pointer_to_the_log() {
+    let dir = scratch("failing");
+    let manifest = script_manifest(&dir, 6, 1, "0");
+    let text = std::fs::read_to_string(&manifest).unwrap().replace(
+        "args: [\"sleep 0;",
+        "args: [\"echo dataset missing >&2; exit 3; sleep 0;",
+    );
+    std::fs::write(&manifest, text).unwrap();
+    let out = nasop()
+        .arg("run")
+        .arg(&manifest)
+        .arg("--runs-dir")
+        .arg(dir.join("runs"))
+        .arg("--plain")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("failed: 4 trials failed, more than maxFailedTrials (3)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("TrainerFailed: exit status: 3; see") && stdout.contains("log.txt"),
+        "{stdout}"
+    );
+    let log = std::fs::read_to_string(dir.join("runs/script/trials/0/log.txt")).unwrap();
+    assert!(log.contains("dataset missing"));
+}
+
+#[test]
+fn every_example_is_a_valid_manifest() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            if let Err(e) = nasop::local::manifest::load(&path) {
+                panic!("{e}");
+            }
+            seen += 1;
+        }
+    }
+    assert!(seen >= 5, "only {seen} examples");
+}
