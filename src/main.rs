@@ -38,6 +38,14 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         top: usize,
     },
+    /// Draws a run directory's charts (PNG and SVG): best so far against trials and time,
+    /// every trial's value, and the Pareto front when there are several objectives.
+    Plot {
+        dir: PathBuf,
+        /// Where to write them (default: DIR/plots).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// A trial that looks its candidate up in the NAS-Bench-201 tables (reads NASOP_TRIAL,
     /// writes the result to the termination-message file): for manifests and pods that
     /// should cost nothing to run.
@@ -111,6 +119,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 nasop::local::results::csv(&run, &mut std::io::stdout().lock())?;
             } else {
                 nasop::local::results::print_table(&run.experiment, &run.trials, &run.info, top);
+            }
+            Ok(())
+        }
+        Command::Plot { dir, out } => {
+            let run = nasop::local::results::load(&dir)?;
+            for path in nasop::local::plot::plot(&run, &out.unwrap_or_else(|| dir.join("plots")))? {
+                println!("wrote {}", path.display());
             }
             Ok(())
         }

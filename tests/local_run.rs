@@ -348,3 +348,44 @@ fn every_example_is_a_valid_manifest() {
     }
     assert!(seen >= 5, "only {seen} examples");
 }
+
+#[test]
+fn plot_writes_non_empty_charts_including_the_pareto_front() {
+    let dir = scratch("plot");
+    let runs = dir.join("runs");
+    ok(nasop()
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .arg("run")
+        .arg(example("nb201-multi-objective.yaml"))
+        .arg("--runs-dir")
+        .arg(&runs)
+        .output()
+        .unwrap());
+    let r = results(&runs.join("nb201-pareto"));
+    let front = r["pareto_front"].as_array().unwrap();
+    assert!(front.len() >= 3, "{}", r["pareto_front"]);
+    assert!(
+        front
+            .iter()
+            .all(|t| t["metrics"]["latency_ms"].as_f64().unwrap() <= 20.0),
+        "the front respects the constraint"
+    );
+    let out = ok(nasop()
+        .arg("plot")
+        .arg(runs.join("nb201-pareto"))
+        .output()
+        .unwrap());
+    for chart in ["best_vs_trials", "best_vs_time", "pareto"] {
+        for ext in ["png", "svg"] {
+            let path = runs
+                .join("nb201-pareto/plots")
+                .join(format!("{chart}.{ext}"));
+            let len = std::fs::metadata(&path)
+                .unwrap_or_else(|e| panic!("{}: {e}\n{out}", path.display()))
+                .len();
+            assert!(len > 5_000, "{} is only {len} bytes", path.display());
+        }
+    }
+    let png = std::fs::read(runs.join("nb201-pareto/plots/pareto.png")).unwrap();
+    assert_eq!(&png[..4], b"\x89PNG");
+}

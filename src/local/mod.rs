@@ -5,6 +5,7 @@
 pub mod executor;
 pub mod journal;
 pub mod manifest;
+pub mod plot;
 pub mod results;
 mod server;
 
