@@ -65,6 +65,16 @@ pub enum FinishedPhase {
     Stopped,
 }
 
+impl From<FinishedPhase> for TrialPhase {
+    fn from(p: FinishedPhase) -> TrialPhase {
+        match p {
+            FinishedPhase::Succeeded => TrialPhase::Succeeded,
+            FinishedPhase::Failed => TrialPhase::Failed,
+            FinishedPhase::Stopped => TrialPhase::Stopped,
+        }
+    }
+}
+
 /// What a journal holds, replayed.
 #[derive(Debug, Default)]
 pub struct Replay {
@@ -212,11 +222,7 @@ fn apply(r: &mut Replay, entry: Entry, space: Option<&SearchSpace>) -> Result<()
         } => {
             let i = find(r, index)?;
             let t = &mut r.trials[i];
-            t.phase = match phase {
-                FinishedPhase::Succeeded => TrialPhase::Succeeded,
-                FinishedPhase::Failed => TrialPhase::Failed,
-                FinishedPhase::Stopped => TrialPhase::Stopped,
-            };
+            t.phase = phase.into();
             t.metrics = metrics;
             t.finished_at = Some(at);
             r.info.insert(index, info);

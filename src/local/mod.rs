@@ -499,11 +499,7 @@ fn finish(
         .iter_mut()
         .find(|t| t.index == index)
         .expect("finished trials are recorded");
-    t.phase = match phase {
-        FinishedPhase::Succeeded => TrialPhase::Succeeded,
-        FinishedPhase::Failed => TrialPhase::Failed,
-        FinishedPhase::Stopped => TrialPhase::Stopped,
-    };
+    t.phase = phase.into();
     t.metrics = metrics;
     t.finished_at = Some(at);
     info.insert(index, extra);

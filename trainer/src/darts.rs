@@ -9,7 +9,6 @@ use crate::optim::{Optimizer, OptimizerKind};
 use crate::report::Reporter;
 use crate::train::{Ending, Outcome, cosine, evaluate};
 use anyhow::{Result, bail};
-use nasop_core::Rng;
 use nasop_core::arch::{Architecture, Edge, cell_edges};
 use nasop_core::contract::{Report, ReportAction};
 use std::collections::BTreeMap;
@@ -228,20 +227,14 @@ pub fn search(
     };
     for epoch in 0..cfg.epochs {
         let started = Instant::now();
-        let mut rng = Rng::stream(cfg.seed, epoch as u64 + 1);
-        let mut order: Vec<i64> = (0..n).collect();
-        rng.shuffle(&mut order);
+        let (order, _) = crate::data::epoch_order(cfg.seed, epoch, n);
         let (w_part, a_part) = order.split_at(half as usize);
         // GDAS anneals the Gumbel temperature from 10 to 0.1 over the search.
         let tau = 10.0 * (0.01f64).powf(epoch as f64 / (cfg.epochs.max(2) - 1) as f64);
         let mut train_loss = 0.0;
         for b in 0..batches {
             if terminate.load(Ordering::Relaxed) {
-                return Ok(Outcome {
-                    ending: Ending::Terminated,
-                    metrics,
-                    info: BTreeMap::new(),
-                });
+                return Ok(Outcome::terminated(metrics));
             }
             let range = |part: &[i64]| {
                 part[(b * batch).min(part.len())..((b + 1) * batch).min(part.len())].to_vec()

@@ -273,6 +273,15 @@ fn mnist_json(dir: &Path) -> Result<(Vec<u8>, Vec<u8>)> {
     Ok((x, y))
 }
 
+/// The training order of an epoch and the generator for its augmentation: both derived
+/// from (seed, epoch), so a run resumed at any epoch draws what an uninterrupted one would.
+pub fn epoch_order(seed: u64, epoch: u32, n: i64) -> (Vec<i64>, Rng) {
+    let mut rng = Rng::stream(seed, epoch as u64 + 1);
+    let mut order: Vec<i64> = (0..n).collect();
+    rng.shuffle(&mut order);
+    (order, rng)
+}
+
 /// A batch with random crop (padding 4) and horizontal flip applied, drawn with `rng`.
 pub fn augment(images: &Tensor, rng: &mut Rng) -> Tensor {
     let size = images.size();

@@ -8,7 +8,7 @@ use crate::optim::{Optimizer, OptimizerKind};
 use crate::report::Reporter;
 use anyhow::{Context, Result};
 use nasop_core::contract::ReportAction;
-use nasop_core::{Architecture, Rng};
+use nasop_core::Architecture;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -51,6 +51,17 @@ pub struct Outcome {
     pub metrics: BTreeMap<String, f64>,
     /// Non-numeric results (the derived architecture of a one-shot search).
     pub info: BTreeMap<String, String>,
+}
+
+impl Outcome {
+    /// SIGTERM arrived: the last completed epoch's checkpoint and metrics stand.
+    pub fn terminated(metrics: BTreeMap<String, f64>) -> Self {
+        Outcome {
+            ending: Ending::Terminated,
+            metrics,
+            info: BTreeMap::new(),
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -268,17 +279,11 @@ pub fn train(
     let mut ending = Ending::Completed;
     for epoch in start_epoch..cfg.epochs {
         let started = Instant::now();
-        let mut rng = Rng::stream(cfg.seed, epoch as u64 + 1);
-        let mut order: Vec<i64> = (0..n as i64).collect();
-        rng.shuffle(&mut order);
+        let (order, mut rng) = crate::data::epoch_order(cfg.seed, epoch, n as i64);
         let mut train_loss = 0.0;
         for b in 0..batches {
             if terminate.load(Ordering::Relaxed) {
-                return Ok(Outcome {
-                    ending: Ending::Terminated,
-                    metrics,
-                    info: BTreeMap::new(),
-                });
+                return Ok(Outcome::terminated(metrics));
             }
             let idx = Tensor::from_slice(&order[b * batch..((b + 1) * batch).min(n)]);
             let mut x = data.train.images.index_select(0, &idx);
