@@ -7,7 +7,7 @@ NASOP := target/release/nasop
 # tch finds libtorch through these; scripts/libtorch.sh installs it once into ~/.cache/nasop.
 TORCH = LIBTORCH="$$(scripts/libtorch.sh)" LIBTORCH_CXX11_ABI=1
 
-.PHONY: all build test lint crds bench bench-trainer demo toolchain data
+.PHONY: all build test lint crds bench bench-trainer demo toolchain data testenv-build testenv-up testenv-down
 
 all: build
 
@@ -26,9 +26,23 @@ lint: toolchain
 	$(TORCH) $(CARGO) clippy --release --workspace --all-targets -- -D warnings
 
 # Every test: unit and property tests of core, strategies and engine, the CRD drift check,
-# the strategy benchmark on the NAS-Bench-201 tables, and the trainer on Fashion-MNIST.
-test: lint data
-	$(TORCH) $(CARGO) test --release --workspace
+# the strategy benchmark on the NAS-Bench-201 tables, the trainer on Fashion-MNIST, the local
+# runner, and the integration tests against a real control plane (started once for the
+# suite, stopped afterwards).
+test: lint data testenv-build
+	$(TORCH) tools/testenv/with.sh $(CARGO) test --release --workspace
+
+# The test control plane (kube-apiserver, etcd, controller-manager, scheduler, KWOK, helm)
+# built from published Go modules, cached in ~/.cache/nasop.
+testenv-build:
+	tools/testenv/build.sh >/dev/null
+
+# Leaves it running; the last line is the `export KUBECONFIG=...` to paste.
+testenv-up: testenv-build
+	@tools/testenv/up.sh
+
+testenv-down:
+	@tools/testenv/down.sh
 
 # Regenerates crds/ from src/api (a test fails when they drift).
 crds: build

@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Starts a real Kubernetes control plane on loopback for tests: etcd, kube-apiserver (static
+# token, RBAC), kube-controller-manager (garbage collection, Jobs; node lifecycle with a
+# 24 h grace period, since simulated nodes send no heartbeats), kube-scheduler, and KWOK playing three GPU nodes
+# (nvidia.com/gpu: 4 each). Writes a kubeconfig, waits for /readyz and Ready nodes, and prints
+# `export KUBECONFIG=<path>` as its last line. tools/testenv/down.sh stops it.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+bin=$("$here/build.sh")
+state=${NASOP_TESTENV:-${NASOP_CACHE:-$HOME/.cache/nasop}/testenv-run}
+kubeconfig=$state/kubeconfig
+if [ -f "$state/pids" ] && [ -f "$kubeconfig" ]; then
+  alive=1
+  while read -r pid name; do kill -0 "$pid" 2>/dev/null || alive=0; done < "$state/pids"
+  if [ "$alive" = 1 ] && KUBECONFIG=$kubeconfig kubectl get --raw /readyz >/dev/null 2>&1; then
+    echo "the test control plane is already running" >&2
+    echo "export KUBECONFIG=$kubeconfig"
+    exit 0
+  fi
+fi
+"$here/down.sh" >/dev/null 2>&1 || true
+rm -rf "$state"
+mkdir -p "$state/etcd" "$state/certs" "$state/logs"
+: > "$state/pids"
+port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+start() {
+  local name=$1; shift
+  "$@" > "$state/logs/$name.log" 2>&1 &
+  echo "$! $name" >> "$state/pids"
+}
+fail() {
+  echo "testenv: $1; the last lines of $state/logs/$2.log:" >&2
+  tail -20 "$state/logs/$2.log" >&2 || true
+  "$here/down.sh" >&2 || true
+  exit 1
+}
+wait_for() { # description, log name, seconds, command...
+  local what=$1 log=$2 seconds=$3; shift 3
+  for _ in $(seq $((seconds * 5))); do
+    if "$@" >/dev/null 2>&1; then return 0; fi
+    sleep 0.2
+  done
+  fail "$what did not come up in ${seconds}s" "$log"
+}
+etcd_port=$(port); peer_port=$(port); api_port=$(port); cm_port=$(port); sched_port=$(port); kwok_port=$(port)
+token=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
+echo "$token,admin,admin,system:masters" > "$state/tokens.csv"
+openssl genrsa -out "$state/certs/sa.key" 2048 2>/dev/null
+openssl rsa -in "$state/certs/sa.key" -pubout -out "$state/certs/sa.pub" 2>/dev/null
+
+start etcd "$bin/etcd" --name default --data-dir "$state/etcd" \
+  --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
+  --listen-peer-urls "http://127.0.0.1:$peer_port" --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
+  --initial-cluster "default=http://127.0.0.1:$peer_port" --unsafe-no-fsync --log-level warn
+wait_for etcd etcd 30 curl -sf "http://127.0.0.1:$etcd_port/health"
+
+start kube-apiserver "$bin/kube-apiserver" --etcd-servers "http://127.0.0.1:$etcd_port" \
+  --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" --cert-dir "$state/certs" \
+  --token-auth-file "$state/tokens.csv" --authorization-mode RBAC \
+  --service-account-issuer https://kubernetes.default.svc.cluster.local \
+  --service-account-key-file "$state/certs/sa.pub" --service-account-signing-key-file "$state/certs/sa.key" \
+  --service-cluster-ip-range 10.96.0.0/16 --allow-privileged=true
+cat > "$kubeconfig" <<KC
+apiVersion: v1
+kind: Config
+clusters:
+  - name: testenv
+    cluster:
+      server: https://127.0.0.1:$api_port
+      insecure-skip-tls-verify: true
+users:
+  - name: admin
+    user:
+      token: $token
+contexts:
+  - name: testenv
+    context: {cluster: testenv, user: admin, namespace: default}
+current-context: testenv
+KC
+export KUBECONFIG=$kubeconfig
+wait_for kube-apiserver kube-apiserver 90 kubectl get --raw /readyz
+
+start kube-controller-manager "$bin/kube-controller-manager" --kubeconfig "$kubeconfig" \
+  --authentication-kubeconfig "$kubeconfig" --authorization-kubeconfig "$kubeconfig" \
+  --leader-elect=false --controllers '*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller,-route' \
+  --node-monitor-grace-period 24h --node-startup-grace-period 24h \
+  --service-account-private-key-file "$state/certs/sa.key" --root-ca-file "$state/certs/apiserver.crt" \
+  --bind-address 127.0.0.1 --secure-port "$cm_port"
+start kube-scheduler "$bin/kube-scheduler" --kubeconfig "$kubeconfig" \
+  --authentication-kubeconfig "$kubeconfig" --authorization-kubeconfig "$kubeconfig" \
+  --leader-elect=false --bind-address 127.0.0.1 --secure-port "$sched_port"
+
+kubectl apply -f "$here/gpu-nodes.yaml" >/dev/null
+start kwok "$bin/kwok" --kubeconfig "$kubeconfig" --manage-all-nodes=false \
+  --manage-nodes-with-annotation-selector kwok.x-k8s.io/node=fake \
+  --config "$here/stages.yaml" --server-address "127.0.0.1:$kwok_port"
+wait_for "KWOK's GPU nodes" kwok 60 kubectl wait --for=condition=Ready node --all --timeout=1s
+wait_for "the default service account" kube-controller-manager 60 kubectl get serviceaccount default
+echo "test control plane up: $(kubectl version -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["serverVersion"]["gitVersion"])'), logs in $state/logs" >&2
+echo "export KUBECONFIG=$kubeconfig"
