@@ -23,7 +23,7 @@ ldflags="-s -w"
 for p in $pkg $cg; do
   ldflags="$ldflags -X $p.gitVersion=$KUBERNETES_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean -X $p.buildDate=$date"
 done
-echo "building the test control plane into $bin (once per version; about half an hour cold on 2 cores)" >&2
+echo "building the test control plane into $bin (once per version; about 7 minutes on 2 cores)" >&2
 cd "$here"
 for cmd in kube-apiserver kube-controller-manager kube-scheduler; do
   echo "  $cmd $KUBERNETES_VERSION" >&2
