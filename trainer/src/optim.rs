@@ -68,17 +68,18 @@ impl Optimizer {
                 if !g.defined() {
                     continue;
                 }
-                let g = if self.weight_decay > 0.0 {
-                    g + &*p * self.weight_decay
-                } else {
-                    g
-                };
+                // The gradient is ours until the next zero_grad: update it in place rather
+                // than allocating a new tensor at every step (PyTorch's loop allocates two).
+                let mut g = g;
+                if self.weight_decay > 0.0 {
+                    g += &*p * self.weight_decay;
+                }
                 match self.kind {
                     OptimizerKind::Sgd => {
                         self.first[i] *= self.momentum;
                         self.first[i] += &g;
-                        let update = g + &self.first[i] * self.momentum;
-                        *p -= update * lr;
+                        g += &self.first[i] * self.momentum;
+                        *p -= g * lr;
                     }
                     OptimizerKind::Adam => {
                         let (b1, b2) = self.betas;
