@@ -406,7 +406,7 @@ pub fn run(opts: &RunOptions) -> Result<PathBuf> {
                 }
             }
         }
-        progress.update(&trials, &experiment);
+        progress.update(&trials);
         if !busy {
             std::thread::sleep(Duration::from_millis(if active.is_empty() {
                 1
@@ -577,7 +577,7 @@ impl Progress {
         ));
     }
 
-    fn update(&self, trials: &[TrialRecord], _exp: &Experiment) {
+    fn update(&self, trials: &[TrialRecord]) {
         let Some(bar) = &self.bar else { return };
         let done = trials.iter().filter(|t| !t.phase.is_active()).count();
         let running = trials

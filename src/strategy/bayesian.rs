@@ -47,7 +47,7 @@ const PARENTS: usize = 5;
 const RANDOM_CANDIDATES: usize = 20;
 
 impl Bayesian {
-    pub fn new(space: &SearchSpace, settings: &Settings, _seed: u64) -> Self {
+    pub fn new(space: &SearchSpace, settings: &Settings) -> Self {
         Bayesian {
             space: space.clone(),
             initial: settings.initial_samples.max(1),
@@ -77,12 +77,8 @@ impl Bayesian {
 
     /// The `k` untaken networks of the catalogue that a ridge model on all results rates best.
     fn screen(&self, cat: &Catalogue, ctx: &Context<'_>, k: usize) -> Vec<Point> {
-        let mut order: Vec<usize> = (0..self.data.len()).collect();
-        order.sort_by(|&a, &b| self.data[a].1.total_cmp(&self.data[b].1));
-        let mut targets = vec![0.0; order.len()];
-        for (rank, &i) in order.iter().enumerate() {
-            targets[i] = normal_quantile((rank as f64 + 0.5) / order.len() as f64);
-        }
+        let values: Vec<f64> = self.data.iter().map(|d| d.1).collect();
+        let targets = normal_scores(&values);
         let data: Vec<(usize, f64)> = self
             .keys
             .iter()
@@ -219,15 +215,8 @@ struct Gp<'a> {
 impl<'a> Gp<'a> {
     fn fit(data: &[&'a (Features, f64)]) -> Option<Self> {
         let n = data.len();
-        // Gaussian copula: the model sees normal scores of the ranks, so a few very bad
-        // candidates do not flatten the differences between good ones, whatever the metric's scale.
-        let mut order: Vec<usize> = (0..n).collect();
-        order.sort_by(|&a, &b| data[a].1.total_cmp(&data[b].1));
-        let mut ys = vec![0.0; n];
-        for (rank, &i) in order.iter().enumerate() {
-            ys[i] = normal_quantile((rank as f64 + 0.5) / n as f64);
-        }
-        let (mean, std) = (0.0, 1.0);
+        let values: Vec<f64> = data.iter().map(|d| d.1).collect();
+        let z = normal_scores(&values);
         let train: Vec<&Features> = data.iter().map(|d| &d.0).collect();
         let mut k = vec![0.0; n * n];
         for i in 0..n {
@@ -237,7 +226,6 @@ impl<'a> Gp<'a> {
             }
         }
         let chol = cholesky(k, n)?;
-        let z: Vec<f64> = ys.iter().map(|y| (y - mean) / std).collect();
         let alpha = solve_upper(&chol, n, &solve_lower(&chol, n, &z));
         let best = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         Some(Gp {
@@ -315,6 +303,19 @@ fn solve_upper(l: &[f64], n: usize, b: &[f64]) -> Vec<f64> {
 fn expected_improvement(mu: f64, sigma: f64, best: f64) -> f64 {
     let z = (mu - best) / sigma;
     (mu - best) * normal_cdf(z) + sigma * normal_pdf(z)
+}
+
+/// Gaussian copula: the normal scores of the values' ranks, so a few very bad results do not
+/// flatten the differences between good ones, whatever the metric's scale.
+fn normal_scores(values: &[f64]) -> Vec<f64> {
+    let n = values.len();
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&a, &b| values[a].total_cmp(&values[b]));
+    let mut scores = vec![0.0; n];
+    for (rank, &i) in order.iter().enumerate() {
+        scores[i] = normal_quantile((rank as f64 + 0.5) / n as f64);
+    }
+    scores
 }
 
 /// The standard normal quantile (Acklam's rational approximation, relative error 1e-9).

@@ -255,26 +255,21 @@ pub struct StrategyConfig {
 
 /// Builds the configured strategy for a space, fresh (nothing observed).
 pub fn build(config: &StrategyConfig, space: &SearchSpace) -> Box<dyn Strategy> {
-    let base = build_base(config.algorithm, &config.settings, space, config.seed);
+    let base = build_base(config.algorithm, &config.settings, space);
     match &config.fidelity {
         Some(schedule) => Box::new(fidelity::Scheduled::new(base, schedule.clone())),
         None => base,
     }
 }
 
-fn build_base(
-    algorithm: Algorithm,
-    settings: &Settings,
-    space: &SearchSpace,
-    seed: u64,
-) -> Box<dyn Strategy> {
+fn build_base(algorithm: Algorithm, settings: &Settings, space: &SearchSpace) -> Box<dyn Strategy> {
     match algorithm {
         Algorithm::Random => Box::new(random::RandomSearch),
         Algorithm::Grid => Box::new(grid::GridSearch::default()),
         Algorithm::Evolution => Box::new(evolution::RegularizedEvolution::new(settings)),
         Algorithm::Local => Box::new(local::LocalSearch::new(space.clone())),
         Algorithm::Reinforce => Box::new(reinforce::Reinforce::new(space, settings)),
-        Algorithm::Bayesian => Box::new(bayesian::Bayesian::new(space, settings, seed)),
+        Algorithm::Bayesian => Box::new(bayesian::Bayesian::new(space, settings)),
         Algorithm::Nsga2 => Box::new(nsga2::Nsga2::new(settings)),
     }
 }
