@@ -5,4 +5,5 @@ pub mod api;
 pub mod bench;
 pub mod engine;
 pub mod local;
+pub mod operator;
 pub mod strategy;

@@ -57,6 +57,8 @@ enum Command {
         #[arg(long)]
         latency: Option<String>,
     },
+    /// Runs the Kubernetes operator: NasExperiments in the cluster become trial pods.
+    Operator(nasop::operator::OperatorArgs),
     /// Writes the CRD YAML generated from the API types (crds/ by default).
     Crds {
         #[arg(long, default_value = "crds")]
@@ -145,6 +147,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             nasop::local::executor::nb201_trial(&args)
         }
+        Command::Operator(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(nasop::operator::run(args)),
         Command::Crds { out } => {
             for path in nasop::api::write_crds(&out)? {
                 println!("wrote {path}");

@@ -382,7 +382,7 @@ pub struct NasExperimentStatus {
     pub message: Option<String>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
 pub enum ExperimentPhase {
     Pending,
     Running,

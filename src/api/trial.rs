@@ -3,7 +3,7 @@
 // kube's printcolumn(...) attributes repeat keys such as type_ by design.
 #![allow(clippy::duplicated_attributes)]
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -54,6 +54,11 @@ pub struct NasTrialSpec {
     /// The trial whose checkpoint this one continues (a multi-fidelity promotion).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resume_from: Option<u32>,
+    /// Set by the operator to stop the trial: EarlyStopped, Timeout, Deadline or
+    /// ExperimentFinished. The trial's next report is answered "stop"; a pod that has not
+    /// ended within the grace period is deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
@@ -81,13 +86,21 @@ pub struct NasTrialStatus {
     pub reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// When the trial's pod was first seen running (microseconds, so that the order in
+    /// which trials ended survives a restart).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub start_time: Option<Time>,
+    pub start_time: Option<MicroTime>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub completion_time: Option<Time>,
+    pub completion_time: Option<MicroTime>,
+    /// When the operator first asked the trial to stop (the grace period counts from here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_requested_time: Option<MicroTime>,
+    /// GPUs requested by the trial's pods times their running time, over all attempts.
+    #[serde(default)]
+    pub gpu_seconds: f64,
 }
 
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
 pub enum TrialPhaseName {
     Pending,
     Running,

@@ -42,9 +42,11 @@ impl Engine {
         &self.experiment
     }
 
-    /// The seed of trial `index` (its training seed; derived, so a restart reuses it).
+    /// The seed of trial `index` (its training seed; derived, so a restart reuses it). 53
+    /// bits, so that it is an exact integer in any JSON reader (the API server refuses
+    /// integers beyond int64).
     pub fn trial_seed(&self, index: u32) -> u64 {
-        mix64(self.experiment.strategy.seed ^ mix64(index as u64))
+        mix64(self.experiment.strategy.seed ^ mix64(index as u64)) >> 11
     }
 
     pub fn decide(&mut self, trials: &[TrialRecord], clock: Clock) -> Decision {

@@ -1,6 +1,7 @@
 //! The engine's inputs and outputs: plain data, shared by both runners.
 
 use crate::strategy::StrategyConfig;
+use nasop_core::contract::{self, ArchitectureInput, TrialInput};
 use nasop_core::{Point, SearchSpace};
 use std::collections::BTreeMap;
 
@@ -87,6 +88,33 @@ impl Experiment {
         match &self.strategy.fidelity {
             Some(f) => f.rungs[0],
             None => self.budget.trial_epochs,
+        }
+    }
+
+    /// What trial `index` receives under the trial contract (both runners send this).
+    pub fn trial_input(
+        &self,
+        trial: String,
+        index: u32,
+        seed: u64,
+        point: &Point,
+        epochs: u32,
+        resume_from: Option<u32>,
+    ) -> TrialInput {
+        TrialInput {
+            experiment: self.name.clone(),
+            trial,
+            index,
+            seed,
+            candidate: self.space.format(point),
+            architecture: self.space.architecture(point).map(|a| ArchitectureInput {
+                string: a.to_string(),
+                structure: a,
+            }),
+            hyperparameters: self.space.hyperparameter_values(point),
+            budget: contract::Budget { epochs },
+            metrics: self.objectives.iter().map(|o| o.metric.clone()).collect(),
+            resume_from,
         }
     }
 }

@@ -7,13 +7,13 @@ pub mod journal;
 pub mod manifest;
 pub mod plot;
 pub mod results;
-mod server;
+pub(crate) mod server;
 
 use crate::engine::{Clock, Engine, Experiment, Report, StopReason, TrialPhase, TrialRecord};
 use anyhow::{Context, Result, bail};
 use executor::Executor;
 use journal::{Entry, FinishedPhase, Journal};
-use nasop_core::contract::{self, ArchitectureInput, Budget, TrialInput};
+use nasop_core::contract::{self, TrialInput};
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::os::unix::process::CommandExt;
@@ -353,29 +353,14 @@ pub fn run(opts: &RunOptions) -> Result<PathBuf> {
                     )?;
                 }
                 Executor::Process { program, args, env } => {
-                    let input = TrialInput {
-                        experiment: name.clone(),
-                        trial: format!("{name}-{index}"),
+                    let input = experiment.trial_input(
+                        format!("{name}-{index}"),
                         index,
                         seed,
-                        candidate: record.candidate.clone(),
-                        architecture: experiment.space.architecture(&record.point).map(|a| {
-                            ArchitectureInput {
-                                string: a.to_string(),
-                                structure: a,
-                            }
-                        }),
-                        hyperparameters: experiment.space.hyperparameter_values(&record.point),
-                        budget: Budget {
-                            epochs: record.epochs,
-                        },
-                        metrics: experiment
-                            .objectives
-                            .iter()
-                            .map(|o| o.metric.clone())
-                            .collect(),
+                        &record.point,
+                        record.epochs,
                         resume_from,
-                    };
+                    );
                     let trial_dir = dir.join("trials").join(index.to_string());
                     let token = server::token();
                     server

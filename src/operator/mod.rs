@@ -1,0 +1,380 @@
+//! `nasop operator`: NasExperiments on Kubernetes (DESIGN.md, "The operator").
+//!
+//! Two kube-runtime controllers share one process:
+//! - the experiment controller asks the engine what to do and records NasTrials (named
+//!   `<experiment>-<index>`, so creating one twice is harmless), asks trials to stop, and
+//!   writes the experiment's status;
+//! - the trial controller runs each NasTrial as a Pod from the experiment's `trialTemplate`
+//!   (one pod per attempt, retried when the cluster loses it) and records what the pod said.
+//!
+//! Trial reports arrive on `/v1/report` beside `/metrics`, `/healthz` and `/readyz`. All state
+//! lives in the API server: a restarted operator rebuilds the strategy from the recorded trials.
+
+mod experiment;
+mod http;
+pub mod metrics;
+pub mod pod;
+pub mod status;
+pub mod token;
+mod trial;
+
+use crate::api::{NasExperiment, NasTrial};
+use anyhow::{Context, Result};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use metrics::Metrics;
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use token::TokenKey;
+use tracing::{info, warn};
+
+/// The field manager of everything the operator writes with server-side apply.
+pub const MANAGER: &str = "nasop";
+
+/// `nasop operator` settings.
+#[derive(clap::Args, Debug, Clone)]
+pub struct OperatorArgs {
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// Address of the HTTP server (metrics, health, trial reports).
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// The report URL trial pods are given; default
+    /// `http://nasop.$POD_NAMESPACE.svc:8080/v1/report` (the chart's Service).
+    #[arg(long)]
+    pub report_url: Option<String>,
+    /// File holding the key that signs trial report tokens (the chart mounts a Secret).
+    /// Without it a random key is used, valid until this process exits.
+    #[arg(long, default_value = "/etc/nasop/report-key/key")]
+    pub report_key_file: PathBuf,
+    /// TLS certificate and key for the HTTP server; served over TLS when both exist.
+    #[arg(long, default_value = "/etc/nasop/tls/tls.crt")]
+    pub tls_cert: PathBuf,
+    #[arg(long, default_value = "/etc/nasop/tls/tls.key")]
+    pub tls_key: PathBuf,
+    /// Take part in leader election with a Lease, so that only one replica acts.
+    #[arg(long)]
+    pub leader_election: bool,
+    /// Namespace of the leader Lease (default: $POD_NAMESPACE, else "default").
+    #[arg(long)]
+    pub lease_namespace: Option<String>,
+    #[arg(long, default_value = "nasop-operator")]
+    pub lease_name: String,
+    /// Seconds a trial asked to stop may take before its pod is deleted.
+    #[arg(long, default_value_t = 30)]
+    pub stop_grace_seconds: u64,
+    /// Pods started per trial when the cluster loses them (eviction, preemption, node loss).
+    #[arg(long, default_value_t = 3)]
+    pub max_attempts: u32,
+    /// Reconciliations run at once, per controller.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: u16,
+    /// Log format: json (one object per line) or text.
+    #[arg(long, default_value = "json")]
+    pub log_format: String,
+}
+
+/// An experiment's identity in the caches.
+pub type ExpKey = (String, String);
+
+/// What the controllers and the report endpoint share.
+pub struct Ctx {
+    pub client: Client,
+    pub metrics: Arc<Metrics>,
+    pub key: TokenKey,
+    pub report_url: String,
+    pub recorder: Recorder,
+    pub experiments: Store<NasExperiment>,
+    pub trials: Store<NasTrial>,
+    pub pods: Store<Pod>,
+    pub stop_grace: Duration,
+    pub max_attempts: u32,
+    pub engines: Mutex<HashMap<ExpKey, experiment::Cached>>,
+    /// When each experiment's trial slots came free, oldest first (for the queue metric).
+    pub free_slots: Mutex<HashMap<ExpKey, VecDeque<Instant>>>,
+    pub phases: Mutex<HashMap<ExpKey, String>>,
+    pub ready: std::sync::atomic::AtomicBool,
+}
+
+impl Ctx {
+    pub fn slot_freed(&self, key: &ExpKey) {
+        lock(&self.free_slots)
+            .entry(key.clone())
+            .or_default()
+            .push_back(Instant::now());
+    }
+
+    pub fn slot_taken(&self, key: &ExpKey) {
+        if let Some(at) = lock(&self.free_slots)
+            .get_mut(key)
+            .and_then(|q| q.pop_front())
+        {
+            self.metrics
+                .queue_latency
+                .observe(at.elapsed().as_secs_f64());
+        }
+    }
+}
+
+pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("kubernetes: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("{0}")]
+    Other(String),
+}
+
+pub fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}
+
+fn init_logs(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,kube_lease_manager=warn".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let _ = if format == "text" {
+        builder.try_init()
+    } else {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init()
+    };
+}
+
+fn report_key(args: &OperatorArgs) -> Result<TokenKey> {
+    if args.report_key_file.exists() {
+        TokenKey::from_file(&args.report_key_file)
+    } else {
+        warn!(
+            path = %args.report_key_file.display(),
+            "no report-token key file; using a random key for this process (pods started by an earlier process will report through their termination message only)"
+        );
+        Ok(TokenKey::random())
+    }
+}
+
+/// Runs the operator until SIGTERM or SIGINT.
+pub async fn run(args: OperatorArgs) -> Result<()> {
+    init_logs(&args.log_format);
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = Client::try_default()
+        .await
+        .context("connecting to Kubernetes (in a pod: the service account; else $KUBECONFIG or ~/.kube/config)")?;
+    let pod_namespace = std::env::var("POD_NAMESPACE").ok();
+    let report_url = match (&args.report_url, &pod_namespace) {
+        (Some(u), _) => u.clone(),
+        (None, Some(ns)) => format!("http://nasop.{ns}.svc:{}/v1/report", args.listen.port()),
+        (None, None) => format!("http://127.0.0.1:{}/v1/report", args.listen.port()),
+    };
+    let key = report_key(&args)?;
+    let metrics = Arc::new(Metrics::new());
+
+    let trial_api: Api<NasTrial> = scoped(&client, &args.namespace);
+    let exp_api: Api<NasExperiment> = scoped(&client, &args.namespace);
+    let pod_api: Api<Pod> = scoped(&client, &args.namespace);
+
+    // Trials: one watch feeds the trial store, the trial controller, and (after the store
+    // has the change) a trigger for the owning experiment's controller.
+    let (trial_store, trial_writer) = reflector::store::<NasTrial>();
+    let (exp_tx, exp_rx) = futures::channel::mpsc::unbounded::<ObjectRef<NasExperiment>>();
+    let trial_stream = watcher(trial_api.clone(), watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(|t: &mut NasTrial| t.managed_fields_mut().clear())
+        .reflect(trial_writer)
+        .touched_objects()
+        .inspect(move |r| {
+            if let Ok(t) = r {
+                let ns = t.namespace().unwrap_or_default();
+                let _ = exp_tx.unbounded_send(ObjectRef::new(&t.spec.experiment).within(&ns));
+            }
+        });
+    let (pod_store, pod_writer) = reflector::store::<Pod>();
+    let pod_stream = watcher(
+        pod_api,
+        watcher::Config::default()
+            .labels(pod::LABEL_TRIAL)
+            .any_semantic(),
+    )
+    .default_backoff()
+    .modify(|p: &mut Pod| p.managed_fields_mut().clear())
+    .reflect(pod_writer)
+    .touched_objects();
+
+    let exp_controller = Controller::new(exp_api, watcher::Config::default().any_semantic())
+        .reconcile_on(exp_rx)
+        .with_config(kube::runtime::controller::Config::default().concurrency(args.concurrency));
+    let trial_controller = Controller::for_stream(trial_stream, trial_store.clone())
+        .owns_stream(pod_stream)
+        .with_config(kube::runtime::controller::Config::default().concurrency(args.concurrency));
+
+    let ctx = Arc::new(Ctx {
+        client: client.clone(),
+        metrics: metrics.clone(),
+        key,
+        report_url: report_url.clone(),
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "nasop".into(),
+                instance: std::env::var("POD_NAME").ok(),
+            },
+        ),
+        experiments: exp_controller.store(),
+        trials: trial_store,
+        pods: pod_store,
+        stop_grace: Duration::from_secs(args.stop_grace_seconds),
+        max_attempts: args.max_attempts.max(1),
+        engines: Mutex::default(),
+        free_slots: Mutex::default(),
+        phases: Mutex::default(),
+        ready: false.into(),
+    });
+
+    let server = tokio::spawn(http::serve(
+        args.listen,
+        args.tls_cert.clone(),
+        args.tls_key.clone(),
+        ctx.clone(),
+    ));
+
+    // Leadership: without election this process acts at once.
+    let mut leader_lost = None;
+    if args.leader_election {
+        let ns = args
+            .lease_namespace
+            .clone()
+            .or(pod_namespace)
+            .unwrap_or_else(|| "default".into());
+        let manager =
+            kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &args.lease_name)
+                .with_namespace(&ns)
+                .with_duration(15)
+                .with_grace(5)
+                .build()
+                .await
+                .context("creating the leader-election lease manager")?;
+        let (mut channel, task) = manager.watch().await;
+        info!(lease = %args.lease_name, namespace = %ns, "waiting for the leader lease");
+        while !*channel.borrow_and_update() {
+            tokio::select! {
+                r = channel.changed() => r.context("the lease manager stopped")?,
+                _ = shutdown_signal() => { return Ok(()); }
+            }
+        }
+        info!(lease = %args.lease_name, "acquired the leader lease");
+        leader_lost = Some((channel, task));
+    }
+    metrics.leader.set(1);
+    ctx.ready.store(true, std::sync::atomic::Ordering::Relaxed);
+    info!(%report_url, listen = %args.listen, "operator running");
+
+    // Deleted experiments: drop their caches and metric series.
+    let sweep = ctx.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(15)).await;
+            let known: Vec<ExpKey> = lock(&sweep.phases).keys().cloned().collect();
+            for k in known {
+                if sweep
+                    .experiments
+                    .get(&ObjectRef::new(&k.1).within(&k.0))
+                    .is_none()
+                {
+                    experiment::forget(&sweep, &k);
+                }
+            }
+        }
+    });
+
+    let exp_ctx = ctx.clone();
+    let exps = exp_controller
+        .graceful_shutdown_on(shutdown_signal())
+        .run(
+            move |e, c| timed(c.clone(), "nasexperiment", experiment::reconcile(e, c)),
+            experiment::error_policy,
+            exp_ctx,
+        )
+        .for_each(|_| futures::future::ready(()));
+    let trials = trial_controller
+        .graceful_shutdown_on(shutdown_signal())
+        .run(
+            move |t, c| timed(c.clone(), "nastrial", trial::reconcile(t, c)),
+            trial::error_policy,
+            ctx.clone(),
+        )
+        .for_each(|_| futures::future::ready(()));
+    let lost = async move {
+        match leader_lost {
+            Some((mut channel, _task)) => loop {
+                if channel.changed().await.is_err() || !*channel.borrow_and_update() {
+                    break;
+                }
+            },
+            None => futures::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = futures::future::join(exps, trials) => info!("controllers stopped"),
+        _ = lost => {
+            // Another replica may act now; stop at once rather than race it.
+            anyhow::bail!("lost the leader lease; exiting so that only the new leader acts");
+        }
+    }
+    server.abort();
+    Ok(())
+}
+
+fn scoped<K>(client: &Client, namespace: &Option<String>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    <K as Resource>::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+async fn timed(
+    ctx: Arc<Ctx>,
+    controller: &'static str,
+    work: impl Future<Output = Result<Action, Error>>,
+) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = work.await;
+    let outcome = match &result {
+        Ok(a) if *a == Action::await_change() => "success",
+        Ok(_) => "requeue",
+        Err(_) => "error",
+    };
+    ctx.metrics
+        .reconciled(controller, started.elapsed(), outcome);
+    result
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+}

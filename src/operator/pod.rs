@@ -1,0 +1,286 @@
+//! A trial's pod: built from the experiment's `trialTemplate` with the trial contract
+//! injected, and read back into what happened to it. Pure functions.
+
+use k8s_openapi::api::core::v1::{EnvVar, Pod, PodTemplateSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use nasop_core::contract::{self, Report, TrialInput};
+use std::collections::BTreeMap;
+
+pub const LABEL_EXPERIMENT: &str = "nasop.dev/experiment";
+pub const LABEL_TRIAL: &str = "nasop.dev/trial";
+pub const LABEL_ATTEMPT: &str = "nasop.dev/attempt";
+pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
+
+/// The name of attempt `attempt` (from 1) of a trial's pod.
+pub fn pod_name(trial: &str, attempt: u32) -> String {
+    format!("{trial}-{attempt}")
+}
+
+/// Checks that a template can run trials; the error names the field and the fix.
+pub fn check_template(template: Option<&PodTemplateSpec>) -> Result<(), String> {
+    let spec = template.and_then(|t| t.spec.as_ref()).ok_or(
+        "spec.trialTemplate is required on Kubernetes: add a pod template whose first container runs the trainer (see examples/)",
+    )?;
+    let first = spec.containers.first().ok_or(
+        "spec.trialTemplate.spec.containers is empty: add the trial container (image and command)",
+    )?;
+    if first.image.as_deref().unwrap_or("").is_empty() {
+        return Err(
+            "spec.trialTemplate.spec.containers[0].image is missing: name the trainer image".into(),
+        );
+    }
+    if let Some(p) = spec.restart_policy.as_deref()
+        && p != "Never"
+    {
+        return Err(format!(
+            "spec.trialTemplate.spec.restartPolicy is {p:?}: use \"Never\" (nasop retries lost pods itself and a failed trainer is a failed trial)"
+        ));
+    }
+    Ok(())
+}
+
+/// GPUs a pod from this template requests (the sum of its containers' nvidia.com/gpu limits,
+/// or requests where no limit is set).
+pub fn gpus(template: Option<&PodTemplateSpec>) -> f64 {
+    let Some(spec) = template.and_then(|t| t.spec.as_ref()) else {
+        return 0.0;
+    };
+    spec.containers
+        .iter()
+        .filter_map(|c| c.resources.as_ref())
+        .map(|r| {
+            let q = r
+                .limits
+                .as_ref()
+                .and_then(|l| l.get(GPU_RESOURCE))
+                .or_else(|| r.requests.as_ref().and_then(|l| l.get(GPU_RESOURCE)));
+            q.and_then(|q| q.0.parse::<f64>().ok()).unwrap_or(0.0)
+        })
+        .sum()
+}
+
+/// Everything a trial pod is made from.
+pub struct PodInput<'a> {
+    pub template: &'a PodTemplateSpec,
+    pub namespace: &'a str,
+    pub experiment: &'a str,
+    pub trial: &'a str,
+    pub trial_uid: &'a str,
+    pub attempt: u32,
+    pub input: &'a TrialInput,
+    pub report_url: &'a str,
+    pub token: &'a str,
+}
+
+/// The pod for one attempt of a trial: the template as written, plus the trial contract in
+/// the first container's environment, our labels, an owner reference to the NasTrial, and
+/// `restartPolicy: Never`.
+pub fn build(p: &PodInput) -> Pod {
+    let template = p.template.clone();
+    let mut meta = template.metadata.unwrap_or_default();
+    let mut labels = meta.labels.take().unwrap_or_default();
+    labels.insert(LABEL_EXPERIMENT.into(), p.experiment.into());
+    labels.insert(LABEL_TRIAL.into(), p.trial.into());
+    labels.insert(LABEL_ATTEMPT.into(), p.attempt.to_string());
+    let mut spec = template.spec.unwrap_or_default();
+    spec.restart_policy = Some("Never".into());
+    if let Some(c) = spec.containers.first_mut() {
+        let ours = [
+            (
+                contract::ENV_TRIAL,
+                serde_json::to_string(p.input).expect("trial input serialises"),
+            ),
+            (contract::ENV_REPORT_URL, p.report_url.to_string()),
+            (contract::ENV_REPORT_TOKEN, p.token.to_string()),
+        ];
+        let mut env: Vec<EnvVar> = c
+            .env
+            .take()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| !ours.iter().any(|(n, _)| *n == e.name))
+            .collect();
+        env.extend(ours.into_iter().map(|(name, value)| EnvVar {
+            name: name.into(),
+            value: Some(value),
+            value_from: None,
+        }));
+        c.env = Some(env);
+        // A trainer that dies without writing its result still leaves a reason.
+        c.termination_message_policy
+            .get_or_insert_with(|| "FallbackToLogsOnError".into());
+    }
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(pod_name(p.trial, p.attempt)),
+            namespace: Some(p.namespace.into()),
+            labels: Some(labels),
+            annotations: meta.annotations.take(),
+            owner_references: Some(vec![OwnerReference {
+                api_version: "nasop.dev/v1alpha1".into(),
+                kind: "NasTrial".into(),
+                name: p.trial.into(),
+                uid: p.trial_uid.into(),
+                controller: Some(true),
+                block_owner_deletion: Some(true),
+            }]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(spec),
+        status: None,
+    }
+}
+
+/// What a trial's pod says about the trial.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Not scheduled or not started yet; the message says why when the scheduler gave one.
+    Waiting(Option<String>),
+    Running {
+        started_at: Option<f64>,
+    },
+    /// The container exited 0; the termination message's report, if it held one.
+    Succeeded {
+        report: Option<Report>,
+        started_at: Option<f64>,
+        finished_at: Option<f64>,
+    },
+    /// The trainer failed: this counts against maxFailedTrials.
+    Failed {
+        message: String,
+        started_at: Option<f64>,
+        finished_at: Option<f64>,
+    },
+    /// The pod was lost to eviction, preemption, node shutdown or deletion: retried.
+    Lost(String),
+    /// Being deleted (by us, or by something else).
+    Terminating,
+}
+
+/// Pod failure reasons that are the cluster's doing, not the trainer's.
+const LOST_REASONS: &[&str] = &[
+    "Evicted",
+    "Preempting",
+    "NodeLost",
+    "Shutdown",
+    "NodeShutdown",
+    "Terminated",
+    "UnexpectedAdmissionError",
+    "OutOfcpu",
+    "OutOfmemory",
+    "OutOfpods",
+];
+
+pub fn outcome(pod: &Pod) -> Outcome {
+    let status = pod.status.clone().unwrap_or_default();
+    let phase = status.phase.as_deref().unwrap_or("Pending");
+    let first = status
+        .container_statuses
+        .as_ref()
+        .and_then(|cs| cs.first())
+        .cloned();
+    let terminated = first
+        .as_ref()
+        .and_then(|c| c.state.as_ref())
+        .and_then(|s| s.terminated.clone());
+    let pod_started = status
+        .start_time
+        .as_ref()
+        .map(|t| super::status::seconds(&t.0));
+    let started_at = terminated
+        .as_ref()
+        .and_then(|t| t.started_at.as_ref())
+        .map(|t| super::status::seconds(&t.0))
+        .or(pod_started);
+    let finished_at = terminated
+        .as_ref()
+        .and_then(|t| t.finished_at.as_ref())
+        .map(|t| super::status::seconds(&t.0));
+    let disrupted = status
+        .conditions
+        .iter()
+        .flatten()
+        .any(|c| c.type_ == "DisruptionTarget" && c.status == "True");
+    match phase {
+        "Succeeded" => Outcome::Succeeded {
+            report: terminated
+                .as_ref()
+                .and_then(|t| t.message.as_deref())
+                .and_then(parse_report),
+            started_at,
+            finished_at,
+        },
+        "Failed" => {
+            let reason = status.reason.clone().unwrap_or_default();
+            if disrupted || LOST_REASONS.contains(&reason.as_str()) {
+                let why = status.message.clone().unwrap_or(reason);
+                return Outcome::Lost(if why.is_empty() {
+                    "the pod was disrupted".into()
+                } else {
+                    why
+                });
+            }
+            let message = match &terminated {
+                Some(t) => {
+                    let text = t.message.as_deref().unwrap_or("").trim();
+                    let tail: String = text
+                        .chars()
+                        .rev()
+                        .take(512)
+                        .collect::<Vec<_>>()
+                        .into_iter()
+                        .rev()
+                        .collect();
+                    format!(
+                        "the trainer exited with code {}{}",
+                        t.exit_code,
+                        if tail.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {tail}")
+                        }
+                    )
+                }
+                None => status
+                    .message
+                    .clone()
+                    .unwrap_or_else(|| "the pod failed".into()),
+            };
+            Outcome::Failed {
+                message,
+                started_at,
+                finished_at,
+            }
+        }
+        _ if pod.metadata.deletion_timestamp.is_some() => Outcome::Terminating,
+        "Running" => Outcome::Running {
+            started_at: started_at.or(pod_started),
+        },
+        _ => Outcome::Waiting(
+            status
+                .conditions
+                .iter()
+                .flatten()
+                .find(|c| c.type_ == "PodScheduled" && c.status == "False")
+                .and_then(|c| c.message.clone()),
+        ),
+    }
+}
+
+/// A report from a termination message (a contract report as JSON); None when the message
+/// is not one (a trainer that does not write it, or fallback log lines).
+pub fn parse_report(text: &str) -> Option<Report> {
+    serde_json::from_str::<Report>(text.trim()).ok()
+}
+
+/// Our labels on a pod, for the trial it belongs to.
+pub fn trial_of(pod: &Pod) -> Option<&str> {
+    pod.metadata
+        .labels
+        .as_ref()
+        .and_then(|l: &BTreeMap<String, String>| l.get(LABEL_TRIAL))
+        .map(String::as_str)
+}
+
+#[cfg(test)]
+mod tests;

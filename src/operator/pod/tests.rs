@@ -1,0 +1,209 @@
+use super::*;
+use k8s_openapi::api::core::v1::{
+    ContainerState, ContainerStateTerminated, ContainerStatus, PodCondition, PodStatus,
+};
+
+fn template() -> PodTemplateSpec {
+    serde_yaml::from_str(
+        r#"
+metadata:
+  labels: {team: vision}
+  annotations: {note: kept}
+spec:
+  nodeSelector: {gpu: h100}
+  tolerations: [{key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}]
+  volumes: [{name: data, emptyDir: {}}]
+  containers:
+    - name: trainer
+      image: ghcr.io/nasop/nasop-trainer:dev
+      env: [{name: NASOP_TRIAL, value: overwritten}, {name: KEEP, value: "1"}]
+      resources: {limits: {nvidia.com/gpu: "2"}}
+      volumeMounts: [{name: data, mountPath: /data}]
+    - name: sidecar
+      image: busybox
+"#,
+    )
+    .unwrap()
+}
+
+fn input() -> TrialInput {
+    TrialInput {
+        experiment: "e".into(),
+        trial: "e-3".into(),
+        index: 3,
+        seed: 1,
+        candidate: "c".into(),
+        architecture: None,
+        hyperparameters: BTreeMap::new(),
+        budget: contract::Budget { epochs: 4 },
+        metrics: vec!["acc".into()],
+        resume_from: None,
+    }
+}
+
+#[test]
+fn the_pod_is_the_template_plus_the_contract() {
+    let t = template();
+    let i = input();
+    let pod = build(&PodInput {
+        template: &t,
+        namespace: "ns",
+        experiment: "e",
+        trial: "e-3",
+        trial_uid: "uid",
+        attempt: 2,
+        input: &i,
+        report_url: "http://op/v1/report",
+        token: "tok",
+    });
+    assert_eq!(pod.metadata.name.as_deref(), Some("e-3-2"));
+    let labels = pod.metadata.labels.as_ref().unwrap();
+    assert_eq!(labels["team"], "vision");
+    assert_eq!(labels[LABEL_TRIAL], "e-3");
+    assert_eq!(labels[LABEL_ATTEMPT], "2");
+    assert_eq!(pod.metadata.annotations.as_ref().unwrap()["note"], "kept");
+    let owner = &pod.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
+        ("NasTrial", "uid", Some(true))
+    );
+    let spec = pod.spec.as_ref().unwrap();
+    assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
+    assert_eq!(spec.node_selector.as_ref().unwrap()["gpu"], "h100");
+    assert_eq!(spec.tolerations.as_ref().unwrap().len(), 1);
+    assert_eq!(spec.volumes.as_ref().unwrap().len(), 1);
+    let c = &spec.containers[0];
+    assert_eq!(c.image.as_deref(), Some("ghcr.io/nasop/nasop-trainer:dev"));
+    assert_eq!(
+        c.resources,
+        t.spec.as_ref().unwrap().containers[0].resources
+    );
+    let env: BTreeMap<_, _> = c
+        .env
+        .iter()
+        .flatten()
+        .map(|e| (e.name.as_str(), e.value.clone().unwrap()))
+        .collect();
+    assert_eq!(env["KEEP"], "1");
+    assert_eq!(env[contract::ENV_REPORT_URL], "http://op/v1/report");
+    assert_eq!(env[contract::ENV_REPORT_TOKEN], "tok");
+    let sent: TrialInput = serde_json::from_str(&env[contract::ENV_TRIAL]).unwrap();
+    assert_eq!(sent, i);
+    assert_eq!(
+        c.env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .filter(|e| e.name == contract::ENV_TRIAL)
+            .count(),
+        1
+    );
+    assert!(
+        spec.containers[1].env.is_none(),
+        "only the first container gets the contract"
+    );
+    assert_eq!(gpus(Some(&t)), 2.0);
+}
+
+#[test]
+fn templates_that_cannot_run_are_refused_with_the_field() {
+    assert!(
+        check_template(None)
+            .unwrap_err()
+            .contains("spec.trialTemplate is required")
+    );
+    let mut t = template();
+    t.spec.as_mut().unwrap().restart_policy = Some("OnFailure".into());
+    assert!(
+        check_template(Some(&t))
+            .unwrap_err()
+            .contains("spec.trialTemplate.spec.restartPolicy")
+    );
+    t.spec.as_mut().unwrap().containers.clear();
+    assert!(
+        check_template(Some(&t))
+            .unwrap_err()
+            .contains("containers is empty")
+    );
+    assert!(check_template(Some(&template())).is_ok());
+}
+
+fn pod_with(phase: &str, reason: Option<&str>, terminated: Option<(i32, &str)>) -> Pod {
+    Pod {
+        status: Some(PodStatus {
+            phase: Some(phase.into()),
+            reason: reason.map(Into::into),
+            container_statuses: terminated.map(|(code, msg)| {
+                vec![ContainerStatus {
+                    name: "trainer".into(),
+                    state: Some(ContainerState {
+                        terminated: Some(ContainerStateTerminated {
+                            exit_code: code,
+                            message: Some(msg.into()),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }]
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn pod_outcomes() {
+    let ok = pod_with(
+        "Succeeded",
+        None,
+        Some((0, r#"{"step":4,"metrics":{"acc":0.93}}"#)),
+    );
+    match outcome(&ok) {
+        Outcome::Succeeded {
+            report: Some(r), ..
+        } => assert_eq!((r.step, r.metrics["acc"]), (4, 0.93)),
+        o => panic!("{o:?}"),
+    }
+    // A trainer that writes no report still succeeded; its last progress report counts.
+    assert!(matches!(
+        outcome(&pod_with("Succeeded", None, Some((0, "")))),
+        Outcome::Succeeded { report: None, .. }
+    ));
+    match outcome(&pod_with("Failed", None, Some((2, "CUDA out of memory")))) {
+        Outcome::Failed { message, .. } => assert_eq!(
+            message,
+            "the trainer exited with code 2: CUDA out of memory"
+        ),
+        o => panic!("{o:?}"),
+    }
+    assert!(matches!(
+        outcome(&pod_with("Failed", Some("Evicted"), None)),
+        Outcome::Lost(_)
+    ));
+    let mut preempted = pod_with("Failed", None, Some((137, "")));
+    preempted.status.as_mut().unwrap().conditions = Some(vec![PodCondition {
+        type_: "DisruptionTarget".into(),
+        status: "True".into(),
+        ..Default::default()
+    }]);
+    assert!(matches!(outcome(&preempted), Outcome::Lost(_)));
+    let mut waiting = pod_with("Pending", None, None);
+    waiting.status.as_mut().unwrap().conditions = Some(vec![PodCondition {
+        type_: "PodScheduled".into(),
+        status: "False".into(),
+        message: Some("0/3 nodes are available: 3 Insufficient nvidia.com/gpu.".into()),
+        ..Default::default()
+    }]);
+    assert_eq!(
+        outcome(&waiting),
+        Outcome::Waiting(Some(
+            "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.".into()
+        ))
+    );
+    assert!(matches!(
+        outcome(&pod_with("Running", None, None)),
+        Outcome::Running { .. }
+    ));
+}

@@ -1,0 +1,277 @@
+//! Pure translations between the API objects and the engine's model: a NasTrial becomes a
+//! [`TrialRecord`], the records become the NasExperiment's status. No I/O, so the operator's
+//! bookkeeping is unit-tested without a cluster.
+
+use crate::api::{
+    ExperimentPhase, NasExperimentStatus, NasTrial, ReportEntry, TrialCounts, TrialPhaseName,
+    TrialSummary,
+};
+use crate::engine::{self, Experiment, Finish, Report, TrialPhase, TrialRecord};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, Time};
+use k8s_openapi::jiff::Timestamp;
+use std::collections::BTreeMap;
+
+/// Progress reports kept in a trial's status; older ones are thinned out.
+pub const HISTORY_LIMIT: usize = 64;
+/// Pareto-front entries kept in an experiment's status (best first objective first).
+pub const PARETO_LIMIT: usize = 32;
+
+/// The name of trial `index` of `experiment`.
+pub fn trial_name(experiment: &str, index: u32) -> String {
+    format!("{experiment}-{index}")
+}
+
+pub fn micro(seconds: f64) -> MicroTime {
+    MicroTime(Timestamp::from_microsecond((seconds * 1e6) as i64).unwrap_or(Timestamp::UNIX_EPOCH))
+}
+
+pub fn time(seconds: f64) -> Time {
+    Time(Timestamp::from_microsecond((seconds * 1e6) as i64).unwrap_or(Timestamp::UNIX_EPOCH))
+}
+
+pub fn seconds(t: &Timestamp) -> f64 {
+    t.as_microsecond() as f64 / 1e6
+}
+
+pub fn engine_phase(p: TrialPhaseName) -> TrialPhase {
+    match p {
+        TrialPhaseName::Pending => TrialPhase::Pending,
+        TrialPhaseName::Running => TrialPhase::Running,
+        TrialPhaseName::Succeeded => TrialPhase::Succeeded,
+        TrialPhaseName::Failed => TrialPhase::Failed,
+        TrialPhaseName::Stopped => TrialPhase::Stopped,
+    }
+}
+
+/// The engine's view of a NasTrial.
+pub fn record(exp: &Experiment, trial: &NasTrial) -> Result<TrialRecord, String> {
+    let point = exp
+        .space
+        .parse(&trial.spec.candidate)
+        .map_err(|e| format!("trial {}: {e}", trial.spec.index))?;
+    let status = trial.status.clone().unwrap_or_default();
+    Ok(TrialRecord {
+        index: trial.spec.index,
+        candidate: trial.spec.candidate.clone(),
+        key: exp.space.key(&point),
+        point,
+        epochs: trial.spec.epochs,
+        phase: status.phase.map_or(TrialPhase::Pending, engine_phase),
+        started_at: status.start_time.as_ref().map(|t| seconds(&t.0)),
+        finished_at: status.completion_time.as_ref().map(|t| seconds(&t.0)),
+        reports: status
+            .history
+            .into_iter()
+            .map(|r| Report {
+                step: r.step,
+                metrics: r.metrics,
+            })
+            .collect(),
+        metrics: status.metrics,
+    })
+}
+
+/// Adds a report to a trial's history (a repeated step replaces the earlier one) and keeps
+/// the history under [`HISTORY_LIMIT`] by dropping every other entry of its older half.
+pub fn push_report(history: &mut Vec<ReportEntry>, entry: ReportEntry) {
+    history.retain(|r| r.step != entry.step);
+    let at = history.partition_point(|r| r.step < entry.step);
+    history.insert(at, entry);
+    while history.len() > HISTORY_LIMIT {
+        let half = history.len() / 2;
+        let mut k = 0;
+        history.retain(|_| {
+            k += 1;
+            // Keep the first entry, the newer half, and every other of the rest.
+            k == 1 || k > half || k % 2 == 1
+        });
+    }
+}
+
+/// What the experiment status is made of, besides the trials.
+pub struct StatusInput<'a> {
+    pub experiment: &'a Experiment,
+    pub name: &'a str,
+    pub generation: Option<i64>,
+    pub previous: &'a NasExperimentStatus,
+    /// The engine's end of the experiment, if it has decided one.
+    pub finish: Option<&'a Finish>,
+    pub started_at: f64,
+    pub now: f64,
+    pub gpu_seconds: f64,
+}
+
+fn summary(name: &str, t: &TrialRecord) -> TrialSummary {
+    TrialSummary {
+        name: trial_name(name, t.index),
+        index: t.index,
+        candidate: t.candidate.clone(),
+        epochs: t.epochs,
+        metrics: t.metrics.clone(),
+    }
+}
+
+fn condition(
+    previous: &[Condition],
+    type_: &str,
+    on: bool,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    now: f64,
+) -> Condition {
+    let status = if on { "True" } else { "False" };
+    let since = previous
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| time(now));
+    Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message: message.into(),
+        observed_generation: generation,
+        last_transition_time: since,
+    }
+}
+
+/// The experiment's status for these trials: counts, best trial, Pareto front, phase and
+/// conditions. Its size does not grow with the number of trials.
+pub fn experiment_status(input: &StatusInput, trials: &[TrialRecord]) -> NasExperimentStatus {
+    let exp = input.experiment;
+    let mut counts = TrialCounts {
+        created: trials.len() as u32,
+        ..TrialCounts::default()
+    };
+    for t in trials {
+        match t.phase {
+            TrialPhase::Pending => counts.pending += 1,
+            TrialPhase::Running => counts.running += 1,
+            TrialPhase::Succeeded => counts.succeeded += 1,
+            TrialPhase::Failed => counts.failed += 1,
+            TrialPhase::Stopped => counts.stopped += 1,
+        }
+    }
+    let active = counts.pending + counts.running;
+    let done = counts.created - active;
+    let best = engine::best_trial(exp, trials);
+    let pareto_front = if exp.objectives.len() > 1 {
+        let mut front: Vec<&TrialRecord> = engine::pareto_front(exp, trials);
+        let o = &exp.objectives[0];
+        front.sort_by(|a, b| {
+            let v = |t: &TrialRecord| {
+                t.metrics
+                    .get(&o.metric)
+                    .map_or(f64::MIN, |v| o.oriented(*v))
+            };
+            v(b).total_cmp(&v(a)).then(a.index.cmp(&b.index))
+        });
+        front
+            .into_iter()
+            .take(PARETO_LIMIT)
+            .map(|t| summary(input.name, t))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    // The experiment has ended when the engine says so and its stopped trials are gone.
+    let ended = input.finish.filter(|_| active == 0);
+    let phase = match ended {
+        Some(f) if f.succeeded => ExperimentPhase::Succeeded,
+        Some(_) => ExperimentPhase::Failed,
+        None if counts.created == 0 => ExperimentPhase::Pending,
+        None => ExperimentPhase::Running,
+    };
+    let prev = &input.previous.conditions;
+    let g = input.generation;
+    let mut conditions = vec![condition(
+        prev,
+        "Running",
+        ended.is_none(),
+        if ended.is_some() {
+            "Ended"
+        } else {
+            "TrialsRunning"
+        },
+        &format!(
+            "{done} of {} trials done, {active} running",
+            exp.budget.max_trials
+        ),
+        g,
+        input.now,
+    )];
+    if let Some(f) = ended {
+        conditions.push(condition(
+            prev,
+            if f.succeeded { "Succeeded" } else { "Failed" },
+            true,
+            &format!("{:?}", f.reason),
+            &f.message,
+            g,
+            input.now,
+        ));
+    }
+    let completion_time = ended.map(|_| {
+        input
+            .previous
+            .completion_time
+            .clone()
+            .unwrap_or_else(|| time(input.now))
+    });
+    NasExperimentStatus {
+        phase: Some(phase),
+        conditions,
+        observed_generation: g,
+        progress: Some(format!("{done}/{active}/{}", exp.budget.max_trials)),
+        trials: counts,
+        best_value: best.and_then(|t| t.metrics.get(&exp.objectives[0].metric).copied()),
+        best_trial: best.map(|t| summary(input.name, t)),
+        pareto_front,
+        gpu_seconds: (input.gpu_seconds * 1000.0).round() / 1000.0,
+        start_time: Some(time(input.started_at)),
+        completion_time,
+        message: ended.map(|f| f.message.clone()),
+    }
+}
+
+/// The status of an experiment whose spec cannot run: the field and the fix in the message.
+pub fn invalid_status(
+    previous: &NasExperimentStatus,
+    generation: Option<i64>,
+    message: &str,
+    now: f64,
+) -> NasExperimentStatus {
+    NasExperimentStatus {
+        phase: Some(ExperimentPhase::Failed),
+        conditions: vec![condition(
+            &previous.conditions,
+            "Failed",
+            true,
+            "InvalidSpec",
+            message,
+            generation,
+            now,
+        )],
+        observed_generation: generation,
+        message: Some(message.to_string()),
+        ..previous.clone()
+    }
+}
+
+/// Final metrics from the termination message, or else from the last report.
+pub fn final_metrics(
+    termination: Option<&BTreeMap<String, f64>>,
+    history: &[ReportEntry],
+) -> BTreeMap<String, f64> {
+    match termination {
+        Some(m) if !m.is_empty() => m.clone(),
+        _ => history
+            .last()
+            .map(|r| r.metrics.clone())
+            .unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

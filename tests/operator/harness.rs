@@ -1,0 +1,438 @@
+//! The operator's test harness: a namespace of its own on the test control plane
+//! (tools/testenv), the operator binary as a child process scoped to it, and a fake trainer
+//! that plays each trial pod: it posts reports with the injected token and ends the pod
+//! through KWOK (annotations that become the exit code and termination message).
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
+use nasop::api::{NasExperiment, NasTrial, TrialPhaseName};
+use nasop_core::contract::{self, ReportAction, ReportReply, TrialInput};
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const NB201_OPS: &str = "[none, skip_connect, nor_conv_1x1, nor_conv_3x3, avg_pool_3x3]";
+
+/// The value the fake trainer reports for a candidate: more 3x3 convolutions are better.
+pub fn value_of(candidate: &str) -> f64 {
+    let c3 = candidate.matches("nor_conv_3x3").count() as f64;
+    let c1 = candidate.matches("nor_conv_1x1").count() as f64;
+    let skip = candidate.matches("skip_connect").count() as f64;
+    50.0 + 6.0 * c3 + 2.0 * c1 + 0.5 * skip
+}
+
+/// What the fake trainer does with one pod.
+#[derive(Clone, Debug)]
+pub enum Plan {
+    /// Post these values as steps 1.. (pausing between), then end with the last one, or
+    /// end early when a reply says stop.
+    Report(Vec<f64>),
+    /// End at once with this exit code and termination message.
+    Exit(i32, String),
+    /// Delete the pod (a node lost it).
+    Lose,
+    /// Do nothing: the pod runs until someone stops it.
+    Hang,
+}
+
+pub type Policy = Arc<dyn Fn(&TrialInput, u32) -> Plan + Send + Sync>;
+
+pub fn report_json(step: u32, metric: &str, value: f64) -> String {
+    serde_json::json!({"step": step, "metrics": {metric: value}}).to_string()
+}
+
+pub struct Env {
+    pub client: Client,
+    pub ns: String,
+    pub port: u16,
+    key: PathBuf,
+    logs: PathBuf,
+    operators: Vec<Child>,
+    pub replies: Arc<Mutex<Vec<(String, u32, ReportAction)>>>,
+    trainer: Option<tokio::task::JoinHandle<()>>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Env {
+    pub async fn new(name: &str) -> Env {
+        let kubeconfig = std::env::var("KUBECONFIG").unwrap_or_default();
+        assert!(
+            std::path::Path::new(&kubeconfig).is_file(),
+            "KUBECONFIG does not point at the test control plane: run `make test`, or `eval $(make testenv-up | tail -1)` first"
+        );
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = Client::try_default()
+            .await
+            .expect("a client for the test control plane");
+        let out = Command::new("kubectl")
+            .args(["apply", "--server-side", "--force-conflicts", "-f"])
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/crds"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let ns = format!("{name}-{}", std::process::id());
+        let nss: Api<Namespace> = Api::all(client.clone());
+        let mut n = Namespace::default();
+        n.metadata.name = Some(ns.clone());
+        nss.create(&PostParams::default(), &n).await.unwrap();
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join("operator")
+            .join(&ns);
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = dir.join("key");
+        std::fs::write(&key, "0123456789abcdef0123456789abcdef-test-key").unwrap();
+        Env {
+            client,
+            ns,
+            port: free_port(),
+            key,
+            logs: dir,
+            operators: Vec::new(),
+            replies: Arc::default(),
+            trainer: None,
+        }
+    }
+
+    /// Starts an operator process for this namespace; returns its index.
+    pub fn start_operator(&mut self, extra: &[&str]) -> usize {
+        let i = self.operators.len();
+        // A restarted operator takes the report port of the one it replaces; a second
+        // replica running beside the first gets its own.
+        let alive = self
+            .operators
+            .iter_mut()
+            .any(|c| matches!(c.try_wait(), Ok(None)));
+        let port = if alive { free_port() } else { self.port };
+        let log = std::fs::File::create(self.logs.join(format!("operator-{i}.log"))).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_nasop"))
+            .args(["operator", "--namespace", &self.ns, "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--report-url")
+            .arg(format!("http://127.0.0.1:{}/v1/report", self.port))
+            .arg("--report-key-file")
+            .arg(&self.key)
+            .args(["--stop-grace-seconds", "2", "--lease-namespace", &self.ns])
+            .args(extra)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("the nasop binary runs");
+        self.operators.push(child);
+        i
+    }
+
+    pub fn kill_operator(&mut self, i: usize) {
+        let c = &mut self.operators[i];
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+
+    pub fn operator_log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.logs.join(format!("operator-{i}.log"))).unwrap_or_default()
+    }
+
+    pub fn experiments(&self) -> Api<NasExperiment> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    pub fn trials(&self) -> Api<NasTrial> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    pub fn pods(&self) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    pub async fn apply(&self, yaml: &str) -> Result<NasExperiment, kube::Error> {
+        let exp: NasExperiment = serde_yaml::from_str(yaml).expect("test manifests parse");
+        self.experiments()
+            .create(&PostParams::default(), &exp)
+            .await
+    }
+
+    /// Plays the trainer for every pod of this namespace, as `policy` says.
+    pub fn start_trainer(&mut self, policy: Policy) {
+        let pods = self.pods();
+        let replies = self.replies.clone();
+        self.trainer = Some(tokio::spawn(async move {
+            let handled: Arc<Mutex<HashSet<String>>> = Arc::default();
+            let mut events = watcher(pods.clone(), watcher::Config::default())
+                .default_backoff()
+                .applied_objects()
+                .boxed();
+            while let Some(Ok(pod)) = events.next().await {
+                let running =
+                    pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+                if !running || pod.metadata.deletion_timestamp.is_some() {
+                    continue;
+                }
+                if !handled.lock().unwrap().insert(pod.name_any()) {
+                    continue;
+                }
+                let (pods, policy, replies) = (pods.clone(), policy.clone(), replies.clone());
+                tokio::spawn(async move { play(pods, pod, policy, replies).await });
+            }
+        }));
+    }
+
+    /// Waits until the experiment's status satisfies `done`, failing after `timeout` with
+    /// the last status and the operator's log.
+    pub async fn wait_for(
+        &self,
+        name: &str,
+        timeout: Duration,
+        done: impl Fn(&NasExperiment) -> bool,
+    ) -> NasExperiment {
+        let started = Instant::now();
+        loop {
+            let exp = self.experiments().get(name).await.unwrap();
+            if done(&exp) {
+                return exp;
+            }
+            if started.elapsed() > timeout {
+                panic!(
+                    "timed out; status: {}\noperator log tail:\n{}",
+                    serde_json::to_string_pretty(&exp.status).unwrap(),
+                    tail(
+                        &self.operator_log(self.operators.len().saturating_sub(1)),
+                        30
+                    )
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn all_trials(&self, experiment: &str) -> Vec<NasTrial> {
+        let mut trials: Vec<NasTrial> = self
+            .trials()
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|t| t.spec.experiment == experiment)
+            .collect();
+        trials.sort_by_key(|t| t.spec.index);
+        trials
+    }
+
+    /// The most trials of `experiment` that were ever active at once, as seen by a watch
+    /// (a trial is active from its creation until its status says it ended).
+    pub fn watch_parallelism(&self, experiment: &str) -> Arc<Mutex<(usize, usize)>> {
+        let seen: Arc<Mutex<(usize, usize)>> = Arc::default();
+        let out = seen.clone();
+        let trials = self.trials();
+        let experiment = experiment.to_string();
+        tokio::spawn(async move {
+            let mut active: HashSet<String> = HashSet::new();
+            let mut ended: HashSet<String> = HashSet::new();
+            let mut events = watcher(trials, watcher::Config::default())
+                .default_backoff()
+                .applied_objects()
+                .boxed();
+            while let Some(Ok(t)) = events.next().await {
+                if t.spec.experiment != experiment {
+                    continue;
+                }
+                let name = t.name_any();
+                let done = matches!(
+                    t.status.as_ref().and_then(|s| s.phase),
+                    Some(
+                        TrialPhaseName::Succeeded
+                            | TrialPhaseName::Failed
+                            | TrialPhaseName::Stopped
+                    )
+                );
+                if done {
+                    active.remove(&name);
+                    ended.insert(name);
+                } else if !ended.contains(&name) {
+                    active.insert(name);
+                }
+                let mut s = seen.lock().unwrap();
+                s.0 = s.0.max(active.len());
+                s.1 = active.len() + ended.len();
+            }
+        });
+        out
+    }
+
+    pub async fn metrics(&self) -> String {
+        let url = format!("http://127.0.0.1:{}/metrics", self.port);
+        tokio::task::spawn_blocking(move || {
+            ureq::get(&url)
+                .call()
+                .map(|mut r| r.body_mut().read_to_string().unwrap_or_default())
+                .unwrap_or_default()
+        })
+        .await
+        .unwrap()
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        for c in &mut self.operators {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if let Some(t) = &self.trainer {
+            t.abort();
+        }
+        // Leave the namespace for post-mortems only when the test failed.
+        if !std::thread::panicking() {
+            let _ = Command::new("kubectl")
+                .args(["delete", "namespace", &self.ns, "--wait=false"])
+                .output();
+        }
+    }
+}
+
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+pub fn pod_env(pod: &Pod) -> BTreeMap<String, String> {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.containers.first())
+        .and_then(|c| c.env.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| (e.name, e.value.unwrap_or_default()))
+        .collect()
+}
+
+/// Posts one report; the operator's answer, or the HTTP status when it refused.
+pub async fn post_report(
+    url: &str,
+    token: Option<&str>,
+    body: String,
+) -> Result<ReportAction, u16> {
+    let (url, token) = (url.to_string(), token.map(str::to_string));
+    tokio::task::spawn_blocking(move || {
+        let mut req = ureq::post(&url)
+            .config()
+            .http_status_as_error(false)
+            .build();
+        if let Some(t) = token {
+            req = req.header("Authorization", format!("Bearer {t}"));
+        }
+        let mut resp = req
+            .header("Content-Type", "application/json")
+            .send(body)
+            .map_err(|_| 0u16)?;
+        if resp.status() != 200 {
+            return Err(resp.status().as_u16());
+        }
+        let reply: ReportReply = resp.body_mut().read_json().map_err(|_| 1u16)?;
+        Ok(reply.action)
+    })
+    .await
+    .unwrap()
+}
+
+pub async fn end_pod(pods: &Api<Pod>, name: &str, exit: i32, message: &str) {
+    let patch = serde_json::json!({"metadata": {"annotations": {
+        "testenv.nasop.dev/exit-code": exit.to_string(),
+        "testenv.nasop.dev/termination-message": message,
+    }}});
+    let _ = pods
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await;
+}
+
+async fn play(
+    pods: Api<Pod>,
+    pod: Pod,
+    policy: Policy,
+    replies: Arc<Mutex<Vec<(String, u32, ReportAction)>>>,
+) {
+    let env = pod_env(&pod);
+    let input: TrialInput =
+        serde_json::from_str(&env[contract::ENV_TRIAL]).expect("NASOP_TRIAL is injected");
+    let attempt: u32 = pod.labels()["nasop.dev/attempt"].parse().unwrap();
+    let name = pod.name_any();
+    let metric = input.metrics[0].clone();
+    match policy(&input, attempt) {
+        Plan::Exit(code, message) => end_pod(&pods, &name, code, &message).await,
+        Plan::Lose => {
+            let _ = pods.delete(&name, &DeleteParams::default()).await;
+        }
+        Plan::Hang => {}
+        Plan::Report(values) => {
+            let url = &env[contract::ENV_REPORT_URL];
+            let token = &env[contract::ENV_REPORT_TOKEN];
+            let mut last = (0, 0.0);
+            for (i, v) in values.iter().enumerate() {
+                let step = i as u32 + 1;
+                last = (step, *v);
+                let mut answer =
+                    post_report(url, Some(token), report_json(step, &metric, *v)).await;
+                // The operator may be restarting: try again for a while.
+                for _ in 0..100 {
+                    if answer != Err(0) {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    answer = post_report(url, Some(token), report_json(step, &metric, *v)).await;
+                }
+                let action = answer.unwrap_or(ReportAction::Continue);
+                replies
+                    .lock()
+                    .unwrap()
+                    .push((input.trial.clone(), step, action));
+                if action == ReportAction::Stop {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+            end_pod(&pods, &name, 0, &report_json(last.0, &metric, last.1)).await;
+        }
+    }
+}
+
+/// A NasExperiment manifest over the NAS-Bench-201 cell space, with a GPU trial template.
+pub fn manifest(name: &str, strategy: &str, budget: &str, extra: &str) -> String {
+    format!(
+        r#"
+apiVersion: nasop.dev/v1alpha1
+kind: NasExperiment
+metadata:
+  name: {name}
+spec:
+  objectives: [{{metric: val_accuracy, goal: maximize}}]
+  searchSpace:
+    cell: {{nodes: 4, operations: {NB201_OPS}}}
+  strategy: {strategy}
+  budget: {budget}
+{extra}
+  trialTemplate:
+    spec:
+      tolerations: [{{key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}}]
+      containers:
+        - name: trainer
+          image: ghcr.io/nasop/nasop-trainer:dev
+          resources: {{limits: {{nvidia.com/gpu: "1"}}}}
+"#
+    )
+}

@@ -1,0 +1,500 @@
+//! `nasop operator` on the test control plane (tools/testenv; `make test` starts it and sets
+//! KUBECONFIG): whole experiments on KWOK GPU nodes with the test playing the trainer.
+
+mod harness;
+
+use harness::{Env, Plan, manifest, post_report, report_json, value_of};
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, ResourceExt};
+use nasop::api::{ExperimentPhase, TrialPhaseName};
+use nasop_core::contract::{self, ReportAction};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+const LONG: Duration = Duration::from_secs(120);
+
+fn phase_is(p: ExperimentPhase) -> impl Fn(&nasop::api::NasExperiment) -> bool {
+    move |e| e.status.as_ref().and_then(|s| s.phase) == Some(p)
+}
+
+fn completes(value: f64) -> Plan {
+    Plan::Exit(0, report_json(12, "val_accuracy", value))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_experiment_runs_to_the_right_best_trial_within_its_parallelism() {
+    let mut env = Env::new("op-full").await;
+    env.start_operator(&[]);
+    env.start_trainer(Arc::new(|input, _| completes(value_of(&input.candidate))));
+    let seen = env.watch_parallelism("full");
+    env.apply(&manifest(
+        "full",
+        "{algorithm: evolution, seed: 3, settings: {population: 4, sampleSize: 2}}",
+        "{maxTrials: 12, parallelism: 3, trialEpochs: 12}",
+        "",
+    ))
+    .await
+    .unwrap();
+    let exp = env
+        .wait_for("full", LONG, phase_is(ExperimentPhase::Succeeded))
+        .await;
+    let status = exp.status.unwrap();
+    let trials = env.all_trials("full").await;
+    assert_eq!(trials.len(), 12);
+    let indices: BTreeSet<u32> = trials.iter().map(|t| t.spec.index).collect();
+    assert_eq!(indices, (0..12).collect());
+    // The best trial is the one whose value the trainer made highest.
+    let best = trials
+        .iter()
+        .max_by(|a, b| {
+            value_of(&a.spec.candidate)
+                .total_cmp(&value_of(&b.spec.candidate))
+                .then(b.spec.index.cmp(&a.spec.index))
+        })
+        .unwrap();
+    let best_status = status.best_trial.as_ref().unwrap();
+    assert_eq!(status.best_value, Some(value_of(&best.spec.candidate)));
+    assert_eq!(
+        value_of(&best_status.candidate),
+        value_of(&best.spec.candidate)
+    );
+    assert_eq!(status.trials.succeeded, 12);
+    assert_eq!(status.progress.as_deref(), Some("12/0/12"));
+    assert!(status.conditions.iter().any(|c| c.type_ == "Succeeded"
+        && c.status == "True"
+        && c.observed_generation == exp.metadata.generation));
+    assert!(status.completion_time.is_some() && status.start_time.is_some());
+    let max_active = seen.lock().unwrap().0;
+    assert!(
+        (1..=3).contains(&max_active),
+        "{max_active} trials were active at once; parallelism is 3"
+    );
+    for t in &trials {
+        let s = t.status.as_ref().unwrap();
+        assert_eq!(s.phase, Some(TrialPhaseName::Succeeded));
+        assert_eq!(s.reason.as_deref(), Some("Completed"));
+        assert_eq!(s.attempts, 1);
+        assert_eq!(s.value, Some(value_of(&t.spec.candidate)));
+        assert!(s.start_time.is_some() && s.completion_time.is_some());
+    }
+    let metrics = env.metrics().await;
+    for want in [
+        format!(
+            "nasop_trials_finished_total{{namespace=\"{}\",experiment=\"full\",result=\"Succeeded\"}} 12",
+            env.ns
+        ),
+        "nasop_experiments{phase=\"Succeeded\"} 1".into(),
+        "nasop_trial_queue_seconds_count".into(),
+        "controller_runtime_reconcile_total{controller=\"nastrial\",result=\"success\"}".into(),
+    ] {
+        assert!(
+            metrics.contains(&want),
+            "{want} missing from /metrics:\n{metrics}"
+        );
+    }
+    // Events a user sees in `kubectl describe`.
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(env.client.clone(), &env.ns);
+    let reasons: BTreeSet<String> = events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|e| e.reason)
+        .collect();
+    for r in ["TrialCreated", "TrialSucceeded", "ExperimentSucceeded"] {
+        assert!(reasons.contains(r), "no {r} event in {reasons:?}");
+    }
+
+    // Raising the budget of a finished experiment continues it.
+    env.experiments()
+        .patch(
+            "full",
+            &PatchParams::default(),
+            &Patch::Merge(
+                &serde_json::json!({"spec": {"budget": {"maxTrials": 15, "parallelism": 4}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    let exp = env
+        .wait_for("full", LONG, |e| {
+            e.status.as_ref().is_some_and(|s| {
+                s.phase == Some(ExperimentPhase::Succeeded) && s.trials.created == 15
+            })
+        })
+        .await;
+    assert_eq!(exp.status.unwrap().trials.succeeded, 15);
+    assert_eq!(env.all_trials("full").await.len(), 15);
+
+    // Deleting the experiment removes its trials and their pods (garbage collection).
+    env.experiments()
+        .delete("full", &Default::default())
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        let trials = env
+            .trials()
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .len();
+        let pods = env
+            .pods()
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .len();
+        if trials == 0 && pods == 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < LONG,
+            "{trials} trials and {pods} pods left after deletion"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn median_stopping_stops_a_bad_trial_and_forged_tokens_are_refused() {
+    let mut env = Env::new("op-stop").await;
+    env.start_operator(&[]);
+    // Trial 2 reports poorly; the others well.
+    env.start_trainer(Arc::new(|input, _| {
+        let base = if input.index == 2 { 10.0 } else { 80.0 };
+        Plan::Report(
+            (0..40).map(|s| base + s as f64 * 0.1).collect::<Vec<_>>()
+                [..if input.index == 2 { 40 } else { 4 }]
+                .to_vec(),
+        )
+    }));
+    env.apply(&manifest(
+        "stop",
+        "{algorithm: random, seed: 5}",
+        "{maxTrials: 4, parallelism: 1, trialEpochs: 40}",
+        "  earlyStopping: {algorithm: medianStop, minTrials: 2, startStep: 1}",
+    ))
+    .await
+    .unwrap();
+
+    // Tokens: none, another key's, and a real one presented for another trial.
+    let pod = loop {
+        if let Some(p) = env
+            .pods()
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .next()
+        {
+            break p;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let penv = harness::pod_env(&pod);
+    let url = penv[contract::ENV_REPORT_URL].clone();
+    let token = penv[contract::ENV_REPORT_TOKEN].clone();
+    let body = report_json(1, "val_accuracy", 99.0);
+    assert_eq!(post_report(&url, None, body.clone()).await, Err(401));
+    let forged = format!("{}:stop-0:{}", env.ns, "ab".repeat(32));
+    assert_eq!(
+        post_report(&url, Some(&forged), body.clone()).await,
+        Err(401)
+    );
+    let wrong_trial = token.replace(":stop-0:", ":stop-1:");
+    assert_ne!(wrong_trial, token);
+    // stop-1 may not exist yet, or it may: either way this token is not its token.
+    let answer = post_report(&url, Some(&wrong_trial), body.clone()).await;
+    assert!(
+        matches!(answer, Err(401) | Ok(ReportAction::Stop)),
+        "{answer:?}"
+    );
+    assert_eq!(
+        post_report(&url, Some(&token), "not json".into()).await,
+        Err(400)
+    );
+
+    let exp = env
+        .wait_for("stop", LONG, phase_is(ExperimentPhase::Succeeded))
+        .await;
+    let trials = env.all_trials("stop").await;
+    let bad = trials[2].status.clone().unwrap();
+    assert_eq!(bad.phase, Some(TrialPhaseName::Stopped), "{bad:?}");
+    assert_eq!(bad.reason.as_deref(), Some("EarlyStopped"));
+    let stop_replies: Vec<_> = env
+        .replies
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(t, _, a)| t == "stop-2" && *a == ReportAction::Stop)
+        .cloned()
+        .collect();
+    assert_eq!(
+        stop_replies.len(),
+        1,
+        "trial 2 was answered stop once and then ended"
+    );
+    assert!(
+        stop_replies[0].1 < 40,
+        "stopped at step {}",
+        stop_replies[0].1
+    );
+    for i in [0, 1, 3] {
+        let s = trials[i].status.clone().unwrap();
+        assert_eq!(s.phase, Some(TrialPhaseName::Succeeded), "trial {i}: {s:?}");
+        assert_eq!(s.history.len(), 4, "trial {i}'s reports are its history");
+    }
+    let status = exp.status.unwrap();
+    assert_eq!((status.trials.succeeded, status.trials.stopped), (3, 1));
+    let metrics = env.metrics().await;
+    assert!(
+        metrics.contains("nasop_reports_total{result=\"refused\"}"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trainer_failures_fail_the_experiment_and_lost_pods_are_retried() {
+    let mut env = Env::new("op-fail").await;
+    env.start_operator(&[]);
+    env.start_trainer(Arc::new(|input, attempt| {
+        if input.experiment == "lost" {
+            // Trial 0's first pod is lost with its node; every other pod completes.
+            if input.index == 0 && attempt == 1 {
+                Plan::Lose
+            } else {
+                completes(value_of(&input.candidate))
+            }
+        } else if input.experiment == "hang" {
+            Plan::Hang
+        } else {
+            Plan::Exit(3, "RuntimeError: CUDA error: out of memory".into())
+        }
+    }));
+    env.apply(&manifest(
+        "fail",
+        "{algorithm: random, seed: 1}",
+        "{maxTrials: 10, parallelism: 1, maxFailedTrials: 1, trialEpochs: 12}",
+        "",
+    ))
+    .await
+    .unwrap();
+    env.apply(&manifest(
+        "lost",
+        "{algorithm: random, seed: 2}",
+        "{maxTrials: 3, parallelism: 2, maxFailedTrials: 0, trialEpochs: 12}",
+        "",
+    ))
+    .await
+    .unwrap();
+    env.apply(&manifest(
+        "hang",
+        "{algorithm: random, seed: 3}",
+        "{maxTrials: 1, parallelism: 1, trialEpochs: 12, trialTimeoutSeconds: 2}",
+        "",
+    ))
+    .await
+    .unwrap();
+
+    let exp = env
+        .wait_for("fail", LONG, phase_is(ExperimentPhase::Failed))
+        .await;
+    let status = exp.status.unwrap();
+    assert_eq!(
+        status.trials.failed, 2,
+        "maxFailedTrials 1: the second failure ends it"
+    );
+    let failed = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Failed")
+        .unwrap();
+    assert_eq!(failed.reason, "TooManyFailures");
+    let t0 = env.trials().get("fail-0").await.unwrap().status.unwrap();
+    assert_eq!(t0.reason.as_deref(), Some("TrainerFailed"));
+    assert!(
+        t0.message
+            .as_deref()
+            .unwrap()
+            .contains("exited with code 3: RuntimeError: CUDA error"),
+        "{t0:?}"
+    );
+
+    let exp = env
+        .wait_for("lost", LONG, phase_is(ExperimentPhase::Succeeded))
+        .await;
+    let status = exp.status.unwrap();
+    assert_eq!((status.trials.succeeded, status.trials.failed), (3, 0));
+    let t0 = env.trials().get("lost-0").await.unwrap().status.unwrap();
+    assert_eq!(t0.attempts, 2, "the lost pod was started again");
+    assert_eq!(t0.pod.as_deref(), Some("lost-0-2"));
+    assert_eq!(t0.phase, Some(TrialPhaseName::Succeeded));
+
+    // A trial that outlives trialTimeoutSeconds is stopped and its pod deleted after the
+    // grace period (2 s here).
+    let exp = env
+        .wait_for("hang", LONG, |e| {
+            e.status.as_ref().is_some_and(|s| s.trials.stopped == 1)
+        })
+        .await;
+    let t = env.trials().get("hang-0").await.unwrap().status.unwrap();
+    assert_eq!(t.reason.as_deref(), Some("Timeout"), "{t:?}");
+    assert!(
+        env.pods()
+            .get_opt("hang-0-1")
+            .await
+            .unwrap()
+            .is_none_or(|p| p.metadata.deletion_timestamp.is_some())
+    );
+    assert!(
+        exp.status.unwrap().gpu_seconds > 0.0,
+        "the hung pod held a GPU"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_manifest_is_rejected_naming_the_field() {
+    let env = Env::new("op-invalid").await;
+    let err = env
+        .apply(&manifest(
+            "bad",
+            "{algorithm: evolution, seed: 1, settings: {population: 1}}",
+            "{maxTrials: 5}",
+            "",
+        ))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("spec.strategy.settings.population"), "{err}");
+    let err = env
+        .apply(&manifest(
+            "bad",
+            "{algorithm: random, seed: 1}",
+            "{maxTrials: 0}",
+            "",
+        ))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("spec.budget.maxTrials"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_operator_at_any_point_loses_nothing() {
+    let mut env = Env::new("op-restart").await;
+    let mut op = env.start_operator(&[]);
+    env.start_trainer(Arc::new(|input, _| {
+        // Some trials report first, so kills land between reports too.
+        if input.index % 3 == 0 {
+            Plan::Report(vec![60.0, value_of(&input.candidate)])
+        } else {
+            completes(value_of(&input.candidate))
+        }
+    }));
+    let seen = env.watch_parallelism("restart");
+    env.apply(&manifest(
+        "restart",
+        "{algorithm: evolution, seed: 9, settings: {population: 5, sampleSize: 2}}",
+        "{maxTrials: 30, parallelism: 4, trialEpochs: 12}",
+        "",
+    ))
+    .await
+    .unwrap();
+    for kill_at in [3, 9, 16, 24] {
+        env.wait_for("restart", LONG, |e| {
+            e.status
+                .as_ref()
+                .is_some_and(|s| s.trials.created >= kill_at)
+        })
+        .await;
+        env.kill_operator(op);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        op = env.start_operator(&[]);
+    }
+    let exp = env
+        .wait_for("restart", LONG, phase_is(ExperimentPhase::Succeeded))
+        .await;
+    let trials = env.all_trials("restart").await;
+    let indices: BTreeSet<u32> = trials.iter().map(|t| t.spec.index).collect();
+    assert_eq!(
+        indices,
+        (0..30).collect(),
+        "exactly maxTrials distinct trials"
+    );
+    let status = exp.status.unwrap();
+    assert_eq!((status.trials.created, status.trials.succeeded), (30, 30));
+    let max_active = seen.lock().unwrap().0;
+    assert!(
+        max_active <= 4,
+        "{max_active} trials active at once across restarts"
+    );
+    // Each trial ran one pod: a restart never starts a trial twice.
+    for t in &trials {
+        assert_eq!(t.status.as_ref().unwrap().attempts, 1, "{}", t.name_any());
+    }
+    // The rebuilt strategy proposed what one uninterrupted run would have: no candidate
+    // twice (evolution never repeats an architecture it has tried).
+    let candidates: BTreeSet<&str> = trials.iter().map(|t| t.spec.candidate.as_str()).collect();
+    assert_eq!(candidates.len(), 30);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_elect_one_leader_and_the_other_takes_over() {
+    let mut env = Env::new("op-lease").await;
+    let first = env.start_operator(&["--leader-election"]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let second = env.start_operator(&["--leader-election"]);
+    env.start_trainer(Arc::new(|input, _| completes(value_of(&input.candidate))));
+    env.apply(&manifest(
+        "lease",
+        "{algorithm: random, seed: 4}",
+        "{maxTrials: 4, parallelism: 2, trialEpochs: 12}",
+        "",
+    ))
+    .await
+    .unwrap();
+    env.wait_for("lease", LONG, |e| {
+        e.status.as_ref().is_some_and(|s| s.trials.created >= 2)
+    })
+    .await;
+    let leases: Api<Lease> = Api::namespaced(env.client.clone(), &env.ns);
+    let holder = leases
+        .get("nasop-operator")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .holder_identity;
+    assert!(holder.is_some());
+    assert!(
+        env.operator_log(first)
+            .contains("acquired the leader lease")
+    );
+    assert!(
+        !env.operator_log(second)
+            .contains("acquired the leader lease"),
+        "only one replica leads"
+    );
+    assert!(
+        !env.operator_log(second).contains("created trial"),
+        "the standby does not act"
+    );
+    // The leader dies; the standby takes the lease (15 s) and finishes the experiment.
+    env.kill_operator(first);
+    let exp = env
+        .wait_for("lease", LONG, phase_is(ExperimentPhase::Succeeded))
+        .await;
+    assert_eq!(exp.status.unwrap().trials.created, 4);
+    assert!(
+        env.operator_log(second)
+            .contains("acquired the leader lease")
+    );
+}
