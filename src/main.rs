@@ -75,6 +75,9 @@ enum Bench {
     Nb201(Box<nasop::bench::command::Nb201Args>),
     /// Times one proposal of every strategy after a long history.
     Proposal(nasop::bench::proposal::ProposalArgs),
+    /// The operator at scale on the test control plane (needs KUBECONFIG from
+    /// `make testenv-up`): pod turnaround, CPU, memory, API requests, long experiments.
+    Operator(nasop::bench::operator::OperatorBenchArgs),
 }
 
 fn main() {
@@ -154,6 +157,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Crds { out } => {
             for path in nasop::api::write_crds(&out)? {
                 println!("wrote {path}");
+            }
+            Ok(())
+        }
+        Command::Bench(Bench::Operator(args)) => {
+            let report = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(nasop::bench::operator::run(&args))?;
+            if args.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                nasop::bench::operator::print(&report);
             }
             Ok(())
         }

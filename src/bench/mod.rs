@@ -4,6 +4,7 @@
 
 pub mod command;
 pub mod nb201;
+pub mod operator;
 pub mod proposal;
 
 use crate::strategy::{self, Context, Observation, StrategyConfig, Taken, pareto};

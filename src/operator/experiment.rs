@@ -3,9 +3,10 @@
 
 use super::metrics::{ExperimentLabels, ExperimentPhaseLabels, PhaseLabels};
 use super::status::{self, StatusInput, trial_name};
-use super::{Ctx, Error, ExpKey, MANAGER, lock, now, pod};
+use super::{Ctx, Error, ExpKey, MANAGER, lock, now, pod, trial};
 use crate::api::{self, NasExperiment, NasExperimentSpec, NasTrial, NasTrialSpec};
 use crate::engine::{Clock, Engine, Experiment, TrialRecord};
+use futures::StreamExt;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
@@ -232,39 +233,65 @@ pub async fn reconcile(exp: Arc<NasExperiment>, ctx: Arc<Ctx>) -> Result<Action,
             Err(e) => return Err(e.into()),
         }
     }
-    for new in &decision.create {
-        let tname = trial_name(name, new.index);
-        let mut trial = NasTrial::new(
-            &tname,
-            NasTrialSpec {
-                experiment: name.clone(),
-                index: new.index,
-                candidate: new.candidate.clone(),
-                epochs: new.epochs,
-                seed: new.seed,
-                resume_from: new.resume_from,
-                stop: None,
-            },
-        );
-        trial.metadata.namespace = Some(ns.clone());
-        trial.metadata.labels = Some(
-            [(pod::LABEL_EXPERIMENT.to_string(), name.clone())]
-                .into_iter()
-                .collect(),
-        );
-        trial.metadata.owner_references = Some(vec![
-            exp.controller_owner_ref(&())
-                .expect("a stored object has a name and UID"),
-        ]);
-        match trial_api.create(&PostParams::default(), &trial).await {
-            Ok(_) => {
-                info!(namespace = %ns, experiment = %name, trial = %tname, candidate = %new.candidate, epochs = new.epochs, "created trial");
+    // New trials, created concurrently (one API round trip is most of a slot's wait).
+    let owner = exp
+        .controller_owner_ref(&())
+        .expect("a stored object has a name and UID");
+    let jobs: Vec<NasTrial> = decision
+        .create
+        .iter()
+        .map(|new| {
+            let mut trial = NasTrial::new(
+                &trial_name(name, new.index),
+                NasTrialSpec {
+                    experiment: name.clone(),
+                    index: new.index,
+                    candidate: new.candidate.clone(),
+                    epochs: new.epochs,
+                    seed: new.seed,
+                    resume_from: new.resume_from,
+                    stop: None,
+                },
+            );
+            trial.metadata.namespace = Some(ns.clone());
+            trial.metadata.labels = Some(
+                [(pod::LABEL_EXPERIMENT.to_string(), name.clone())]
+                    .into_iter()
+                    .collect(),
+            );
+            trial.metadata.owner_references = Some(vec![owner.clone()]);
+            trial
+        })
+        .collect();
+    // Each trial's first pod is created right after it (the trial controller would do the
+    // same one watch event later; it finds the pod and records it).
+    let creates = jobs.into_iter().map(|trial| {
+        let trial_api = trial_api.clone();
+        let (ctx, exp, experiment) = (ctx.clone(), exp.clone(), experiment.clone());
+        async move {
+            match trial_api.create(&PostParams::default(), &trial).await {
+                Ok(created) => {
+                    info!(namespace = %trial.metadata.namespace.as_deref().unwrap_or_default(), experiment = %trial.spec.experiment, trial = %trial.name_any(), candidate = %trial.spec.candidate, epochs = trial.spec.epochs, "created trial");
+                    let mut scratch = Default::default();
+                    if let Err(e) =
+                        trial::start_pod(&ctx, &created, &exp, &experiment, 1, &mut scratch).await
+                    {
+                        // The trial controller retries.
+                        warn!(trial = %trial.name_any(), error = %e, "could not create the trial's pod");
+                    }
+                    Ok(())
+                }
+                // Recorded already (our store had not seen it yet): names are deterministic.
+                Err(kube::Error::Api(s)) if s.is_already_exists() => Ok(()),
+                Err(e) => Err(e),
             }
-            // Recorded already (our store had not seen it yet): names are deterministic.
-            Err(kube::Error::Api(s)) if s.is_already_exists() => {}
-            Err(e) => return Err(e.into()),
         }
-    }
+    });
+    let results: Vec<Result<(), kube::Error>> = futures::stream::iter(creates)
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    results.into_iter().collect::<Result<Vec<()>, _>>()?;
 
     let status = status::experiment_status(
         &StatusInput {

@@ -42,6 +42,11 @@ pub struct OnlyResult {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabels {
+    pub method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ControllerLabels {
     pub controller: String,
 }
@@ -83,6 +88,7 @@ pub struct Metrics {
     pub reconcile_errors: Family<ControllerLabels, Counter>,
     pub reconcile_time: HistogramFamily<ControllerLabels>,
     pub leader: Gauge,
+    pub kube_requests: Family<MethodLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -110,6 +116,7 @@ impl Metrics {
             reconcile_errors: Family::default(),
             reconcile_time: Family::new_with_constructor(latency_histogram),
             leader: Gauge::default(),
+            kube_requests: Family::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -171,6 +178,11 @@ impl Metrics {
             "nasop_leader",
             "1 when this replica holds the leader lease",
             m.leader.clone(),
+        );
+        r.register(
+            "nasop_kube_requests",
+            "Requests the operator sent to the Kubernetes API server, by HTTP method (a watch counts once)",
+            m.kube_requests.clone(),
         );
         r.register(
             "controller_runtime_reconcile",

@@ -175,7 +175,8 @@ fn report_key(args: &OperatorArgs) -> Result<TokenKey> {
 pub async fn run(args: OperatorArgs) -> Result<()> {
     init_logs(&args.log_format);
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = Client::try_default()
+    let metrics = Arc::new(Metrics::new());
+    let client = counted_client(&metrics)
         .await
         .context("connecting to Kubernetes (in a pod: the service account; else $KUBECONFIG or ~/.kube/config)")?;
     let pod_namespace = std::env::var("POD_NAMESPACE").ok();
@@ -185,7 +186,6 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
         (None, None) => format!("http://127.0.0.1:{}/v1/report", args.listen.port()),
     };
     let key = report_key(&args)?;
-    let metrics = Arc::new(Metrics::new());
 
     let trial_api: Api<NasTrial> = scoped(&client, &args.namespace);
     let exp_api: Api<NasExperiment> = scoped(&client, &args.namespace);
@@ -340,6 +340,24 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
     }
     server.abort();
     Ok(())
+}
+
+/// A client that counts its requests in `nasop_kube_requests_total`.
+async fn counted_client(metrics: &Arc<Metrics>) -> Result<Client> {
+    let config = kube::Config::infer().await?;
+    let counter = metrics.kube_requests.clone();
+    let layer =
+        tower::util::MapRequestLayer::new(move |req: ::http::Request<kube::client::Body>| {
+            counter
+                .get_or_create(&metrics::MethodLabels {
+                    method: req.method().to_string(),
+                })
+                .inc();
+            req
+        });
+    Ok(kube::client::ClientBuilder::try_from(config)?
+        .with_layer(&layer)
+        .build())
 }
 
 fn scoped<K>(client: &Client, namespace: &Option<String>) -> Api<K>

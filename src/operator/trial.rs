@@ -195,7 +195,6 @@ pub async fn reconcile(trial: Arc<NasTrial>, ctx: Arc<Ctx>) -> Result<Action, Er
                 });
             } else {
                 start_pod(&ctx, &trial, &exp, &experiment, 1, &mut next).await?;
-                ctx.slot_taken(&key);
             }
         }
         (Some(Outcome::Waiting(message)), None) => {
@@ -293,7 +292,7 @@ pub async fn reconcile(trial: Arc<NasTrial>, ctx: Arc<Ctx>) -> Result<Action, Er
     Ok(requeue.map_or(Action::await_change(), Action::requeue))
 }
 
-async fn start_pod(
+pub async fn start_pod(
     ctx: &Ctx,
     trial: &NasTrial,
     exp: &NasExperiment,
@@ -338,6 +337,7 @@ async fn start_pod(
         Ok(_) => {
             info!(namespace = %ns, experiment = %trial.spec.experiment, trial = %name, attempt, "created pod");
             if attempt == 1 {
+                ctx.slot_taken(&(ns.clone(), trial.spec.experiment.clone()));
                 event(
                     ctx,
                     trial,

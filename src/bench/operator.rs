@@ -1,0 +1,589 @@
+//! `nasop bench operator`: the operator at scale on the test control plane (tools/testenv).
+//!
+//! Starts `nasop operator` as a child process for a namespace of its own, adds simulated
+//! GPU nodes to KWOK, and plays the trainer: each trial pod that runs is ended at once
+//! through KWOK with a termination message. It prints
+//! - the time from a trial pod's end to its successor's pod creation (p50, p99, max), both
+//!   as seen by a watch here;
+//! - the operator's CPU time and peak resident memory (from /proc), and API requests per
+//!   trial (the operator counts them in `nasop_kube_requests_total`);
+//! - for a long experiment, the mean experiment reconcile time and the status size per
+//!   window of trials, to show whether they grow with the experiment;
+//! - how many trials run at once across many experiments (Katib's users report about 160
+//!   for 120 experiments of 30).
+
+use crate::api::{self, NasExperiment};
+use crate::operator::pod::{LABEL_ATTEMPT, LABEL_EXPERIMENT};
+use anyhow::{Context, Result, bail};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
+use serde::Serialize;
+use std::collections::{HashMap, HashSet};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct OperatorBenchArgs {
+    /// Trials of the latency experiment.
+    #[arg(long, default_value_t = 2000)]
+    pub trials: u32,
+    /// Its parallelism.
+    #[arg(long, default_value_t = 200)]
+    pub parallelism: u32,
+    /// Trials of the long experiment (reconcile time and status size as it grows); 0 skips it.
+    #[arg(long, default_value_t = 10000)]
+    pub long_trials: u32,
+    /// Experiments × parallelism of the concurrency run (trials that never end); 0 skips it.
+    #[arg(long, default_value_t = 120)]
+    pub experiments: u32,
+    #[arg(long, default_value_t = 30)]
+    pub experiment_parallelism: u32,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Serialize, Default, Debug)]
+pub struct LatencyRun {
+    pub trials: u32,
+    pub parallelism: u32,
+    pub seconds: f64,
+    pub trials_per_second: f64,
+    pub end_to_next_pod_ms_p50: f64,
+    pub end_to_next_pod_ms_p99: f64,
+    pub end_to_next_pod_ms_max: f64,
+    pub operator_cpu_seconds: f64,
+    pub operator_peak_mib: f64,
+    pub api_requests_per_trial: f64,
+    pub max_active_pods: usize,
+}
+
+#[derive(Serialize, Default, Debug)]
+pub struct Window {
+    pub trials_created: u32,
+    pub reconcile_ms_mean: f64,
+    pub status_bytes: usize,
+}
+
+#[derive(Serialize, Default, Debug)]
+pub struct Report {
+    pub latency: Option<LatencyRun>,
+    pub long: Vec<Window>,
+    pub long_peak_mib: f64,
+    pub concurrent_trials: Option<(u32, u32, usize, f64)>,
+}
+
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+/// The operator child process and what /proc says of it.
+struct Operator {
+    child: Child,
+    port: u16,
+}
+
+impl Operator {
+    fn start(ns: &str, log: &std::path::Path) -> Result<Operator> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let key = log.with_extension("key");
+        std::fs::write(&key, "bench-report-key-0123456789abcdef0123456789")?;
+        let file = std::fs::File::create(log)?;
+        let child = Command::new(std::env::current_exe()?)
+            .args(["operator", "--namespace", ns, "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--report-key-file")
+            .arg(&key)
+            .args(["--concurrency", "32"])
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .stdin(Stdio::null())
+            .spawn()
+            .context("starting nasop operator")?;
+        Ok(Operator { child, port })
+    }
+
+    fn proc_field(&self, file: &str, key: &str) -> f64 {
+        let text = std::fs::read_to_string(format!("/proc/{}/{file}", self.child.id()))
+            .unwrap_or_default();
+        text.lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    fn peak_mib(&self) -> f64 {
+        self.proc_field("status", "VmHWM:") / 1024.0
+    }
+
+    fn cpu_seconds(&self) -> f64 {
+        let text =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the command name: utime is the 14th field, stime the 15th.
+        let after = text.rsplit(')').next().unwrap_or("");
+        let f: Vec<f64> = after
+            .split_whitespace()
+            .map(|x| x.parse().unwrap_or(0.0))
+            .collect();
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / ticks
+    }
+
+    async fn metrics(&self) -> String {
+        let port = self.port;
+        tokio::task::spawn_blocking(move || {
+            use std::io::{Read, Write};
+            let mut text = String::new();
+            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+                let _ = s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n");
+                let _ = s.read_to_string(&mut text);
+            }
+            text
+        })
+        .await
+        .unwrap_or_default()
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sum of a metric's samples whose line starts with `prefix`.
+fn metric_sum(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn install_crds(client: &Client) -> Result<()> {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for (_, yaml) in api::crd_files() {
+        let crd: CustomResourceDefinition = serde_yaml::from_str(&yaml)?;
+        crds.patch(
+            &crd.name_any(),
+            &PatchParams::apply("nasop-bench").force(),
+            &Patch::Apply(&crd),
+        )
+        .await?;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    Ok(())
+}
+
+async fn add_nodes(client: &Client, n: u32) -> Result<()> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    for i in 0..n {
+        let node: Node = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": format!("bench-node-{i}"),
+                "annotations": {"kwok.x-k8s.io/node": "fake"},
+                "labels": {"type": "kwok", "nasop.dev/bench": "true"}},
+            "spec": {"taints": [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]},
+            "status": {
+                "allocatable": {"cpu": "128", "memory": "1Ti", "pods": "250", "nvidia.com/gpu": "8"},
+                "capacity": {"cpu": "128", "memory": "1Ti", "pods": "250", "nvidia.com/gpu": "8"}}
+        }))?;
+        match nodes.create(&PostParams::default(), &node).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.is_already_exists() => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    // Ready (KWOK's node stage), so the scheduler uses them.
+    let started = Instant::now();
+    loop {
+        let ready = nodes
+            .list(&ListParams::default().labels("nasop.dev/bench=true"))
+            .await?
+            .items
+            .iter()
+            .filter(|n| {
+                n.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+            })
+            .count() as u32;
+        if ready >= n {
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            bail!("only {ready} of {n} bench nodes became Ready");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn manifest(name: &str, trials: u32, parallelism: u32) -> NasExperiment {
+    let yaml = format!(
+        r#"
+apiVersion: nasop.dev/v1alpha1
+kind: NasExperiment
+metadata: {{name: {name}}}
+spec:
+  objectives: [{{metric: val_accuracy, goal: maximize}}]
+  searchSpace:
+    cell: {{nodes: 4, operations: [none, skip_connect, nor_conv_1x1, nor_conv_3x3, avg_pool_3x3]}}
+    hyperparameters: [{{name: lr, float: {{min: 0.001, max: 1.0, log: true}}}}]
+  strategy: {{algorithm: random, seed: 1}}
+  budget: {{maxTrials: {trials}, parallelism: {parallelism}, trialEpochs: 12}}
+  trialTemplate:
+    spec:
+      tolerations: [{{key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}}]
+      containers:
+        - name: trainer
+          image: ghcr.io/nasop/nasop-trainer:dev
+          resources: {{limits: {{nvidia.com/gpu: "1"}}}}
+"#
+    );
+    serde_yaml::from_str(&yaml).expect("the bench manifest parses")
+}
+
+/// Pod creation and end times seen by a watch, and the trainer that ends pods.
+#[derive(Default)]
+struct Timeline {
+    created: Vec<Instant>,
+    ended: Vec<Instant>,
+    seen: HashSet<String>,
+    done: HashSet<String>,
+    active: usize,
+    max_active: usize,
+}
+
+/// Watches the namespace's pods: records the timeline, and ends each running pod (unless
+/// `hang` lists its experiment).
+fn play_trainer(
+    pods: Api<Pod>,
+    timeline: Arc<Mutex<Timeline>>,
+    hang: Arc<Mutex<HashSet<String>>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut events = watcher(pods.clone(), watcher::Config::default())
+            .default_backoff()
+            .applied_objects()
+            .boxed();
+        let ending: Arc<Mutex<HashSet<String>>> = Arc::default();
+        while let Some(Ok(pod)) = events.next().await {
+            let name = pod.name_any();
+            let phase = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.phase.clone())
+                .unwrap_or_default();
+            {
+                let mut t = timeline.lock().unwrap_or_else(|e| e.into_inner());
+                if t.seen.insert(name.clone()) {
+                    t.created.push(Instant::now());
+                    t.active += 1;
+                    t.max_active = t.max_active.max(t.active);
+                }
+                if (phase == "Succeeded" || phase == "Failed") && t.done.insert(name.clone()) {
+                    t.ended.push(Instant::now());
+                    t.active -= 1;
+                }
+            }
+            let exp = pod
+                .labels()
+                .get(LABEL_EXPERIMENT)
+                .cloned()
+                .unwrap_or_default();
+            if phase != "Running"
+                || pod.labels().get(LABEL_ATTEMPT).is_none()
+                || hang
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .contains(&exp)
+                || !ending
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(name.clone())
+            {
+                continue;
+            }
+            let pods = pods.clone();
+            tokio::spawn(async move {
+                let h = name
+                    .bytes()
+                    .fold(0u64, |a, b| a.wrapping_mul(31).wrapping_add(b as u64));
+                let value = 50.0 + (nasop_core::rng::mix64(h) % 4000) as f64 / 100.0;
+                let patch = serde_json::json!({"metadata": {"annotations": {
+                    "testenv.nasop.dev/exit-code": "0",
+                    "testenv.nasop.dev/termination-message":
+                        serde_json::json!({"step": 12, "metrics": {"val_accuracy": value}}).to_string(),
+                }}});
+                let _ = pods
+                    .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await;
+            });
+        }
+    })
+}
+
+async fn wait_phase(
+    exps: &Api<NasExperiment>,
+    name: &str,
+    timeout: Duration,
+) -> Result<NasExperiment> {
+    let started = Instant::now();
+    loop {
+        let e = exps.get(name).await?;
+        if matches!(
+            e.status.as_ref().and_then(|s| s.phase),
+            Some(api::ExperimentPhase::Succeeded | api::ExperimentPhase::Failed)
+        ) {
+            return Ok(e);
+        }
+        if started.elapsed() > timeout {
+            bail!("{name} did not finish within {timeout:?}: {:?}", e.status);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+pub async fn run(args: &OperatorBenchArgs) -> Result<Report> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = Client::try_default()
+        .await
+        .context("nasop bench operator needs the test control plane: `make testenv-up`, then export the KUBECONFIG it prints")?;
+    install_crds(&client).await?;
+    let gpus_needed = args
+        .parallelism
+        .max(args.experiments * args.experiment_parallelism);
+    add_nodes(&client, gpus_needed.div_ceil(8) + 1).await?;
+    let ns = format!("nasop-bench-{}", std::process::id());
+    let nss: Api<Namespace> = Api::all(client.clone());
+    let mut n = Namespace::default();
+    n.metadata.name = Some(ns.clone());
+    nss.create(&PostParams::default(), &n).await?;
+    let logs = std::env::temp_dir().join(format!("{ns}-operator.log"));
+    eprintln!("namespace {ns}; operator log {}", logs.display());
+    let exps: Api<NasExperiment> = Api::namespaced(client.clone(), &ns);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let mut report = Report::default();
+
+    // 1. Latency, CPU, memory and requests per trial.
+    if args.trials > 0 {
+        let op = Operator::start(&ns, &logs)?;
+        let timeline: Arc<Mutex<Timeline>> = Arc::default();
+        let trainer = play_trainer(pods.clone(), timeline.clone(), Arc::default());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let requests_before = metric_sum(&op.metrics().await, "nasop_kube_requests_total");
+        let started = Instant::now();
+        exps.create(
+            &PostParams::default(),
+            &manifest("latency", args.trials, args.parallelism),
+        )
+        .await?;
+        wait_phase(&exps, "latency", Duration::from_secs(3600)).await?;
+        let seconds = started.elapsed().as_secs_f64();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let requests =
+            metric_sum(&op.metrics().await, "nasop_kube_requests_total") - requests_before;
+        trainer.abort();
+        let t = timeline.lock().unwrap_or_else(|e| e.into_inner());
+        let mut ends = t.ended.clone();
+        ends.sort();
+        let creates: Vec<Instant> = t
+            .created
+            .iter()
+            .skip(args.parallelism as usize)
+            .copied()
+            .collect();
+        let mut lat: Vec<f64> = creates
+            .iter()
+            .zip(&ends)
+            .map(|(c, e)| c.saturating_duration_since(*e).as_secs_f64() * 1000.0)
+            .collect();
+        lat.sort_by(f64::total_cmp);
+        report.latency = Some(LatencyRun {
+            trials: args.trials,
+            parallelism: args.parallelism,
+            seconds,
+            trials_per_second: args.trials as f64 / seconds,
+            end_to_next_pod_ms_p50: quantile(&lat, 0.5),
+            end_to_next_pod_ms_p99: quantile(&lat, 0.99),
+            end_to_next_pod_ms_max: lat.last().copied().unwrap_or(f64::NAN),
+            operator_cpu_seconds: op.cpu_seconds(),
+            operator_peak_mib: op.peak_mib(),
+            api_requests_per_trial: requests / args.trials as f64,
+            max_active_pods: t.max_active,
+        });
+        eprintln!("{:?}", report.latency);
+        drop(t);
+        drop(op);
+        exps.delete("latency", &DeleteParams::background()).await?;
+    }
+
+    // 2. A long experiment: reconcile time and status size per window of trials.
+    if args.long_trials > 0 {
+        let op = Operator::start(&ns, &logs.with_extension("long.log"))?;
+        let trainer = play_trainer(pods.clone(), Arc::default(), Arc::default());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        exps.create(
+            &PostParams::default(),
+            &manifest("long", args.long_trials, args.parallelism),
+        )
+        .await?;
+        let step = (args.long_trials / 10).max(1);
+        let mut next = step;
+        let (mut sum0, mut count0) = (0.0, 0.0);
+        let prefix_sum =
+            "controller_runtime_reconcile_time_seconds_sum{controller=\"nasexperiment\"}";
+        let prefix_count =
+            "controller_runtime_reconcile_time_seconds_count{controller=\"nasexperiment\"}";
+        let started = Instant::now();
+        loop {
+            let e = exps.get("long").await?;
+            let status = e.status.clone().unwrap_or_default();
+            let ended = matches!(
+                status.phase,
+                Some(api::ExperimentPhase::Succeeded | api::ExperimentPhase::Failed)
+            );
+            if status.trials.created >= next || ended {
+                let m = op.metrics().await;
+                let (sum, count) = (metric_sum(&m, prefix_sum), metric_sum(&m, prefix_count));
+                let w = Window {
+                    trials_created: status.trials.created,
+                    reconcile_ms_mean: (sum - sum0) / (count - count0).max(1.0) * 1000.0,
+                    status_bytes: serde_json::to_string(&status)?.len(),
+                };
+                eprintln!("{w:?}");
+                report.long.push(w);
+                (sum0, count0) = (sum, count);
+                next = status.trials.created + step;
+            }
+            if ended {
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(7200) {
+                bail!("the long experiment did not finish in 2 hours");
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        report.long_peak_mib = op.peak_mib();
+        trainer.abort();
+        drop(op);
+        exps.delete("long", &DeleteParams::background()).await?;
+    }
+
+    // 3. Many experiments whose trials never end: how many run at once.
+    if args.experiments > 0 {
+        let op = Operator::start(&ns, &logs.with_extension("many.log"))?;
+        let timeline: Arc<Mutex<Timeline>> = Arc::default();
+        let hang: Arc<Mutex<HashSet<String>>> = Arc::default();
+        for i in 0..args.experiments {
+            hang.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(format!("many-{i}"));
+        }
+        let trainer = play_trainer(pods.clone(), timeline.clone(), hang);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let started = Instant::now();
+        for i in 0..args.experiments {
+            exps.create(
+                &PostParams::default(),
+                &manifest(
+                    &format!("many-{i}"),
+                    args.experiment_parallelism * 2,
+                    args.experiment_parallelism,
+                ),
+            )
+            .await?;
+        }
+        let want = (args.experiments * args.experiment_parallelism) as usize;
+        let mut running = 0;
+        while started.elapsed() < Duration::from_secs(600) {
+            let list = pods.list(&ListParams::default()).await?;
+            let mut by_phase: HashMap<String, usize> = HashMap::new();
+            for p in &list.items {
+                *by_phase
+                    .entry(
+                        p.status
+                            .as_ref()
+                            .and_then(|s| s.phase.clone())
+                            .unwrap_or_default(),
+                    )
+                    .or_default() += 1;
+            }
+            running = by_phase.get("Running").copied().unwrap_or(0);
+            if running >= want {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        report.concurrent_trials = Some((
+            args.experiments,
+            args.experiment_parallelism,
+            running,
+            started.elapsed().as_secs_f64(),
+        ));
+        eprintln!(
+            "{:?} peak {:.1} MiB",
+            report.concurrent_trials,
+            op.peak_mib()
+        );
+        trainer.abort();
+        drop(op);
+    }
+
+    let _ = nss.delete(&ns, &DeleteParams::background()).await;
+    Ok(report)
+}
+
+pub fn print(report: &Report) {
+    if let Some(l) = &report.latency {
+        println!(
+            "latency experiment: {} trials at parallelism {} in {:.1} s ({:.1} trials/s)",
+            l.trials, l.parallelism, l.seconds, l.trials_per_second
+        );
+        println!(
+            "  trial end -> next pod created: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            l.end_to_next_pod_ms_p50, l.end_to_next_pod_ms_p99, l.end_to_next_pod_ms_max
+        );
+        println!(
+            "  operator: {:.1} CPU-seconds ({:.2} ms per trial), peak RSS {:.1} MiB, {:.2} API requests per trial, {} pods active at most",
+            l.operator_cpu_seconds,
+            l.operator_cpu_seconds * 1000.0 / l.trials as f64,
+            l.operator_peak_mib,
+            l.api_requests_per_trial,
+            l.max_active_pods
+        );
+    }
+    if !report.long.is_empty() {
+        println!(
+            "long experiment (peak RSS {:.1} MiB):",
+            report.long_peak_mib
+        );
+        println!(
+            "  {:>8} {:>18} {:>13}",
+            "trials", "reconcile ms mean", "status bytes"
+        );
+        for w in &report.long {
+            println!(
+                "  {:>8} {:>18.2} {:>13}",
+                w.trials_created, w.reconcile_ms_mean, w.status_bytes
+            );
+        }
+    }
+    if let Some((e, p, running, s)) = report.concurrent_trials {
+        println!(
+            "concurrency: {e} experiments x {p} parallel trials: {running} trials running at once after {s:.0} s"
+        );
+    }
+}
