@@ -396,36 +396,37 @@ pub async fn run(args: &OperatorBenchArgs) -> Result<Report> {
         let requests =
             metric_sum(&op.metrics().await, "nasop_kube_requests_total") - requests_before;
         trainer.abort();
-        let t = timeline.lock().unwrap_or_else(|e| e.into_inner());
-        let mut ends = t.ended.clone();
-        ends.sort();
-        let creates: Vec<Instant> = t
-            .created
-            .iter()
-            .skip(args.parallelism as usize)
-            .copied()
-            .collect();
-        let mut lat: Vec<f64> = creates
-            .iter()
-            .zip(&ends)
-            .map(|(c, e)| c.saturating_duration_since(*e).as_secs_f64() * 1000.0)
-            .collect();
-        lat.sort_by(f64::total_cmp);
-        report.latency = Some(LatencyRun {
-            trials: args.trials,
-            parallelism: args.parallelism,
-            seconds,
-            trials_per_second: args.trials as f64 / seconds,
-            end_to_next_pod_ms_p50: quantile(&lat, 0.5),
-            end_to_next_pod_ms_p99: quantile(&lat, 0.99),
-            end_to_next_pod_ms_max: lat.last().copied().unwrap_or(f64::NAN),
-            operator_cpu_seconds: op.cpu_seconds(),
-            operator_peak_mib: op.peak_mib(),
-            api_requests_per_trial: requests / args.trials as f64,
-            max_active_pods: t.max_active,
-        });
+        report.latency = {
+            let t = timeline.lock().unwrap_or_else(|e| e.into_inner());
+            let mut ends = t.ended.clone();
+            ends.sort();
+            let creates: Vec<Instant> = t
+                .created
+                .iter()
+                .skip(args.parallelism as usize)
+                .copied()
+                .collect();
+            let mut lat: Vec<f64> = creates
+                .iter()
+                .zip(&ends)
+                .map(|(c, e)| c.saturating_duration_since(*e).as_secs_f64() * 1000.0)
+                .collect();
+            lat.sort_by(f64::total_cmp);
+            Some(LatencyRun {
+                trials: args.trials,
+                parallelism: args.parallelism,
+                seconds,
+                trials_per_second: args.trials as f64 / seconds,
+                end_to_next_pod_ms_p50: quantile(&lat, 0.5),
+                end_to_next_pod_ms_p99: quantile(&lat, 0.99),
+                end_to_next_pod_ms_max: lat.last().copied().unwrap_or(f64::NAN),
+                operator_cpu_seconds: op.cpu_seconds(),
+                operator_peak_mib: op.peak_mib(),
+                api_requests_per_trial: requests / args.trials as f64,
+                max_active_pods: t.max_active,
+            })
+        };
         eprintln!("{:?}", report.latency);
-        drop(t);
         drop(op);
         exps.delete("latency", &DeleteParams::background()).await?;
     }
