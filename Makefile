@@ -7,7 +7,7 @@ NASOP := target/release/nasop
 # tch finds libtorch through these; scripts/libtorch.sh installs it once into ~/.cache/nasop.
 TORCH = LIBTORCH="$$(scripts/libtorch.sh)" LIBTORCH_CXX11_ABI=1
 
-.PHONY: all build test lint crds bench bench-trainer demo toolchain data testenv-build testenv-up testenv-down
+.PHONY: all build test lint crds bench bench-trainer bench-operator demo toolchain data testenv-build testenv-up testenv-down
 
 all: build
 
@@ -56,6 +56,11 @@ bench: build
 # Fashion-MNIST (examples/quickstart.yaml). Running it again resumes the run in nasop-runs/.
 demo: build data
 	$(NASOP) run examples/quickstart.yaml
+
+# The operator at scale on a fresh test control plane with simulated GPU nodes: 2,000 trials
+# at parallelism 200, a 10,000-trial experiment, 120 experiments x 30 trials (about 15 minutes).
+bench-operator: build testenv-build
+	tools/testenv/with.sh $(NASOP) bench operator
 
 # nasop-trainer against PyTorch eager on the same network (installs a Python torch once).
 bench-trainer: build

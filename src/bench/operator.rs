@@ -61,12 +61,22 @@ pub struct LatencyRun {
     pub operator_peak_mib: f64,
     pub api_requests_per_trial: f64,
     pub max_active_pods: usize,
+    /// CPU-seconds of each control-plane process during the run (they share the machine).
+    pub control_plane_cpu_seconds: Vec<(String, f64)>,
+    /// The operator's own view: time from a trial's end being recorded to the next pod.
+    pub operator_queue_ms_mean: f64,
+    /// Reconciles that failed (status write conflicts among them), per trial.
+    pub reconcile_errors_per_trial: f64,
+    /// API requests per trial by HTTP method.
+    pub requests_per_trial_by_method: Vec<(String, f64)>,
 }
 
 #[derive(Serialize, Default, Debug)]
 pub struct Window {
     pub trials_created: u32,
     pub reconcile_ms_mean: f64,
+    /// The engine's decision alone (CPU): strategy proposals, stopping rules, budget.
+    pub decide_ms_mean: f64,
     pub status_bytes: usize,
 }
 
@@ -76,6 +86,41 @@ pub struct Report {
     pub long: Vec<Window>,
     pub long_peak_mib: f64,
     pub concurrent_trials: Option<(u32, u32, usize, f64)>,
+}
+
+/// CPU-seconds used so far by each process of the test control plane.
+fn control_plane_cpu() -> Vec<(String, f64)> {
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let mut out: Vec<(String, f64)> = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let path = entry.path();
+        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        let comm = comm.trim();
+        if ![
+            "kube-apiserver",
+            "etcd",
+            "kwok",
+            "kube-scheduler",
+            "kube-controller",
+        ]
+        .iter()
+        .any(|p| comm.starts_with(p))
+        {
+            continue;
+        }
+        let stat = std::fs::read_to_string(path.join("stat")).unwrap_or_default();
+        let f: Vec<f64> = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .map(|x| x.parse().unwrap_or(0.0))
+            .collect();
+        let cpu = (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / ticks;
+        out.push((comm.to_string(), cpu));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
 }
 
 fn quantile(sorted: &[f64], q: f64) -> f64 {
@@ -383,7 +428,9 @@ pub async fn run(args: &OperatorBenchArgs) -> Result<Report> {
         let timeline: Arc<Mutex<Timeline>> = Arc::default();
         let trainer = play_trainer(pods.clone(), timeline.clone(), Arc::default());
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let requests_before = metric_sum(&op.metrics().await, "nasop_kube_requests_total");
+        let m0 = op.metrics().await;
+        let requests_before = metric_sum(&m0, "nasop_kube_requests_total");
+        let cpu_before = control_plane_cpu();
         let started = Instant::now();
         exps.create(
             &PostParams::default(),
@@ -393,8 +440,21 @@ pub async fn run(args: &OperatorBenchArgs) -> Result<Report> {
         wait_phase(&exps, "latency", Duration::from_secs(3600)).await?;
         let seconds = started.elapsed().as_secs_f64();
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let requests =
-            metric_sum(&op.metrics().await, "nasop_kube_requests_total") - requests_before;
+        let m = op.metrics().await;
+        let requests = metric_sum(&m, "nasop_kube_requests_total") - requests_before;
+        let queue_ms = metric_sum(&m, "nasop_trial_queue_seconds_sum")
+            / metric_sum(&m, "nasop_trial_queue_seconds_count").max(1.0)
+            * 1000.0;
+        let cpu: Vec<(String, f64)> = control_plane_cpu()
+            .into_iter()
+            .map(|(name, after)| {
+                let before = cpu_before
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map_or(0.0, |b| b.1);
+                (name, after - before)
+            })
+            .collect();
         trainer.abort();
         report.latency = {
             let t = timeline.lock().unwrap_or_else(|e| e.into_inner());
@@ -424,6 +484,24 @@ pub async fn run(args: &OperatorBenchArgs) -> Result<Report> {
                 operator_peak_mib: op.peak_mib(),
                 api_requests_per_trial: requests / args.trials as f64,
                 max_active_pods: t.max_active,
+                control_plane_cpu_seconds: cpu,
+                reconcile_errors_per_trial: (metric_sum(
+                    &m,
+                    "controller_runtime_reconcile_errors_total",
+                ) - metric_sum(
+                    &m0,
+                    "controller_runtime_reconcile_errors_total",
+                )) / args.trials as f64,
+                requests_per_trial_by_method: ["GET", "POST", "PATCH", "DELETE", "PUT"]
+                    .iter()
+                    .map(|verb| {
+                        let p = format!("nasop_kube_requests_total{{method=\"{verb}\"}}");
+                        let n = (metric_sum(&m, &p) - metric_sum(&m0, &p)) / args.trials as f64;
+                        (verb.to_string(), n)
+                    })
+                    .filter(|(_, n)| *n > 0.0)
+                    .collect(),
+                operator_queue_ms_mean: queue_ms,
             })
         };
         eprintln!("{:?}", report.latency);
@@ -443,7 +521,7 @@ pub async fn run(args: &OperatorBenchArgs) -> Result<Report> {
         .await?;
         let step = (args.long_trials / 10).max(1);
         let mut next = step;
-        let (mut sum0, mut count0) = (0.0, 0.0);
+        let (mut sum0, mut count0, mut dsum0, mut dcount0) = (0.0, 0.0, 0.0, 0.0);
         let prefix_sum =
             "controller_runtime_reconcile_time_seconds_sum{controller=\"nasexperiment\"}";
         let prefix_count =
@@ -459,14 +537,17 @@ pub async fn run(args: &OperatorBenchArgs) -> Result<Report> {
             if status.trials.created >= next || ended {
                 let m = op.metrics().await;
                 let (sum, count) = (metric_sum(&m, prefix_sum), metric_sum(&m, prefix_count));
+                let dsum = metric_sum(&m, "nasop_strategy_proposal_seconds_sum");
+                let dcount = metric_sum(&m, "nasop_strategy_proposal_seconds_count");
                 let w = Window {
                     trials_created: status.trials.created,
                     reconcile_ms_mean: (sum - sum0) / (count - count0).max(1.0) * 1000.0,
+                    decide_ms_mean: (dsum - dsum0) / (dcount - dcount0).max(1.0) * 1000.0,
                     status_bytes: serde_json::to_string(&status)?.len(),
                 };
                 eprintln!("{w:?}");
                 report.long.push(w);
-                (sum0, count0) = (sum, count);
+                (sum0, count0, dsum0, dcount0) = (sum, count, dsum, dcount);
                 next = status.trials.created + step;
             }
             if ended {
@@ -565,6 +646,26 @@ pub fn print(report: &Report) {
             l.api_requests_per_trial,
             l.max_active_pods
         );
+        println!(
+            "  operator's own mean from a recorded trial end to the next pod: {:.1} ms",
+            l.operator_queue_ms_mean
+        );
+        let cp: Vec<String> = l
+            .control_plane_cpu_seconds
+            .iter()
+            .map(|(n, s)| format!("{n} {s:.1}"))
+            .collect();
+        println!("  control plane CPU-seconds meanwhile: {}", cp.join(", "));
+        let by: Vec<String> = l
+            .requests_per_trial_by_method
+            .iter()
+            .map(|(v, n)| format!("{v} {n:.2}"))
+            .collect();
+        println!(
+            "  API requests per trial by method: {} (failed reconciles per trial: {:.2})",
+            by.join(", "),
+            l.reconcile_errors_per_trial
+        );
     }
     if !report.long.is_empty() {
         println!(
@@ -572,13 +673,13 @@ pub fn print(report: &Report) {
             report.long_peak_mib
         );
         println!(
-            "  {:>8} {:>18} {:>13}",
-            "trials", "reconcile ms mean", "status bytes"
+            "  {:>8} {:>18} {:>15} {:>13}",
+            "trials", "reconcile ms mean", "decide ms mean", "status bytes"
         );
         for w in &report.long {
             println!(
-                "  {:>8} {:>18.2} {:>13}",
-                w.trials_created, w.reconcile_ms_mean, w.status_bytes
+                "  {:>8} {:>18.2} {:>15.3} {:>13}",
+                w.trials_created, w.reconcile_ms_mean, w.decide_ms_mean, w.status_bytes
             );
         }
     }

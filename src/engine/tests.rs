@@ -428,3 +428,35 @@ proptest! {
         prop_assert!(false, "the experiment never finished");
     }
 }
+
+#[test]
+#[ignore = "a timing probe, run by hand"]
+fn decide_cost_at_ten_thousand_trials() {
+    let spec: crate::api::NasExperimentSpec = serde_yaml::from_str(
+        r#"
+objectives: [{metric: val_accuracy, goal: maximize}]
+searchSpace:
+  cell: {nodes: 4, operations: [none, skip_connect, nor_conv_1x1, nor_conv_3x3, avg_pool_3x3]}
+  hyperparameters: [{name: lr, float: {min: 0.001, max: 1.0, log: true}}]
+strategy: {algorithm: random, seed: 1}
+budget: {maxTrials: 20000, parallelism: 200}
+"#,
+    )
+    .unwrap();
+    let exp = crate::api::validate("e", &spec).unwrap();
+    let mut engine = Engine::new(exp.clone());
+    let mut trials: Vec<TrialRecord> = Vec::new();
+    let mut t = 0.0;
+    while trials.len() < 10_000 {
+        let d = engine.decide(&trials, clock(t));
+        for n in &d.create {
+            trials.push(record(n, TrialPhase::Succeeded, t));
+            t += 0.001;
+        }
+        if trials.len() % 2000 < 200 {
+            let started = std::time::Instant::now();
+            let _ = engine.decide(&trials, clock(t));
+            eprintln!("{} trials: {:?}", trials.len(), started.elapsed());
+        }
+    }
+}

@@ -9,7 +9,7 @@ use crate::engine::{Clock, Engine, Experiment, TrialRecord};
 use futures::StreamExt;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,6 +19,9 @@ use tracing::{info, warn};
 /// Longest experiment name: trial and pod names (`<name>-<index>-<attempt>`) must stay
 /// valid label values (63 characters).
 pub const MAX_NAME: usize = 50;
+
+/// Least time between two status writes that only change counts.
+const STATUS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The engine and the trial records of one experiment, kept between reconciles; records
 /// are re-read only for trials whose resourceVersion changed.
@@ -31,6 +34,7 @@ pub struct Cached {
     versions: Vec<String>,
     gpu: Vec<f64>,
     position: HashMap<u32, usize>,
+    last_status_write: Option<Instant>,
 }
 
 impl Cached {
@@ -44,6 +48,7 @@ impl Cached {
             versions: Vec::new(),
             gpu: Vec::new(),
             position: HashMap::new(),
+            last_status_write: None,
         }
     }
 
@@ -101,17 +106,8 @@ fn trials_of(ctx: &Ctx, key: &ExpKey) -> Vec<Arc<NasTrial>> {
     trials
 }
 
-async fn publish(ctx: &Ctx, exp: &NasExperiment, type_: EventType, reason: &str, note: String) {
-    let ev = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note),
-        action: reason.into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&ev, &exp.object_ref(&())).await {
-        warn!(experiment = %exp.name_any(), error = %e, "could not record an event");
-    }
+fn publish(ctx: &Ctx, exp: &NasExperiment, type_: EventType, reason: &str, note: String) {
+    super::publish_event(ctx, exp.object_ref(&()), type_, reason, note);
 }
 
 async fn write_status(
@@ -165,7 +161,7 @@ pub async fn reconcile(exp: Arc<NasExperiment>, ctx: Arc<Ctx>) -> Result<Action,
                 status::invalid_status(&previous, exp.metadata.generation, &message, t_now);
             if previous.phase != status.phase {
                 warn!(namespace = %ns, experiment = %name, %message, "invalid experiment");
-                publish(&ctx, &exp, EventType::Warning, "InvalidSpec", message).await;
+                publish(&ctx, &exp, EventType::Warning, "InvalidSpec", message);
             }
             write_status(&ctx, &exp, status).await?;
             return Ok(Action::await_change());
@@ -184,7 +180,7 @@ pub async fn reconcile(exp: Arc<NasExperiment>, ctx: Arc<Ctx>) -> Result<Action,
     };
 
     // Decide with the cached engine (rebuilt when the spec or the object changed).
-    let (decision, records, gpu_seconds, experiment) = {
+    let (decision, status, experiment) = {
         let mut engines = lock(&ctx.engines);
         let cached = match engines.get_mut(&key) {
             Some(c) if c.uid == uid && c.spec == exp.spec => c,
@@ -202,12 +198,20 @@ pub async fn reconcile(exp: Arc<NasExperiment>, ctx: Arc<Ctx>) -> Result<Action,
         ctx.metrics
             .proposal_latency
             .observe(started.elapsed().as_secs_f64());
-        (
-            decision,
-            cached.records.clone(),
-            cached.gpu.iter().sum::<f64>(),
-            cached.experiment.clone(),
-        )
+        let status = status::experiment_status(
+            &StatusInput {
+                experiment: &cached.experiment,
+                name,
+                generation: exp.metadata.generation,
+                previous: &previous,
+                finish: decision.finish.as_ref(),
+                started_at,
+                now: t_now,
+                gpu_seconds: cached.gpu.iter().sum::<f64>(),
+            },
+            &cached.records,
+        );
+        (decision, status, cached.experiment.clone())
     };
 
     // Stops first, then new trials.
@@ -293,19 +297,6 @@ pub async fn reconcile(exp: Arc<NasExperiment>, ctx: Arc<Ctx>) -> Result<Action,
         .await;
     results.into_iter().collect::<Result<Vec<()>, _>>()?;
 
-    let status = status::experiment_status(
-        &StatusInput {
-            experiment: &experiment,
-            name,
-            generation: exp.metadata.generation,
-            previous: &previous,
-            finish: decision.finish.as_ref(),
-            started_at,
-            now: t_now,
-            gpu_seconds,
-        },
-        &records,
-    );
     update_metrics(&ctx, &key, &status);
     let ended_now = previous.completion_time.is_none() && status.completion_time.is_some();
     if ended_now {
@@ -315,9 +306,32 @@ pub async fn reconcile(exp: Arc<NasExperiment>, ctx: Arc<Ctx>) -> Result<Action,
             Some(api::ExperimentPhase::Succeeded) => (EventType::Normal, "ExperimentSucceeded"),
             _ => (EventType::Warning, "ExperimentFailed"),
         };
-        publish(&ctx, &exp, type_, reason, message).await;
+        publish(&ctx, &exp, type_, reason, message);
     }
-    write_status(&ctx, &exp, status).await?;
+    // Counts change with every trial; they are written at most once per STATUS_INTERVAL.
+    // Phase, conditions, the best trial and the front are written at once.
+    let important = previous.phase != status.phase
+        || previous.conditions != status.conditions
+        || previous.best_trial != status.best_trial
+        || previous.pareto_front != status.pareto_front
+        || previous.observed_generation != status.observed_generation;
+    let since = lock(&ctx.engines)
+        .get(&key)
+        .and_then(|c| c.last_status_write)
+        .map(|t| t.elapsed());
+    let mut flush = None;
+    match since {
+        Some(since) if !important && since < STATUS_INTERVAL => {
+            flush = Some(STATUS_INTERVAL - since);
+        }
+        _ => {
+            let changed = exp.status.as_ref() != Some(&status);
+            write_status(&ctx, &exp, status).await?;
+            if changed && let Some(c) = lock(&ctx.engines).get_mut(&key) {
+                c.last_status_write = Some(Instant::now());
+            }
+        }
+    }
 
     // Timeouts and deadlines need a clock tick; everything else arrives as a change.
     let b = &experiment.budget;
@@ -326,6 +340,9 @@ pub async fn reconcile(exp: Arc<NasExperiment>, ctx: Arc<Ctx>) -> Result<Action,
         .flatten()
         .map(|s| s.min(60.0))
         .fold(f64::INFINITY, f64::min);
+    if let Some(flush) = flush {
+        return Ok(Action::requeue(flush));
+    }
     Ok(if next.is_finite() && decision.finish.is_none() {
         Action::requeue(Duration::from_secs_f64(next.clamp(1.0, 30.0)))
     } else if !decision.stop.is_empty() {

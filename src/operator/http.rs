@@ -117,7 +117,7 @@ async fn handle(ctx: &Ctx, headers: &HeaderMap, body: &[u8]) -> (&'static str, R
         .trials
         .get(&ObjectRef::new(claim.trial).within(claim.namespace));
     let mut trial = match cached {
-        Some(t) => t,
+        Some(t) => super::trial::freshest(ctx, t),
         None => match api.get_opt(claim.trial).await {
             Ok(Some(t)) => Arc::new(t),
             // The trial is gone (its experiment was deleted): stop.

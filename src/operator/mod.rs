@@ -10,6 +10,7 @@
 //! Trial reports arrive on `/v1/report` beside `/metrics`, `/healthz` and `/readyz`. All state
 //! lives in the API server: a restarted operator rebuilds the strategy from the recorded trials.
 
+pub mod decide;
 mod experiment;
 mod http;
 pub mod metrics;
@@ -23,7 +24,6 @@ use anyhow::{Context, Result};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -83,6 +83,9 @@ pub struct OperatorArgs {
     pub log_format: String,
 }
 
+/// A trial status we wrote: the version it replaced, and the written object.
+pub type Written = (String, Arc<NasTrial>);
+
 /// An experiment's identity in the caches.
 pub type ExpKey = (String, String);
 
@@ -92,7 +95,8 @@ pub struct Ctx {
     pub metrics: Arc<Metrics>,
     pub key: TokenKey,
     pub report_url: String,
-    pub recorder: Recorder,
+    /// This replica's name in the events it writes.
+    pub instance: String,
     pub experiments: Store<NasExperiment>,
     pub trials: Store<NasTrial>,
     pub pods: Store<Pod>,
@@ -103,6 +107,9 @@ pub struct Ctx {
     pub free_slots: Mutex<HashMap<ExpKey, VecDeque<Instant>>>,
     pub phases: Mutex<HashMap<ExpKey, String>>,
     pub ready: std::sync::atomic::AtomicBool,
+    /// Trials we wrote whose new version the store may not have yet: (namespace, name) ->
+    /// (the version the write replaced, the written object).
+    pub fresh: Mutex<HashMap<(String, String), Written>>,
 }
 
 impl Ctx {
@@ -123,6 +130,59 @@ impl Ctx {
                 .observe(at.elapsed().as_secs_f64());
         }
     }
+}
+
+/// Records a Kubernetes Event (events.k8s.io/v1) about `object` in the background: events
+/// are for people, and a slow event write must not delay a trial. Each is written once,
+/// without kube's Recorder and its cache of every event of the last six minutes (at tens of
+/// trials a second that cache held tens of megabytes and was scanned on every event).
+pub fn publish_event(
+    ctx: &Ctx,
+    object: k8s_openapi::api::core::v1::ObjectReference,
+    type_: kube::runtime::events::EventType,
+    reason: &str,
+    note: String,
+) {
+    use k8s_openapi::api::events::v1::Event;
+    let ns = object.namespace.clone().unwrap_or_else(|| "default".into());
+    let api: Api<Event> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut note = note;
+    if note.len() > 1000 {
+        let mut end = 1000;
+        while !note.is_char_boundary(end) {
+            end -= 1;
+        }
+        note.truncate(end);
+    }
+    let event = Event {
+        metadata: kube::api::ObjectMeta {
+            // `<object>.<nanoseconds, hex>`, as kubectl's events are named.
+            name: Some(format!(
+                "{}.{:x}",
+                object.name.clone().unwrap_or_default(),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_nanos()
+            )),
+            namespace: Some(ns),
+            ..Default::default()
+        },
+        event_time: Some(status::micro(now())),
+        action: Some(reason.to_string()),
+        reason: Some(reason.to_string()),
+        note: Some(note),
+        type_: Some(format!("{type_:?}")),
+        regarding: Some(object),
+        reporting_controller: Some("nasop.dev/operator".into()),
+        reporting_instance: Some(ctx.instance.clone()),
+        ..Default::default()
+    };
+    tokio::spawn(async move {
+        if let Err(e) = api.create(&Default::default(), &event).await {
+            warn!(object = ?event.regarding.and_then(|r| r.name), error = %e, "could not record an event");
+        }
+    });
 }
 
 pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -214,7 +274,7 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
             .any_semantic(),
     )
     .default_backoff()
-    .modify(|p: &mut Pod| p.managed_fields_mut().clear())
+    .modify(pod::strip)
     .reflect(pod_writer)
     .touched_objects();
 
@@ -230,13 +290,7 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
         metrics: metrics.clone(),
         key,
         report_url: report_url.clone(),
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: "nasop".into(),
-                instance: std::env::var("POD_NAME").ok(),
-            },
-        ),
+        instance: std::env::var("POD_NAME").unwrap_or_else(|_| "nasop-operator".into()),
         experiments: exp_controller.store(),
         trials: trial_store,
         pods: pod_store,
@@ -246,6 +300,7 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
         free_slots: Mutex::default(),
         phases: Mutex::default(),
         ready: false.into(),
+        fresh: Mutex::default(),
     });
 
     let server = tokio::spawn(http::serve(
@@ -291,6 +346,13 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_secs(15)).await;
+            // Written trials the store has caught up with.
+            lock(&sweep.fresh).retain(|(ns, name), (replaced, _)| {
+                sweep
+                    .trials
+                    .get(&ObjectRef::new(name).within(ns))
+                    .is_some_and(|t| t.resource_version().as_deref() == Some(replaced.as_str()))
+            });
             let known: Vec<ExpKey> = lock(&sweep.phases).keys().cloned().collect();
             for k in known {
                 if sweep

@@ -273,6 +273,36 @@ pub fn parse_report(text: &str) -> Option<Report> {
     serde_json::from_str::<Report>(text.trim()).ok()
 }
 
+/// Drops what the operator never reads from a watched pod (its spec, annotations, managed
+/// fields, all but the first container's state), so that thousands of finished pods cost
+/// little memory. [`outcome`] reads the same from a stripped pod as from the full one.
+pub fn strip(p: &mut Pod) {
+    p.metadata.managed_fields = None;
+    p.metadata.annotations = None;
+    p.spec = None;
+    if let Some(s) = p.status.as_mut() {
+        s.pod_ips = None;
+        s.host_ips = None;
+        s.host_ip = None;
+        s.pod_ip = None;
+        s.init_container_statuses = None;
+        s.ephemeral_container_statuses = None;
+        if let Some(cs) = s.container_statuses.as_mut() {
+            cs.truncate(1);
+            for c in cs.iter_mut() {
+                c.image = String::new();
+                c.image_id = String::new();
+                c.container_id = None;
+                c.last_state = None;
+                c.resources = None;
+                c.allocated_resources = None;
+                c.volume_mounts = None;
+                c.user = None;
+            }
+        }
+    }
+}
+
 /// Our labels on a pod, for the trial it belongs to.
 pub fn trial_of(pod: &Pod) -> Option<&str> {
     pod.metadata

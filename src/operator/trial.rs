@@ -1,7 +1,8 @@
 //! The NasTrial controller: one pod per attempt, read back into the trial's status.
 
+use super::decide::{self, Ending, Step};
 use super::metrics::{ExperimentLabels, OnlyResult, ResultLabels};
-use super::pod::{self, Outcome, PodInput};
+use super::pod::{self, PodInput};
 use super::status::{self, micro};
 use super::{Ctx, Error, ExpKey, MANAGER, now};
 use crate::api::{self, NasExperiment, NasTrial, NasTrialStatus, ReportEntry, TrialPhaseName};
@@ -9,7 +10,7 @@ use crate::engine::Experiment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 use std::sync::Arc;
@@ -57,13 +58,46 @@ pub async fn write_status(
         "metadata": {"resourceVersion": trial.resource_version()},
         "status": status,
     });
-    api.patch_status(
-        &trial.name_any(),
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
+    let mut written = api
+        .patch_status(
+            &trial.name_any(),
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+    // Until the store has this version, reconciles and reports start from it.
+    written.managed_fields_mut().clear();
+    super::lock(&ctx.fresh).insert(
+        key_of(trial),
+        (
+            trial.resource_version().unwrap_or_default(),
+            Arc::new(written),
+        ),
+    );
     Ok(())
+}
+
+fn key_of(trial: &NasTrial) -> (String, String) {
+    (trial.namespace().unwrap_or_default(), trial.name_any())
+}
+
+/// The newest copy of a trial: the store's, or the one we just wrote if the store still
+/// holds the version it replaced (a watch event is on its way).
+pub fn freshest(ctx: &Ctx, trial: Arc<NasTrial>) -> Arc<NasTrial> {
+    let mut fresh = super::lock(&ctx.fresh);
+    let key = key_of(&trial);
+    match fresh.get(&key) {
+        Some((replaced, newer))
+            if trial.resource_version().as_deref() == Some(replaced.as_str()) =>
+        {
+            newer.clone()
+        }
+        Some(_) => {
+            fresh.remove(&key);
+            trial
+        }
+        None => trial,
+    }
 }
 
 /// The pod of this attempt: from the store, or, when the store does not have it, from the
@@ -76,30 +110,21 @@ async fn find_pod(ctx: &Ctx, ns: &str, name: &str) -> Result<Option<Arc<Pod>>, E
     Ok(api.get_opt(name).await?.map(Arc::new))
 }
 
-async fn event(ctx: &Ctx, trial: &NasTrial, type_: EventType, reason: &str, note: String) {
-    let ev = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note),
-        action: reason.into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&ev, &trial.object_ref(&())).await {
-        warn!(trial = %trial.name_any(), error = %e, "could not record an event");
-    }
+fn event(ctx: &Ctx, trial: &NasTrial, type_: EventType, reason: &str, note: String) {
+    super::publish_event(ctx, trial.object_ref(&()), type_, reason, note);
 }
 
-/// How a trial ended.
-struct Ending {
-    phase: TrialPhaseName,
-    reason: String,
-    message: Option<String>,
-    report: Option<nasop_core::contract::Report>,
-    started_at: Option<f64>,
-    finished_at: Option<f64>,
+/// Created in the last two seconds.
+fn young(trial: &NasTrial) -> bool {
+    trial
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .is_some_and(|t| now() - status::seconds(&t.0) < 2.0)
 }
 
 pub async fn reconcile(trial: Arc<NasTrial>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let trial = freshest(&ctx, trial);
     if trial.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
@@ -115,56 +140,58 @@ pub async fn reconcile(trial: Arc<NasTrial>, ctx: Arc<Ctx>) -> Result<Action, Er
         return Ok(Action::await_change());
     }
     let Some(exp) = ctx.experiments.get(&ObjectRef::new(exp_name).within(&ns)) else {
-        // Deleted: garbage collection removes this trial and its pod.
-        return Ok(Action::await_change());
+        // Not in the store yet (this operator is starting), or deleted (garbage
+        // collection then removes this trial and its pod): look again later.
+        return Ok(Action::requeue(Duration::from_secs(2)));
     };
     let Some(experiment) = experiment_of(&ctx, &key, &exp) else {
         return Ok(Action::await_change());
     };
     let mut next = current.clone();
     let t_now = now();
-    let attempt = current.attempts;
-    let pod = if attempt > 0 {
-        find_pod(&ctx, &ns, &pod::pod_name(&name, attempt)).await?
+    let first_pod = pod::pod_name(&name, 1);
+    let (attempt, pod) = if current.attempts > 0 {
+        let pod = find_pod(&ctx, &ns, &pod::pod_name(&name, current.attempts)).await?;
+        (current.attempts, pod)
+    } else if let Some(p) = ctx.pods.get(&ObjectRef::new(&first_pod).within(&ns)) {
+        // The experiment controller created the first pod with the trial: record it.
+        next.attempts = 1;
+        next.pod = Some(first_pod);
+        next.phase = Some(TrialPhaseName::Pending);
+        (1, Some(p))
     } else {
-        None
+        (0, None)
     };
     let gpus = pod::gpus(exp.spec.trial_template.as_ref());
     let outcome = pod.as_deref().map(pod::outcome);
     let stop = trial.spec.stop.clone();
+    let step = decide::next_step(&decide::TrialView {
+        attempt,
+        outcome: outcome.as_ref(),
+        stop: stop.as_deref(),
+        stop_requested_at: next
+            .stop_requested_time
+            .as_ref()
+            .map(|t| status::seconds(&t.0)),
+        young: young(&trial),
+        now: t_now,
+        grace: ctx.stop_grace.as_secs_f64(),
+        max_attempts: ctx.max_attempts,
+    });
     let mut requeue = None;
     let mut ending = None;
-
-    let lost = match &outcome {
-        None if attempt > 0 => Some("the pod was deleted".to_string()),
-        Some(Outcome::Lost(why)) => Some(why.clone()),
-        _ => None,
-    };
-    match (&outcome, &lost) {
-        (_, Some(why)) => {
-            // The cluster lost the pod: retry unless asked to stop or out of attempts.
-            if let Some(reason) = &stop {
-                ending = Some(Ending {
-                    phase: TrialPhaseName::Stopped,
-                    reason: reason.clone(),
-                    message: None,
-                    report: None,
-                    started_at: None,
-                    finished_at: None,
-                });
-            } else if attempt >= ctx.max_attempts {
-                ending = Some(Ending {
-                    phase: TrialPhaseName::Failed,
-                    reason: "PodLost".into(),
-                    message: Some(format!(
-                        "lost {attempt} pods (last: {why}); raise --max-attempts or check the nodes"
-                    )),
-                    report: None,
-                    started_at: None,
-                    finished_at: None,
-                });
-            } else {
-                info!(namespace = %ns, experiment = %exp_name, trial = %name, attempt, %why, "pod lost; starting it again");
+    match step {
+        Step::Wait(after) => {
+            if next == current {
+                return Ok(after.map_or(Action::await_change(), |s| {
+                    Action::requeue(Duration::from_secs_f64(s))
+                }));
+            }
+            requeue = after;
+        }
+        Step::Start { attempt, lost } => {
+            if let Some(why) = lost {
+                info!(namespace = %ns, experiment = %exp_name, trial = %name, attempt = attempt - 1, %why, "pod lost; starting it again");
                 ctx.metrics
                     .pod_retries
                     .get_or_create(&ExperimentLabels {
@@ -177,109 +204,40 @@ pub async fn reconcile(trial: Arc<NasTrial>, ctx: Arc<Ctx>) -> Result<Action, Er
                     &trial,
                     EventType::Warning,
                     "PodLost",
-                    format!("attempt {attempt}: {why}; starting attempt {}", attempt + 1),
-                )
-                .await;
-                start_pod(&ctx, &trial, &exp, &experiment, attempt + 1, &mut next).await?;
+                    format!("attempt {}: {why}; starting attempt {attempt}", attempt - 1),
+                );
             }
+            start_pod(&ctx, &trial, &exp, &experiment, attempt, &mut next).await?;
         }
-        (None, None) => {
-            if let Some(reason) = &stop {
-                ending = Some(Ending {
-                    phase: TrialPhaseName::Stopped,
-                    reason: reason.clone(),
-                    message: Some("stopped before it started".into()),
-                    report: None,
-                    started_at: None,
-                    finished_at: None,
-                });
-            } else {
-                start_pod(&ctx, &trial, &exp, &experiment, 1, &mut next).await?;
-            }
-        }
-        (Some(Outcome::Waiting(message)), None) => {
-            next.phase = Some(TrialPhaseName::Pending);
-            next.message = message.clone();
-        }
-        (Some(Outcome::Running { started_at }), None) => {
-            next.phase = Some(TrialPhaseName::Running);
-            next.message = None;
+        Step::End(end) => ending = Some(end),
+        Step::Track {
+            phase,
+            message,
+            started_at,
+            stop: stop_progress,
+        } => {
+            next.phase = Some(phase);
+            next.message = message;
             if next.start_time.is_none() {
-                next.start_time = Some(micro(
-                    started_at.unwrap_or(t_now).max(t_now - 1.0).min(t_now),
-                ));
+                next.start_time = started_at.map(micro);
             }
-        }
-        (Some(Outcome::Terminating), None) => {}
-        (
-            Some(Outcome::Succeeded {
-                report,
-                started_at,
-                finished_at,
-            }),
-            None,
-        ) => {
-            ending = Some(Ending {
-                phase: if stop.is_some() {
-                    TrialPhaseName::Stopped
-                } else {
-                    TrialPhaseName::Succeeded
-                },
-                reason: stop.clone().unwrap_or_else(|| "Completed".into()),
-                message: None,
-                report: report.clone(),
-                started_at: *started_at,
-                finished_at: *finished_at,
-            });
-        }
-        (
-            Some(Outcome::Failed {
-                message,
-                started_at,
-                finished_at,
-            }),
-            None,
-        ) => {
-            ending = Some(Ending {
-                phase: if stop.is_some() {
-                    TrialPhaseName::Stopped
-                } else {
-                    TrialPhaseName::Failed
-                },
-                reason: stop.clone().unwrap_or_else(|| "TrainerFailed".into()),
-                message: Some(message.clone()),
-                report: None,
-                started_at: *started_at,
-                finished_at: *finished_at,
-            });
-        }
-        (Some(Outcome::Lost(_)), None) => unreachable!("lost pods are handled above"),
-    }
-
-    // Asked to stop while the pod lives: the next report says so; after the grace period
-    // the pod is deleted.
-    if ending.is_none()
-        && let (Some(reason), Some(p)) = (&stop, &pod)
-        && p.metadata.deletion_timestamp.is_none()
-    {
-        let asked = next
-            .stop_requested_time
-            .get_or_insert_with(|| micro(t_now))
-            .clone();
-        let waited = t_now - status::seconds(&asked.0);
-        let never_ran = matches!(outcome, Some(Outcome::Waiting(_)));
-        if never_ran || waited >= ctx.stop_grace.as_secs_f64() {
-            info!(namespace = %ns, experiment = %exp_name, trial = %name, %reason, "deleting the pod of a stopped trial");
-            let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-            match api.delete(&p.name_any(), &DeleteParams::default()).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(s)) if s.is_not_found() => {}
-                Err(e) => return Err(e.into()),
+            if let Some(sp) = stop_progress {
+                next.stop_requested_time
+                    .get_or_insert_with(|| micro(sp.requested_at));
+                requeue = sp.requeue;
+                if sp.delete
+                    && let Some(p) = &pod
+                    && p.metadata.deletion_timestamp.is_none()
+                {
+                    info!(namespace = %ns, experiment = %exp_name, trial = %name, reason = ?stop, "deleting the pod of a stopped trial");
+                    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+                    match api.delete(&p.name_any(), &DeleteParams::default()).await {
+                        Ok(_) => {}
+                        Err(kube::Error::Api(s)) if s.is_not_found() => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
             }
-        } else {
-            requeue = Some(Duration::from_secs_f64(
-                ctx.stop_grace.as_secs_f64() - waited + 0.05,
-            ));
         }
     }
 
@@ -289,7 +247,9 @@ pub async fn reconcile(trial: Arc<NasTrial>, ctx: Arc<Ctx>) -> Result<Action, Er
         // Counted once the status says so (a conflict above retries the whole reconcile).
         record_end(&ctx, &trial, &experiment, &next, end).await;
     }
-    Ok(requeue.map_or(Action::await_change(), Action::requeue))
+    Ok(requeue.map_or(Action::await_change(), |s| {
+        Action::requeue(Duration::from_secs_f64(s))
+    }))
 }
 
 pub async fn start_pod(
@@ -349,8 +309,7 @@ pub async fn start_pod(
                         trial.spec.epochs,
                         pod::pod_name(&name, attempt)
                     ),
-                )
-                .await;
+                );
             }
         }
         Err(kube::Error::Api(s)) if s.is_already_exists() => {}
@@ -469,5 +428,5 @@ async fn record_end(
         (Some(v), None) => format!("{} = {v}", experiment.objectives[0].metric),
         (None, None) => end.reason.clone(),
     };
-    event(ctx, trial, type_, reason, note).await;
+    event(ctx, trial, type_, reason, note);
 }

@@ -207,3 +207,17 @@ fn pod_outcomes() {
         Outcome::Running { .. }
     ));
 }
+
+#[test]
+fn a_stripped_pod_says_the_same() {
+    let mut ok = pod_with(
+        "Succeeded",
+        None,
+        Some((0, r#"{"step":4,"metrics":{"acc":0.93}}"#)),
+    );
+    ok.spec = Some(template().spec.unwrap());
+    let before = outcome(&ok);
+    strip(&mut ok);
+    assert!(ok.spec.is_none());
+    assert_eq!(outcome(&ok), before);
+}

@@ -1,0 +1,347 @@
+//! The trial controller's decision, as a pure function of what it sees: the trial's attempt
+//! and stop request, and what its pod says. The reconciler only carries it out, so every
+//! branch is unit-tested without a cluster.
+
+use super::pod::Outcome;
+use crate::api::TrialPhaseName;
+use nasop_core::contract::Report;
+
+/// What the trial controller knows when it decides.
+#[derive(Debug, Clone)]
+pub struct TrialView<'a> {
+    /// Pods started so far (0: none yet).
+    pub attempt: u32,
+    /// What the current attempt's pod says; None when there is no such pod.
+    pub outcome: Option<&'a Outcome>,
+    /// The operator's stop request (EarlyStopped, Timeout, Deadline, ExperimentFinished).
+    pub stop: Option<&'a str>,
+    /// When the stop was first seen (seconds), if it was.
+    pub stop_requested_at: Option<f64>,
+    /// The trial was created moments ago (its first pod is on its way).
+    pub young: bool,
+    pub now: f64,
+    pub grace: f64,
+    pub max_attempts: u32,
+}
+
+/// How a trial ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ending {
+    pub phase: TrialPhaseName,
+    pub reason: String,
+    pub message: Option<String>,
+    pub report: Option<Report>,
+    pub started_at: Option<f64>,
+    pub finished_at: Option<f64>,
+}
+
+/// What to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// Start pod `attempt`; `lost` says why the previous one is gone.
+    Start { attempt: u32, lost: Option<String> },
+    /// Record the end of the trial.
+    End(Ending),
+    /// The pod is pending or running: record it (and when it started).
+    Track {
+        phase: TrialPhaseName,
+        message: Option<String>,
+        started_at: Option<f64>,
+        /// Asked to stop: record when the request was first seen; delete the pod when
+        /// `delete`, else look again after `requeue` seconds.
+        stop: Option<StopProgress>,
+    },
+    /// Nothing to do until something changes (the pod is going away, or the experiment
+    /// controller is creating the first pod); look again after this many seconds.
+    Wait(Option<f64>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StopProgress {
+    pub requested_at: f64,
+    pub delete: bool,
+    pub requeue: Option<f64>,
+}
+
+fn ending(phase: TrialPhaseName, reason: &str, message: Option<String>) -> Ending {
+    Ending {
+        phase,
+        reason: reason.into(),
+        message,
+        report: None,
+        started_at: None,
+        finished_at: None,
+    }
+}
+
+pub fn next_step(v: &TrialView) -> Step {
+    let lost = match v.outcome {
+        None if v.attempt > 0 => Some("the pod was deleted".to_string()),
+        Some(Outcome::Lost(why)) => Some(why.clone()),
+        _ => None,
+    };
+    if let Some(why) = lost {
+        return match v.stop {
+            Some(reason) => Step::End(ending(TrialPhaseName::Stopped, reason, None)),
+            None if v.attempt >= v.max_attempts => Step::End(ending(
+                TrialPhaseName::Failed,
+                "PodLost",
+                Some(format!(
+                    "lost {} pods (last: {why}); raise --max-attempts or check the nodes",
+                    v.attempt
+                )),
+            )),
+            None => Step::Start {
+                attempt: v.attempt + 1,
+                lost: Some(why),
+            },
+        };
+    }
+    let Some(outcome) = v.outcome else {
+        // No pod yet.
+        return match v.stop {
+            Some(reason) => Step::End(ending(
+                TrialPhaseName::Stopped,
+                reason,
+                Some("stopped before it started".into()),
+            )),
+            None if v.young => Step::Wait(Some(3.0)),
+            None => Step::Start {
+                attempt: 1,
+                lost: None,
+            },
+        };
+    };
+    let ended = |ok: TrialPhaseName, default_reason: &str| {
+        if v.stop.is_some() {
+            (
+                TrialPhaseName::Stopped,
+                v.stop.unwrap_or_default().to_string(),
+            )
+        } else {
+            (ok, default_reason.to_string())
+        }
+    };
+    let stop_progress = |never_ran: bool| {
+        v.stop.map(|_| {
+            let requested_at = v.stop_requested_at.unwrap_or(v.now);
+            let waited = v.now - requested_at;
+            let delete = never_ran || waited >= v.grace;
+            StopProgress {
+                requested_at,
+                delete,
+                requeue: (!delete).then_some(v.grace - waited + 0.05),
+            }
+        })
+    };
+    match outcome {
+        Outcome::Succeeded {
+            report,
+            started_at,
+            finished_at,
+        } => {
+            let (phase, reason) = ended(TrialPhaseName::Succeeded, "Completed");
+            Step::End(Ending {
+                phase,
+                reason,
+                message: None,
+                report: report.clone(),
+                started_at: *started_at,
+                finished_at: *finished_at,
+            })
+        }
+        Outcome::Failed {
+            message,
+            started_at,
+            finished_at,
+        } => {
+            let (phase, reason) = ended(TrialPhaseName::Failed, "TrainerFailed");
+            Step::End(Ending {
+                phase,
+                reason,
+                message: Some(message.clone()),
+                report: None,
+                started_at: *started_at,
+                finished_at: *finished_at,
+            })
+        }
+        Outcome::Waiting(message) => Step::Track {
+            phase: TrialPhaseName::Pending,
+            message: message.clone(),
+            started_at: None,
+            stop: stop_progress(true),
+        },
+        Outcome::Running { started_at } => Step::Track {
+            phase: TrialPhaseName::Running,
+            message: None,
+            started_at: Some(started_at.unwrap_or(v.now).min(v.now)),
+            stop: stop_progress(false),
+        },
+        Outcome::Terminating => Step::Wait(None),
+        Outcome::Lost(_) => unreachable!("lost pods are handled above"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(attempt: u32, outcome: Option<&Outcome>) -> TrialView<'_> {
+        TrialView {
+            attempt,
+            outcome,
+            stop: None,
+            stop_requested_at: None,
+            young: false,
+            now: 1000.0,
+            grace: 30.0,
+            max_attempts: 3,
+        }
+    }
+
+    #[test]
+    fn a_new_trial_waits_for_its_first_pod_then_starts_it_itself() {
+        let young = TrialView {
+            young: true,
+            ..view(0, None)
+        };
+        assert_eq!(next_step(&young), Step::Wait(Some(3.0)));
+        assert_eq!(
+            next_step(&view(0, None)),
+            Step::Start {
+                attempt: 1,
+                lost: None
+            }
+        );
+        let stopped = TrialView {
+            stop: Some("ExperimentFinished"),
+            ..view(0, None)
+        };
+        assert!(
+            matches!(next_step(&stopped), Step::End(e) if e.phase == TrialPhaseName::Stopped && e.reason == "ExperimentFinished")
+        );
+    }
+
+    #[test]
+    fn lost_pods_are_retried_up_to_max_attempts_then_fail() {
+        assert_eq!(
+            next_step(&view(1, None)),
+            Step::Start {
+                attempt: 2,
+                lost: Some("the pod was deleted".into())
+            }
+        );
+        let evicted = Outcome::Lost("Evicted".into());
+        assert_eq!(
+            next_step(&view(2, Some(&evicted))),
+            Step::Start {
+                attempt: 3,
+                lost: Some("Evicted".into())
+            }
+        );
+        match next_step(&view(3, Some(&evicted))) {
+            Step::End(e) => {
+                assert_eq!(
+                    (e.phase, e.reason.as_str()),
+                    (TrialPhaseName::Failed, "PodLost")
+                );
+                assert!(e.message.unwrap().contains("--max-attempts"));
+            }
+            s => panic!("{s:?}"),
+        }
+        // A stopped trial whose pod is gone is simply stopped.
+        let stopped = TrialView {
+            stop: Some("Timeout"),
+            ..view(1, None)
+        };
+        assert!(matches!(next_step(&stopped), Step::End(e) if e.reason == "Timeout"));
+    }
+
+    #[test]
+    fn pod_endings_become_trial_endings() {
+        let ok = Outcome::Succeeded {
+            report: None,
+            started_at: Some(990.0),
+            finished_at: Some(999.0),
+        };
+        assert!(
+            matches!(next_step(&view(1, Some(&ok))), Step::End(e) if e.phase == TrialPhaseName::Succeeded && e.reason == "Completed" && e.started_at == Some(990.0))
+        );
+        let failed = Outcome::Failed {
+            message: "exit 2".into(),
+            started_at: None,
+            finished_at: None,
+        };
+        assert!(
+            matches!(next_step(&view(1, Some(&failed))), Step::End(e) if e.phase == TrialPhaseName::Failed && e.reason == "TrainerFailed")
+        );
+        // A trainer that exits after a stop reply ended a stopped trial, whatever its code.
+        for o in [&ok, &failed] {
+            let v = TrialView {
+                stop: Some("EarlyStopped"),
+                ..view(1, Some(o))
+            };
+            assert!(
+                matches!(next_step(&v), Step::End(e) if e.phase == TrialPhaseName::Stopped && e.reason == "EarlyStopped")
+            );
+        }
+    }
+
+    #[test]
+    fn a_stopped_running_pod_gets_its_grace_period_then_is_deleted() {
+        let running = Outcome::Running {
+            started_at: Some(500.0),
+        };
+        let asked = TrialView {
+            stop: Some("EarlyStopped"),
+            ..view(1, Some(&running))
+        };
+        match next_step(&asked) {
+            Step::Track {
+                phase,
+                stop: Some(s),
+                started_at,
+                ..
+            } => {
+                assert_eq!(phase, TrialPhaseName::Running);
+                assert_eq!(started_at, Some(500.0), "the pod's own start time");
+                assert_eq!(s.requested_at, 1000.0);
+                assert!(!s.delete);
+                assert!((s.requeue.unwrap() - 30.05).abs() < 1e-9);
+            }
+            s => panic!("{s:?}"),
+        }
+        let later = TrialView {
+            stop_requested_at: Some(960.0),
+            ..asked.clone()
+        };
+        assert!(matches!(
+            next_step(&later),
+            Step::Track {
+                stop: Some(StopProgress {
+                    delete: true,
+                    requeue: None,
+                    ..
+                }),
+                ..
+            }
+        ));
+        // A pod that never ran is deleted at once.
+        let waiting = Outcome::Waiting(Some("0/3 nodes are available".into()));
+        let v = TrialView {
+            stop: Some("Deadline"),
+            ..view(1, Some(&waiting))
+        };
+        assert!(matches!(
+            next_step(&v),
+            Step::Track {
+                stop: Some(StopProgress { delete: true, .. }),
+                ..
+            }
+        ));
+        assert_eq!(
+            next_step(&view(1, Some(&Outcome::Terminating))),
+            Step::Wait(None)
+        );
+    }
+}
