@@ -26,6 +26,10 @@ pub struct Engine {
     strategy: Box<dyn Strategy>,
     /// Indices of the trials the cached strategy has observed, in order.
     observed: Vec<u32>,
+    /// The taken set of the recorded trials, for the trials at the front of the slice it
+    /// was built from (by index, in order); rounds add to it without copying it.
+    taken: std::sync::Arc<Taken>,
+    taken_for: Vec<u32>,
 }
 
 impl Engine {
@@ -35,6 +39,8 @@ impl Engine {
             experiment,
             strategy,
             observed: Vec::new(),
+            taken: Default::default(),
+            taken_for: Vec::new(),
         }
     }
 
@@ -240,13 +246,28 @@ impl Engine {
 
     fn propose(&mut self, trials: &[TrialRecord], n: usize) -> Vec<NewTrial> {
         self.sync_strategy(trials);
-        let mut taken = Taken::default();
-        let mut pending: HashMap<u32, usize> = HashMap::new();
-        for t in trials {
-            taken.insert(&t.key, t.epochs);
-            if t.phase.is_active() {
-                *pending.entry(t.epochs).or_default() += 1;
+        // The recorded trials' taken set, extended with the trials recorded since the last
+        // round (rebuilt when the slice is not an extension of what it was built from).
+        let extends = trials.len() >= self.taken_for.len()
+            && trials
+                .iter()
+                .zip(&self.taken_for)
+                .all(|(t, i)| t.index == *i);
+        if !extends {
+            self.taken = Default::default();
+            self.taken_for.clear();
+        }
+        {
+            let base = std::sync::Arc::make_mut(&mut self.taken);
+            for t in &trials[self.taken_for.len()..] {
+                base.insert(&t.key, t.epochs);
+                self.taken_for.push(t.index);
             }
+        }
+        let mut taken = Taken::over(self.taken.clone());
+        let mut pending: HashMap<u32, usize> = HashMap::new();
+        for t in trials.iter().filter(|t| t.phase.is_active()) {
+            *pending.entry(t.epochs).or_default() += 1;
         }
         let created = trials.len() as u64;
         let mut ctx = Context {
@@ -258,19 +279,29 @@ impl Engine {
         };
         let proposals = self.strategy.propose(&mut ctx, n);
         let next_index = trials.iter().map(|t| t.index + 1).max().unwrap_or(0);
+        // Succeeded (budget, index) of each key, in trial order: what a promotion resumes.
+        let mut done: HashMap<&str, Vec<(u32, u32)>> = HashMap::new();
+        if self.experiment.strategy.fidelity.is_some() {
+            for t in trials.iter().filter(|t| t.phase == TrialPhase::Succeeded) {
+                done.entry(t.key.as_str())
+                    .or_default()
+                    .push((t.epochs, t.index));
+            }
+        }
         proposals
             .into_iter()
             .take(n)
             .enumerate()
             .map(|(k, p)| {
                 let index = next_index + k as u32;
-                let resume_from = trials
-                    .iter()
-                    .filter(|t| {
-                        t.key == p.key && t.phase == TrialPhase::Succeeded && t.epochs < p.budget
+                let resume_from = done
+                    .get(p.key.as_str())
+                    .and_then(|runs| {
+                        runs.iter()
+                            .filter(|(epochs, _)| *epochs < p.budget)
+                            .max_by_key(|(epochs, _)| *epochs)
                     })
-                    .max_by_key(|t| t.epochs)
-                    .map(|t| t.index);
+                    .map(|(_, index)| *index);
                 NewTrial {
                     index,
                     candidate: self.experiment.space.format(&p.point),

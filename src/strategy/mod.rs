@@ -147,13 +147,27 @@ pub struct Proposal {
 }
 
 /// Candidates already taken (run, running or proposed in this round), by key and budget.
+/// A round's set may sit on a shared `base` (the engine keeps the recorded trials' set
+/// between rounds), so that a round costs what it adds, not the whole history.
 #[derive(Debug, Default, Clone)]
 pub struct Taken {
     budgets: HashMap<String, Vec<u32>>,
+    base: Option<std::sync::Arc<Taken>>,
 }
 
 impl Taken {
+    /// An empty round on top of `base`.
+    pub fn over(base: std::sync::Arc<Taken>) -> Taken {
+        Taken {
+            budgets: HashMap::new(),
+            base: Some(base),
+        }
+    }
+
     pub fn insert(&mut self, key: &str, budget: u32) -> bool {
+        if self.base.as_ref().is_some_and(|b| b.contains(key, budget)) {
+            return false;
+        }
         let budgets = self.budgets.entry(key.to_string()).or_default();
         if budgets.contains(&budget) {
             return false;
@@ -164,14 +178,16 @@ impl Taken {
 
     pub fn contains(&self, key: &str, budget: u32) -> bool {
         self.budgets.get(key).is_some_and(|b| b.contains(&budget))
+            || self.base.as_ref().is_some_and(|b| b.contains(key, budget))
     }
 
     pub fn len(&self) -> usize {
-        self.budgets.values().map(Vec::len).sum()
+        self.budgets.values().map(Vec::len).sum::<usize>()
+            + self.base.as_ref().map_or(0, |b| b.len())
     }
 
     pub fn is_empty(&self) -> bool {
-        self.budgets.is_empty()
+        self.budgets.is_empty() && self.base.as_ref().is_none_or(|b| b.is_empty())
     }
 }
 
