@@ -21,12 +21,16 @@ pub fn trial_name(experiment: &str, index: u32) -> String {
     format!("{experiment}-{index}")
 }
 
+fn timestamp(seconds: f64) -> Timestamp {
+    Timestamp::from_microsecond((seconds * 1e6) as i64).unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
 pub fn micro(seconds: f64) -> MicroTime {
-    MicroTime(Timestamp::from_microsecond((seconds * 1e6) as i64).unwrap_or(Timestamp::UNIX_EPOCH))
+    MicroTime(timestamp(seconds))
 }
 
 pub fn time(seconds: f64) -> Time {
-    Time(Timestamp::from_microsecond((seconds * 1e6) as i64).unwrap_or(Timestamp::UNIX_EPOCH))
+    Time(timestamp(seconds))
 }
 
 pub fn seconds(t: &Timestamp) -> f64 {
