@@ -1,39 +1,85 @@
 #!/usr/bin/env bash
-# Builds the test control plane from published Go modules, once per version set, into
-# ${NASOP_CACHE:-~/.cache/nasop}/testenv-<versions>/bin, and prints that directory.
-# kube-apiserver, kube-controller-manager, kube-scheduler and etcd come from the wrapper
-# module here (see update-go-mod.sh); kwok and helm install with `go install`.
+# Builds the test tools from published Go modules into ${NASOP_CACHE:-~/.cache/nasop}/testenv/bin
+# and prints that directory. Each part is rebuilt only when its version changes (a stamp per
+# part): kube-apiserver, kube-controller-manager, kube-scheduler and etcd from the wrapper
+# module here (see update-go-mod.sh); kwok, helm and prometheus with `go install`; the
+# ServiceMonitor CRD from the Prometheus Operator's module.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/versions.env"
 cache=${NASOP_CACHE:-$HOME/.cache/nasop}
-bin=$cache/testenv-$KUBERNETES_VERSION-etcd$ETCD_VERSION-kwok$KWOK_VERSION-helm$HELM_VERSION/bin
-if [ -f "$bin/.complete" ]; then
-  echo "$bin"
-  exit 0
-fi
-command -v go >/dev/null || { echo "go not found: install Go 1.24 or newer" >&2; exit 1; }
+bin=$cache/testenv/bin
 mkdir -p "$bin"
-started=$(date +%s)
 minor=${KUBERNETES_VERSION#v1.}; minor=${minor%%.*}
-pkg=k8s.io/component-base/version
-cg=k8s.io/client-go/pkg/version
-date=$(date -u +%Y-%m-%dT%H:%M:%SZ)
-ldflags="-s -w"
-for p in $pkg $cg; do
-  ldflags="$ldflags -X $p.gitVersion=$KUBERNETES_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean -X $p.buildDate=$date"
-done
-echo "building the test control plane into $bin (once per version; about 7 minutes on 2 cores)" >&2
+built() { [ -f "$bin/.stamp-$1" ]; }
+stamp() { touch "$bin/.stamp-$1"; }
+need_go() { command -v go >/dev/null || { echo "go not found: install Go 1.24 or newer" >&2; exit 1; }; }
+started=$(date +%s)
 cd "$here"
-for cmd in kube-apiserver kube-controller-manager kube-scheduler; do
-  echo "  $cmd $KUBERNETES_VERSION" >&2
-  go build -trimpath -ldflags "$ldflags" -o "$bin/$cmd" "k8s.io/kubernetes/cmd/$cmd"
-done
-echo "  etcd $ETCD_VERSION" >&2
-go build -trimpath -ldflags "-s -w" -o "$bin/etcd" go.etcd.io/etcd/server/v3
-echo "  kwok $KWOK_VERSION, helm $HELM_VERSION" >&2
-GOBIN=$bin go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
-GOBIN=$bin go install -trimpath -ldflags "-s -w" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
-touch "$bin/.complete"
-echo "built in $(( $(date +%s) - started )) s; $(du -sh "$bin" | cut -f1) of binaries" >&2
+
+part=kubernetes-$KUBERNETES_VERSION-etcd$ETCD_VERSION
+if ! built "$part"; then
+  need_go
+  echo "building the test control plane into $bin (once per version; about 7 minutes on 2 cores)" >&2
+  pkg=k8s.io/component-base/version
+  cg=k8s.io/client-go/pkg/version
+  date=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+  ldflags="-s -w"
+  for p in $pkg $cg; do
+    ldflags="$ldflags -X $p.gitVersion=$KUBERNETES_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean -X $p.buildDate=$date"
+  done
+  for cmd in kube-apiserver kube-controller-manager kube-scheduler; do
+    echo "  $cmd $KUBERNETES_VERSION" >&2
+    go build -trimpath -ldflags "$ldflags" -o "$bin/$cmd" "k8s.io/kubernetes/cmd/$cmd"
+  done
+  echo "  etcd $ETCD_VERSION" >&2
+  go build -trimpath -ldflags "-s -w" -o "$bin/etcd" go.etcd.io/etcd/server/v3
+  stamp "$part"
+fi
+
+part=kwok-$KWOK_VERSION
+if ! built "$part"; then
+  need_go
+  echo "  kwok $KWOK_VERSION" >&2
+  GOBIN=$bin go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
+  stamp "$part"
+fi
+
+# Helm's default Kubernetes version (for `helm template` and lint) is set at link time, as
+# its release builds do; without it a plain `go install` says v1.20.
+part=helm-$HELM_VERSION-k1.$minor
+if ! built "$part"; then
+  need_go
+  echo "  helm $HELM_VERSION" >&2
+  hl="-s -w"
+  for p in helm.sh/helm/v3/pkg/chartutil helm.sh/helm/v3/pkg/lint/rules; do
+    hl="$hl -X $p.k8sVersionMajor=1 -X $p.k8sVersionMinor=$minor"
+  done
+  GOBIN=$bin go install -trimpath -ldflags "$hl" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+  stamp "$part"
+fi
+
+part=prometheus-$PROMETHEUS_VERSION
+if ! built "$part"; then
+  need_go
+  echo "  prometheus $PROMETHEUS_VERSION (about 5 minutes)" >&2
+  GOBIN=$bin go install -trimpath -ldflags "-s -w" \
+    "github.com/prometheus/prometheus/cmd/prometheus@$PROMETHEUS_VERSION"
+  stamp "$part"
+fi
+
+part=servicemonitor-crd-$PROMETHEUS_OPERATOR_VERSION
+if ! built "$part"; then
+  need_go
+  echo "  the ServiceMonitor CRD of prometheus-operator $PROMETHEUS_OPERATOR_VERSION" >&2
+  dir=$(cd "$bin" && GOFLAGS=-mod=mod go mod download -json \
+    "github.com/prometheus-operator/prometheus-operator@$PROMETHEUS_OPERATOR_VERSION" |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["Dir"])')
+  cp "$dir/example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml" "$bin/servicemonitors.crd.yaml"
+  chmod 644 "$bin/servicemonitors.crd.yaml"
+  stamp "$part"
+fi
+
+elapsed=$(( $(date +%s) - started ))
+[ "$elapsed" -gt 2 ] && echo "built in $elapsed s; $(du -sh "$bin" | cut -f1) of tools" >&2
 echo "$bin"

@@ -3,7 +3,8 @@
 # token, RBAC), kube-controller-manager (garbage collection, Jobs; node lifecycle with a
 # 24 h grace period, since simulated nodes send no heartbeats), kube-scheduler, and KWOK playing three GPU nodes
 # (nvidia.com/gpu: 4 each). Writes a kubeconfig, waits for /readyz and Ready nodes, and prints
-# `export KUBECONFIG=<path>` as its last line. tools/testenv/down.sh stops it.
+# `export KUBECONFIG=<path> NASOP_TESTENV_BIN=<the tools>` as its last line (audit log of
+# service-account requests in logs/audit.log beside the kubeconfig). down.sh stops it.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 bin=$("$here/build.sh")
@@ -14,7 +15,7 @@ if [ -f "$state/pids" ] && [ -f "$kubeconfig" ]; then
   while read -r pid name; do kill -0 "$pid" 2>/dev/null || alive=0; done < "$state/pids"
   if [ "$alive" = 1 ] && KUBECONFIG=$kubeconfig kubectl get --raw /readyz >/dev/null 2>&1; then
     echo "the test control plane is already running" >&2
-    echo "export KUBECONFIG=$kubeconfig"
+    echo "export KUBECONFIG=$kubeconfig NASOP_TESTENV_BIN=$bin"
     exit 0
   fi
 fi
@@ -54,7 +55,20 @@ start etcd "$bin/etcd" --name default --data-dir "$state/etcd" \
   --initial-cluster "default=http://127.0.0.1:$peer_port" --unsafe-no-fsync --log-level warn
 wait_for etcd etcd 30 curl -sf "http://127.0.0.1:$etcd_port/health"
 
+# Requests made as service accounts (the chart test runs the operator as the chart's) are
+# audited, so a test can compare what the operator did with what its RBAC grants.
+cat > "$state/audit-policy.yaml" <<'POLICY'
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: Metadata
+    userGroups: [system:serviceaccounts]
+  - level: None
+POLICY
 start kube-apiserver "$bin/kube-apiserver" --etcd-servers "http://127.0.0.1:$etcd_port" \
+  --audit-policy-file "$state/audit-policy.yaml" --audit-log-path "$state/logs/audit.log" \
+  --audit-log-mode blocking \
   --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" --cert-dir "$state/certs" \
   --token-auth-file "$state/tokens.csv" --authorization-mode RBAC \
   --service-account-issuer https://kubernetes.default.svc.cluster.local \
@@ -97,4 +111,4 @@ start kwok "$bin/kwok" --kubeconfig "$kubeconfig" --manage-all-nodes=false \
 wait_for "KWOK's GPU nodes" kwok 60 kubectl wait --for=condition=Ready node --all --timeout=1s
 wait_for "the default service account" kube-controller-manager 60 kubectl get serviceaccount default
 echo "test control plane up: $(kubectl version -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["serverVersion"]["gitVersion"])'), logs in $state/logs" >&2
-echo "export KUBECONFIG=$kubeconfig"
+echo "export KUBECONFIG=$kubeconfig NASOP_TESTENV_BIN=$bin"
