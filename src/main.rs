@@ -1,6 +1,11 @@
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
+// The static image's binary: see Cargo.toml.
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// nasop: neural architecture search on Kubernetes and on your laptop.
 #[derive(Debug, Parser)]
 #[command(version, about)]
@@ -59,10 +64,14 @@ enum Command {
     },
     /// Runs the Kubernetes operator: NasExperiments in the cluster become trial pods.
     Operator(nasop::operator::OperatorArgs),
-    /// Writes the CRD YAML generated from the API types (crds/ by default).
+    /// Writes the CRD YAML generated from the API types (crds/ by default), and the Helm
+    /// chart's CRD templates.
     Crds {
         #[arg(long, default_value = "crds")]
         out: PathBuf,
+        /// Where the chart's CRD templates go; "" skips them.
+        #[arg(long, default_value = "charts/nasop/templates/crds")]
+        chart_out: PathBuf,
     },
     /// Benchmarks search strategies on tabular results.
     #[command(subcommand)]
@@ -154,8 +163,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             .enable_all()
             .build()?
             .block_on(nasop::operator::run(args)),
-        Command::Crds { out } => {
-            for path in nasop::api::write_crds(&out)? {
+        Command::Crds { out, chart_out } => {
+            let chart = (!chart_out.as_os_str().is_empty()).then_some(chart_out.as_path());
+            for path in nasop::api::write_crds(&out, chart)? {
                 println!("wrote {path}");
             }
             Ok(())

@@ -1,13 +1,14 @@
-//! The committed CRD YAML must be what `nasop crds` generates from the types today.
+//! The committed CRD YAML, and the Helm chart's CRD templates, must be what `nasop crds`
+//! generates from the types today.
 
-#[test]
-fn committed_crds_match_the_types() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
-    for (name, generated) in nasop::api::crd_files() {
-        let committed = std::fs::read_to_string(dir.join(&name)).unwrap_or_default();
+fn check(dir: &str, generated: Vec<(String, String)>) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+    for (name, yaml) in &generated {
+        let committed = std::fs::read_to_string(dir.join(name)).unwrap_or_default();
         assert!(
-            committed == generated,
-            "crds/{name} is out of date with src/api; run `cargo run -- crds` (or `make crds`) and commit the result"
+            &committed == yaml,
+            "{}/{name} is out of date with src/api; run `cargo run -- crds` (or `make crds`) and commit the result",
+            dir.display()
         );
     }
     let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
@@ -16,13 +17,37 @@ fn committed_crds_match_the_types() {
         .filter(|n| n.ends_with(".yaml"))
         .collect();
     on_disk.sort();
-    let mut expected: Vec<String> = nasop::api::crd_files()
-        .into_iter()
-        .map(|(n, _)| n)
-        .collect();
+    let mut expected: Vec<String> = generated.into_iter().map(|(n, _)| n).collect();
     expected.sort();
     assert_eq!(
-        on_disk, expected,
-        "crds/ holds a file the types no longer generate"
+        on_disk,
+        expected,
+        "{} holds a file the types no longer generate",
+        dir.display()
     );
+}
+
+#[test]
+fn committed_crds_match_the_types() {
+    check("crds", nasop::api::crd_files());
+}
+
+#[test]
+fn chart_crds_match_the_types() {
+    check("charts/nasop/templates/crds", nasop::api::chart_crd_files());
+}
+
+#[test]
+fn chart_crds_are_the_plain_crds_behind_the_install_switch() {
+    for ((name, plain), (chart_name, chart)) in nasop::api::crd_files()
+        .into_iter()
+        .zip(nasop::api::chart_crd_files())
+    {
+        assert_eq!(name, chart_name);
+        assert!(chart.contains("{{- if .Values.crds.install }}\n"));
+        assert!(chart.contains("helm.sh/resource-policy: keep"));
+        // Same spec: everything after the metadata block is identical.
+        let spec = |y: &str| y[y.find("\nspec:").unwrap()..].replace("{{- end }}\n", "");
+        assert_eq!(spec(&plain), spec(&chart), "{name}");
+    }
 }

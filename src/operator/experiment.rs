@@ -384,6 +384,9 @@ fn update_metrics(ctx: &Ctx, key: &ExpKey, status: &api::NasExperimentStatus) {
         .phase
         .map_or("Pending".to_string(), |p| format!("{p:?}"));
     let mut phases = lock(&ctx.phases);
+    if !phases.contains_key(key) {
+        m.experiment_seen(ns, name);
+    }
     phases.insert(key.clone(), phase);
     recount_experiments(ctx, &phases);
 }

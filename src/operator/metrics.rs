@@ -199,7 +199,29 @@ impl Metrics {
             "Length of reconciliations per controller",
             m.reconcile_time.clone(),
         );
+        // Series that are zero until something goes wrong exist from the start, so that a
+        // dashboard shows 0 rather than "no data" (controller-runtime does the same).
+        for controller in ["nasexperiment", "nastrial"] {
+            let _ = m.reconcile_errors.get_or_create(&ControllerLabels {
+                controller: controller.into(),
+            });
+        }
+        for result in ["accepted", "stop", "refused", "invalid", "error"] {
+            let _ = m.reports.get_or_create(&OnlyResult {
+                result: result.into(),
+            });
+        }
         m
+    }
+
+    /// Creates an experiment's counters at zero when it is first seen.
+    pub fn experiment_seen(&self, namespace: &str, experiment: &str) {
+        let e = ExperimentLabels {
+            namespace: namespace.into(),
+            experiment: experiment.into(),
+        };
+        let _ = self.gpu_seconds.get_or_create(&e);
+        let _ = self.pod_retries.get_or_create(&e);
     }
 
     pub fn encode(&self) -> String {
@@ -270,7 +292,16 @@ mod tests {
         m.reconciled("nasexperiment", Duration::from_millis(3), "success");
         m.reconciled("nasexperiment", Duration::from_millis(3), "error");
         m.queue_latency.observe(0.01);
+        m.experiment_seen("ns", "exp");
         let text = m.encode();
+        for zero in [
+            "controller_runtime_reconcile_errors_total{controller=\"nastrial\"} 0",
+            "nasop_reports_total{result=\"refused\"} 0",
+            "nasop_gpu_seconds_total{namespace=\"ns\",experiment=\"exp\"} 0",
+            "nasop_pod_retries_total{namespace=\"ns\",experiment=\"exp\"} 0",
+        ] {
+            assert!(text.contains(zero), "{zero} missing from\n{text}");
+        }
         for name in [
             "controller_runtime_reconcile_total{controller=\"nasexperiment\",result=\"success\"} 1",
             "controller_runtime_reconcile_errors_total{controller=\"nasexperiment\"} 1",
