@@ -50,14 +50,15 @@ pub struct Env {
     pub client: Client,
     pub ns: String,
     pub port: u16,
-    key: PathBuf,
-    logs: PathBuf,
+    /// The report key file operators of this namespace are given.
+    pub key: PathBuf,
+    pub logs: PathBuf,
     operators: Vec<Child>,
     pub replies: Arc<Mutex<Vec<(String, u32, ReportAction)>>>,
     trainer: Option<tokio::task::JoinHandle<()>>,
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -67,6 +68,15 @@ fn free_port() -> u16 {
 
 impl Env {
     pub async fn new(name: &str) -> Env {
+        Env::create(&format!("{name}-{}", std::process::id()), true).await
+    }
+
+    /// An existing namespace, without applying crds/ (the chart test installs them).
+    pub async fn existing(ns: &str) -> Env {
+        Env::create(ns, false).await
+    }
+
+    async fn create(ns: &str, fresh: bool) -> Env {
         let kubeconfig = std::env::var("KUBECONFIG").unwrap_or_default();
         assert!(
             std::path::Path::new(&kubeconfig).is_file(),
@@ -76,21 +86,25 @@ impl Env {
         let client = Client::try_default()
             .await
             .expect("a client for the test control plane");
-        let out = Command::new("kubectl")
-            .args(["apply", "--server-side", "--force-conflicts", "-f"])
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/crds"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let ns = format!("{name}-{}", std::process::id());
-        let nss: Api<Namespace> = Api::all(client.clone());
-        let mut n = Namespace::default();
-        n.metadata.name = Some(ns.clone());
-        nss.create(&PostParams::default(), &n).await.unwrap();
+        if fresh {
+            let out = Command::new("kubectl")
+                .args(["apply", "--server-side", "--force-conflicts", "-f"])
+                .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/crds"))
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let ns = ns.to_string();
+        if fresh {
+            let nss: Api<Namespace> = Api::all(client.clone());
+            let mut n = Namespace::default();
+            n.metadata.name = Some(ns.clone());
+            nss.create(&PostParams::default(), &n).await.unwrap();
+        }
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
             .join("operator")
             .join(&ns);
@@ -111,7 +125,6 @@ impl Env {
 
     /// Starts an operator process for this namespace; returns its index.
     pub fn start_operator(&mut self, extra: &[&str]) -> usize {
-        let i = self.operators.len();
         // A restarted operator takes the report port of the one it replaces; a second
         // replica running beside the first gets its own.
         let alive = self
@@ -119,16 +132,26 @@ impl Env {
             .iter_mut()
             .any(|c| matches!(c.try_wait(), Ok(None)));
         let port = if alive { free_port() } else { self.port };
+        let mut args: Vec<String> = ["operator", "--namespace", &self.ns, "--listen"]
+            .map(String::from)
+            .into();
+        args.push(format!("127.0.0.1:{port}"));
+        args.push("--report-url".into());
+        args.push(format!("http://127.0.0.1:{}/v1/report", self.port));
+        args.push("--report-key-file".into());
+        args.push(self.key.display().to_string());
+        args.extend(["--stop-grace-seconds", "2", "--lease-namespace", &self.ns].map(String::from));
+        args.extend(extra.iter().map(|a| a.to_string()));
+        self.spawn_operator(&args, &[])
+    }
+
+    /// Starts `nasop <args>` with extra environment variables; returns its index.
+    pub fn spawn_operator(&mut self, args: &[String], envs: &[(&str, &str)]) -> usize {
+        let i = self.operators.len();
         let log = std::fs::File::create(self.logs.join(format!("operator-{i}.log"))).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_nasop"))
-            .args(["operator", "--namespace", &self.ns, "--listen"])
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--report-url")
-            .arg(format!("http://127.0.0.1:{}/v1/report", self.port))
-            .arg("--report-key-file")
-            .arg(&self.key)
-            .args(["--stop-grace-seconds", "2", "--lease-namespace", &self.ns])
-            .args(extra)
+            .args(args)
+            .envs(envs.iter().copied())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .stdin(Stdio::null())

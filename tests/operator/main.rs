@@ -1,6 +1,8 @@
 //! `nasop operator` on the test control plane (tools/testenv; `make test` starts it and sets
 //! KUBECONFIG): whole experiments on KWOK GPU nodes with the test playing the trainer.
 
+// Shared with tests/install, which uses parts of it this binary does not.
+#[allow(dead_code)]
 mod harness;
 
 use harness::{Env, Plan, manifest, post_report, report_json, value_of};
