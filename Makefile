@@ -4,10 +4,14 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 CARGO ?= cargo
 NB201 ?= ../shared/data/nasbench201
 NASOP := target/release/nasop
+# Images: the chart installs $(REGISTRY)/nasop:$(VERSION); examples/k8s use
+# $(REGISTRY)/nasop-trainer:$(VERSION).
+REGISTRY ?= ghcr.io/nasop
+VERSION ?= $(shell sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}/\1/p' charts/nasop/Chart.yaml)
 # tch finds libtorch through these; scripts/libtorch.sh installs it once into ~/.cache/nasop.
 TORCH = LIBTORCH="$$(scripts/libtorch.sh)" LIBTORCH_CXX11_ABI=1
 
-.PHONY: all build test lint crds bench bench-trainer bench-operator demo toolchain data testenv-build testenv-up testenv-down
+.PHONY: all build test lint crds bench bench-trainer bench-operator demo toolchain data testenv-build testenv-up testenv-down static images push
 
 all: build
 
@@ -65,3 +69,16 @@ bench-operator: build testenv-build
 # nasop-trainer against PyTorch eager on the same network (installs a Python torch once).
 bench-trainer: build
 	scripts/bench-trainer.sh cpu
+
+# The operator as a static binary, the way the Dockerfile builds it (no container engine needed).
+static: toolchain
+	scripts/static.sh
+
+# The operator and trainer images (needs a Docker engine), and pushing them to $(REGISTRY).
+images:
+	docker build -t $(REGISTRY)/nasop:$(VERSION) .
+	docker build -f trainer/Dockerfile -t $(REGISTRY)/nasop-trainer:$(VERSION) .
+
+push: images
+	docker push $(REGISTRY)/nasop:$(VERSION)
+	docker push $(REGISTRY)/nasop-trainer:$(VERSION)
