@@ -305,6 +305,9 @@ fn rendered_manifests_pass_a_server_side_dry_run() {
             assert_eq!(pod["serviceAccountName"], "platform-nasop");
         }
     }
+    for ns in [&release_ns, &watched, &grafana] {
+        let _ = run(kubectl().args(["delete", "namespace", ns, "--wait=false"]));
+    }
 }
 
 /// The chart installed once for this test binary (the CRDs come from it too).
@@ -493,17 +496,23 @@ fn start_prometheus(dir: &Path, operator_port: u16) -> Prometheus {
         .stderr(log)
         .spawn()
         .expect("prometheus starts");
-    let url = format!("http://127.0.0.1:{port}");
+    let prometheus = Prometheus {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+    };
+    // Scraping before the experiment starts: a rate needs the counters' values before the
+    // trials ran, or a fast experiment's counters never increase within Prometheus's view.
     let started = Instant::now();
-    while get(&format!("{url}/-/ready")).is_none() {
+    let scraping = |p: &Prometheus| query(p, "up{job=\"nasop\"} == 1").is_ok_and(|s| !s.is_empty());
+    while !scraping(&prometheus) {
         assert!(
             started.elapsed() < Duration::from_secs(60),
-            "prometheus did not become ready; see {}",
+            "prometheus did not scrape the operator; see {}",
             dir.join("prometheus.log").display()
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    Prometheus { child, url }
+    prometheus
 }
 
 /// Series a PromQL expression returns now.
@@ -524,6 +533,14 @@ fn query(prometheus: &Prometheus, expr: &str) -> Result<Vec<Value>, String> {
         return Err(body);
     }
     Ok(v["data"]["result"].as_array().cloned().unwrap_or_default())
+}
+
+/// Whether an instant-query series' value is a finite number.
+fn finite(series: &Value) -> bool {
+    series["value"][1]
+        .as_str()
+        .and_then(|v| v.parse::<f64>().ok())
+        .is_some_and(f64::is_finite)
 }
 
 /// Each panel's queries, with Grafana's variables as the dashboard would set them for this
@@ -736,8 +753,9 @@ async fn installed_chart_runs_an_example_with_only_its_rbac_and_feeds_the_dashbo
         let mut empty = Vec::new();
         for (title, expr) in &queries {
             match query(&prometheus, expr) {
-                Ok(series) if !series.is_empty() => {}
-                Ok(_) => empty.push(format!("{title}: {expr} returned nothing")),
+                // A number, not just a series: a quantile of no observations is NaN.
+                Ok(series) if series.iter().any(finite) => {}
+                Ok(series) => empty.push(format!("{title}: {expr} returned no number: {series:?}")),
                 Err(e) => panic!("{title}: {expr} failed: {e}"),
             }
         }
@@ -774,6 +792,7 @@ async fn installed_chart_runs_an_example_with_only_its_rbac_and_feeds_the_dashbo
         "nastrials.nasop.dev",
     ]));
     ok(kubectl().args(["get", "nasexperiment", &name, "-n", &r.watched]));
+    let _ = run(kubectl().args(["delete", "namespace", &r.namespace, "--wait=false"]));
 }
 
 #[test]
