@@ -275,6 +275,17 @@ async fn add_nodes(client: &Client, n: u32) -> Result<()> {
     }
 }
 
+/// The trial template of the benchmark's and the operator tests' experiments: one GPU on a
+/// tainted GPU node, as tools/testenv's simulated nodes offer (the image is never pulled).
+pub const GPU_TRIAL_TEMPLATE: &str = r#"  trialTemplate:
+    spec:
+      tolerations: [{key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}]
+      containers:
+        - name: trainer
+          image: ghcr.io/nasop/nasop-trainer:dev
+          resources: {limits: {nvidia.com/gpu: "1"}}
+"#;
+
 fn manifest(name: &str, trials: u32, parallelism: u32) -> NasExperiment {
     let yaml = format!(
         r#"
@@ -288,14 +299,7 @@ spec:
     hyperparameters: [{{name: lr, float: {{min: 0.001, max: 1.0, log: true}}}}]
   strategy: {{algorithm: random, seed: 1}}
   budget: {{maxTrials: {trials}, parallelism: {parallelism}, trialEpochs: 12}}
-  trialTemplate:
-    spec:
-      tolerations: [{{key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}}]
-      containers:
-        - name: trainer
-          image: ghcr.io/nasop/nasop-trainer:dev
-          resources: {{limits: {{nvidia.com/gpu: "1"}}}}
-"#
+{GPU_TRIAL_TEMPLATE}"#
     );
     serde_yaml::from_str(&yaml).expect("the bench manifest parses")
 }

@@ -9,6 +9,7 @@ use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use nasop::api::{NasExperiment, NasTrial, TrialPhaseName};
+use nasop::bench::operator::GPU_TRIAL_TEMPLATE;
 use nasop_core::contract::{self, ReportAction, ReportReply, TrialInput};
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
@@ -449,13 +450,6 @@ spec:
   strategy: {strategy}
   budget: {budget}
 {extra}
-  trialTemplate:
-    spec:
-      tolerations: [{{key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}}]
-      containers:
-        - name: trainer
-          image: ghcr.io/nasop/nasop-trainer:dev
-          resources: {{limits: {{nvidia.com/gpu: "1"}}}}
-"#
+{GPU_TRIAL_TEMPLATE}"#
     )
 }
