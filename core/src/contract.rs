@@ -72,6 +72,57 @@ pub struct Report {
     pub info: BTreeMap<String, String>,
 }
 
+/// Most metrics in one report (and so in a trial's recorded metrics).
+pub const MAX_METRICS: usize = 64;
+/// Most `info` entries in one report, and the longest info value in bytes.
+pub const MAX_INFO: usize = 8;
+pub const MAX_INFO_VALUE: usize = 1024;
+/// Longest metric or info name: a Kubernetes label's length, `[A-Za-z0-9_.-]`.
+pub const MAX_NAME: usize = 63;
+/// Largest report body accepted, in bytes.
+pub const MAX_REPORT_BYTES: usize = 64 * 1024;
+
+/// Whether `name` can name a metric: 1 to 63 characters of `[A-Za-z0-9_.-]`.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// Checks a report against the contract's bounds, which keep every recorded status small
+/// (see the limits above); the error says what is wrong and the bound.
+pub fn check_report(report: &Report) -> Result<(), String> {
+    if report.metrics.len() > MAX_METRICS {
+        return Err(format!(
+            "{} metrics in one report; report at most {MAX_METRICS}",
+            report.metrics.len()
+        ));
+    }
+    if report.info.len() > MAX_INFO {
+        return Err(format!(
+            "{} info entries in one report; report at most {MAX_INFO}",
+            report.info.len()
+        ));
+    }
+    for name in report.metrics.keys().chain(report.info.keys()) {
+        if !valid_name(name) {
+            let shown: String = name.chars().take(MAX_NAME + 1).collect();
+            return Err(format!(
+                "name {shown:?} is not 1 to {MAX_NAME} characters of [A-Za-z0-9_.-]"
+            ));
+        }
+    }
+    if let Some((name, v)) = report.metrics.iter().find(|(_, v)| !v.is_finite()) {
+        return Err(format!("metric {name} is {v}; report finite numbers only"));
+    }
+    if let Some((name, _)) = report.info.iter().find(|(_, v)| v.len() > MAX_INFO_VALUE) {
+        return Err(format!("info {name} is longer than {MAX_INFO_VALUE} bytes"));
+    }
+    Ok(())
+}
+
 /// The answer to a report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

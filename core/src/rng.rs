@@ -11,6 +11,29 @@ pub struct Rng {
 }
 
 /// SplitMix64's finaliser: a good 64-bit mix, used to derive independent streams.
+/// `bytes` bytes from the operating system's random source, as hex: report-token keys and
+/// tokens for the local runner and the operator. Falls back to the clock and process id
+/// where /dev/urandom cannot be read.
+pub fn os_random_hex(bytes: usize) -> String {
+    use std::io::Read;
+    let mut buf = vec![0u8; bytes];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .is_err()
+    {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as u64;
+        let mut z = t ^ std::process::id() as u64;
+        for chunk in buf.chunks_mut(8) {
+            z = mix64(z);
+            chunk.copy_from_slice(&z.to_le_bytes()[..chunk.len()]);
+        }
+    }
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 pub fn mix64(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);

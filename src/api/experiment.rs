@@ -335,7 +335,17 @@ pub struct BudgetSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 31536000))]
     pub deadline_seconds: Option<u64>,
+    /// On Kubernetes: a trial whose pod has not started this long after it was created
+    /// (unschedulable, an image that cannot be pulled, a missing ConfigMap) fails with
+    /// reason PendingTimeout and the pod's own reason. Default 900: long enough for a
+    /// cluster autoscaler to add a GPU node and for it to pull a large image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 31536000))]
+    pub pending_timeout_seconds: Option<u64>,
 }
+
+/// The pending timeout when `budget.pendingTimeoutSeconds` is not set.
+pub const DEFAULT_PENDING_TIMEOUT_SECONDS: u64 = 900;
 
 fn one() -> u32 {
     1

@@ -74,3 +74,20 @@ pub fn write_crds(dir: &Path, chart_dir: Option<&Path>) -> std::io::Result<Vec<S
     }
     Ok(written)
 }
+
+/// Reads a NasExperiment from what the API server stored. Parts of the spec (the trial
+/// template) are opaque to the API server, so a manifest it accepted can still be wrong for
+/// nasop; the error names the field (`spec.trialTemplate.spec.containers[0].env[0].value:
+/// invalid type: integer `5`, expected a string`). The operator watches experiments
+/// untyped and parses each on its own, so one such object never stops the others.
+pub fn parse_experiment(object: serde_json::Value) -> Result<NasExperiment, String> {
+    serde_path_to_error::deserialize(object).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." {
+            inner.to_string()
+        } else {
+            format!("{path}: {inner}; fix this field in the manifest and apply it again")
+        }
+    })
+}

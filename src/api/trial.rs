@@ -28,6 +28,12 @@ use std::collections::BTreeMap;
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Value", type_ = "number", json_path = ".status.value"),
     printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.reason",
+        description = "Why it ended, or while pending why its pod has not started"
+    ),
+    printcolumn(
         name = "Candidate",
         type_ = "string",
         json_path = ".spec.candidate",
@@ -80,8 +86,9 @@ pub struct NasTrialStatus {
     pub history: Vec<ReportEntry>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metrics: BTreeMap<String, f64>,
-    /// Why the trial ended: Completed, TrainerFailed, EarlyStopped, Timeout, Deadline,
-    /// ExperimentFinished.
+    /// Why the trial ended: Completed, TrainerFailed, PendingTimeout, PodLost, EarlyStopped,
+    /// Timeout, Deadline, ExperimentFinished. While Pending: why its pod has not started
+    /// (Unschedulable, ImagePullBackOff, CreateContainerConfigError, QuotaExceeded, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -39,19 +39,7 @@ pub struct ReportServer {
 
 /// A random token (16 bytes from the OS, hex).
 pub fn token() -> String {
-    let mut bytes = [0u8; 16];
-    if std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .is_err()
-    {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos() as u64;
-        bytes[..8]
-            .copy_from_slice(&nasop_core::rng::mix64(t ^ std::process::id() as u64).to_le_bytes());
-    }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    nasop_core::rng::os_random_hex(16)
 }
 
 impl ReportServer {

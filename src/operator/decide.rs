@@ -3,6 +3,8 @@
 //! branch is unit-tested without a cluster.
 
 use super::pod::Outcome;
+#[cfg(test)]
+use super::pod::Waiting;
 use crate::api::TrialPhaseName;
 use nasop_core::contract::Report;
 
@@ -22,6 +24,8 @@ pub struct TrialView<'a> {
     pub now: f64,
     pub grace: f64,
     pub max_attempts: u32,
+    /// Seconds a pod may wait to start before the trial fails (PendingTimeout).
+    pub pending_timeout: f64,
 }
 
 /// How a trial ended.
@@ -45,11 +49,16 @@ pub enum Step {
     /// The pod is pending or running: record it (and when it started).
     Track {
         phase: TrialPhaseName,
+        /// While pending: why the pod has not started (Unschedulable, ImagePullBackOff).
+        reason: Option<String>,
         message: Option<String>,
         started_at: Option<f64>,
         /// Asked to stop: record when the request was first seen; delete the pod when
         /// `delete`, else look again after `requeue` seconds.
         stop: Option<StopProgress>,
+        /// Look again after this many seconds even if nothing changes (the pending
+        /// timeout).
+        after: Option<f64>,
     },
     /// Nothing to do until something changes (the pod is going away, or the experiment
     /// controller is creating the first pod); look again after this many seconds.
@@ -165,19 +174,37 @@ pub fn next_step(v: &TrialView) -> Step {
                 finished_at: *finished_at,
             })
         }
-        Outcome::Waiting(message) => Step::Track {
-            phase: TrialPhaseName::Pending,
-            message: message.clone(),
-            started_at: None,
-            stop: stop_progress(true),
-        },
+        Outcome::Waiting(w) => {
+            let waited = w.since.map_or(0.0, |s| v.now - s);
+            if v.stop.is_none() && waited >= v.pending_timeout {
+                let why = w.describe().unwrap_or_else(|| "not started".into());
+                return Step::End(ending(
+                    TrialPhaseName::Failed,
+                    "PendingTimeout",
+                    Some(format!(
+                        "the pod did not start in {:.0}s (budget.pendingTimeoutSeconds): {why}",
+                        v.pending_timeout
+                    )),
+                ));
+            }
+            Step::Track {
+                phase: TrialPhaseName::Pending,
+                reason: w.reason.clone(),
+                message: w.describe(),
+                started_at: None,
+                stop: stop_progress(true),
+                after: Some(v.pending_timeout - waited + 0.05),
+            }
+        }
         Outcome::Running { started_at } => Step::Track {
             phase: TrialPhaseName::Running,
+            reason: None,
             message: None,
             started_at: Some(started_at.unwrap_or(v.now).min(v.now)),
             stop: stop_progress(false),
+            after: None,
         },
-        Outcome::Terminating => Step::Wait(None),
+        Outcome::Terminating(after) => Step::Wait(*after),
         Outcome::Lost(_) => unreachable!("lost pods are handled above"),
     }
 }
@@ -196,6 +223,7 @@ mod tests {
             now: 1000.0,
             grace: 30.0,
             max_attempts: 3,
+            pending_timeout: 900.0,
         }
     }
 
@@ -327,7 +355,11 @@ mod tests {
             }
         ));
         // A pod that never ran is deleted at once.
-        let waiting = Outcome::Waiting(Some("0/3 nodes are available".into()));
+        let waiting = Outcome::Waiting(Waiting {
+            reason: Some("Unschedulable".into()),
+            message: Some("0/3 nodes are available".into()),
+            since: Some(900.0),
+        });
         let v = TrialView {
             stop: Some("Deadline"),
             ..view(1, Some(&waiting))
@@ -340,8 +372,39 @@ mod tests {
             }
         ));
         assert_eq!(
-            next_step(&view(1, Some(&Outcome::Terminating))),
+            next_step(&view(1, Some(&Outcome::Terminating(None)))),
             Step::Wait(None)
         );
+    }
+
+    #[test]
+    fn a_pod_that_never_starts_fails_the_trial_after_the_pending_timeout() {
+        let pulling = Outcome::Waiting(Waiting {
+            reason: Some("ImagePullBackOff".into()),
+            message: Some("Back-off pulling image".into()),
+            since: Some(1000.0 - 899.0),
+        });
+        match next_step(&view(1, Some(&pulling))) {
+            Step::Track { phase, message, .. } => {
+                assert_eq!(phase, TrialPhaseName::Pending);
+                assert_eq!(
+                    message.as_deref(),
+                    Some("ImagePullBackOff: Back-off pulling image")
+                );
+            }
+            s => panic!("{s:?}"),
+        }
+        let v = TrialView {
+            now: 1001.0,
+            ..view(1, Some(&pulling))
+        };
+        match next_step(&v) {
+            Step::End(e) => {
+                assert_eq!(e.phase, TrialPhaseName::Failed);
+                assert_eq!(e.reason, "PendingTimeout");
+                assert!(e.message.unwrap().contains("ImagePullBackOff"));
+            }
+            s => panic!("{s:?}"),
+        }
     }
 }

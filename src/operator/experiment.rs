@@ -3,13 +3,16 @@
 
 use super::metrics::{ExperimentLabels, ExperimentPhaseLabels, PhaseLabels};
 use super::status::{self, StatusInput, trial_name};
-use super::{Ctx, Error, ExpKey, MANAGER, lock, now, pod, trial};
-use crate::api::{self, NasExperiment, NasExperimentSpec, NasTrial, NasTrialSpec};
+use super::{Ctx, Error, ExpKey, MANAGER, index, lock, now, pod, trial};
+use crate::api::{
+    self, NasExperiment, NasExperimentSpec, NasExperimentStatus, NasTrial, NasTrialSpec,
+};
 use crate::engine::{Clock, Engine, Experiment, TrialRecord};
 use futures::StreamExt;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
+use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,8 +29,8 @@ const STATUS_INTERVAL: Duration = Duration::from_secs(1);
 /// The engine and the trial records of one experiment, kept between reconciles; records
 /// are re-read only for trials whose resourceVersion changed.
 pub struct Cached {
-    uid: String,
-    spec: NasExperimentSpec,
+    pub uid: String,
+    pub spec: NasExperimentSpec,
     pub experiment: Arc<Experiment>,
     engine: Engine,
     records: Vec<TrialRecord>,
@@ -83,50 +86,70 @@ impl Cached {
     }
 }
 
-pub fn error_policy(exp: Arc<NasExperiment>, err: &Error, _ctx: Arc<Ctx>) -> Action {
+pub fn error_policy(object: Arc<DynamicObject>, err: &Error, ctx: Arc<Ctx>) -> Action {
     warn!(
-        namespace = %exp.namespace().unwrap_or_default(),
-        experiment = %exp.name_any(),
+        namespace = %object.namespace().unwrap_or_default(),
+        experiment = %object.name_any(),
         error = %err,
         "reconcile failed; retrying"
     );
-    Action::requeue(Duration::from_secs(2))
+    Action::requeue(ctx.backoff(&object.uid().unwrap_or_default()))
 }
 
-fn key_of(exp: &NasExperiment) -> ExpKey {
-    (exp.namespace().unwrap_or_default(), exp.name_any())
-}
-
-/// The experiment's trials from the store, by index.
-fn trials_of(ctx: &Ctx, key: &ExpKey) -> Vec<Arc<NasTrial>> {
-    let mut trials = ctx.trials.state_filter(|t| {
-        t.spec.experiment == key.1 && t.metadata.namespace.as_deref() == Some(key.0.as_str())
-    });
+/// The experiment's trials, by index: those its UID owns (see [`index`]).
+fn trials_of(ctx: &Ctx, namespace: &str, uid: &str) -> Vec<Arc<NasTrial>> {
+    let mut trials: Vec<Arc<NasTrial>> = ctx
+        .index
+        .names(uid)
+        .iter()
+        .filter_map(|name| ctx.trials.get(&ObjectRef::new(name).within(namespace)))
+        .filter(|t| index::owner_uid(t) == Some(uid))
+        .collect();
     trials.sort_by_key(|t| t.spec.index);
     trials
 }
 
-fn publish(ctx: &Ctx, exp: &NasExperiment, type_: EventType, reason: &str, note: String) {
-    super::publish_event(ctx, exp.object_ref(&()), type_, reason, note);
+fn publish(ctx: &Ctx, object: &DynamicObject, type_: EventType, reason: &str, note: String) {
+    super::publish_event(
+        ctx,
+        object.object_ref(&ctx.experiment_resource),
+        type_,
+        reason,
+        note,
+    );
+}
+
+/// The status as stored, read leniently (a status nasop cannot read counts as none).
+fn stored_status(object: &DynamicObject) -> NasExperimentStatus {
+    object
+        .data
+        .get("status")
+        .and_then(|s| serde_json::from_value(s.clone()).ok())
+        .unwrap_or_default()
 }
 
 async fn write_status(
     ctx: &Ctx,
-    exp: &NasExperiment,
-    status: api::NasExperimentStatus,
+    object: &DynamicObject,
+    previous: &NasExperimentStatus,
+    status: NasExperimentStatus,
 ) -> Result<(), Error> {
-    if exp.status.as_ref() == Some(&status) {
+    if object.data.get("status").is_some() && *previous == status {
         return Ok(());
     }
-    let api: Api<NasExperiment> =
-        Api::namespaced(ctx.client.clone(), &exp.namespace().unwrap_or_default());
+    // Untyped: the answer is the whole object, which nasop's types may not read.
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        ctx.client.clone(),
+        &object.namespace().unwrap_or_default(),
+        &ctx.experiment_resource,
+    );
     let patch = serde_json::json!({
         "apiVersion": "nasop.dev/v1alpha1",
         "kind": "NasExperiment",
         "status": status,
     });
     api.patch_status(
-        &exp.name_any(),
+        &object.name_any(),
         &PatchParams::apply(MANAGER).force(),
         &Patch::Apply(&patch),
     )
@@ -134,91 +157,249 @@ async fn write_status(
     Ok(())
 }
 
-pub async fn reconcile(exp: Arc<NasExperiment>, ctx: Arc<Ctx>) -> Result<Action, Error> {
-    let key = key_of(&exp);
-    let (ns, name) = (&key.0, &key.1);
-    if exp.metadata.deletion_timestamp.is_some() {
-        return Ok(Action::await_change());
-    }
-    let previous = exp.status.clone().unwrap_or_default();
-    let t_now = now();
-    let invalid = if name.len() > MAX_NAME {
-        Some(format!(
+/// Reads the experiment and checks what the API server cannot: the error names the field.
+fn read(
+    ctx: &Ctx,
+    object: &DynamicObject,
+) -> Result<(Arc<NasExperiment>, crate::engine::Experiment), String> {
+    let name = object.name_any();
+    if name.len() > MAX_NAME {
+        return Err(format!(
             "metadata.name {name:?} has {} characters; use at most {MAX_NAME} so that trial and pod names stay valid",
             name.len()
-        ))
-    } else {
-        pod::check_template(exp.spec.trial_template.as_ref()).err()
-    };
-    let validated = match invalid {
-        Some(message) => Err(message),
-        None => api::validate(name, &exp.spec).map_err(|e| e.to_string()),
-    };
-    let experiment = match validated {
-        Ok(e) => e,
-        Err(message) => {
-            let status =
-                status::invalid_status(&previous, exp.metadata.generation, &message, t_now);
-            if previous.phase != status.phase {
-                warn!(namespace = %ns, experiment = %name, %message, "invalid experiment");
-                publish(&ctx, &exp, EventType::Warning, "InvalidSpec", message);
+        ));
+    }
+    let exp = ctx.parse(object)?;
+    pod::check_template(exp.spec.trial_template.as_ref())?;
+    let experiment = api::validate(&name, &exp.spec).map_err(|e| e.to_string())?;
+    Ok((exp, experiment))
+}
+
+/// Why a trial could not be created.
+enum Blocked {
+    /// Its name is taken by a trial another object owns.
+    Conflict(String),
+    /// A ResourceQuota refused it.
+    Quota(String),
+}
+
+/// Trials waiting for their pods to start with a reason (Unschedulable, ImagePullBackOff,
+/// QuotaExceeded): the most common reason, and a message naming one such trial.
+fn pending_trials(trials: &[Arc<NasTrial>]) -> Option<(String, String)> {
+    let waiting: Vec<(&str, &str, &str)> = trials
+        .iter()
+        .filter_map(|t| {
+            let s = t.status.as_ref()?;
+            if s.phase != Some(api::TrialPhaseName::Pending) {
+                return None;
             }
-            write_status(&ctx, &exp, status).await?;
-            return Ok(Action::await_change());
+            Some((
+                s.reason.as_deref()?,
+                t.metadata.name.as_deref().unwrap_or_default(),
+                s.message.as_deref().unwrap_or_default(),
+            ))
+        })
+        .collect();
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for (reason, _, _) in &waiting {
+        *counts.entry(reason).or_default() += 1;
+    }
+    let (reason, n) = counts
+        .into_iter()
+        .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(a.0)))?;
+    let (_, trial, message) = waiting.iter().find(|w| w.0 == reason)?;
+    Some((
+        reason.to_string(),
+        status::bounded(
+            format!("{n} trial(s) waiting to start ({reason}); {trial}: {message}"),
+            status::MESSAGE_LIMIT,
+        ),
+    ))
+}
+
+/// Sets a condition on the status, with a warning event when it first appears.
+fn raise(
+    ctx: &Ctx,
+    world: &World,
+    status: &mut NasExperimentStatus,
+    type_: &str,
+    reason: &str,
+    message: &str,
+) {
+    let had = world
+        .previous
+        .conditions
+        .iter()
+        .any(|c| c.type_ == type_ && c.reason == reason);
+    if !had {
+        warn!(namespace = %world.key.0, experiment = %world.key.1, condition = type_, %reason, %message, "experiment condition");
+        publish(
+            ctx,
+            &world.object,
+            EventType::Warning,
+            type_,
+            message.to_string(),
+        );
+    }
+    status::set_condition(
+        status,
+        &world.previous,
+        type_,
+        reason,
+        message,
+        world.generation,
+        world.now,
+    );
+}
+
+/// What one reconcile sees: the experiment as stored, read, and its trials.
+struct World {
+    object: Arc<DynamicObject>,
+    key: ExpKey,
+    uid: String,
+    exp: Arc<NasExperiment>,
+    trials: Vec<Arc<NasTrial>>,
+    previous: NasExperimentStatus,
+    generation: Option<i64>,
+    now: f64,
+}
+
+/// What the engine decided, and the status that follows.
+struct Plan {
+    decision: crate::engine::Decision,
+    status: NasExperimentStatus,
+    experiment: Arc<crate::engine::Experiment>,
+}
+
+/// Read the world, decide, apply, write the status.
+pub async fn reconcile(object: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    if object.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let Some((world, experiment)) = read_world(&ctx, object).await? else {
+        return Ok(Action::await_change());
+    };
+    let mut plan = decide(&ctx, &world, experiment)?;
+    stop_trials(&ctx, &world, &plan.decision.stop).await?;
+    let blocked = create_trials(&ctx, &world, &plan).await?;
+    set_conditions(&ctx, &world, &mut plan.status, &blocked);
+    clean_up_pods(&ctx, &world.key.0, &world.trials);
+    let flush = write(&ctx, &world, &plan.status).await?;
+    Ok(next_action(&ctx, &world, &plan, flush, !blocked.is_empty()))
+}
+
+/// Reads the experiment and its trials. An experiment nasop cannot run gets a Failed
+/// status naming the field (and None here).
+async fn read_world(
+    ctx: &Ctx,
+    object: Arc<DynamicObject>,
+) -> Result<Option<(World, crate::engine::Experiment)>, Error> {
+    let key: ExpKey = (object.namespace().unwrap_or_default(), object.name_any());
+    let previous = stored_status(&object);
+    let generation = object.metadata.generation;
+    let now = now();
+    let (exp, experiment) = match read(ctx, &object) {
+        Ok(read) => read,
+        Err(message) => {
+            let status = status::invalid_status(&previous, generation, &message, now);
+            if previous.phase != status.phase || previous.message != status.message {
+                warn!(namespace = %key.0, experiment = %key.1, %message, "invalid experiment");
+                publish(ctx, &object, EventType::Warning, "InvalidSpec", message);
+            }
+            write_status(ctx, &object, &previous, status).await?;
+            return Ok(None);
         }
     };
+    let uid = object.uid().unwrap_or_default();
+    {
+        let mut reporting = lock(&ctx.reporting);
+        if exp.spec.early_stopping.is_some() {
+            reporting.insert(key.clone());
+        } else {
+            reporting.remove(&key);
+        }
+    }
+    let trials = trials_of(ctx, &key.0, &uid);
+    Ok(Some((
+        World {
+            object,
+            key,
+            uid,
+            exp,
+            trials,
+            previous,
+            generation,
+            now,
+        },
+        experiment,
+    )))
+}
 
-    let trials = trials_of(&ctx, &key);
-    let uid = exp.uid().unwrap_or_default();
+/// The engine's decision with the cached engine (rebuilt when the spec or the object
+/// changed), and the status it leads to.
+fn decide(ctx: &Ctx, world: &World, experiment: crate::engine::Experiment) -> Result<Plan, Error> {
+    let previous = &world.previous;
     let started_at = previous
         .start_time
         .as_ref()
-        .map_or(t_now, |t| status::seconds(&t.0));
+        .map_or(world.now, |t| status::seconds(&t.0));
     let clock = Clock {
         started_at,
-        now: t_now,
+        now: world.now,
     };
+    let mut states = lock(&ctx.state);
+    let state = states.entry(world.key.clone()).or_default();
+    if !state
+        .engine
+        .as_ref()
+        .is_some_and(|c| c.uid == world.uid && c.spec == world.exp.spec)
+    {
+        state.engine = Some(Cached::new(
+            world.uid.clone(),
+            world.exp.spec.clone(),
+            experiment,
+        ));
+    }
+    let cached = state.engine.as_mut().expect("just set");
+    cached.sync(&world.trials).map_err(Error::Other)?;
+    let started = Instant::now();
+    let mut decision = cached.engine.decide(&cached.records, clock);
+    ctx.metrics
+        .proposal_latency
+        .observe(started.elapsed().as_secs_f64());
+    let mut status = status::experiment_status(
+        &StatusInput {
+            experiment: &cached.experiment,
+            name: &world.key.1,
+            generation: world.generation,
+            previous,
+            finish: decision.finish.as_ref(),
+            started_at,
+            now: world.now,
+            gpu_seconds: cached.gpu.iter().sum::<f64>(),
+        },
+        &cached.records,
+    );
+    // A finished experiment stays finished, with its completion time, until its spec
+    // changes (a raised budget): nothing a restart or a relist sees may rewrite it.
+    if status::keep_ended(previous, &mut status, world.generation) {
+        decision.create.clear();
+    }
+    Ok(Plan {
+        decision,
+        status,
+        experiment: cached.experiment.clone(),
+    })
+}
 
-    // Decide with the cached engine (rebuilt when the spec or the object changed).
-    let (decision, status, experiment) = {
-        let mut engines = lock(&ctx.engines);
-        let cached = match engines.get_mut(&key) {
-            Some(c) if c.uid == uid && c.spec == exp.spec => c,
-            _ => {
-                engines.insert(
-                    key.clone(),
-                    Cached::new(uid.clone(), exp.spec.clone(), experiment),
-                );
-                engines.get_mut(&key).expect("just inserted")
-            }
-        };
-        cached.sync(&trials).map_err(Error::Other)?;
-        let started = Instant::now();
-        let decision = cached.engine.decide(&cached.records, clock);
-        ctx.metrics
-            .proposal_latency
-            .observe(started.elapsed().as_secs_f64());
-        let status = status::experiment_status(
-            &StatusInput {
-                experiment: &cached.experiment,
-                name,
-                generation: exp.metadata.generation,
-                previous: &previous,
-                finish: decision.finish.as_ref(),
-                started_at,
-                now: t_now,
-                gpu_seconds: cached.gpu.iter().sum::<f64>(),
-            },
-            &cached.records,
-        );
-        (decision, status, cached.experiment.clone())
-    };
-
-    // Stops first, then new trials.
+/// Asks trials to stop (`spec.stop`); those already asked are left alone.
+async fn stop_trials(ctx: &Ctx, world: &World, stops: &[crate::engine::Stop]) -> Result<(), Error> {
+    let (ns, name) = (&world.key.0, &world.key.1);
     let trial_api: Api<NasTrial> = Api::namespaced(ctx.client.clone(), ns);
-    for stop in &decision.stop {
+    for stop in stops {
         let tname = trial_name(name, stop.index);
-        let already = trials
+        let already = world
+            .trials
             .iter()
             .find(|t| t.spec.index == stop.index)
             .is_some_and(|t| t.spec.stop.is_some());
@@ -237,11 +418,20 @@ pub async fn reconcile(exp: Arc<NasExperiment>, ctx: Arc<Ctx>) -> Result<Action,
             Err(e) => return Err(e.into()),
         }
     }
-    // New trials, created concurrently (one API round trip is most of a slot's wait).
-    let owner = exp
-        .controller_owner_ref(&())
+    Ok(())
+}
+
+/// Records the new trials, concurrently (one API round trip is most of a slot's wait),
+/// each with its first pod. Returns the trials that could not be created, and why.
+async fn create_trials(ctx: &Arc<Ctx>, world: &World, plan: &Plan) -> Result<Vec<Blocked>, Error> {
+    let (ns, name) = (&world.key.0, &world.key.1);
+    let trial_api: Api<NasTrial> = Api::namespaced(ctx.client.clone(), ns);
+    let owner = world
+        .object
+        .controller_owner_ref(&ctx.experiment_resource)
         .expect("a stored object has a name and UID");
-    let jobs: Vec<NasTrial> = decision
+    let jobs: Vec<NasTrial> = plan
+        .decision
         .create
         .iter()
         .map(|new| {
@@ -267,15 +457,20 @@ pub async fn reconcile(exp: Arc<NasExperiment>, ctx: Arc<Ctx>) -> Result<Action,
             trial
         })
         .collect();
-    // Each trial's first pod is created right after it (the trial controller would do the
-    // same one watch event later; it finds the pod and records it).
     let creates = jobs.into_iter().map(|trial| {
         let trial_api = trial_api.clone();
-        let (ctx, exp, experiment) = (ctx.clone(), exp.clone(), experiment.clone());
+        let (ctx, exp, experiment, uid) = (
+            ctx.clone(),
+            world.exp.clone(),
+            plan.experiment.clone(),
+            world.uid.clone(),
+        );
         async move {
             match trial_api.create(&PostParams::default(), &trial).await {
                 Ok(created) => {
                     info!(namespace = %trial.metadata.namespace.as_deref().unwrap_or_default(), experiment = %trial.spec.experiment, trial = %trial.name_any(), candidate = %trial.spec.candidate, epochs = trial.spec.epochs, "created trial");
+                    // The first pod right away (the trial controller would create it one
+                    // watch event later; it finds this one and records it).
                     let mut scratch = Default::default();
                     if let Err(e) =
                         trial::start_pod(&ctx, &created, &exp, &experiment, 1, &mut scratch).await
@@ -283,21 +478,86 @@ pub async fn reconcile(exp: Arc<NasExperiment>, ctx: Arc<Ctx>) -> Result<Action,
                         // The trial controller retries.
                         warn!(trial = %trial.name_any(), error = %e, "could not create the trial's pod");
                     }
-                    Ok(())
+                    Ok(None)
                 }
-                // Recorded already (our store had not seen it yet): names are deterministic.
-                Err(kube::Error::Api(s)) if s.is_already_exists() => Ok(()),
+                // Names are deterministic: the trial may be ours (the store has not seen
+                // it yet), or another object's (an experiment of the same name deleted
+                // moments ago, whose trials garbage collection has not removed yet).
+                Err(kube::Error::Api(s)) if s.is_already_exists() => {
+                    let existing = trial_api.get_opt(&trial.name_any()).await?;
+                    Ok(existing
+                        .filter(|t| index::owner_uid(t) != Some(uid.as_str()))
+                        .map(|t| {
+                            let owner = t
+                                .owner_references()
+                                .iter()
+                                .find(|o| o.controller == Some(true))
+                                .map_or("no owner".to_string(), |o| {
+                                    format!("{} {} ({})", o.kind, o.name, o.uid)
+                                });
+                            Blocked::Conflict(format!(
+                                "trial {} already exists and belongs to another object: {owner}; nasop leaves it alone and waits for it to go (garbage collection of an earlier experiment of this name), or delete it",
+                                t.name_any(),
+                            ))
+                        }))
+                }
+                // A ResourceQuota on NasTrials: wait for room, say why.
+                Err(kube::Error::Api(s)) if s.is_forbidden() && trial::is_quota(&s.message) => {
+                    Ok(Some(Blocked::Quota(s.message)))
+                }
                 Err(e) => Err(e),
             }
         }
     });
-    let results: Vec<Result<(), kube::Error>> = futures::stream::iter(creates)
+    let results: Vec<Result<Option<Blocked>, kube::Error>> = futures::stream::iter(creates)
         .buffer_unordered(16)
         .collect()
         .await;
-    results.into_iter().collect::<Result<Vec<()>, _>>()?;
+    let mut blocked = Vec::new();
+    for r in results {
+        if let Some(b) = r? {
+            blocked.push(b);
+        }
+    }
+    Ok(blocked)
+}
 
-    update_metrics(&ctx, &key, &status);
+/// Conditions for what holds the experiment up: trial names taken by another object,
+/// a quota, pods that do not start.
+fn set_conditions(ctx: &Ctx, world: &World, status: &mut NasExperimentStatus, blocked: &[Blocked]) {
+    let conflict = blocked.iter().find_map(|b| match b {
+        Blocked::Conflict(m) => Some(m),
+        _ => None,
+    });
+    let quota = blocked.iter().find_map(|b| match b {
+        Blocked::Quota(m) => Some(m),
+        _ => None,
+    });
+    let mut raise = |type_: &str, reason: &str, message: &str| {
+        let message = status::bounded(message.to_string(), status::MESSAGE_LIMIT);
+        raise(ctx, world, status, type_, reason, &message);
+    };
+    if let Some(m) = conflict {
+        raise("TrialNameConflict", "OwnedByAnother", m);
+    }
+    if let Some(m) = quota {
+        raise("TrialsPending", "QuotaExceeded", m);
+    } else if let Some((reason, message)) = pending_trials(&world.trials) {
+        raise("TrialsPending", &reason, &message);
+    }
+}
+
+/// Events for an experiment that just ended, the metrics, and the status: phase,
+/// conditions, the best trial and the front at once, counts at most once per
+/// [`STATUS_INTERVAL`]. Returns how long until the held-back counts are due.
+async fn write(
+    ctx: &Ctx,
+    world: &World,
+    status: &NasExperimentStatus,
+) -> Result<Option<Duration>, Error> {
+    let (ns, name) = (&world.key.0, &world.key.1);
+    let previous = &world.previous;
+    update_metrics(ctx, &world.key, status);
     let ended_now = previous.completion_time.is_none() && status.completion_time.is_some();
     if ended_now {
         let message = status.message.clone().unwrap_or_default();
@@ -306,51 +566,117 @@ pub async fn reconcile(exp: Arc<NasExperiment>, ctx: Arc<Ctx>) -> Result<Action,
             Some(api::ExperimentPhase::Succeeded) => (EventType::Normal, "ExperimentSucceeded"),
             _ => (EventType::Warning, "ExperimentFailed"),
         };
-        publish(&ctx, &exp, type_, reason, message);
+        publish(ctx, &world.object, type_, reason, message);
     }
-    // Counts change with every trial; they are written at most once per STATUS_INTERVAL.
-    // Phase, conditions, the best trial and the front are written at once.
     let important = previous.phase != status.phase
         || previous.conditions != status.conditions
         || previous.best_trial != status.best_trial
         || previous.pareto_front != status.pareto_front
         || previous.observed_generation != status.observed_generation;
-    let since = lock(&ctx.engines)
-        .get(&key)
+    let since = lock(&ctx.state)
+        .get(&world.key)
+        .and_then(|s| s.engine.as_ref())
         .and_then(|c| c.last_status_write)
         .map(|t| t.elapsed());
-    let mut flush = None;
-    match since {
-        Some(since) if !important && since < STATUS_INTERVAL => {
-            flush = Some(STATUS_INTERVAL - since);
-        }
-        _ => {
-            let changed = exp.status.as_ref() != Some(&status);
-            write_status(&ctx, &exp, status).await?;
-            if changed && let Some(c) = lock(&ctx.engines).get_mut(&key) {
-                c.last_status_write = Some(Instant::now());
-            }
-        }
+    if let Some(since) = since
+        && !important
+        && since < STATUS_INTERVAL
+    {
+        return Ok(Some(STATUS_INTERVAL - since));
     }
+    let changed = previous != status;
+    write_status(ctx, &world.object, previous, status.clone()).await?;
+    if changed
+        && let Some(c) = lock(&ctx.state)
+            .get_mut(&world.key)
+            .and_then(|s| s.engine.as_mut())
+    {
+        c.last_status_write = Some(Instant::now());
+    }
+    Ok(None)
+}
 
-    // Timeouts and deadlines need a clock tick; everything else arrives as a change.
-    let b = &experiment.budget;
+/// When to look again: held-back counts, a blocked create (with backoff), a clock tick for
+/// timeouts and deadlines, or the grace period of stopped trials.
+fn next_action(
+    ctx: &Ctx,
+    world: &World,
+    plan: &Plan,
+    flush: Option<Duration>,
+    blocked: bool,
+) -> Action {
+    let retry = format!("blocked/{}", world.uid);
+    if let Some(flush) = flush {
+        return Action::requeue(flush);
+    }
+    if blocked {
+        return Action::requeue(ctx.backoff(&retry));
+    }
+    ctx.succeeded(&retry);
+    let b = &plan.experiment.budget;
     let next = [b.trial_timeout, b.deadline]
         .into_iter()
         .flatten()
         .map(|s| s.min(60.0))
         .fold(f64::INFINITY, f64::min);
-    if let Some(flush) = flush {
-        return Ok(Action::requeue(flush));
-    }
-    Ok(if next.is_finite() && decision.finish.is_none() {
+    if next.is_finite() && plan.decision.finish.is_none() {
         Action::requeue(Duration::from_secs_f64(next.clamp(1.0, 30.0)))
-    } else if !decision.stop.is_empty() {
+    } else if !plan.decision.stop.is_empty() {
         // Stopped trials are re-checked for the grace period.
         Action::requeue(ctx.stop_grace)
     } else {
         Action::await_change()
-    })
+    }
+}
+
+/// Deletes the pods of finished trials beyond the newest `--keep-finished-pods`: their
+/// results are in the trials' status, and thousands of finished pods cost the API server
+/// and every watch of pods. A few per pass, in the background.
+fn clean_up_pods(ctx: &Arc<Ctx>, ns: &str, trials: &[Arc<NasTrial>]) {
+    let mut finished: Vec<(f64, &NasTrial)> = trials
+        .iter()
+        .filter_map(|t| {
+            let s = t.status.as_ref()?;
+            let ended = matches!(
+                s.phase,
+                Some(
+                    api::TrialPhaseName::Succeeded
+                        | api::TrialPhaseName::Failed
+                        | api::TrialPhaseName::Stopped
+                )
+            );
+            let at = s.completion_time.as_ref().map(|c| status::seconds(&c.0))?;
+            ended.then_some((at, t.as_ref()))
+        })
+        .collect();
+    if finished.len() <= ctx.keep_finished_pods {
+        return;
+    }
+    finished.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let doomed: Vec<String> = finished[ctx.keep_finished_pods..]
+        .iter()
+        .flat_map(|(_, t)| {
+            let attempts = t.status.as_ref().map_or(0, |s| s.attempts);
+            (1..=attempts).map(|a| pod::pod_name(&t.name_any(), a))
+        })
+        .filter(|p| {
+            ctx.pods
+                .get(&ObjectRef::new(p).within(ns))
+                .is_some_and(|p| p.metadata.deletion_timestamp.is_none())
+        })
+        .take(32)
+        .collect();
+    if doomed.is_empty() {
+        return;
+    }
+    let api: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(ctx.client.clone(), ns);
+    tokio::spawn(async move {
+        for name in doomed {
+            if let Err(e) = api.delete(&name, &Default::default()).await {
+                tracing::debug!(pod = %name, error = %e, "could not delete a finished trial's pod");
+            }
+        }
+    });
 }
 
 fn update_metrics(ctx: &Ctx, key: &ExpKey, status: &api::NasExperimentStatus) {
@@ -383,17 +709,21 @@ fn update_metrics(ctx: &Ctx, key: &ExpKey, status: &api::NasExperimentStatus) {
     let phase = status
         .phase
         .map_or("Pending".to_string(), |p| format!("{p:?}"));
-    let mut phases = lock(&ctx.phases);
-    if !phases.contains_key(key) {
+    let mut states = lock(&ctx.state);
+    let state = states.entry(key.clone()).or_default();
+    if state.phase.is_none() {
         m.experiment_seen(ns, name);
     }
-    phases.insert(key.clone(), phase);
-    recount_experiments(ctx, &phases);
+    state.phase = Some(phase);
+    recount_experiments(ctx, &states);
 }
 
-fn recount_experiments(ctx: &Ctx, phases: &HashMap<ExpKey, String>) {
+fn recount_experiments(ctx: &Ctx, states: &HashMap<ExpKey, super::ExperimentState>) {
     for phase in ["Pending", "Running", "Succeeded", "Failed"] {
-        let n = phases.values().filter(|p| *p == phase).count();
+        let n = states
+            .values()
+            .filter(|s| s.phase.as_deref() == Some(phase))
+            .count();
         ctx.metrics
             .experiments
             .get_or_create(&ExperimentPhaseLabels {
@@ -405,10 +735,11 @@ fn recount_experiments(ctx: &Ctx, phases: &HashMap<ExpKey, String>) {
 
 /// Forgets a deleted experiment's caches and metric series.
 pub fn forget(ctx: &Ctx, key: &ExpKey) {
-    lock(&ctx.engines).remove(key);
-    lock(&ctx.free_slots).remove(key);
-    let mut phases = lock(&ctx.phases);
-    phases.remove(key);
-    recount_experiments(ctx, &phases);
+    lock(&ctx.reporting).remove(key);
+    let mut states = lock(&ctx.state);
+    if let Some(uid) = states.remove(key).and_then(|s| s.engine).map(|c| c.uid) {
+        ctx.index.forget(&uid);
+    }
+    recount_experiments(ctx, &states);
     ctx.metrics.forget(&key.0, &key.1);
 }

@@ -7,6 +7,7 @@ use super::token;
 use crate::api::{NasTrial, ReportEntry, TrialPhaseName};
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::DefaultBodyLimit;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -19,15 +20,38 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
+use tower_http::timeout::TimeoutLayer;
 use tracing::{info, warn};
+
+/// The longest a request may take, body included.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub fn router(ctx: Arc<Ctx>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .route("/v1/report", post(report))
+        .route(
+            "/v1/report",
+            post(report).layer(DefaultBodyLimit::max(
+                nasop_core::contract::MAX_REPORT_BYTES,
+            )),
+        )
+        // A slow client (or one that never finishes its body) is cut off.
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
         .with_state(ctx)
+}
+
+/// Cuts off clients that are slow to send their request head.
+fn harden<A>(server: &mut axum_server::Server<A>) {
+    server
+        .http_builder()
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(REQUEST_TIMEOUT);
 }
 
 pub async fn serve(addr: SocketAddr, cert: PathBuf, key: PathBuf, ctx: Arc<Ctx>) {
@@ -36,14 +60,16 @@ pub async fn serve(addr: SocketAddr, cert: PathBuf, key: PathBuf, ctx: Arc<Ctx>)
         match axum_server::tls_rustls::RustlsConfig::from_pem_file(&cert, &key).await {
             Ok(tls) => {
                 info!(%addr, cert = %cert.display(), "serving metrics and reports over TLS");
-                axum_server::bind_rustls(addr, tls)
-                    .serve(app.into_make_service())
-                    .await
+                let mut server = axum_server::bind_rustls(addr, tls);
+                harden(&mut server);
+                server.serve(app.into_make_service()).await
             }
             Err(e) => Err(e),
         }
     } else {
-        axum_server::bind(addr).serve(app.into_make_service()).await
+        let mut server = axum_server::bind(addr);
+        harden(&mut server);
+        server.serve(app.into_make_service()).await
     };
     if let Err(e) = result {
         // Without its server the operator cannot take reports: exit so that it restarts.
@@ -98,45 +124,40 @@ async fn report(State(ctx): State<Arc<Ctx>>, headers: HeaderMap, body: Bytes) ->
     response
 }
 
+/// Every refusal of a report that is not the trial's own gets this one answer, whatever
+/// the reason (no token, a malformed or forged one, another key's), so that a caller
+/// without a token learns nothing about which trials exist.
+fn unauthorized() -> (&'static str, Response) {
+    (
+        "refused",
+        refuse(
+            StatusCode::UNAUTHORIZED,
+            "a report needs its trial's token: Authorization: Bearer $NASOP_REPORT_TOKEN",
+        ),
+    )
+}
+
 async fn handle(ctx: &Ctx, headers: &HeaderMap, body: &[u8]) -> (&'static str, Response) {
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
+    // The token is checked before anything is looked up: a forged one costs one HMAC.
     let Some(claim) = bearer.and_then(token::claim) else {
-        return (
-            "refused",
-            refuse(
-                StatusCode::UNAUTHORIZED,
-                "a report needs the trial's token: Authorization: Bearer $NASOP_REPORT_TOKEN",
-            ),
-        );
+        return unauthorized();
     };
-    let api: Api<NasTrial> = Api::namespaced(ctx.client.clone(), claim.namespace);
-    let cached = ctx
-        .trials
-        .get(&ObjectRef::new(claim.trial).within(claim.namespace));
-    let mut trial = match cached {
-        Some(t) => super::trial::freshest(ctx, t),
-        None => match api.get_opt(claim.trial).await {
-            Ok(Some(t)) => Arc::new(t),
-            // The trial is gone (its experiment was deleted): stop.
-            Ok(None) => return ("stop", reply(StatusCode::OK, ReportAction::Stop)),
-            Err(e) => {
-                return (
-                    "error",
-                    refuse(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
-                );
-            }
-        },
-    };
-    if !ctx.key.verify(&claim, &trial.uid().unwrap_or_default()) {
-        warn!(namespace = %claim.namespace, trial = %claim.trial, "refused a report with a token that is not this trial's");
+    if !ctx.key.verify(&claim) {
+        return unauthorized();
+    }
+    if !ctx.reports.allow(claim.namespace, claim.trial) {
         return (
-            "refused",
+            "limited",
             refuse(
-                StatusCode::UNAUTHORIZED,
-                "this token does not belong to this trial",
+                StatusCode::TOO_MANY_REQUESTS,
+                &format!(
+                    "more than {} reports a second for this trial; report once per epoch or step, not faster",
+                    super::limit::RATE
+                ),
             ),
         );
     }
@@ -154,6 +175,41 @@ async fn handle(ctx: &Ctx, headers: &HeaderMap, body: &[u8]) -> (&'static str, R
             );
         }
     };
+    if let Err(e) = nasop_core::contract::check_report(&report) {
+        return ("invalid", refuse(StatusCode::BAD_REQUEST, &e));
+    }
+    let api: Api<NasTrial> = Api::namespaced(ctx.client.clone(), claim.namespace);
+    let cached = ctx
+        .trials
+        .get(&ObjectRef::new(claim.trial).within(claim.namespace));
+    let mut trial = match cached {
+        Some(t) => super::trial::freshest(ctx, t),
+        None => match api.get_opt(claim.trial).await {
+            Ok(Some(t)) => Arc::new(t),
+            // The trial is gone (its experiment was deleted): stop.
+            Ok(None) => return ("stop", reply(StatusCode::OK, ReportAction::Stop)),
+            Err(e) => return unavailable(&e),
+        },
+    };
+    if trial.uid().as_deref() != Some(claim.uid) {
+        // A trial of the same name was created again: this pod belongs to the old one.
+        return ("stop", reply(StatusCode::OK, ReportAction::Stop));
+    }
+    // The metrics the experiment decides by; the history keeps only those (and the newest
+    // report whole).
+    let exp = ctx.experiment(claim.namespace, &trial.spec.experiment);
+    let names: Option<std::collections::BTreeSet<&str>> = match &exp {
+        Some(Ok(e)) => Some(
+            e.spec
+                .objectives
+                .iter()
+                .map(|o| o.metric.as_str())
+                .chain(e.spec.constraints.iter().map(|c| c.metric.as_str()))
+                .collect(),
+        ),
+        _ => None,
+    };
+    let decided = names.as_ref();
     // Record the report on the trial's status, retrying on a newer version.
     for _ in 0..8 {
         let ended = matches!(
@@ -170,6 +226,7 @@ async fn handle(ctx: &Ctx, headers: &HeaderMap, body: &[u8]) -> (&'static str, R
                 step: report.step,
                 metrics: report.metrics.clone(),
             },
+            &|m| decided.is_none_or(|names| names.contains(m)),
         );
         match super::trial::write_status(ctx, &trial, &next).await {
             Ok(()) => {
@@ -186,21 +243,11 @@ async fn handle(ctx: &Ctx, headers: &HeaderMap, body: &[u8]) -> (&'static str, R
                 return (result, reply(StatusCode::OK, action));
             }
             Err(kube::Error::Api(s)) if s.is_conflict() => match api.get_opt(claim.trial).await {
-                Ok(Some(t)) => trial = Arc::new(t),
-                Ok(None) => return ("stop", reply(StatusCode::OK, ReportAction::Stop)),
-                Err(e) => {
-                    return (
-                        "error",
-                        refuse(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
-                    );
-                }
+                Ok(Some(t)) if t.uid().as_deref() == Some(claim.uid) => trial = Arc::new(t),
+                Ok(_) => return ("stop", reply(StatusCode::OK, ReportAction::Stop)),
+                Err(e) => return unavailable(&e),
             },
-            Err(e) => {
-                return (
-                    "error",
-                    refuse(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
-                );
-            }
+            Err(e) => return unavailable(&e),
         }
     }
     (
@@ -210,4 +257,26 @@ async fn handle(ctx: &Ctx, headers: &HeaderMap, body: &[u8]) -> (&'static str, R
             "the trial changed too often; retry",
         ),
     )
+}
+
+/// The API server could not take the report. Its own refusals (a 4xx other than a
+/// conflict or throttling) will not change on a retry, so they are not 503s.
+fn unavailable(e: &kube::Error) -> (&'static str, Response) {
+    warn!(error = %e, "could not record a report");
+    match e {
+        kube::Error::Api(s) if (400..500).contains(&s.code) && s.code != 429 && s.code != 409 => (
+            "invalid",
+            refuse(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "the report could not be recorded and will not be on a retry",
+            ),
+        ),
+        _ => (
+            "error",
+            refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the Kubernetes API is unavailable; retry",
+            ),
+        ),
+    }
 }

@@ -13,6 +13,8 @@
 pub mod decide;
 mod experiment;
 mod http;
+pub mod index;
+pub mod limit;
 pub mod metrics;
 pub mod pod;
 pub mod status;
@@ -23,6 +25,7 @@ use crate::api::{NasExperiment, NasTrial};
 use anyhow::{Context, Result};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
+use kube::api::{ApiResource, DynamicObject};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -75,6 +78,10 @@ pub struct OperatorArgs {
     /// Pods started per trial when the cluster loses them (eviction, preemption, node loss).
     #[arg(long, default_value_t = 3)]
     pub max_attempts: u32,
+    /// Pods of finished trials kept per experiment (the newest), for `kubectl logs`; older
+    /// ones are deleted once their results are recorded.
+    #[arg(long, default_value_t = 20)]
+    pub keep_finished_pods: usize,
     /// Reconciliations run at once, per controller.
     #[arg(long, default_value_t = 16)]
     pub concurrency: u16,
@@ -89,6 +96,20 @@ pub type Written = (String, Arc<NasTrial>);
 /// An experiment's identity in the caches.
 pub type ExpKey = (String, String);
 
+/// What the operator keeps about one experiment between reconciles. All of it can be
+/// rebuilt from the API server; it is here so that a reconcile does not redo it.
+#[derive(Default)]
+pub struct ExperimentState {
+    /// The experiment as last parsed, with the resourceVersion it was parsed from.
+    parsed: Option<(String, Arc<NasExperiment>)>,
+    /// The engine and the trial records (rebuilt when the spec or the UID changes).
+    pub engine: Option<experiment::Cached>,
+    /// When trial slots came free, oldest first (for the queue metric).
+    free_slots: VecDeque<Instant>,
+    /// The phase last counted in the experiments-by-phase metric.
+    pub phase: Option<String>,
+}
+
 /// What the controllers and the report endpoint share.
 pub struct Ctx {
     pub client: Client,
@@ -97,15 +118,24 @@ pub struct Ctx {
     pub report_url: String,
     /// This replica's name in the events it writes.
     pub instance: String,
-    pub experiments: Store<NasExperiment>,
+    /// Experiments, untyped: each is parsed on its own (see [`Ctx::experiment`]).
+    pub experiments: Store<DynamicObject>,
+    pub experiment_resource: ApiResource,
     pub trials: Store<NasTrial>,
+    /// The trials of each experiment, by its UID.
+    pub index: Arc<index::TrialIndex>,
     pub pods: Store<Pod>,
     pub stop_grace: Duration,
     pub max_attempts: u32,
-    pub engines: Mutex<HashMap<ExpKey, experiment::Cached>>,
-    /// When each experiment's trial slots came free, oldest first (for the queue metric).
-    pub free_slots: Mutex<HashMap<ExpKey, VecDeque<Instant>>>,
-    pub phases: Mutex<HashMap<ExpKey, String>>,
+    pub keep_finished_pods: usize,
+    pub state: Mutex<HashMap<ExpKey, ExperimentState>>,
+    /// Experiments whose decisions read progress reports (early stopping): a report wakes
+    /// their reconcile.
+    pub reporting: Arc<Mutex<std::collections::HashSet<ExpKey>>>,
+    /// The per-trial rate limit on reports.
+    pub reports: limit::ReportLimit,
+    /// Consecutive failed reconciles per object, for the error backoff.
+    pub failures: Mutex<HashMap<String, u32>>,
     pub ready: std::sync::atomic::AtomicBool,
     /// Trials we wrote whose new version the store may not have yet: (namespace, name) ->
     /// (the version the write replaced, the written object).
@@ -114,22 +144,91 @@ pub struct Ctx {
 
 impl Ctx {
     pub fn slot_freed(&self, key: &ExpKey) {
-        lock(&self.free_slots)
+        lock(&self.state)
             .entry(key.clone())
             .or_default()
+            .free_slots
             .push_back(Instant::now());
     }
 
     pub fn slot_taken(&self, key: &ExpKey) {
-        if let Some(at) = lock(&self.free_slots)
+        if let Some(at) = lock(&self.state)
             .get_mut(key)
-            .and_then(|q| q.pop_front())
+            .and_then(|s| s.free_slots.pop_front())
         {
             self.metrics
                 .queue_latency
                 .observe(at.elapsed().as_secs_f64());
         }
     }
+
+    /// The experiment `name` in `namespace` from the store, parsed (once per version).
+    /// None when the store does not have it; an error names the field nasop cannot read.
+    pub fn experiment(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Option<Result<Arc<NasExperiment>, String>> {
+        let object = self
+            .experiments
+            .get(&ObjectRef::new_with(name, self.experiment_resource.clone()).within(namespace))?;
+        Some(self.parse(&object))
+    }
+
+    /// Parses a stored experiment, reusing the last parse of the same version.
+    pub fn parse(&self, object: &DynamicObject) -> Result<Arc<NasExperiment>, String> {
+        let key = (object.namespace().unwrap_or_default(), object.name_any());
+        let version = object.resource_version().unwrap_or_default();
+        if let Some((v, parsed)) = lock(&self.state).get(&key).and_then(|s| s.parsed.as_ref())
+            && *v == version
+        {
+            return Ok(parsed.clone());
+        }
+        let value = serde_json::to_value(object).map_err(|e| e.to_string())?;
+        let parsed = Arc::new(crate::api::parse_experiment(value)?);
+        lock(&self.state).entry(key).or_default().parsed = Some((version, parsed.clone()));
+        Ok(parsed)
+    }
+
+    /// Waits until the watch caches have listed everything once: before that, an
+    /// experiment would be reconciled against a partial set of trials and pods.
+    pub async fn caches_ready(&self) {
+        let _ = self.trials.wait_until_ready().await;
+        let _ = self.pods.wait_until_ready().await;
+        let _ = self.experiments.wait_until_ready().await;
+    }
+
+    /// How long to wait after a failed reconcile of `uid`: exponential from 250 ms to a
+    /// minute, with jitter so that objects that failed together do not retry together.
+    pub fn backoff(&self, uid: &str) -> Duration {
+        let mut failures = lock(&self.failures);
+        let n = failures.entry(uid.to_string()).or_insert(0);
+        *n = n.saturating_add(1);
+        backoff_delay(*n, jitter())
+    }
+
+    pub fn succeeded(&self, uid: &str) {
+        lock(&self.failures).remove(uid);
+    }
+}
+
+/// The delay after `failures` failures in a row; `jitter` in [0, 1) spreads it over
+/// [delay / 2, delay * 3 / 2).
+pub fn backoff_delay(failures: u32, jitter: f64) -> Duration {
+    let base = 0.25 * 2f64.powi(failures.saturating_sub(1).min(16) as i32);
+    Duration::from_secs_f64(base.min(60.0) * (0.5 + jitter))
+}
+
+fn jitter() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// Records a Kubernetes Event (events.k8s.io/v1) about `object` in the background: events
@@ -248,24 +347,60 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
     let key = report_key(&args)?;
 
     let trial_api: Api<NasTrial> = scoped(&client, &args.namespace);
-    let exp_api: Api<NasExperiment> = scoped(&client, &args.namespace);
+    // Experiments are watched untyped: a manifest the API server accepted but nasop cannot
+    // read (the trial template is opaque to the API server) must fail that experiment
+    // alone, not the list of all of them.
+    let experiment_resource = ApiResource::erase::<NasExperiment>(&());
+    let exp_api: Api<DynamicObject> = match &args.namespace {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &experiment_resource),
+        None => Api::all_with(client.clone(), &experiment_resource),
+    };
     let pod_api: Api<Pod> = scoped(&client, &args.namespace);
 
-    // Trials: one watch feeds the trial store, the trial controller, and (after the store
-    // has the change) a trigger for the owning experiment's controller.
+    // Trials: one watch feeds the trial store, the per-experiment index, the trial
+    // controller, and (after the store has the change) a trigger for the owning
+    // experiment's controller.
     let (trial_store, trial_writer) = reflector::store::<NasTrial>();
-    let (exp_tx, exp_rx) = futures::channel::mpsc::unbounded::<ObjectRef<NasExperiment>>();
+    let index = Arc::new(index::TrialIndex::default());
+    let (exp_tx, exp_rx) = futures::channel::mpsc::unbounded::<ObjectRef<DynamicObject>>();
+    let trigger_resource = experiment_resource.clone();
+    let trial_index = index.clone();
+    let reporting = Arc::new(Mutex::new(std::collections::HashSet::<ExpKey>::new()));
+    let wants_reports = reporting.clone();
+    let mut phases: HashMap<(String, String), Option<crate::api::TrialPhaseName>> = HashMap::new();
     let trial_stream = watcher(trial_api.clone(), watcher::Config::default().any_semantic())
         .default_backoff()
         .modify(|t: &mut NasTrial| t.managed_fields_mut().clear())
         .reflect(trial_writer)
-        .touched_objects()
-        .inspect(move |r| {
-            if let Ok(t) = r {
-                let ns = t.namespace().unwrap_or_default();
-                let _ = exp_tx.unbounded_send(ObjectRef::new(&t.spec.experiment).within(&ns));
+        .inspect(move |e| {
+            let Ok(e) = e else { return };
+            trial_index.apply(e);
+            // The experiment is reconciled when one of its trials appears, ends, changes
+            // phase or goes; a progress report alone wakes it only when it stops trials
+            // early (the one decision that reads reports), so a report costs a status
+            // write, not a reconcile of the whole experiment.
+            let (trial, deleted) = match e {
+                watcher::Event::Apply(t) | watcher::Event::InitApply(t) => (t, false),
+                watcher::Event::Delete(t) => (t, true),
+                _ => return,
+            };
+            let ns = trial.namespace().unwrap_or_default();
+            let id = (ns.clone(), trial.name_any());
+            let phase = trial.status.as_ref().and_then(|s| s.phase);
+            let changed = if deleted {
+                phases.remove(&id);
+                true
+            } else {
+                phases.insert(id, phase) != Some(phase)
+            };
+            let key = (ns.clone(), trial.spec.experiment.clone());
+            if changed || trial.spec.stop.is_some() || lock(&wants_reports).contains(&key) {
+                let _ = exp_tx.unbounded_send(
+                    ObjectRef::new_with(&key.1, trigger_resource.clone()).within(&ns),
+                );
             }
-        });
+        })
+        .touched_objects();
     let (pod_store, pod_writer) = reflector::store::<Pod>();
     let pod_stream = watcher(
         pod_api,
@@ -278,9 +413,25 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
     .reflect(pod_writer)
     .touched_objects();
 
-    let exp_controller = Controller::new(exp_api, watcher::Config::default().any_semantic())
-        .reconcile_on(exp_rx)
-        .with_config(kube::runtime::controller::Config::default().concurrency(args.concurrency));
+    // Experiments: their own reflector, like trials and pods.
+    let exp_writer = reflector::store::Writer::<DynamicObject>::new(experiment_resource.clone());
+    let exp_store = exp_writer.as_reader();
+    let exp_stream = watcher(exp_api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect(exp_writer)
+        .touched_objects();
+
+    // Each watch runs in a task of its own, so that the caches fill (and are waited for,
+    // below) whatever the controllers are doing; the controllers read from channels.
+    let trial_stream = drive(trial_stream);
+    let pod_stream = drive(pod_stream);
+    let exp_stream = drive(exp_stream);
+    let exp_controller =
+        Controller::for_stream_with(exp_stream, exp_store.clone(), experiment_resource.clone())
+            .reconcile_on(exp_rx)
+            .with_config(
+                kube::runtime::controller::Config::default().concurrency(args.concurrency),
+            );
     let trial_controller = Controller::for_stream(trial_stream, trial_store.clone())
         .owns_stream(pod_stream)
         .with_config(kube::runtime::controller::Config::default().concurrency(args.concurrency));
@@ -291,14 +442,18 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
         key,
         report_url: report_url.clone(),
         instance: std::env::var("POD_NAME").unwrap_or_else(|_| "nasop-operator".into()),
-        experiments: exp_controller.store(),
+        experiments: exp_store,
+        experiment_resource,
         trials: trial_store,
+        index,
         pods: pod_store,
         stop_grace: Duration::from_secs(args.stop_grace_seconds),
         max_attempts: args.max_attempts.max(1),
-        engines: Mutex::default(),
-        free_slots: Mutex::default(),
-        phases: Mutex::default(),
+        keep_finished_pods: args.keep_finished_pods,
+        state: Mutex::default(),
+        failures: Mutex::default(),
+        reports: Default::default(),
+        reporting,
         ready: false.into(),
         fresh: Mutex::default(),
     });
@@ -337,6 +492,9 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
         info!(lease = %args.lease_name, "acquired the leader lease");
         leader_lost = Some((channel, task));
     }
+    // Nothing is decided from a cache that has not listed everything yet: an experiment
+    // reconciled against half its trials would rewrite its status.
+    ctx.caches_ready().await;
     metrics.leader.set(1);
     ctx.ready.store(true, std::sync::atomic::Ordering::Relaxed);
     info!(%report_url, listen = %args.listen, "operator running");
@@ -353,13 +511,13 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
                     .get(&ObjectRef::new(name).within(ns))
                     .is_some_and(|t| t.resource_version().as_deref() == Some(replaced.as_str()))
             });
-            let known: Vec<ExpKey> = lock(&sweep.phases).keys().cloned().collect();
+            let known: Vec<ExpKey> = lock(&sweep.state).keys().cloned().collect();
             for k in known {
-                if sweep
+                let gone = sweep
                     .experiments
-                    .get(&ObjectRef::new(&k.1).within(&k.0))
-                    .is_none()
-                {
+                    .get(&ObjectRef::new_with(&k.1, sweep.experiment_resource.clone()).within(&k.0))
+                    .is_none();
+                if gone {
                     experiment::forget(&sweep, &k);
                 }
             }
@@ -370,7 +528,10 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
     let exps = exp_controller
         .graceful_shutdown_on(shutdown_signal())
         .run(
-            move |e, c| timed(c.clone(), "nasexperiment", experiment::reconcile(e, c)),
+            move |e, c| {
+                let uid = e.uid().unwrap_or_default();
+                timed(c.clone(), "nasexperiment", uid, experiment::reconcile(e, c))
+            },
             experiment::error_policy,
             exp_ctx,
         )
@@ -378,7 +539,10 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
     let trials = trial_controller
         .graceful_shutdown_on(shutdown_signal())
         .run(
-            move |t, c| timed(c.clone(), "nastrial", trial::reconcile(t, c)),
+            move |t, c| {
+                let uid = t.uid().unwrap_or_default();
+                timed(c.clone(), "nastrial", uid, trial::reconcile(t, c))
+            },
             trial::error_policy,
             ctx.clone(),
         )
@@ -402,6 +566,22 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
     }
     server.abort();
     Ok(())
+}
+
+/// Runs a watch stream in a task of its own and hands its items on through a channel.
+fn drive<K: Send + 'static>(
+    stream: impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static {
+    let (tx, rx) = futures::channel::mpsc::unbounded();
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(item) = stream.next().await {
+            if tx.unbounded_send(item).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }
 
 /// A client that counts its requests in `nasop_kube_requests_total`.
@@ -436,10 +616,14 @@ where
 async fn timed(
     ctx: Arc<Ctx>,
     controller: &'static str,
+    uid: String,
     work: impl Future<Output = Result<Action, Error>>,
 ) -> Result<Action, Error> {
     let started = Instant::now();
     let result = work.await;
+    if result.is_ok() {
+        ctx.succeeded(&uid);
+    }
     let outcome = match &result {
         Ok(a) if *a == Action::await_change() => "success",
         Ok(_) => "requeue",

@@ -134,8 +134,9 @@ pub fn build(p: &PodInput) -> Pod {
 /// What a trial's pod says about the trial.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
-    /// Not scheduled or not started yet; the message says why when the scheduler gave one.
-    Waiting(Option<String>),
+    /// Not scheduled or not started yet: why, when the scheduler or the kubelet said
+    /// (Unschedulable, ImagePullBackOff, CreateContainerConfigError, ...).
+    Waiting(Waiting),
     Running {
         started_at: Option<f64>,
     },
@@ -153,8 +154,71 @@ pub enum Outcome {
     },
     /// The pod was lost to eviction, preemption, node shutdown or deletion: retried.
     Lost(String),
-    /// Being deleted (by us, or by something else).
-    Terminating,
+    /// Being deleted (by us, or by something else); it counts as lost after this many
+    /// more seconds (its node no longer answers).
+    Terminating(Option<f64>),
+}
+
+/// Why a pod has not started.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Waiting {
+    /// A CamelCase reason: the container's waiting reason, or Unschedulable.
+    pub reason: Option<String>,
+    pub message: Option<String>,
+    /// When the pod was created (seconds).
+    pub since: Option<f64>,
+}
+
+impl Waiting {
+    /// `Reason: message`, or whichever of the two there is.
+    pub fn describe(&self) -> Option<String> {
+        match (&self.reason, &self.message) {
+            (Some(r), Some(m)) => Some(format!("{r}: {m}")),
+            (Some(r), None) => Some(r.clone()),
+            (None, m) => m.clone(),
+        }
+    }
+
+    /// Whether waiting longer cannot help without a change by a person: an image that
+    /// cannot be pulled, a missing ConfigMap or Secret.
+    pub fn is_config_error(&self) -> bool {
+        matches!(
+            self.reason.as_deref(),
+            Some(
+                "ErrImagePull"
+                    | "ImagePullBackOff"
+                    | "InvalidImageName"
+                    | "CreateContainerConfigError"
+                    | "CreateContainerError"
+            )
+        )
+    }
+}
+
+/// Container waiting reasons that are only the normal way to start.
+const STARTING: &[&str] = &["ContainerCreating", "PodInitializing"];
+
+/// What a pod says at time `now`: [`outcome`], with a pod that is still terminating
+/// `lost_after` seconds past its deletion time counted as lost (a node that stopped
+/// answering keeps its pods terminating until the Node object is deleted).
+pub fn outcome_at(pod: &Pod, now: f64, lost_after: f64) -> Outcome {
+    match outcome(pod) {
+        Outcome::Terminating(_) => {
+            let Some(deleted) = pod.metadata.deletion_timestamp.as_ref() else {
+                return Outcome::Terminating(None);
+            };
+            let gone_by = super::status::seconds(&deleted.0) + lost_after;
+            if now >= gone_by {
+                Outcome::Lost(format!(
+                    "the pod was still terminating {:.0}s after its deletion time (its node does not answer)",
+                    now - super::status::seconds(&deleted.0)
+                ))
+            } else {
+                Outcome::Terminating(Some(gone_by - now + 0.05))
+            }
+        }
+        other => other,
+    }
 }
 
 /// Pod failure reasons that are the cluster's doing, not the trainer's.
@@ -252,18 +316,43 @@ pub fn outcome(pod: &Pod) -> Outcome {
                 finished_at,
             }
         }
-        _ if pod.metadata.deletion_timestamp.is_some() => Outcome::Terminating,
+        _ if pod.metadata.deletion_timestamp.is_some() => Outcome::Terminating(None),
         "Running" => Outcome::Running {
             started_at: started_at.or(pod_started),
         },
-        _ => Outcome::Waiting(
-            status
+        _ => {
+            let since = pod
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|t| super::status::seconds(&t.0));
+            let container = first
+                .as_ref()
+                .and_then(|c| c.state.as_ref())
+                .and_then(|s| s.waiting.as_ref())
+                .filter(|w| !STARTING.contains(&w.reason.as_deref().unwrap_or("")));
+            let unscheduled = status
                 .conditions
                 .iter()
                 .flatten()
-                .find(|c| c.type_ == "PodScheduled" && c.status == "False")
-                .and_then(|c| c.message.clone()),
-        ),
+                .find(|c| c.type_ == "PodScheduled" && c.status == "False");
+            Outcome::Waiting(match (container, unscheduled) {
+                (Some(w), _) => Waiting {
+                    reason: w.reason.clone(),
+                    message: w.message.clone(),
+                    since,
+                },
+                (None, Some(c)) => Waiting {
+                    reason: c.reason.clone().or(Some("Unschedulable".into())),
+                    message: c.message.clone(),
+                    since,
+                },
+                (None, None) => Waiting {
+                    since,
+                    ..Waiting::default()
+                },
+            })
+        }
     }
 }
 
@@ -301,6 +390,15 @@ pub fn strip(p: &mut Pod) {
             }
         }
     }
+}
+
+/// Whether the trial with this UID controls the pod.
+pub fn owned_by(pod: &Pod, trial_uid: &str) -> bool {
+    pod.metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.controller == Some(true) && o.uid == trial_uid)
 }
 
 /// Our labels on a pod, for the trial it belongs to.

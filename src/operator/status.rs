@@ -9,12 +9,41 @@ use crate::api::{
 use crate::engine::{self, Experiment, Finish, Report, TrialPhase, TrialRecord};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, Time};
 use k8s_openapi::jiff::Timestamp;
+use nasop_core::contract;
 use std::collections::BTreeMap;
 
 /// Progress reports kept in a trial's status; older ones are thinned out.
 pub const HISTORY_LIMIT: usize = 64;
 /// Pareto-front entries kept in an experiment's status (best first objective first).
 pub const PARETO_LIMIT: usize = 32;
+
+/// Longest message kept in a status (a trainer's last words, the scheduler's reason).
+pub const MESSAGE_LIMIT: usize = 1024;
+
+/// `text` cut to at most `limit` bytes at a character boundary, marked when cut.
+pub fn bounded(mut text: String, limit: usize) -> String {
+    if text.len() > limit {
+        let mut end = limit.saturating_sub(3);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push_str("...");
+    }
+    text
+}
+
+/// Metrics as the contract allows them in a status: names of `[A-Za-z0-9_.-]` up to 63
+/// characters, finite values, at most 64 (the first by name). A termination message is
+/// written by the trial's container, so it is read with the same bounds as a report.
+pub fn sanitize_metrics(metrics: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
+    metrics
+        .iter()
+        .filter(|(k, v)| contract::valid_name(k) && v.is_finite())
+        .take(contract::MAX_METRICS)
+        .map(|(k, v)| (k.clone(), *v))
+        .collect()
+}
 
 /// The name of trial `index` of `experiment`.
 pub fn trial_name(experiment: &str, index: u32) -> String {
@@ -77,10 +106,21 @@ pub fn record(exp: &Experiment, trial: &NasTrial) -> Result<TrialRecord, String>
 
 /// Adds a report to a trial's history (a repeated step replaces the earlier one) and keeps
 /// the history under [`HISTORY_LIMIT`] by dropping every other entry of its older half.
-pub fn push_report(history: &mut Vec<ReportEntry>, entry: ReportEntry) {
+/// Every entry but the newest keeps only the metrics `kept` names (the experiment's
+/// objectives and constraints, which decisions read), so a history costs at most
+/// 64 entries of those plus one report of at most 64 metrics.
+pub fn push_report(
+    history: &mut Vec<ReportEntry>,
+    entry: ReportEntry,
+    kept: &dyn Fn(&str) -> bool,
+) {
     history.retain(|r| r.step != entry.step);
     let at = history.partition_point(|r| r.step < entry.step);
     history.insert(at, entry);
+    let newest = history.len() - 1;
+    for r in &mut history[..newest] {
+        r.metrics.retain(|k, _| kept(k));
+    }
     while history.len() > HISTORY_LIMIT {
         let half = history.len() / 2;
         let mut k = 0;
@@ -90,6 +130,12 @@ pub fn push_report(history: &mut Vec<ReportEntry>, entry: ReportEntry) {
             k == 1 || k > half || k % 2 == 1
         });
     }
+}
+
+/// Whether the experiment's decisions read this metric (an objective or a constraint).
+pub fn decides(experiment: &Experiment, metric: &str) -> bool {
+    experiment.objectives.iter().any(|o| o.metric == metric)
+        || experiment.constraints.iter().any(|c| c.metric == metric)
 }
 
 /// What the experiment status is made of, besides the trials.
@@ -239,6 +285,61 @@ pub fn experiment_status(input: &StatusInput, trials: &[TrialRecord]) -> NasExpe
     }
 }
 
+/// Keeps a finished experiment finished: while its generation is the one that finished
+/// (its budget was not raised), the phase, conditions, message and completion time stay
+/// as they were, and counts never go back (trials deleted by hand, a partial relist).
+/// Returns whether the experiment had ended, so that nothing new is started for it.
+pub fn keep_ended(
+    previous: &NasExperimentStatus,
+    status: &mut NasExperimentStatus,
+    generation: Option<i64>,
+) -> bool {
+    let ended = matches!(
+        previous.phase,
+        Some(ExperimentPhase::Succeeded | ExperimentPhase::Failed)
+    ) && previous.completion_time.is_some();
+    if !ended || previous.observed_generation != generation {
+        return false;
+    }
+    if status.trials.created < previous.trials.created
+        || status.trials.succeeded + status.trials.failed + status.trials.stopped
+            < previous.trials.succeeded + previous.trials.failed + previous.trials.stopped
+    {
+        *status = previous.clone();
+        return true;
+    }
+    status.phase = previous.phase;
+    status.conditions = previous.conditions.clone();
+    status.message = previous.message.clone();
+    status.start_time = previous.start_time.clone();
+    status.completion_time = previous.completion_time.clone();
+    true
+}
+
+/// Sets (or adds) a condition of this type, keeping its transition time while its status
+/// does not change.
+pub fn set_condition(
+    status: &mut NasExperimentStatus,
+    previous: &NasExperimentStatus,
+    type_: &str,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    now: f64,
+) {
+    let c = condition(
+        &previous.conditions,
+        type_,
+        true,
+        reason,
+        message,
+        generation,
+        now,
+    );
+    status.conditions.retain(|c| c.type_ != type_);
+    status.conditions.push(c);
+}
+
 /// The status of an experiment whose spec cannot run: the field and the fix in the message.
 pub fn invalid_status(
     previous: &NasExperimentStatus,
@@ -253,12 +354,12 @@ pub fn invalid_status(
             "Failed",
             true,
             "InvalidSpec",
-            message,
+            &bounded(message.to_string(), MESSAGE_LIMIT),
             generation,
             now,
         )],
         observed_generation: generation,
-        message: Some(message.to_string()),
+        message: Some(bounded(message.to_string(), MESSAGE_LIMIT)),
         ..previous.clone()
     }
 }
@@ -268,8 +369,8 @@ pub fn final_metrics(
     termination: Option<&BTreeMap<String, f64>>,
     history: &[ReportEntry],
 ) -> BTreeMap<String, f64> {
-    match termination {
-        Some(m) if !m.is_empty() => m.clone(),
+    match termination.map(sanitize_metrics) {
+        Some(m) if !m.is_empty() => m,
         _ => history
             .last()
             .map(|r| r.metrics.clone())

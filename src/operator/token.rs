@@ -1,6 +1,9 @@
-//! Per-trial report tokens: `<namespace>:<trial>:<HMAC-SHA256(key, namespace/trial/uid)>`.
+//! Per-trial report tokens:
+//! `<namespace>:<trial>:<trial uid>:<HMAC-SHA256(key, namespace/trial/uid)>`.
 //! Stateless, so a restarted operator (or another replica with the same key) accepts the
 //! tokens of pods started before it; the trial's UID makes a recreated trial's token new.
+//! The token carries everything its MAC covers, so a forged one is refused before the
+//! operator looks anything up.
 
 use anyhow::{Context, Result, bail};
 use hmac::{Hmac, Mac};
@@ -17,6 +20,7 @@ pub struct TokenKey(Vec<u8>);
 pub struct Claim<'a> {
     pub namespace: &'a str,
     pub trial: &'a str,
+    pub uid: &'a str,
     mac: &'a str,
 }
 
@@ -39,7 +43,7 @@ impl TokenKey {
     /// A random key for this process only: tokens of pods started by an earlier process are
     /// refused (their results still arrive through the termination message).
     pub fn random() -> TokenKey {
-        TokenKey(crate::local::server::token().into_bytes())
+        TokenKey(nasop_core::rng::os_random_hex(24).into_bytes())
     }
 
     #[cfg(test)]
@@ -60,15 +64,16 @@ impl TokenKey {
     pub fn sign(&self, namespace: &str, trial: &str, uid: &str) -> String {
         let tag = self.mac(namespace, trial, uid).finalize().into_bytes();
         let hex: String = tag.iter().map(|b| format!("{b:02x}")).collect();
-        format!("{namespace}:{trial}:{hex}")
+        format!("{namespace}:{trial}:{uid}:{hex}")
     }
 
-    /// Whether `claim` was signed for the trial with this UID (constant-time comparison).
-    pub fn verify(&self, claim: &Claim, uid: &str) -> bool {
+    /// Whether this key signed `claim` (constant-time comparison). The caller then checks
+    /// that the trial still has the claimed UID.
+    pub fn verify(&self, claim: &Claim) -> bool {
         let Some(tag) = unhex(claim.mac) else {
             return false;
         };
-        self.mac(claim.namespace, claim.trial, uid)
+        self.mac(claim.namespace, claim.trial, claim.uid)
             .verify_slice(&tag)
             .is_ok()
     }
@@ -76,11 +81,13 @@ impl TokenKey {
 
 /// Splits a token into its claim; None when it is not shaped like one of ours.
 pub fn claim(token: &str) -> Option<Claim<'_>> {
-    let mut parts = token.splitn(3, ':');
-    let (namespace, trial, mac) = (parts.next()?, parts.next()?, parts.next()?);
-    (!namespace.is_empty() && !trial.is_empty() && mac.len() == 64).then_some(Claim {
+    let mut parts = token.splitn(4, ':');
+    let (namespace, trial, uid, mac) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let fits = |s: &str, max: usize| !s.is_empty() && s.len() <= max;
+    (fits(namespace, 63) && fits(trial, 253) && fits(uid, 64) && mac.len() == 64).then_some(Claim {
         namespace,
         trial,
+        uid,
         mac,
     })
 }
@@ -101,20 +108,18 @@ mod tests {
         let key = TokenKey::from_bytes(b"0123456789abcdef0123456789abcdef");
         let token = key.sign("ns", "exp-3", "uid-1");
         let c = claim(&token).unwrap();
-        assert_eq!((c.namespace, c.trial), ("ns", "exp-3"));
-        assert!(key.verify(&c, "uid-1"));
-        assert!(
-            !key.verify(&c, "uid-2"),
-            "a recreated trial has a new token"
-        );
-        // Another trial's name with this MAC is refused.
+        assert_eq!((c.namespace, c.trial, c.uid), ("ns", "exp-3", "uid-1"));
+        assert!(key.verify(&c));
+        // Another UID (a recreated trial), another trial's name: refused.
+        let forged = token.replace("uid-1", "uid-2");
+        assert!(!key.verify(&claim(&forged).unwrap()));
         let forged = token.replace("exp-3", "exp-4");
-        assert!(!key.verify(&claim(&forged).unwrap(), "uid-1"));
+        assert!(!key.verify(&claim(&forged).unwrap()));
         // Another key's token is refused.
         let other = TokenKey::from_bytes(b"another key of thirty-two bytes!!");
-        assert!(!other.verify(&c, "uid-1"));
+        assert!(!other.verify(&c));
         assert!(claim("not-a-token").is_none());
-        assert!(claim("ns:t:zz").is_none());
+        assert!(claim("ns:t:u:zz").is_none());
     }
 
     #[test]

@@ -4,7 +4,7 @@ use super::decide::{self, Ending, Step};
 use super::metrics::{ExperimentLabels, OnlyResult, ResultLabels};
 use super::pod::{self, PodInput};
 use super::status::{self, micro};
-use super::{Ctx, Error, ExpKey, MANAGER, now};
+use super::{Ctx, Error, ExpKey, MANAGER, index, now};
 use crate::api::{self, NasExperiment, NasTrial, NasTrialStatus, ReportEntry, TrialPhaseName};
 use crate::engine::Experiment;
 use k8s_openapi::api::core::v1::Pod;
@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tracing::{info, warn};
 
-pub fn error_policy(trial: Arc<NasTrial>, err: &Error, _ctx: Arc<Ctx>) -> Action {
+pub fn error_policy(trial: Arc<NasTrial>, err: &Error, ctx: Arc<Ctx>) -> Action {
     let conflict = matches!(err, Error::Kube(kube::Error::Api(s)) if s.is_conflict());
     if !conflict {
         warn!(
@@ -29,12 +29,20 @@ pub fn error_policy(trial: Arc<NasTrial>, err: &Error, _ctx: Arc<Ctx>) -> Action
         );
     }
     // A conflict means our copy was stale: the newer one is on its way.
-    Action::requeue(Duration::from_millis(if conflict { 200 } else { 2000 }))
+    if conflict {
+        Action::requeue(Duration::from_millis(200))
+    } else {
+        Action::requeue(ctx.backoff(&trial.uid().unwrap_or_default()))
+    }
 }
 
 /// The engine's experiment for a trial (cached by the experiment controller).
 fn experiment_of(ctx: &Ctx, key: &ExpKey, exp: &NasExperiment) -> Option<Arc<Experiment>> {
-    if let Some(c) = super::lock(&ctx.engines).get(key) {
+    if let Some(c) = super::lock(&ctx.state)
+        .get(key)
+        .and_then(|s| s.engine.as_ref())
+        .filter(|c| c.spec == exp.spec)
+    {
         return Some(c.experiment.clone());
     }
     api::validate(&key.1, &exp.spec).ok().map(Arc::new)
@@ -139,10 +147,17 @@ pub async fn reconcile(trial: Arc<NasTrial>, ctx: Arc<Ctx>) -> Result<Action, Er
     ) {
         return Ok(Action::await_change());
     }
-    let Some(exp) = ctx.experiments.get(&ObjectRef::new(exp_name).within(&ns)) else {
-        // Not in the store yet (this operator is starting), or deleted (garbage
-        // collection then removes this trial and its pod): look again later.
-        return Ok(Action::requeue(Duration::from_secs(2)));
+    let exp = match ctx.experiment(&ns, exp_name) {
+        Some(Ok(exp))
+            if Some(exp.uid().unwrap_or_default().as_str()) == index::owner_uid(&trial) =>
+        {
+            exp
+        }
+        // Deleted, or replaced by a new experiment of the same name: garbage collection
+        // removes this trial and its pod; the new experiment does not adopt it.
+        Some(Ok(_)) | None => return Ok(Action::requeue(Duration::from_secs(10))),
+        // The experiment controller reports it on the experiment.
+        Some(Err(_)) => return Ok(Action::await_change()),
     };
     let Some(experiment) = experiment_of(&ctx, &key, &exp) else {
         return Ok(Action::await_change());
@@ -163,7 +178,10 @@ pub async fn reconcile(trial: Arc<NasTrial>, ctx: Arc<Ctx>) -> Result<Action, Er
         (0, None)
     };
     let gpus = pod::gpus(exp.spec.trial_template.as_ref());
-    let outcome = pod.as_deref().map(pod::outcome);
+    let lost_after = ctx.stop_grace.as_secs_f64();
+    let outcome = pod
+        .as_deref()
+        .map(|p| pod::outcome_at(p, t_now, lost_after));
     let stop = trial.spec.stop.clone();
     let step = decide::next_step(&decide::TrialView {
         attempt,
@@ -177,6 +195,11 @@ pub async fn reconcile(trial: Arc<NasTrial>, ctx: Arc<Ctx>) -> Result<Action, Er
         now: t_now,
         grace: ctx.stop_grace.as_secs_f64(),
         max_attempts: ctx.max_attempts,
+        pending_timeout: exp
+            .spec
+            .budget
+            .pending_timeout_seconds
+            .unwrap_or(api::DEFAULT_PENDING_TIMEOUT_SECONDS) as f64,
     });
     let mut requeue = None;
     let mut ending = None;
@@ -207,17 +230,25 @@ pub async fn reconcile(trial: Arc<NasTrial>, ctx: Arc<Ctx>) -> Result<Action, Er
                     format!("attempt {}: {why}; starting attempt {attempt}", attempt - 1),
                 );
             }
-            start_pod(&ctx, &trial, &exp, &experiment, attempt, &mut next).await?;
+            if let Some(after) =
+                start_pod(&ctx, &trial, &exp, &experiment, attempt, &mut next).await?
+            {
+                requeue = Some(after.as_secs_f64());
+            }
         }
         Step::End(end) => ending = Some(end),
         Step::Track {
             phase,
+            reason,
             message,
             started_at,
             stop: stop_progress,
+            after,
         } => {
+            requeue = after;
             next.phase = Some(phase);
-            next.message = message;
+            next.reason = reason;
+            next.message = message.map(|m| status::bounded(m, status::MESSAGE_LIMIT));
             if next.start_time.is_none() {
                 next.start_time = started_at.map(micro);
             }
@@ -259,7 +290,7 @@ pub async fn start_pod(
     experiment: &Experiment,
     attempt: u32,
     next: &mut NasTrialStatus,
-) -> Result<(), Error> {
+) -> Result<Option<Duration>, Error> {
     let ns = trial.namespace().unwrap_or_default();
     let name = trial.name_any();
     let point = experiment
@@ -312,21 +343,51 @@ pub async fn start_pod(
                 );
             }
         }
-        Err(kube::Error::Api(s)) if s.is_already_exists() => {}
+        Err(kube::Error::Api(s)) if s.is_already_exists() => {
+            // Ours (created moments ago), or a pod of an earlier trial of this name that
+            // garbage collection has not removed yet: that one is not adopted.
+            let pod_name = pod::pod_name(&name, attempt);
+            if let Some(existing) = find_pod(ctx, &ns, &pod_name).await?
+                && !pod::owned_by(&existing, &uid)
+            {
+                return Err(Error::Other(format!(
+                    "pod {pod_name} already exists and belongs to another object; waiting for it to be deleted"
+                )));
+            }
+        }
+        Err(kube::Error::Api(s)) if s.is_forbidden() && is_quota(&s.message) => {
+            // A ResourceQuota is full: not the template's fault. The trial waits, says
+            // why, and tries again (with backoff) as other pods end.
+            info!(namespace = %ns, experiment = %trial.spec.experiment, trial = %name, message = %s.message, "pod refused by a quota; waiting");
+            next.phase = Some(TrialPhaseName::Pending);
+            next.reason = Some("QuotaExceeded".into());
+            next.message = Some(status::bounded(s.message.clone(), status::MESSAGE_LIMIT));
+            return Ok(Some(ctx.backoff(&format!("quota/{uid}"))));
+        }
         Err(kube::Error::Api(s)) if s.is_invalid() || s.is_forbidden() => {
             // The template cannot make a pod: the trial fails with the API server's words.
             next.phase = Some(TrialPhaseName::Failed);
             next.reason = Some("InvalidPodTemplate".into());
             next.message = Some(format!("spec.trialTemplate: {}", s.message));
             next.completion_time = Some(micro(now()));
-            return Ok(());
+            return Ok(None);
         }
         Err(e) => return Err(e.into()),
     }
     next.attempts = attempt;
     next.pod = Some(pod::pod_name(&name, attempt));
     next.phase = Some(TrialPhaseName::Pending);
-    Ok(())
+    if next.reason.as_deref() == Some("QuotaExceeded") {
+        next.reason = None;
+        next.message = None;
+    }
+    ctx.succeeded(&format!("quota/{uid}"));
+    Ok(None)
+}
+
+/// Whether an API refusal is a ResourceQuota's (admission says "exceeded quota").
+pub fn is_quota(message: &str) -> bool {
+    message.contains("exceeded quota")
 }
 
 /// What is counted once a trial's end is recorded.
@@ -350,15 +411,19 @@ fn finish(
             &mut next.history,
             ReportEntry {
                 step: r.step,
-                metrics: r.metrics.clone(),
+                metrics: status::sanitize_metrics(&r.metrics),
             },
+            &|m| status::decides(experiment, m),
         );
     }
     next.metrics = status::final_metrics(end.report.as_ref().map(|r| &r.metrics), &next.history);
     next.value = next.metrics.get(&experiment.objectives[0].metric).copied();
     next.phase = Some(end.phase);
     next.reason = Some(end.reason.clone());
-    next.message = end.message.clone();
+    next.message = end
+        .message
+        .clone()
+        .map(|m| status::bounded(m, status::MESSAGE_LIMIT));
     next.completion_time = Some(micro(t_now));
     let started = next
         .start_time

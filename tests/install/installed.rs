@@ -209,7 +209,12 @@ async fn check_rbac(r: &Release, kubeconfig: &Path, outside: &[(&str, Vec<String
     ])));
     // Needed on a path a short run may not take: a report for a trial the watch has not
     // delivered yet, or a status write that lost a race, reads the trial itself.
-    let rare = [("get", "nasop.dev", "nastrials")];
+    // And checked by admission, never requested: OwnerReferencesPermissionEnforcement
+    // (on in tools/testenv) asks for it on every pod the operator creates.
+    let rare = [
+        ("get", "nasop.dev", "nastrials"),
+        ("update", "nasop.dev", "nastrials/finalizers"),
+    ];
     let unused: Vec<_> = granted(&rendered)
         .difference(&used)
         .filter(|(v, g, res)| !rare.contains(&(v.as_str(), g.as_str(), res.as_str())))
@@ -511,4 +516,88 @@ async fn a_release_watching_one_namespace_works_there_and_nowhere_else() {
     )
     .await;
     uninstall(&r, &name);
+}
+
+/// Who may run what: the chart's ValidatingAdmissionPolicy refuses a NasExperiment from a
+/// user who may create NasExperiments but not pods in its namespace, with a message that
+/// says so, and accepts it from a user who may do both.
+#[test]
+fn only_users_who_may_create_pods_may_create_experiments() {
+    let _r = release();
+    let ns = format!("admission-{}", std::process::id());
+    create_namespace(&ns);
+    for args in [
+        vec![
+            "create",
+            "role",
+            "experiments",
+            "--verb=create,get",
+            "--resource=nasexperiments.nasop.dev",
+        ],
+        vec!["create", "role", "pods", "--verb=create", "--resource=pods"],
+        vec![
+            "create",
+            "rolebinding",
+            "alice-experiments",
+            "--role=experiments",
+            "--user=alice",
+        ],
+        vec![
+            "create",
+            "rolebinding",
+            "bob-experiments",
+            "--role=experiments",
+            "--user=bob",
+        ],
+        vec![
+            "create",
+            "rolebinding",
+            "bob-pods",
+            "--role=pods",
+            "--user=bob",
+        ],
+    ] {
+        ok(kubectl().args(&args).args(["-n", &ns]));
+    }
+    let manifest = |name: &str| {
+        super::harness::manifest(
+            name,
+            "{algorithm: random, seed: 1}",
+            "{maxTrials: 1, parallelism: 1, trialEpochs: 1}",
+            "",
+        )
+    };
+    // The API server loads a new policy within seconds: until then alice may still pass.
+    let started = Instant::now();
+    let refusal = loop {
+        let name = format!("alice-{}", started.elapsed().as_millis());
+        let out = with_stdin(
+            kubectl().args(["create", "--as=alice", "-n", &ns, "-f", "-"]),
+            &manifest(&name),
+        );
+        if !out.status.success() {
+            break String::from_utf8_lossy(&out.stderr).to_string();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the admission policy never refused a user without pod rights"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(
+        refusal.contains("may not create pods in namespace")
+            && refusal.contains("alice")
+            && refusal.contains("spec.trialTemplate"),
+        "{refusal}"
+    );
+    let out = with_stdin(
+        kubectl().args(["create", "--as=bob", "-n", &ns, "-f", "-"]),
+        &manifest("bob"),
+    );
+    assert!(
+        out.status.success(),
+        "a user with pod rights was refused: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ok(kubectl().args(["delete", "namespace", &ns, "--wait=false"]));
 }

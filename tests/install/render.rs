@@ -160,6 +160,10 @@ fn rendered_manifests_pass_a_server_side_dry_run() {
             }
             assert_eq!(of_kind(&docs, "ClusterRole").len(), 1);
             assert!(of_kind(&docs, "ServiceMonitor").is_empty());
+            // Who may run what: on by default, for every namespace.
+            assert_eq!(of_kind(&docs, "ValidatingAdmissionPolicy").len(), 1);
+            let binding = of_kind(&docs, "ValidatingAdmissionPolicyBinding")[0];
+            assert!(binding["spec"]["matchResources"].is_null());
             let secret = of_kind(&docs, "Secret")[0];
             assert!(secret["data"]["key"].as_str().unwrap().len() >= 44);
             assert!(args.contains(
@@ -179,6 +183,11 @@ fn rendered_manifests_pass_a_server_side_dry_run() {
                 .find(|r| r["metadata"]["namespace"] == watched.as_str())
                 .expect("a Role in the watched namespace");
             assert!(role["rules"].to_string().contains("nasexperiments"));
+            let binding = of_kind(&docs, "ValidatingAdmissionPolicyBinding")[0];
+            assert_eq!(
+                binding["spec"]["matchResources"]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+                watched.as_str()
+            );
             let monitor = of_kind(&docs, "ServiceMonitor")[0];
             assert_eq!(
                 monitor["metadata"]["labels"]["release"],

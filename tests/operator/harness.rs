@@ -168,6 +168,48 @@ impl Env {
         let _ = c.wait();
     }
 
+    /// The process id of operator `i`.
+    pub fn operator_pid(&self, i: usize) -> u32 {
+        self.operators[i].id()
+    }
+
+    /// Creates an object from YAML as `kubectl create` would, without nasop's types (so
+    /// that a manifest nasop cannot read can be written).
+    pub async fn create_raw(&self, yaml: &str) -> Result<(), kube::Error> {
+        let value: serde_json::Value = serde_yaml::from_str(yaml).expect("test manifests parse");
+        let resource = kube::api::ApiResource::erase::<NasExperiment>(&());
+        let api: Api<kube::api::DynamicObject> =
+            Api::namespaced_with(self.client.clone(), &self.ns, &resource);
+        let object: kube::api::DynamicObject = serde_json::from_value(value).unwrap();
+        api.create(&PostParams::default(), &object)
+            .await
+            .map(|_| ())
+    }
+
+    /// Waits until the status of experiment `name`, read untyped, satisfies `done`.
+    pub async fn raw_status(
+        &self,
+        name: &str,
+        timeout: Duration,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let resource = kube::api::ApiResource::erase::<NasExperiment>(&());
+        let api: Api<kube::api::DynamicObject> =
+            Api::namespaced_with(self.client.clone(), &self.ns, &resource);
+        let started = Instant::now();
+        loop {
+            let status = api.get(name).await.unwrap().data["status"].clone();
+            if done(&status) {
+                return status;
+            }
+            assert!(
+                started.elapsed() < timeout,
+                "timed out; status of {name}: {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub fn operator_log(&self, i: usize) -> String {
         std::fs::read_to_string(self.logs.join(format!("operator-{i}.log"))).unwrap_or_default()
     }
@@ -201,7 +243,9 @@ impl Env {
                 .default_backoff()
                 .applied_objects()
                 .boxed();
-            while let Some(Ok(pod)) = events.next().await {
+            // A watch error (the API server restarting) is retried by the watcher.
+            while let Some(event) = events.next().await {
+                let Ok(pod) = event else { continue };
                 let running =
                     pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
                 if !running || pod.metadata.deletion_timestamp.is_some() {
@@ -272,7 +316,8 @@ impl Env {
                 .default_backoff()
                 .applied_objects()
                 .boxed();
-            while let Some(Ok(t)) = events.next().await {
+            while let Some(event) = events.next().await {
+                let Ok(t) = event else { continue };
                 if t.spec.experiment != experiment {
                     continue;
                 }
@@ -380,9 +425,17 @@ pub async fn end_pod(pods: &Api<Pod>, name: &str, exit: i32, message: &str) {
         "testenv.nasop.dev/exit-code": exit.to_string(),
         "testenv.nasop.dev/termination-message": message,
     }}});
-    let _ = pods
-        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await;
+    // Retried while the API server is away; a pod that is gone needs no ending.
+    for _ in 0..300 {
+        match pods
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => return,
+            Err(kube::Error::Api(s)) if s.code == 404 => return,
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
 }
 
 async fn play(

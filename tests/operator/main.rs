@@ -2,6 +2,7 @@
 //! KUBECONFIG): whole experiments on KWOK GPU nodes with the test playing the trainer.
 
 // Shared with tests/install, which uses parts of it this binary does not.
+mod hardening;
 #[allow(dead_code)]
 mod harness;
 

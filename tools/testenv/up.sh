@@ -73,7 +73,8 @@ start kube-apiserver "$bin/kube-apiserver" --etcd-servers "http://127.0.0.1:$etc
   --token-auth-file "$state/tokens.csv" --authorization-mode RBAC \
   --service-account-issuer https://kubernetes.default.svc.cluster.local \
   --service-account-key-file "$state/certs/sa.pub" --service-account-signing-key-file "$state/certs/sa.key" \
-  --service-cluster-ip-range 10.96.0.0/16 --allow-privileged=true
+  --service-cluster-ip-range 10.96.0.0/16 --allow-privileged=true \
+  --enable-admission-plugins OwnerReferencesPermissionEnforcement
 cat > "$kubeconfig" <<KC
 apiVersion: v1
 kind: Config

@@ -1,6 +1,7 @@
 use super::*;
 use k8s_openapi::api::core::v1::{
-    ContainerState, ContainerStateTerminated, ContainerStatus, PodCondition, PodStatus,
+    ContainerState, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus, PodCondition,
+    PodStatus,
 };
 
 fn template() -> PodTemplateSpec {
@@ -196,12 +197,37 @@ fn pod_outcomes() {
         message: Some("0/3 nodes are available: 3 Insufficient nvidia.com/gpu.".into()),
         ..Default::default()
     }]);
-    assert_eq!(
-        outcome(&waiting),
-        Outcome::Waiting(Some(
-            "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.".into()
-        ))
-    );
+    match outcome(&waiting) {
+        Outcome::Waiting(w) => {
+            assert_eq!(w.reason.as_deref(), Some("Unschedulable"));
+            assert_eq!(
+                w.describe().as_deref(),
+                Some("Unschedulable: 0/3 nodes are available: 3 Insufficient nvidia.com/gpu.")
+            );
+            assert!(!w.is_config_error());
+        }
+        other => panic!("{other:?}"),
+    }
+    // A container that cannot start says why, and that waiting will not help.
+    let mut pulling = pod_with("Pending", None, None);
+    pulling.status.as_mut().unwrap().container_statuses = Some(vec![ContainerStatus {
+        name: "trainer".into(),
+        state: Some(ContainerState {
+            waiting: Some(ContainerStateWaiting {
+                reason: Some("ImagePullBackOff".into()),
+                message: Some("Back-off pulling image \"nosuch:1\"".into()),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }]);
+    match outcome(&pulling) {
+        Outcome::Waiting(w) => {
+            assert_eq!(w.reason.as_deref(), Some("ImagePullBackOff"));
+            assert!(w.is_config_error());
+        }
+        other => panic!("{other:?}"),
+    }
     assert!(matches!(
         outcome(&pod_with("Running", None, None)),
         Outcome::Running { .. }
@@ -220,4 +246,17 @@ fn a_stripped_pod_says_the_same() {
     strip(&mut ok);
     assert!(ok.spec.is_none());
     assert_eq!(outcome(&ok), before);
+}
+
+#[test]
+fn a_pod_terminating_past_its_deletion_time_is_lost() {
+    let mut pod = pod_with("Running", None, None);
+    pod.metadata.deletion_timestamp = Some(crate::operator::status::time(1000.0));
+    // Within the allowance it is still on its way out, and says when to look again.
+    assert_eq!(
+        outcome_at(&pod, 1010.0, 30.0),
+        Outcome::Terminating(Some(20.05))
+    );
+    // Past it, the node no longer answers: the trial's next attempt may start.
+    assert!(matches!(outcome_at(&pod, 1031.0, 30.0), Outcome::Lost(_)));
 }

@@ -74,6 +74,7 @@ fn history_replaces_repeated_steps_and_stays_bounded() {
                 step,
                 metrics: BTreeMap::from([("acc".to_string(), step as f64)]),
             },
+            &|_| true,
         );
         assert!(h.len() <= HISTORY_LIMIT);
     }
@@ -86,9 +87,28 @@ fn history_replaces_repeated_steps_and_stays_bounded() {
             step: 1000,
             metrics: BTreeMap::from([("acc".to_string(), -1.0)]),
         },
+        &|_| true,
     );
     assert_eq!(h.last().unwrap().metrics["acc"], -1.0);
     assert_eq!(h.iter().filter(|r| r.step == 1000).count(), 1);
+}
+
+#[test]
+fn only_the_newest_report_keeps_metrics_no_decision_reads() {
+    let mut h = Vec::new();
+    for step in 1..=3 {
+        push_report(
+            &mut h,
+            ReportEntry {
+                step,
+                metrics: BTreeMap::from([("acc".to_string(), 1.0), ("loss".to_string(), 2.0)]),
+            },
+            &|m| m == "acc",
+        );
+    }
+    assert_eq!(h.len(), 3);
+    assert!(h[..2].iter().all(|r| r.metrics.keys().eq(["acc"])));
+    assert_eq!(h[2].metrics.len(), 2, "the newest report is whole");
 }
 
 fn status_for(

@@ -1,0 +1,292 @@
+//! Chaos: one experiment of 60 tabular trials at parallelism 8 while, at random points of
+//! its run (seeded; `NASOP_CHAOS_SEED=N` replays one), the operator is SIGKILLed 5 times,
+//! the API server is restarted, etcd stops answering for 10 s, 3 running pods are deleted,
+//! and the nodes refuse new pods for a while. The experiment must end Succeeded with
+//! exactly 60 distinct trials, every recorded result the trainer's, never more than 8
+//! trials active, and a count of finished trials that never goes back.
+//!
+//! Its own test binary: it restarts parts of the shared test control plane, which the
+//! tests of other binaries (run one binary at a time) never see.
+
+#[allow(dead_code)]
+#[path = "operator/harness.rs"]
+mod harness;
+
+use futures::StreamExt;
+use harness::{Env, Plan, manifest, value_of};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, ResourceExt};
+use nasop::api::{ExperimentPhase, NasExperiment};
+use nasop_core::rng::Rng;
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Fault {
+    KillOperator,
+    RestartApiServer,
+    PauseEtcd,
+    DeleteRunningPod,
+    Unschedulable,
+}
+
+/// The test control plane's state directory (beside the kubeconfig).
+fn state() -> PathBuf {
+    PathBuf::from(std::env::var("KUBECONFIG").unwrap())
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn pid_of(name: &str) -> String {
+    std::fs::read_to_string(state().join("pids"))
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            let (pid, n) = l.split_once(' ')?;
+            (n == name).then(|| pid.to_string())
+        })
+        .unwrap_or_else(|| panic!("{name} is not in the test control plane's pids"))
+}
+
+fn signal(name: &str, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &pid_of(name)])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig} {name}");
+}
+
+/// The experiment as the API server has it now, or None while it does not answer.
+async fn current(env: &Env) -> Option<NasExperiment> {
+    tokio::time::timeout(Duration::from_secs(5), env.experiments().get("chaos"))
+        .await
+        .ok()?
+        .ok()
+}
+
+const TAINT: &str = "chaos.nasop.dev/hold";
+
+async fn set_taint(client: &kube::Client, on: bool) {
+    let nodes: Api<Node> = Api::all(client.clone());
+    for n in nodes.list(&Default::default()).await.unwrap().items {
+        let mut taints: Vec<serde_json::Value> = n
+            .spec
+            .as_ref()
+            .and_then(|s| s.taints.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|t| t.key != TAINT)
+            .map(|t| serde_json::to_value(t).unwrap())
+            .collect();
+        if on {
+            taints.push(serde_json::json!({"key": TAINT, "value": "true", "effect": "NoSchedule"}));
+        }
+        let patch = serde_json::json!({"spec": {"taints": taints}});
+        nodes
+            .patch(
+                &n.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_experiment_survives_operator_kills_api_server_and_etcd_outages_and_lost_pods() {
+    let seed: u64 = std::env::var("NASOP_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                % 1_000_000
+        });
+    eprintln!("chaos seed {seed} (replay with NASOP_CHAOS_SEED={seed})");
+    let mut rng = Rng::new(seed);
+    let mut faults: Vec<Fault> = [
+        [Fault::KillOperator; 5].as_slice(),
+        &[
+            Fault::RestartApiServer,
+            Fault::PauseEtcd,
+            Fault::Unschedulable,
+        ],
+        &[Fault::DeleteRunningPod; 3],
+    ]
+    .concat();
+    rng.shuffle(&mut faults);
+    // When each lands: after this many trials were created (distinct points in 4..52).
+    let mut points: Vec<u32> = rng
+        .choose_indices(48, faults.len())
+        .into_iter()
+        .map(|i| 4 + i as u32)
+        .collect();
+    points.sort();
+    let plan: Vec<(u32, Fault)> = points.into_iter().zip(faults).collect();
+    eprintln!("chaos plan (trials created, fault): {plan:?}");
+
+    let mut env = Env::new("chaos").await;
+    let mut op = env.start_operator(&[]);
+    env.start_trainer(Arc::new(|input, _| {
+        let v = value_of(&input.candidate);
+        Plan::Report(vec![v - 3.0, v - 2.0, v - 1.0, v])
+    }));
+    let seen = env.watch_parallelism("chaos");
+    // Every finished count a watch sees, in order.
+    let finished: Arc<Mutex<Vec<u32>>> = Arc::default();
+    {
+        let finished = finished.clone();
+        let api = env.experiments();
+        tokio::spawn(async move {
+            let mut events = watcher(api, watcher::Config::default())
+                .default_backoff()
+                .applied_objects()
+                .boxed();
+            while let Some(e) = events.next().await {
+                let Ok(e) = e else { continue };
+                if let Some(s) = e.status {
+                    let c = s.trials;
+                    finished
+                        .lock()
+                        .unwrap()
+                        .push(c.succeeded + c.failed + c.stopped);
+                }
+            }
+        });
+    }
+    env.apply(&manifest(
+        "chaos",
+        "{algorithm: evolution, seed: 13, settings: {population: 8, sampleSize: 3}}",
+        "{maxTrials: 60, parallelism: 8, trialEpochs: 12, maxFailedTrials: 0}",
+        "",
+    ))
+    .await
+    .unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(400);
+    let fail = |why: String| -> ! { panic!("chaos seed {seed}: {why}") };
+    for (at, fault) in &plan {
+        loop {
+            if current(&env)
+                .await
+                .and_then(|e| e.status)
+                .is_some_and(|s| s.trials.created >= *at)
+            {
+                break;
+            }
+            if Instant::now() > deadline {
+                fail(format!("waiting to inject {fault:?} at {at} trials"));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        eprintln!("chaos: {fault:?} at {at} trials created");
+        match fault {
+            Fault::KillOperator => {
+                env.kill_operator(op);
+                op = env.start_operator(&[]);
+            }
+            Fault::RestartApiServer => {
+                let out = Command::new(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/tools/testenv/restart.sh"
+                ))
+                .arg("kube-apiserver")
+                .output()
+                .unwrap();
+                if !out.status.success() {
+                    fail(format!(
+                        "restarting the API server: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    ));
+                }
+            }
+            Fault::PauseEtcd => {
+                signal("etcd", "-STOP");
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                signal("etcd", "-CONT");
+            }
+            Fault::DeleteRunningPod => {
+                let pods: Api<Pod> = env.pods();
+                let running = pods
+                    .list(&Default::default())
+                    .await
+                    .map(|l| l.items)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .find(|p| {
+                        p.metadata.deletion_timestamp.is_none()
+                            && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+                    });
+                if let Some(p) = running {
+                    let _ = pods.delete(&p.name_any(), &DeleteParams::default()).await;
+                }
+            }
+            Fault::Unschedulable => {
+                set_taint(&env.client, true).await;
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                set_taint(&env.client, false).await;
+            }
+        }
+    }
+    let exp = loop {
+        if let Some(e) = current(&env).await
+            && e.status.as_ref().and_then(|s| s.phase) == Some(ExperimentPhase::Succeeded)
+        {
+            break e;
+        }
+        if Instant::now() > deadline {
+            fail(format!(
+                "the experiment did not succeed; status {:?}\noperator log:\n{}",
+                current(&env).await.and_then(|e| e.status),
+                harness::tail(&env.operator_log(op), 40)
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let status = exp.status.unwrap();
+    let trials = env.all_trials("chaos").await;
+    let indices: BTreeSet<u32> = trials.iter().map(|t| t.spec.index).collect();
+    if indices != (0..60).collect() || status.trials.succeeded != 60 {
+        fail(format!(
+            "{} trials {indices:?}, counts {:?}",
+            trials.len(),
+            status.trials
+        ));
+    }
+    let candidates: BTreeSet<&str> = trials.iter().map(|t| t.spec.candidate.as_str()).collect();
+    if candidates.len() != 60 {
+        fail(format!("{} distinct candidates", candidates.len()));
+    }
+    for t in &trials {
+        let value = t.status.as_ref().and_then(|s| s.value);
+        if value != Some(value_of(&t.spec.candidate)) {
+            fail(format!(
+                "{} recorded {value:?}, the trainer reported {}",
+                t.name_any(),
+                value_of(&t.spec.candidate)
+            ));
+        }
+    }
+    let max_active = seen.lock().unwrap().0;
+    if max_active > 8 {
+        fail(format!("{max_active} trials active at once"));
+    }
+    let counts = finished.lock().unwrap().clone();
+    if let Some(w) = counts.windows(2).find(|w| w[1] < w[0]) {
+        fail(format!("the finished count went from {} to {}", w[0], w[1]));
+    }
+    eprintln!(
+        "chaos seed {seed}: 60 trials, at most {max_active} active, {} status versions watched",
+        counts.len()
+    );
+}

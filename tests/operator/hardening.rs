@@ -1,0 +1,654 @@
+//! The operator's edges as a cluster meets them: a manifest nasop cannot read, restarts,
+//! a name taken by another object's trial, pods that never start, a full quota, a node that
+//! stops answering, hostile reports, and a trainer that reports as much as it may.
+
+use crate::harness::{Env, Plan, manifest, post_report, report_json, value_of};
+use crate::{LONG, completes, phase_is};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, ResourceQuota};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, ResourceExt};
+use nasop::api::{ExperimentPhase, NasExperiment, NasTrial, NasTrialSpec, TrialPhaseName};
+use nasop_core::contract::{self, ReportAction};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn condition<'a>(
+    exp: &'a NasExperiment,
+    type_: &str,
+) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    exp.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == "True")
+}
+
+async fn event_reasons(env: &Env) -> Vec<String> {
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(env.client.clone(), &env.ns);
+    events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|e| e.reason)
+        .collect()
+}
+
+/// Every status of `name` a watch sees, in order.
+fn watch_statuses(env: &Env, name: &str) -> Arc<Mutex<Vec<NasExperiment>>> {
+    let seen: Arc<Mutex<Vec<NasExperiment>>> = Arc::default();
+    let out = seen.clone();
+    let api = env.experiments();
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    tokio::spawn(async move {
+        let mut events = watcher(api, config)
+            .default_backoff()
+            .applied_objects()
+            .boxed();
+        while let Some(Ok(e)) = events.next().await {
+            seen.lock().unwrap().push(e);
+        }
+    });
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_template_nasop_cannot_read_fails_only_its_experiment_across_restarts() {
+    let mut env = Env::new("op-bad").await;
+    // Accepted by the API server (the template is opaque to it), unreadable as a pod:
+    // an env value must be a string.
+    let bad = manifest(
+        "bad",
+        "{algorithm: random, seed: 1}",
+        "{maxTrials: 3, parallelism: 1, trialEpochs: 12}",
+        "",
+    )
+    .replace(
+        "          image: ghcr.io/nasop/nasop-trainer:dev",
+        "          image: ghcr.io/nasop/nasop-trainer:dev\n          env: [{name: X, value: 5}]",
+    );
+    env.create_raw(&bad).await.unwrap();
+    let op = env.start_operator(&[]);
+    env.start_trainer(Arc::new(|input, _| completes(value_of(&input.candidate))));
+    env.apply(&manifest(
+        "good",
+        "{algorithm: random, seed: 2}",
+        "{maxTrials: 24, parallelism: 3, trialEpochs: 12}",
+        "",
+    ))
+    .await
+    .unwrap();
+    // nasop's own types cannot read it either: look at it untyped, as kubectl does.
+    let status = env
+        .raw_status("bad", LONG, |s| s["phase"] == "Failed")
+        .await;
+    let c = &status["conditions"][0];
+    assert_eq!(c["reason"], "InvalidSpec");
+    let message = c["message"].as_str().unwrap();
+    assert!(
+        message.contains("spec.trialTemplate.spec.containers[0].env[0].value"),
+        "{message}"
+    );
+    // A restart lists every experiment again: the bad one must not stop the good one.
+    env.wait_for("good", LONG, |e| {
+        e.status.as_ref().is_some_and(|s| s.trials.created >= 8)
+    })
+    .await;
+    env.kill_operator(op);
+    env.start_operator(&[]);
+    let good = env
+        .wait_for("good", LONG, phase_is(ExperimentPhase::Succeeded))
+        .await;
+    assert_eq!(good.status.unwrap().trials.succeeded, 24);
+    assert!(env.all_trials("bad").await.is_empty());
+    assert!(event_reasons(&env).await.contains(&"InvalidSpec".into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_experiment_keeps_its_status_and_completion_time_across_restarts() {
+    let mut env = Env::new("op-done").await;
+    let mut op = env.start_operator(&[]);
+    env.start_trainer(Arc::new(|input, _| completes(value_of(&input.candidate))));
+    env.apply(&manifest(
+        "done",
+        "{algorithm: random, seed: 5}",
+        "{maxTrials: 60, parallelism: 20, trialEpochs: 12}",
+        "",
+    ))
+    .await
+    .unwrap();
+    let finished = env
+        .wait_for("done", LONG, phase_is(ExperimentPhase::Succeeded))
+        .await;
+    let first = finished.status.clone().unwrap();
+    let seen = watch_statuses(&env, "done");
+    for _ in 0..3 {
+        env.kill_operator(op);
+        op = env.start_operator(&[]);
+        // Long enough for the new operator to list and reconcile everything.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+    }
+    let seen = seen.lock().unwrap().clone();
+    assert!(!seen.is_empty());
+    for e in &seen {
+        let s = e.status.as_ref().unwrap();
+        assert_eq!(s.phase, Some(ExperimentPhase::Succeeded));
+        assert_eq!(s.completion_time, first.completion_time, "re-stamped");
+        assert_eq!(s.trials.succeeded, 60, "counts went back: {:?}", s.trials);
+    }
+    let succeeded = event_reasons(&env)
+        .await
+        .iter()
+        .filter(|r| *r == "ExperimentSucceeded")
+        .count();
+    assert_eq!(succeeded, 1, "the experiment's end was announced again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_experiment_adopts_no_trial_another_object_owns() {
+    let mut env = Env::new("op-owner").await;
+    // A trial named like the experiment's first, owned by something else: what an
+    // experiment deleted and applied again finds before garbage collection has run.
+    let mut other = ConfigMap::default();
+    other.metadata.name = Some("other-owner".into());
+    let other = Api::<ConfigMap>::namespaced(env.client.clone(), &env.ns)
+        .create(&PostParams::default(), &other)
+        .await
+        .unwrap();
+    let mut stale = NasTrial::new(
+        "again-0",
+        NasTrialSpec {
+            experiment: "again".into(),
+            index: 0,
+            candidate: "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|nor_conv_3x3~0|nor_conv_3x3~1|nor_conv_3x3~2|".into(),
+            epochs: 12,
+            seed: 1,
+            resume_from: None,
+            stop: None,
+        },
+    );
+    stale.metadata.owner_references = Some(vec![
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+            api_version: "v1".into(),
+            kind: "ConfigMap".into(),
+            name: "other-owner".into(),
+            uid: other.uid().unwrap(),
+            controller: Some(true),
+            block_owner_deletion: None,
+        },
+    ]);
+    let stale = env
+        .trials()
+        .create(&PostParams::default(), &stale)
+        .await
+        .unwrap();
+    let done = serde_json::json!({"status": {"phase": "Succeeded", "value": 99.0,
+        "metrics": {"val_accuracy": 99.0}, "completionTime": "2026-01-01T00:00:00.000000Z"}});
+    env.trials()
+        .patch_status("again-0", &PatchParams::default(), &Patch::Merge(&done))
+        .await
+        .unwrap();
+    env.start_operator(&[]);
+    env.start_trainer(Arc::new(|input, _| completes(value_of(&input.candidate))));
+    env.apply(&manifest(
+        "again",
+        "{algorithm: random, seed: 6}",
+        "{maxTrials: 3, parallelism: 3, trialEpochs: 12}",
+        "",
+    ))
+    .await
+    .unwrap();
+    // The experiment runs its budget with trials of its own, and never writes to the
+    // trial it does not own.
+    let exp = env
+        .wait_for("again", LONG, phase_is(ExperimentPhase::Succeeded))
+        .await;
+    let status = exp.status.unwrap();
+    assert_eq!(status.trials.succeeded, 3);
+    assert_ne!(status.best_value, Some(99.0));
+    let owned: Vec<NasTrial> = env
+        .all_trials("again")
+        .await
+        .into_iter()
+        .filter(|t| {
+            t.owner_references()
+                .iter()
+                .any(|o| Some(&o.uid) == exp.metadata.uid.as_ref())
+        })
+        .collect();
+    assert_eq!(owned.len(), 3);
+    let untouched = env.trials().get("again-0").await.unwrap();
+    assert_eq!(untouched.uid(), stale.uid());
+    assert_eq!(untouched.status.unwrap().value, Some(99.0));
+    // The user is told, on the experiment, which object holds the name.
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(env.client.clone(), &env.ns);
+    let note = events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .find(|e| e.reason.as_deref() == Some("TrialNameConflict"))
+        .and_then(|e| e.note)
+        .expect("a TrialNameConflict event");
+    assert!(
+        note.contains("again-0") && note.contains("ConfigMap other-owner"),
+        "{note}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_that_cannot_start_says_why_and_fails_its_trial_after_the_pending_timeout() {
+    let mut env = Env::new("op-pending").await;
+    env.start_operator(&[]);
+    // Sixteen GPUs: no node has them.
+    let exp = manifest(
+        "stuck",
+        "{algorithm: random, seed: 7}",
+        "{maxTrials: 2, parallelism: 1, trialEpochs: 12, maxFailedTrials: 0, pendingTimeoutSeconds: 6}",
+        "",
+    )
+    .replace("nvidia.com/gpu: \"1\"", "nvidia.com/gpu: \"16\"");
+    env.apply(&exp).await.unwrap();
+    let waiting = env
+        .wait_for("stuck", LONG, |e| condition(e, "TrialsPending").is_some())
+        .await;
+    let c = condition(&waiting, "TrialsPending").unwrap();
+    assert_eq!(c.reason, "Unschedulable");
+    assert!(c.message.contains("stuck-0"), "{}", c.message);
+    let trial = env.trials().get("stuck-0").await.unwrap();
+    let s = trial.status.unwrap();
+    assert_eq!(s.phase, Some(TrialPhaseName::Pending));
+    assert_eq!(s.reason.as_deref(), Some("Unschedulable"));
+    assert!(
+        s.message.unwrap_or_default().contains("nvidia.com/gpu"),
+        "the scheduler's words"
+    );
+    let exp = env
+        .wait_for("stuck", LONG, phase_is(ExperimentPhase::Failed))
+        .await;
+    let trial = env.trials().get("stuck-0").await.unwrap();
+    let s = trial.status.unwrap();
+    assert_eq!(s.phase, Some(TrialPhaseName::Failed));
+    assert_eq!(s.reason.as_deref(), Some("PendingTimeout"));
+    assert!(s.message.unwrap().contains("Unschedulable"));
+    assert_eq!(exp.status.unwrap().trials.failed, 1);
+    assert!(event_reasons(&env).await.contains(&"TrialsPending".into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_quota_makes_trials_wait_not_fail() {
+    let mut env = Env::new("op-quota").await;
+    let quota: ResourceQuota = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "one-pod"},
+        "spec": {"hard": {"pods": "1"}}
+    }))
+    .unwrap();
+    let quotas: Api<ResourceQuota> = Api::namespaced(env.client.clone(), &env.ns);
+    quotas.create(&PostParams::default(), &quota).await.unwrap();
+    // The quota controller must have counted the namespace before it admits anything.
+    let started = Instant::now();
+    while quotas
+        .get("one-pod")
+        .await
+        .unwrap()
+        .status
+        .and_then(|s| s.hard)
+        .is_none()
+    {
+        assert!(started.elapsed() < LONG, "the quota was never counted");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    env.start_operator(&[]);
+    // Each trial runs a little while, so that the others meet the full quota.
+    env.start_trainer(Arc::new(|input, _| {
+        Plan::Report(vec![60.0, 61.0, value_of(&input.candidate)])
+    }));
+    env.apply(&manifest(
+        "quota",
+        "{algorithm: random, seed: 8}",
+        "{maxTrials: 4, parallelism: 3, trialEpochs: 12}",
+        "",
+    ))
+    .await
+    .unwrap();
+    let waiting = env
+        .wait_for("quota", LONG, |e| {
+            condition(e, "TrialsPending").is_some_and(|c| c.reason == "QuotaExceeded")
+        })
+        .await;
+    assert!(
+        condition(&waiting, "TrialsPending")
+            .unwrap()
+            .message
+            .contains("exceeded quota")
+    );
+    let exp = env
+        .wait_for("quota", LONG, phase_is(ExperimentPhase::Succeeded))
+        .await;
+    let status = exp.status.unwrap();
+    assert_eq!((status.trials.succeeded, status.trials.failed), (4, 0));
+    for t in env.all_trials("quota").await {
+        assert_eq!(
+            t.status.unwrap().phase,
+            Some(TrialPhaseName::Succeeded),
+            "{}",
+            t.metadata.name.unwrap()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_left_terminating_by_a_lost_node_is_replaced() {
+    let mut env = Env::new("op-lost").await;
+    env.start_operator(&[]);
+    env.start_trainer(Arc::new(|input, attempt| {
+        if attempt == 1 {
+            Plan::Hang
+        } else {
+            completes(value_of(&input.candidate))
+        }
+    }));
+    env.apply(&manifest(
+        "lost",
+        "{algorithm: random, seed: 9}",
+        "{maxTrials: 1, parallelism: 1, trialEpochs: 12}",
+        "",
+    ))
+    .await
+    .unwrap();
+    let pods = env.pods();
+    let started = Instant::now();
+    loop {
+        let running = pods
+            .get_opt("lost-0-1")
+            .await
+            .unwrap()
+            .and_then(|p| p.status)
+            .and_then(|s| s.phase)
+            .is_some_and(|p| p == "Running");
+        if running {
+            break;
+        }
+        assert!(started.elapsed() < LONG, "the first pod never ran");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A node that stops answering never confirms the deletion (KWOK leaves such pods).
+    let lost =
+        serde_json::json!({"metadata": {"annotations": {"testenv.nasop.dev/node-lost": "true"}}});
+    pods.patch("lost-0-1", &PatchParams::default(), &Patch::Merge(&lost))
+        .await
+        .unwrap();
+    pods.delete("lost-0-1", &DeleteParams::default().grace_period(1))
+        .await
+        .unwrap();
+    let exp = env
+        .wait_for("lost", LONG, phase_is(ExperimentPhase::Succeeded))
+        .await;
+    let trial = env.trials().get("lost-0").await.unwrap();
+    let s = trial.status.unwrap();
+    assert_eq!(s.attempts, 2);
+    assert_eq!(s.phase, Some(TrialPhaseName::Succeeded));
+    assert_eq!(exp.status.unwrap().trials.failed, 0);
+    let first = pods.get("lost-0-1").await.unwrap();
+    assert!(
+        first.metadata.deletion_timestamp.is_some(),
+        "the lost pod is still there, terminating"
+    );
+    pods.delete("lost-0-1", &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+}
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_hostile_reports_change_nothing() {
+    let mut env = Env::new("op-hostile").await;
+    let op = env.start_operator(&[]);
+    // A finished experiment whose trials the requests aim at...
+    env.start_trainer(Arc::new(|input, _| {
+        if input.experiment == "target" {
+            Plan::Hang
+        } else {
+            Plan::Report(vec![55.0, 60.0, value_of(&input.candidate)])
+        }
+    }));
+    env.apply(&manifest(
+        "target",
+        "{algorithm: random, seed: 10}",
+        "{maxTrials: 2, parallelism: 2, trialEpochs: 12}",
+        "",
+    ))
+    .await
+    .unwrap();
+    env.wait_for("target", LONG, |e| {
+        e.status.as_ref().is_some_and(|s| s.trials.running == 2)
+    })
+    .await;
+    let pod = env.pods().get("target-0-1").await.unwrap();
+    let real_env = crate::harness::pod_env(&pod);
+    let token = real_env[contract::ENV_REPORT_TOKEN].clone();
+    let url = real_env[contract::ENV_REPORT_URL].clone();
+    let before: BTreeMap<String, String> = env
+        .all_trials("target")
+        .await
+        .into_iter()
+        .map(|t| (t.name_any(), t.resource_version().unwrap()))
+        .collect();
+    // ...while another experiment runs beside them.
+    env.apply(&manifest(
+        "bystander",
+        "{algorithm: random, seed: 11}",
+        "{maxTrials: 12, parallelism: 3, trialEpochs: 12}",
+        "",
+    ))
+    .await
+    .unwrap();
+    let rss_before = rss_kib(env.operator_pid(op));
+
+    let mac = token.rsplit(':').next().unwrap().to_string();
+    let uid = token.split(':').nth(2).unwrap().to_string();
+    let ns = env.ns.clone();
+    let big = format!(
+        "{{\"step\": 1, \"metrics\": {{\"a\": 1.0}}, \"pad\": \"{}\"}}",
+        "x".repeat(2 << 20)
+    );
+    let many: BTreeMap<String, f64> = (0..65).map(|i| (format!("m{i}"), 1.0)).collect();
+    let many = serde_json::json!({"step": 1, "metrics": many}).to_string();
+    let long_name = format!(
+        "{{\"step\": 1, \"metrics\": {{\"{}\": 1.0}}}}",
+        "n".repeat(64)
+    );
+    let bad_name = "{\"step\": 1, \"metrics\": {\"a b\": 1.0}}".to_string();
+    let huge_number = "{\"step\": 1, \"metrics\": {\"a\": 1e999}}".to_string();
+    let counts: Arc<Mutex<BTreeMap<String, usize>>> = Arc::default();
+    let threads: Vec<_> = (0..4)
+        .map(|k| {
+            let (url, token, mac, uid, ns, counts) = (
+                url.clone(),
+                token.clone(),
+                mac.clone(),
+                uid.clone(),
+                ns.clone(),
+                counts.clone(),
+            );
+            let bodies = [
+                big.clone(),
+                many.clone(),
+                long_name.clone(),
+                bad_name.clone(),
+                huge_number.clone(),
+            ];
+            std::thread::spawn(move || {
+                let agent: ureq::Agent = ureq::Agent::config_builder()
+                    .http_status_as_error(false)
+                    .build()
+                    .into();
+                for i in 0..2500 {
+                    let n = k * 2500 + i;
+                    let (auth, body): (Option<String>, String) = match n % 8 {
+                        0 => (None, report_json(1, "val_accuracy", 99.0)),
+                        // A MAC for another trial's name, another UID, another key.
+                        1 => (
+                            Some(format!("{ns}:target-1:{uid}:{mac}")),
+                            report_json(1, "val_accuracy", 99.0),
+                        ),
+                        2 => (
+                            Some(format!("{ns}:target-{n}:{uid}:{mac}")),
+                            report_json(1, "val_accuracy", 99.0),
+                        ),
+                        3 => (
+                            Some(format!("{ns}:target-0:{n}:{mac}")),
+                            report_json(1, "val_accuracy", 99.0),
+                        ),
+                        4 => (
+                            Some(format!("{ns}:target-0:{uid}:{}", "0".repeat(64))),
+                            report_json(1, "val_accuracy", 99.0),
+                        ),
+                        5 => (Some("garbage".into()), "{".into()),
+                        // The real token with bodies it must refuse.
+                        _ => (Some(token.clone()), bodies[n % bodies.len()].clone()),
+                    };
+                    let mut req = agent.post(&url);
+                    if let Some(a) = auth {
+                        req = req.header("Authorization", format!("Bearer {a}"));
+                    }
+                    let code = match req.header("Content-Type", "application/json").send(body) {
+                        Ok(r) => r.status().as_u16().to_string(),
+                        Err(e) => format!("error: {e}"),
+                    };
+                    *counts.lock().unwrap().entry(code).or_default() += 1;
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let counts = counts.lock().unwrap().clone();
+    eprintln!("answers to 10,000 hostile requests: {counts:?}");
+    assert!(!counts.contains_key("200"), "{counts:?}");
+    assert_eq!(counts.get("401").copied().unwrap_or(0), 7500, "{counts:?}");
+    assert_eq!(counts.values().sum::<usize>(), 10_000);
+    let after: BTreeMap<String, String> = env
+        .all_trials("target")
+        .await
+        .into_iter()
+        .map(|t| (t.name_any(), t.resource_version().unwrap()))
+        .collect();
+    assert_eq!(before, after, "a refused report changed a trial");
+    let rss_after = rss_kib(env.operator_pid(op));
+    eprintln!("operator RSS {rss_before} KiB before, {rss_after} KiB after");
+    assert!(
+        rss_after < rss_before + 64 * 1024,
+        "the operator grew from {rss_before} to {rss_after} KiB"
+    );
+    let bystander = env
+        .wait_for("bystander", LONG, phase_is(ExperimentPhase::Succeeded))
+        .await;
+    let s = bystander.status.unwrap();
+    assert_eq!(s.trials.succeeded, 12);
+    for t in env.all_trials("bystander").await {
+        let st = t.status.unwrap();
+        assert_eq!(st.value, Some(value_of(&t.spec.candidate)));
+        assert_eq!(st.history.len(), 3, "{}", t.metadata.name.unwrap());
+    }
+    // The real token still works after all that.
+    assert_eq!(
+        post_report(&url, Some(&token), report_json(1, "val_accuracy", 50.0)).await,
+        Ok(ReportAction::Continue)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_most_metrics_every_step_for_ten_thousand_steps_keeps_statuses_bounded() {
+    let mut env = Env::new("op-size").await;
+    env.start_operator(&[]);
+    env.start_trainer(Arc::new(|_, _| Plan::Hang));
+    env.apply(&manifest(
+        "size",
+        "{algorithm: random, seed: 12}",
+        "{maxTrials: 1, parallelism: 1, trialEpochs: 12}",
+        "",
+    ))
+    .await
+    .unwrap();
+    let pods: Api<Pod> = env.pods();
+    let started = Instant::now();
+    let pod = loop {
+        if let Some(p) = pods.get_opt("size-0-1").await.unwrap()
+            && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+        {
+            break p;
+        }
+        assert!(started.elapsed() < LONG, "the pod never ran");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let penv = crate::harness::pod_env(&pod);
+    let (url, token) = (
+        penv[contract::ENV_REPORT_URL].clone(),
+        penv[contract::ENV_REPORT_TOKEN].clone(),
+    );
+    let codes = tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut codes: BTreeMap<u16, usize> = BTreeMap::new();
+        for step in 1..=10_000u32 {
+            // 64 metrics of 63-character names: the most a report may carry.
+            let metrics: BTreeMap<String, f64> = (0..contract::MAX_METRICS)
+                .map(|i| (format!("{i:02}{}", "m".repeat(61)), step as f64 + i as f64))
+                .collect();
+            let body = serde_json::json!({"step": step, "metrics": metrics}).to_string();
+            let code = agent
+                .post(&url)
+                .header("Authorization", format!("Bearer {token}"))
+                .header("Content-Type", "application/json")
+                .send(body)
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0);
+            *codes.entry(code).or_default() += 1;
+        }
+        codes
+    })
+    .await
+    .unwrap();
+    eprintln!("answers to 10,000 steps of 64 metrics: {codes:?}");
+    assert!(codes.get(&200).copied().unwrap_or(0) >= 20, "{codes:?}");
+    assert_eq!(codes.get(&0), None, "{codes:?}");
+    let trial = env.trials().get("size-0").await.unwrap();
+    let size = serde_json::to_vec(&trial).unwrap().len();
+    eprintln!("the trial's object: {size} bytes");
+    assert!(size < 128 * 1024, "{size} bytes");
+    crate::harness::end_pod(
+        &pods,
+        "size-0-1",
+        0,
+        &report_json(10_000, "val_accuracy", 70.0),
+    )
+    .await;
+    let exp = env
+        .wait_for("size", LONG, phase_is(ExperimentPhase::Succeeded))
+        .await;
+    assert_eq!(exp.status.as_ref().unwrap().best_value, Some(70.0));
+    let size = serde_json::to_vec(&exp).unwrap().len();
+    assert!(size < 512 * 1024, "the experiment is {size} bytes");
+    let trial = env.trials().get("size-0").await.unwrap();
+    assert!(trial.status.unwrap().history.len() <= nasop::operator::status::HISTORY_LIMIT);
+}
