@@ -283,7 +283,7 @@ pub async fn reconcile(object: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Acti
     stop_trials(&ctx, &world, &plan.decision.stop).await?;
     let blocked = create_trials(&ctx, &world, &plan).await?;
     set_conditions(&ctx, &world, &mut plan.status, &blocked);
-    clean_up_pods(&ctx, &world.key.0, &world.trials);
+    clean_up_pods(&ctx, &world.key, &world.trials);
     let flush = write(&ctx, &world, &plan.status).await?;
     Ok(next_action(&ctx, &world, &plan, flush, !blocked.is_empty()))
 }
@@ -295,7 +295,20 @@ async fn read_world(
     object: Arc<DynamicObject>,
 ) -> Result<Option<(World, crate::engine::Experiment)>, Error> {
     let key: ExpKey = (object.namespace().unwrap_or_default(), object.name_any());
-    let previous = stored_status(&object);
+    // The status as stored, or the one we wrote last if the store has not caught up with
+    // it yet (else a second reconcile would end the experiment, and announce it, again).
+    let previous = {
+        let state = ctx.state_of(&key);
+        let written = lock(&state).written.clone();
+        match written {
+            Some((based_on, status))
+                if object.resource_version().as_deref() == Some(based_on.as_str()) =>
+            {
+                status
+            }
+            _ => stored_status(&object),
+        }
+    };
     let generation = object.metadata.generation;
     let now = now();
     let (exp, experiment) = match read(ctx, &object) {
@@ -347,8 +360,8 @@ fn decide(ctx: &Ctx, world: &World, experiment: crate::engine::Experiment) -> Re
         started_at,
         now: world.now,
     };
-    let mut states = lock(&ctx.state);
-    let state = states.entry(world.key.clone()).or_default();
+    let state = ctx.state_of(&world.key);
+    let mut state = lock(&state);
     if !state
         .engine
         .as_ref()
@@ -573,9 +586,10 @@ async fn write(
         || previous.best_trial != status.best_trial
         || previous.pareto_front != status.pareto_front
         || previous.observed_generation != status.observed_generation;
-    let since = lock(&ctx.state)
-        .get(&world.key)
-        .and_then(|s| s.engine.as_ref())
+    let state = ctx.state_of(&world.key);
+    let since = lock(&state)
+        .engine
+        .as_ref()
         .and_then(|c| c.last_status_write)
         .map(|t| t.elapsed());
     if let Some(since) = since
@@ -586,11 +600,13 @@ async fn write(
     }
     let changed = previous != status;
     write_status(ctx, &world.object, previous, status.clone()).await?;
-    if changed
-        && let Some(c) = lock(&ctx.state)
-            .get_mut(&world.key)
-            .and_then(|s| s.engine.as_mut())
-    {
+    if changed {
+        lock(&state).written = Some((
+            world.object.resource_version().unwrap_or_default(),
+            status.clone(),
+        ));
+    }
+    if changed && let Some(c) = lock(&state).engine.as_mut() {
         c.last_status_write = Some(Instant::now());
     }
     Ok(None)
@@ -631,13 +647,16 @@ fn next_action(
 
 /// Deletes the pods of finished trials beyond the newest `--keep-finished-pods`: their
 /// results are in the trials' status, and thousands of finished pods cost the API server
-/// and every watch of pods. A few per pass, in the background.
-fn clean_up_pods(ctx: &Arc<Ctx>, ns: &str, trials: &[Arc<NasTrial>]) {
-    let mut finished: Vec<(f64, &NasTrial)> = trials
+/// and every watch of pods. Each trial is looked at once when it ends (a restarted operator
+/// looks at each once more); the deletes run in the background.
+fn clean_up_pods(ctx: &Arc<Ctx>, key: &ExpKey, trials: &[Arc<NasTrial>]) {
+    let state = ctx.state_of(key);
+    let mut state = lock(&state);
+    let mut ended: Vec<(f64, String, u32)> = trials
         .iter()
         .filter_map(|t| {
             let s = t.status.as_ref()?;
-            let ended = matches!(
+            let done = matches!(
                 s.phase,
                 Some(
                     api::TrialPhaseName::Succeeded
@@ -645,31 +664,39 @@ fn clean_up_pods(ctx: &Arc<Ctx>, ns: &str, trials: &[Arc<NasTrial>]) {
                         | api::TrialPhaseName::Stopped
                 )
             );
+            let name = t.metadata.name.as_deref()?;
+            if !done || state.seen_finished.contains(name) {
+                return None;
+            }
             let at = s.completion_time.as_ref().map(|c| status::seconds(&c.0))?;
-            ended.then_some((at, t.as_ref()))
+            Some((at, name.to_string(), s.attempts.max(1)))
         })
         .collect();
-    if finished.len() <= ctx.keep_finished_pods {
+    if ended.is_empty() {
         return;
     }
-    finished.sort_by(|a, b| b.0.total_cmp(&a.0));
-    let doomed: Vec<String> = finished[ctx.keep_finished_pods..]
-        .iter()
-        .flat_map(|(_, t)| {
-            let attempts = t.status.as_ref().map_or(0, |s| s.attempts);
-            (1..=attempts).map(|a| pod::pod_name(&t.name_any(), a))
-        })
-        .filter(|p| {
-            ctx.pods
-                .get(&ObjectRef::new(p).within(ns))
-                .is_some_and(|p| p.metadata.deletion_timestamp.is_none())
-        })
-        .take(32)
-        .collect();
+    ended.sort_by(|a, b| a.0.total_cmp(&b.0));
+    for (at, name, attempts) in ended {
+        state.seen_finished.insert(name.clone());
+        state.finished.push_back((at, name, attempts));
+    }
+    let mut doomed = Vec::new();
+    while state.finished.len() > ctx.keep_finished_pods {
+        let (_, name, attempts) = state
+            .finished
+            .pop_front()
+            .expect("longer than the keep count");
+        doomed.extend(
+            (1..=attempts)
+                .map(|a| pod::pod_name(&name, a))
+                .filter(|p| ctx.pods.get(&ObjectRef::new(p).within(&key.0)).is_some()),
+        );
+    }
+    drop(state);
     if doomed.is_empty() {
         return;
     }
-    let api: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let api: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(ctx.client.clone(), &key.0);
     tokio::spawn(async move {
         for name in doomed {
             if let Err(e) = api.delete(&name, &Default::default()).await {
@@ -709,20 +736,23 @@ fn update_metrics(ctx: &Ctx, key: &ExpKey, status: &api::NasExperimentStatus) {
     let phase = status
         .phase
         .map_or("Pending".to_string(), |p| format!("{p:?}"));
-    let mut states = lock(&ctx.state);
-    let state = states.entry(key.clone()).or_default();
-    if state.phase.is_none() {
+    let first = lock(&ctx.state_of(key)).phase.replace(phase).is_none();
+    if first {
         m.experiment_seen(ns, name);
     }
-    state.phase = Some(phase);
-    recount_experiments(ctx, &states);
+    recount_experiments(ctx);
 }
 
-fn recount_experiments(ctx: &Ctx, states: &HashMap<ExpKey, super::ExperimentState>) {
+/// The experiments-by-phase gauges, counted over every experiment's state.
+fn recount_experiments(ctx: &Ctx) {
+    let phases: Vec<Option<String>> = lock(&ctx.state)
+        .values()
+        .map(|s| lock(s).phase.clone())
+        .collect();
     for phase in ["Pending", "Running", "Succeeded", "Failed"] {
-        let n = states
-            .values()
-            .filter(|s| s.phase.as_deref() == Some(phase))
+        let n = phases
+            .iter()
+            .filter(|p| p.as_deref() == Some(phase))
             .count();
         ctx.metrics
             .experiments
@@ -736,10 +766,10 @@ fn recount_experiments(ctx: &Ctx, states: &HashMap<ExpKey, super::ExperimentStat
 /// Forgets a deleted experiment's caches and metric series.
 pub fn forget(ctx: &Ctx, key: &ExpKey) {
     lock(&ctx.reporting).remove(key);
-    let mut states = lock(&ctx.state);
-    if let Some(uid) = states.remove(key).and_then(|s| s.engine).map(|c| c.uid) {
+    let removed = lock(&ctx.state).remove(key);
+    if let Some(uid) = removed.and_then(|s| lock(&s).engine.as_ref().map(|c| c.uid.clone())) {
         ctx.index.forget(&uid);
     }
-    recount_experiments(ctx, &states);
+    recount_experiments(ctx);
     ctx.metrics.forget(&key.0, &key.1);
 }

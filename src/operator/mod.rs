@@ -20,6 +20,7 @@ pub mod pod;
 pub mod status;
 pub mod token;
 mod trial;
+mod watch;
 
 use crate::api::{NasExperiment, NasTrial};
 use anyhow::{Context, Result};
@@ -27,8 +28,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ApiResource, DynamicObject};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
 use metrics::Metrics;
 use std::collections::{HashMap, VecDeque};
@@ -108,6 +108,14 @@ pub struct ExperimentState {
     free_slots: VecDeque<Instant>,
     /// The phase last counted in the experiments-by-phase metric.
     pub phase: Option<String>,
+    /// The last status written, with the resourceVersion it was computed from: while the
+    /// store still holds that version, this is the experiment's status.
+    pub written: Option<(String, crate::api::NasExperimentStatus)>,
+    /// Finished trials in the order they ended, whose pods are kept for now; the oldest
+    /// beyond `--keep-finished-pods` have their pods deleted.
+    pub finished: VecDeque<(f64, String, u32)>,
+    /// Every finished trial already placed in `finished` (or cleaned up).
+    pub seen_finished: std::collections::HashSet<String>,
 }
 
 /// What the controllers and the report endpoint share.
@@ -128,7 +136,9 @@ pub struct Ctx {
     pub stop_grace: Duration,
     pub max_attempts: u32,
     pub keep_finished_pods: usize,
-    pub state: Mutex<HashMap<ExpKey, ExperimentState>>,
+    /// Per-experiment state, each behind its own lock: one experiment's decision never
+    /// waits for another's. The map's lock is only held to find an entry.
+    pub state: Mutex<HashMap<ExpKey, Arc<Mutex<ExperimentState>>>>,
     /// Experiments whose decisions read progress reports (early stopping): a report wakes
     /// their reconcile.
     pub reporting: Arc<Mutex<std::collections::HashSet<ExpKey>>>,
@@ -143,19 +153,21 @@ pub struct Ctx {
 }
 
 impl Ctx {
+    /// The state of one experiment (created empty on first use).
+    pub fn state_of(&self, key: &ExpKey) -> Arc<Mutex<ExperimentState>> {
+        lock(&self.state).entry(key.clone()).or_default().clone()
+    }
+
     pub fn slot_freed(&self, key: &ExpKey) {
-        lock(&self.state)
-            .entry(key.clone())
-            .or_default()
+        lock(&self.state_of(key))
             .free_slots
             .push_back(Instant::now());
     }
 
     pub fn slot_taken(&self, key: &ExpKey) {
-        if let Some(at) = lock(&self.state)
-            .get_mut(key)
-            .and_then(|s| s.free_slots.pop_front())
-        {
+        let state = self.state_of(key);
+        let at = lock(&state).free_slots.pop_front();
+        if let Some(at) = at {
             self.metrics
                 .queue_latency
                 .observe(at.elapsed().as_secs_f64());
@@ -179,14 +191,18 @@ impl Ctx {
     pub fn parse(&self, object: &DynamicObject) -> Result<Arc<NasExperiment>, String> {
         let key = (object.namespace().unwrap_or_default(), object.name_any());
         let version = object.resource_version().unwrap_or_default();
-        if let Some((v, parsed)) = lock(&self.state).get(&key).and_then(|s| s.parsed.as_ref())
-            && *v == version
-        {
-            return Ok(parsed.clone());
+        let state = self.state_of(&key);
+        let cached = lock(&state)
+            .parsed
+            .as_ref()
+            .filter(|(v, _)| *v == version)
+            .map(|(_, p)| p.clone());
+        if let Some(parsed) = cached {
+            return Ok(parsed);
         }
         let value = serde_json::to_value(object).map_err(|e| e.to_string())?;
         let parsed = Arc::new(crate::api::parse_experiment(value)?);
-        lock(&self.state).entry(key).or_default().parsed = Some((version, parsed.clone()));
+        lock(&state).parsed = Some((version, parsed.clone()));
         Ok(parsed)
     }
 
@@ -346,94 +362,17 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
     };
     let key = report_key(&args)?;
 
-    let trial_api: Api<NasTrial> = scoped(&client, &args.namespace);
-    // Experiments are watched untyped: a manifest the API server accepted but nasop cannot
-    // read (the trial template is opaque to the API server) must fail that experiment
-    // alone, not the list of all of them.
     let experiment_resource = ApiResource::erase::<NasExperiment>(&());
-    let exp_api: Api<DynamicObject> = match &args.namespace {
-        Some(ns) => Api::namespaced_with(client.clone(), ns, &experiment_resource),
-        None => Api::all_with(client.clone(), &experiment_resource),
-    };
-    let pod_api: Api<Pod> = scoped(&client, &args.namespace);
-
-    // Trials: one watch feeds the trial store, the per-experiment index, the trial
-    // controller, and (after the store has the change) a trigger for the owning
-    // experiment's controller.
-    let (trial_store, trial_writer) = reflector::store::<NasTrial>();
-    let index = Arc::new(index::TrialIndex::default());
-    let (exp_tx, exp_rx) = futures::channel::mpsc::unbounded::<ObjectRef<DynamicObject>>();
-    let trigger_resource = experiment_resource.clone();
-    let trial_index = index.clone();
-    let reporting = Arc::new(Mutex::new(std::collections::HashSet::<ExpKey>::new()));
-    let wants_reports = reporting.clone();
-    let mut phases: HashMap<(String, String), Option<crate::api::TrialPhaseName>> = HashMap::new();
-    let trial_stream = watcher(trial_api.clone(), watcher::Config::default().any_semantic())
-        .default_backoff()
-        .modify(|t: &mut NasTrial| t.managed_fields_mut().clear())
-        .reflect(trial_writer)
-        .inspect(move |e| {
-            let Ok(e) = e else { return };
-            trial_index.apply(e);
-            // The experiment is reconciled when one of its trials appears, ends, changes
-            // phase or goes; a progress report alone wakes it only when it stops trials
-            // early (the one decision that reads reports), so a report costs a status
-            // write, not a reconcile of the whole experiment.
-            let (trial, deleted) = match e {
-                watcher::Event::Apply(t) | watcher::Event::InitApply(t) => (t, false),
-                watcher::Event::Delete(t) => (t, true),
-                _ => return,
-            };
-            let ns = trial.namespace().unwrap_or_default();
-            let id = (ns.clone(), trial.name_any());
-            let phase = trial.status.as_ref().and_then(|s| s.phase);
-            let changed = if deleted {
-                phases.remove(&id);
-                true
-            } else {
-                phases.insert(id, phase) != Some(phase)
-            };
-            let key = (ns.clone(), trial.spec.experiment.clone());
-            if changed || trial.spec.stop.is_some() || lock(&wants_reports).contains(&key) {
-                let _ = exp_tx.unbounded_send(
-                    ObjectRef::new_with(&key.1, trigger_resource.clone()).within(&ns),
-                );
-            }
-        })
-        .touched_objects();
-    let (pod_store, pod_writer) = reflector::store::<Pod>();
-    let pod_stream = watcher(
-        pod_api,
-        watcher::Config::default()
-            .labels(pod::LABEL_TRIAL)
-            .any_semantic(),
+    let w = watch::start(&client, &args.namespace, &experiment_resource);
+    let exp_controller = Controller::for_stream_with(
+        w.experiments,
+        w.experiment_store.clone(),
+        experiment_resource.clone(),
     )
-    .default_backoff()
-    .modify(pod::strip)
-    .reflect(pod_writer)
-    .touched_objects();
-
-    // Experiments: their own reflector, like trials and pods.
-    let exp_writer = reflector::store::Writer::<DynamicObject>::new(experiment_resource.clone());
-    let exp_store = exp_writer.as_reader();
-    let exp_stream = watcher(exp_api, watcher::Config::default().any_semantic())
-        .default_backoff()
-        .reflect(exp_writer)
-        .touched_objects();
-
-    // Each watch runs in a task of its own, so that the caches fill (and are waited for,
-    // below) whatever the controllers are doing; the controllers read from channels.
-    let trial_stream = drive(trial_stream);
-    let pod_stream = drive(pod_stream);
-    let exp_stream = drive(exp_stream);
-    let exp_controller =
-        Controller::for_stream_with(exp_stream, exp_store.clone(), experiment_resource.clone())
-            .reconcile_on(exp_rx)
-            .with_config(
-                kube::runtime::controller::Config::default().concurrency(args.concurrency),
-            );
-    let trial_controller = Controller::for_stream(trial_stream, trial_store.clone())
-        .owns_stream(pod_stream)
+    .reconcile_on(w.wake)
+    .with_config(kube::runtime::controller::Config::default().concurrency(args.concurrency));
+    let trial_controller = Controller::for_stream(w.trials, w.trial_store.clone())
+        .owns_stream(w.pods)
         .with_config(kube::runtime::controller::Config::default().concurrency(args.concurrency));
 
     let ctx = Arc::new(Ctx {
@@ -442,18 +381,18 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
         key,
         report_url: report_url.clone(),
         instance: std::env::var("POD_NAME").unwrap_or_else(|_| "nasop-operator".into()),
-        experiments: exp_store,
+        experiments: w.experiment_store,
         experiment_resource,
-        trials: trial_store,
-        index,
-        pods: pod_store,
+        trials: w.trial_store,
+        index: w.index,
+        pods: w.pod_store,
         stop_grace: Duration::from_secs(args.stop_grace_seconds),
         max_attempts: args.max_attempts.max(1),
         keep_finished_pods: args.keep_finished_pods,
         state: Mutex::default(),
         failures: Mutex::default(),
         reports: Default::default(),
-        reporting,
+        reporting: w.reporting,
         ready: false.into(),
         fresh: Mutex::default(),
     });
@@ -499,30 +438,7 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
     ctx.ready.store(true, std::sync::atomic::Ordering::Relaxed);
     info!(%report_url, listen = %args.listen, "operator running");
 
-    // Deleted experiments: drop their caches and metric series.
-    let sweep = ctx.clone();
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_secs(15)).await;
-            // Written trials the store has caught up with.
-            lock(&sweep.fresh).retain(|(ns, name), (replaced, _)| {
-                sweep
-                    .trials
-                    .get(&ObjectRef::new(name).within(ns))
-                    .is_some_and(|t| t.resource_version().as_deref() == Some(replaced.as_str()))
-            });
-            let known: Vec<ExpKey> = lock(&sweep.state).keys().cloned().collect();
-            for k in known {
-                let gone = sweep
-                    .experiments
-                    .get(&ObjectRef::new_with(&k.1, sweep.experiment_resource.clone()).within(&k.0))
-                    .is_none();
-                if gone {
-                    experiment::forget(&sweep, &k);
-                }
-            }
-        }
-    });
+    tokio::spawn(sweep(ctx.clone()));
 
     let exp_ctx = ctx.clone();
     let exps = exp_controller
@@ -557,8 +473,13 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
             None => futures::future::pending::<()>().await,
         }
     };
+    let stuck = async {
+        shutdown_signal().await;
+        tokio::time::sleep(Duration::from_secs(20)).await;
+    };
     tokio::select! {
         _ = futures::future::join(exps, trials) => info!("controllers stopped"),
+        _ = stuck => warn!("reconciles still running 20 s after the signal; exiting anyway"),
         _ = lost => {
             // Another replica may act now; stop at once rather than race it.
             anyhow::bail!("lost the leader lease; exiting so that only the new leader acts");
@@ -568,20 +489,27 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
     Ok(())
 }
 
-/// Runs a watch stream in a task of its own and hands its items on through a channel.
-fn drive<K: Send + 'static>(
-    stream: impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
-) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static {
-    let (tx, rx) = futures::channel::mpsc::unbounded();
-    tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        while let Some(item) = stream.next().await {
-            if tx.unbounded_send(item).is_err() {
-                break;
+/// Every 15 s: forgets deleted experiments (their caches and metric series) and written
+/// trials the store has caught up with.
+async fn sweep(ctx: Arc<Ctx>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        lock(&ctx.fresh).retain(|(ns, name), (replaced, _)| {
+            ctx.trials
+                .get(&ObjectRef::new(name).within(ns))
+                .is_some_and(|t| t.resource_version().as_deref() == Some(replaced.as_str()))
+        });
+        let known: Vec<ExpKey> = lock(&ctx.state).keys().cloned().collect();
+        for k in known {
+            let gone = ctx
+                .experiments
+                .get(&ObjectRef::new_with(&k.1, ctx.experiment_resource.clone()).within(&k.0))
+                .is_none();
+            if gone {
+                experiment::forget(&ctx, &k);
             }
         }
-    });
-    rx
+    }
 }
 
 /// A client that counts its requests in `nasop_kube_requests_total`.
@@ -640,5 +568,21 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {},
         _ = tokio::signal::ctrl_c() => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::backoff_delay;
+    use std::time::Duration;
+
+    #[test]
+    fn errors_back_off_exponentially_with_jitter_up_to_a_minute() {
+        assert_eq!(backoff_delay(1, 0.5), Duration::from_millis(250));
+        assert_eq!(backoff_delay(3, 0.5), Duration::from_secs(1));
+        assert_eq!(backoff_delay(40, 0.5), Duration::from_secs(60));
+        // Jitter spreads one delay over [1/2, 3/2) of it.
+        assert_eq!(backoff_delay(3, 0.0), Duration::from_millis(500));
+        assert!(backoff_delay(3, 0.999) < Duration::from_millis(1500));
     }
 }

@@ -38,12 +38,13 @@ pub fn error_policy(trial: Arc<NasTrial>, err: &Error, ctx: Arc<Ctx>) -> Action 
 
 /// The engine's experiment for a trial (cached by the experiment controller).
 fn experiment_of(ctx: &Ctx, key: &ExpKey, exp: &NasExperiment) -> Option<Arc<Experiment>> {
-    if let Some(c) = super::lock(&ctx.state)
-        .get(key)
-        .and_then(|s| s.engine.as_ref())
+    let cached = super::lock(&ctx.state_of(key))
+        .engine
+        .as_ref()
         .filter(|c| c.spec == exp.spec)
-    {
-        return Some(c.experiment.clone());
+        .map(|c| c.experiment.clone());
+    if cached.is_some() {
+        return cached;
     }
     api::validate(&key.1, &exp.spec).ok().map(Arc::new)
 }
