@@ -295,18 +295,21 @@ async fn read_world(
     object: Arc<DynamicObject>,
 ) -> Result<Option<(World, crate::engine::Experiment)>, Error> {
     let key: ExpKey = (object.namespace().unwrap_or_default(), object.name_any());
-    // The status as stored, or the one we wrote last if the store has not caught up with
-    // it yet (else a second reconcile would end the experiment, and announce it, again).
+    // The status as stored; but once this process has written the experiment's end, that
+    // status until the spec changes, whatever older version the store still shows (else a
+    // later reconcile would end the experiment, stamp and announce it, again).
     let previous = {
+        let stored = stored_status(&object);
         let state = ctx.state_of(&key);
-        let written = lock(&state).written.clone();
-        match written {
-            Some((based_on, status))
-                if object.resource_version().as_deref() == Some(based_on.as_str()) =>
+        let ended = lock(&state).ended.clone();
+        match ended {
+            Some(done)
+                if stored.completion_time.is_none()
+                    && done.observed_generation == object.metadata.generation =>
             {
-                status
+                done
             }
-            _ => stored_status(&object),
+            _ => stored,
         }
     };
     let generation = object.metadata.generation;
@@ -600,11 +603,8 @@ async fn write(
     }
     let changed = previous != status;
     write_status(ctx, &world.object, previous, status.clone()).await?;
-    if changed {
-        lock(&state).written = Some((
-            world.object.resource_version().unwrap_or_default(),
-            status.clone(),
-        ));
+    if status.completion_time.is_some() {
+        lock(&state).ended = Some(status.clone());
     }
     if changed && let Some(c) = lock(&state).engine.as_mut() {
         c.last_status_write = Some(Instant::now());

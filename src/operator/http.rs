@@ -195,21 +195,13 @@ async fn handle(ctx: &Ctx, headers: &HeaderMap, body: &[u8]) -> (&'static str, R
         // A trial of the same name was created again: this pod belongs to the old one.
         return ("stop", reply(StatusCode::OK, ReportAction::Stop));
     }
-    // The metrics the experiment decides by; the history keeps only those (and the newest
-    // report whole).
-    let exp = ctx.experiment(claim.namespace, &trial.spec.experiment);
-    let names: Option<std::collections::BTreeSet<&str>> = match &exp {
-        Some(Ok(e)) => Some(
-            e.spec
-                .objectives
-                .iter()
-                .map(|o| o.metric.as_str())
-                .chain(e.spec.constraints.iter().map(|c| c.metric.as_str()))
-                .collect(),
-        ),
+    // The history keeps whole only the newest report; older entries keep the metrics the
+    // experiment decides by (all of them while the experiment cannot be read).
+    let key = (claim.namespace.to_string(), trial.spec.experiment.clone());
+    let experiment = match ctx.experiment(&key.0, &key.1) {
+        Some(Ok(exp)) => super::trial::experiment_of(ctx, &key, &exp),
         _ => None,
     };
-    let decided = names.as_ref();
     // Record the report on the trial's status, retrying on a newer version.
     for _ in 0..8 {
         let ended = matches!(
@@ -226,7 +218,7 @@ async fn handle(ctx: &Ctx, headers: &HeaderMap, body: &[u8]) -> (&'static str, R
                 step: report.step,
                 metrics: report.metrics.clone(),
             },
-            &|m| decided.is_none_or(|names| names.contains(m)),
+            &|m| experiment.as_ref().is_none_or(|e| status::decides(e, m)),
         );
         match super::trial::write_status(ctx, &trial, &next).await {
             Ok(()) => {

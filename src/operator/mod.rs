@@ -108,9 +108,9 @@ pub struct ExperimentState {
     free_slots: VecDeque<Instant>,
     /// The phase last counted in the experiments-by-phase metric.
     pub phase: Option<String>,
-    /// The last status written, with the resourceVersion it was computed from: while the
-    /// store still holds that version, this is the experiment's status.
-    pub written: Option<(String, crate::api::NasExperimentStatus)>,
+    /// The ended status this process wrote: the experiment's status while the store still
+    /// shows an older version without the end.
+    pub ended: Option<crate::api::NasExperimentStatus>,
     /// Finished trials in the order they ended, whose pods are kept for now; the oldest
     /// beyond `--keep-finished-pods` have their pods deleted.
     pub finished: VecDeque<(f64, String, u32)>,

@@ -37,7 +37,11 @@ pub fn error_policy(trial: Arc<NasTrial>, err: &Error, ctx: Arc<Ctx>) -> Action 
 }
 
 /// The engine's experiment for a trial (cached by the experiment controller).
-fn experiment_of(ctx: &Ctx, key: &ExpKey, exp: &NasExperiment) -> Option<Arc<Experiment>> {
+pub(super) fn experiment_of(
+    ctx: &Ctx,
+    key: &ExpKey,
+    exp: &NasExperiment,
+) -> Option<Arc<Experiment>> {
     let cached = super::lock(&ctx.state_of(key))
         .engine
         .as_ref()
