@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-500}
-data=${NASOP_NB201:-../shared/data/nasbench201}
+data=${NASOP_NB201:-data/nasbench201}
 cargo build --release --quiet
 nasop=./target/release/nasop
 echo "## machine: $(nproc) cores, $(uname -m), $(date -u +%Y-%m-%d)"

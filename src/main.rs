@@ -55,8 +55,9 @@ enum Command {
     /// writes the result to the termination-message file): for manifests and pods that
     /// should cost nothing to run.
     Nb201Trial {
-        #[arg(long, default_value = "../shared/data/nasbench201")]
-        data: PathBuf,
+        /// A folder with the tables (plain or .gz); without it, the copy built into nasop.
+        #[arg(long)]
+        data: Option<PathBuf>,
         #[arg(long, default_value = "cifar10")]
         dataset: String,
         #[arg(long)]
@@ -148,12 +149,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             dataset,
             latency,
         } => {
-            let mut args = vec![
-                "--data".to_string(),
-                data.display().to_string(),
-                "--dataset".into(),
-                dataset,
-            ];
+            let mut args = vec!["--dataset".to_string(), dataset];
+            if let Some(d) = data {
+                args.extend(["--data".to_string(), d.display().to_string()]);
+            }
             if let Some(l) = latency {
                 args.extend(["--latency".to_string(), l]);
             }

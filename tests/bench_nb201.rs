@@ -1,22 +1,16 @@
-//! The strategy benchmark on the real NAS-Bench-201 tables in ../shared/data/nasbench201.
+//! The strategy benchmark on the real NAS-Bench-201 tables: the copy built into nasop
+//! (data/nasbench201 of the repository), and the same folder read with --data.
 
 use std::path::PathBuf;
 use std::process::Command;
 
 fn data() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/nasbench201");
-    assert!(
-        dir.join("nb201.csv").exists(),
-        "{} is missing: the benchmark tables live in the shared folder beside the repository",
-        dir.display()
-    );
-    dir
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/nasbench201")
 }
 
 fn bench(args: &[&str]) -> serde_json::Value {
     let out = Command::new(env!("CARGO_BIN_EXE_nasop"))
-        .args(["bench", "nb201", "--data"])
-        .arg(data())
+        .args(["bench", "nb201"])
         .args(args)
         .arg("--json")
         .output()
@@ -114,6 +108,37 @@ fn multi_objective_runs_report_hypervolume() {
         .as_f64()
         .expect("hypervolume in multi-objective runs");
     assert!(hv > 0.5 && hv <= 1.0, "hypervolume share {hv}");
+}
+
+#[test]
+fn the_built_in_tables_are_the_repository_folder_and_the_shared_reference() {
+    let args = [
+        "--strategy",
+        "evolution",
+        "--runs",
+        "20",
+        "--latency",
+        "help_1080ti_1_latency_ms",
+    ];
+    // Everything but the time it took.
+    let result = |args: &[&str]| {
+        let mut r = bench(args);
+        r.as_object_mut().unwrap().remove("wall_seconds");
+        r
+    };
+    let built_in = result(&args);
+    let mut dirs = vec![data()];
+    // The reference the repository's copy was taken from, where it sits beside the clone.
+    let shared = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/nasbench201");
+    if shared.join("nb201.csv").exists() {
+        dirs.push(shared);
+    }
+    for dir in dirs {
+        let mut with_dir: Vec<&str> = args.to_vec();
+        let dir = dir.display().to_string();
+        with_dir.extend(["--data", &dir]);
+        assert_eq!(result(&with_dir), built_in, "--data {dir}");
+    }
 }
 
 #[test]

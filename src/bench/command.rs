@@ -8,9 +8,10 @@ use std::path::PathBuf;
 
 #[derive(Debug, clap::Args)]
 pub struct Nb201Args {
-    /// The folder with nb201.csv (and nb201_hw_latency.csv for latency objectives).
-    #[arg(long, default_value = "../shared/data/nasbench201")]
-    pub data: PathBuf,
+    /// A folder with nb201.csv (and nb201_hw_latency.csv for latency objectives), plain or
+    /// .gz; without it, the copy of data/nasbench201 built into nasop.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "cifar10")]
     pub dataset: Dataset,
     /// random, grid, evolution, local, reinforce, bayesian, nsga2; or `all`.
@@ -80,7 +81,7 @@ pub fn run(args: &Nb201Args) -> anyhow::Result<()> {
     anyhow::ensure!(args.runs > 0, "--runs must be at least 1");
     anyhow::ensure!(args.workers > 0, "--workers must be at least 1");
     anyhow::ensure!(args.eta > 1.0, "--eta must be above 1");
-    let table = Table::load(&args.data, args.dataset, args.latency.as_deref())?;
+    let table = Table::load(args.data.as_deref(), args.dataset, args.latency.as_deref())?;
     let mut settings = Settings::default();
     if let Some(v) = args.population {
         settings.population = v;

@@ -1,13 +1,28 @@
-//! The NAS-Bench-201 tables in `../shared/data/nasbench201/` (see its README).
+//! The NAS-Bench-201 tables (see data/nasbench201/README.md): the gzip-compressed copy in the
+//! repository is built into nasop, so a lookup needs no file beside the binary; `--data DIR`
+//! reads another copy (plain `.csv` or `.csv.gz`).
 
 use nasop_core::{Point, SearchSpace, Value};
 use std::collections::HashMap;
+use std::io::Read;
 use std::path::Path;
+
+/// The repository's copy, compiled in.
+const BUILT_IN: [(&str, &[u8]); 2] = [
+    (
+        "nb201.csv",
+        include_bytes!("../../data/nasbench201/nb201.csv.gz"),
+    ),
+    (
+        "nb201_hw_latency.csv",
+        include_bytes!("../../data/nasbench201/nb201_hw_latency.csv.gz"),
+    ),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum TableError {
     #[error(
-        "cannot read {path}: {source} (pass --data with the folder holding nb201.csv; in this repository it is ../shared/data/nasbench201)"
+        "cannot read {path}: {source} (pass --data with a folder holding nb201.csv or nb201.csv.gz, or leave --data out to use the tables built into nasop)"
     )]
     Read {
         path: String,
@@ -59,24 +74,60 @@ pub struct Table {
     pub arch_strings: Vec<String>,
 }
 
-fn read(path: &Path) -> Result<csv::Reader<std::fs::File>, TableError> {
-    let file = std::fs::File::open(path).map_err(|source| TableError::Read {
-        path: path.display().to_string(),
-        source,
-    })?;
-    Ok(csv::Reader::from_reader(file))
+/// Opens table `name` of `dir` (`name` or `name.gz`), or of the built-in copy when `dir` is
+/// None. Returns the path for messages and a CSV reader.
+fn read(
+    dir: Option<&Path>,
+    name: &str,
+) -> Result<(String, csv::Reader<Box<dyn Read>>), TableError> {
+    let (path, input): (String, Box<dyn Read>) = match dir {
+        None => {
+            let (_, bytes) = BUILT_IN
+                .iter()
+                .find(|(n, _)| *n == name)
+                .expect("every table has a built-in copy");
+            (
+                format!("(built-in) data/nasbench201/{name}.gz"),
+                Box::new(flate2::read::GzDecoder::new(*bytes)),
+            )
+        }
+        Some(dir) => {
+            let plain = dir.join(name);
+            let gz = dir.join(format!("{name}.gz"));
+            let (path, compressed) = if !plain.exists() && gz.exists() {
+                (gz, true)
+            } else {
+                (plain, false)
+            };
+            let file = std::fs::File::open(&path).map_err(|source| TableError::Read {
+                path: path.display().to_string(),
+                source,
+            })?;
+            let input: Box<dyn Read> = if compressed {
+                Box::new(flate2::read::GzDecoder::new(std::io::BufReader::new(file)))
+            } else {
+                Box::new(file)
+            };
+            (path.display().to_string(), input)
+        }
+    };
+    Ok((path, csv::Reader::from_reader(input)))
 }
 
 impl Table {
-    /// Loads `nb201.csv`, and the latency column `latency` of `nb201_hw_latency.csv` if given.
-    pub fn load(dir: &Path, dataset: Dataset, latency: Option<&str>) -> Result<Self, TableError> {
+    /// Loads `nb201.csv`, and the latency column `latency` of `nb201_hw_latency.csv` if given,
+    /// from `dir` or (None) from the copy built into nasop.
+    pub fn load(
+        dir: Option<&Path>,
+        dataset: Dataset,
+        latency: Option<&str>,
+    ) -> Result<Self, TableError> {
         let space = SearchSpace::nas_bench_201();
-        let path = dir.join("nb201.csv");
+        let (path, mut reader) = read(dir, "nb201.csv")?;
         let fmt = |problem: String| TableError::Format {
-            path: path.display().to_string(),
+            path: path.clone(),
             problem,
         };
-        let mut reader = read(&path)?;
         let headers = reader.headers().map_err(|e| fmt(e.to_string()))?.clone();
         let col = |name: &str| {
             headers
@@ -127,12 +178,11 @@ impl Table {
             return Err(fmt(format!("expected 15625 architectures, found {filled}")));
         }
         if let Some(column) = latency {
-            let path = dir.join("nb201_hw_latency.csv");
+            let (path, mut reader) = read(dir, "nb201_hw_latency.csv")?;
             let fmt = |problem: String| TableError::Format {
-                path: path.display().to_string(),
+                path: path.clone(),
                 problem,
             };
-            let mut reader = read(&path)?;
             let headers = reader.headers().map_err(|e| fmt(e.to_string()))?.clone();
             let c_lat = headers.iter().position(|h| h == column).ok_or_else(|| {
                 let names: Vec<&str> = headers

@@ -59,7 +59,7 @@ impl Tabular {
 
 /// `nasop nb201-trial` arguments: --data DIR --dataset NAME [--latency COLUMN].
 fn tabular(args: &[String]) -> Result<Tabular> {
-    let mut data = PathBuf::from("../shared/data/nasbench201");
+    let mut data = None;
     let mut dataset = Dataset::Cifar10;
     let mut latency = None;
     let mut it = args.iter();
@@ -70,7 +70,7 @@ fn tabular(args: &[String]) -> Result<Tabular> {
                 .with_context(|| format!("{a} needs a value"))
         };
         match a.as_str() {
-            "--data" => data = PathBuf::from(value()?),
+            "--data" => data = Some(PathBuf::from(value()?)),
             "--dataset" => {
                 dataset = match value()?.as_str() {
                     "cifar10" => Dataset::Cifar10,
@@ -86,7 +86,7 @@ fn tabular(args: &[String]) -> Result<Tabular> {
         }
     }
     Ok(Tabular {
-        table: Table::load(&data, dataset, latency.as_deref())?,
+        table: Table::load(data.as_deref(), dataset, latency.as_deref())?,
         space: SearchSpace::nas_bench_201(),
     })
 }

@@ -418,10 +418,9 @@ fn layer_wise_networks_build_and_train() {
 fn parameter_counts_equal_the_nas_bench_201_table() {
     // 200 rows spread over the table; the count must equal params_cifar10 (millions, 6 dp:
     // the exact count).
-    let path =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/nasbench201/nb201.csv");
-    let mut reader =
-        csv::Reader::from_path(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data/nasbench201/nb201.csv.gz");
+    let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut reader = csv::Reader::from_reader(flate2::read::GzDecoder::new(file));
     let headers = reader.headers().unwrap().clone();
     let col = |n: &str| headers.iter().position(|h| h == n).unwrap();
     let (c_arch, c_params) = (col("arch"), col("params_cifar10"));
