@@ -6,6 +6,7 @@
 //! while keeping the rebuilt strategy between calls, feeding it only new results.
 
 mod median;
+pub use median::should_stop as median_should_stop;
 pub mod model;
 
 pub use model::*;

@@ -23,6 +23,9 @@ pub struct TrialView<'a> {
     pub young: bool,
     pub now: f64,
     pub grace: f64,
+    /// Seconds between the trainer's reports so far (0 when unknown). A trainer hears a stop
+    /// in the reply to its next report, so the grace period starts that much later.
+    pub report_interval: f64,
     pub max_attempts: u32,
     /// Seconds a pod may wait to start before the trial fails (PendingTimeout).
     pub pending_timeout: f64,
@@ -135,11 +138,12 @@ pub fn next_step(v: &TrialView) -> Step {
         v.stop.map(|_| {
             let requested_at = v.stop_requested_at.unwrap_or(v.now);
             let waited = v.now - requested_at;
-            let delete = never_ran || waited >= v.grace;
+            let grace = v.grace + v.report_interval;
+            let delete = never_ran || waited >= grace;
             StopProgress {
                 requested_at,
                 delete,
-                requeue: (!delete).then_some(v.grace - waited + 0.05),
+                requeue: (!delete).then_some(grace - waited + 0.05),
             }
         })
     };
@@ -222,6 +226,7 @@ mod tests {
             young: false,
             now: 1000.0,
             grace: 30.0,
+            report_interval: 0.0,
             max_attempts: 3,
             pending_timeout: 900.0,
         }
@@ -354,6 +359,19 @@ mod tests {
                 ..
             }
         ));
+        // A trainer that reports every 100 s hears the stop up to 100 s later: it gets that
+        // much longer.
+        let slow = TrialView {
+            report_interval: 100.0,
+            ..later.clone()
+        };
+        match next_step(&slow) {
+            Step::Track { stop: Some(s), .. } => {
+                assert!(!s.delete);
+                assert!((s.requeue.unwrap() - 90.05).abs() < 1e-9, "{s:?}");
+            }
+            s => panic!("{s:?}"),
+        }
         // A pod that never ran is deleted at once.
         let waiting = Outcome::Waiting(Waiting {
             reason: Some("Unschedulable".into()),

@@ -97,7 +97,8 @@ pub fn error_policy(object: Arc<DynamicObject>, err: &Error, ctx: Arc<Ctx>) -> A
 }
 
 /// The experiment's trials, by index: those its UID owns (see [`index`]).
-fn trials_of(ctx: &Ctx, namespace: &str, uid: &str) -> Vec<Arc<NasTrial>> {
+/// The trials of the experiment with this UID, from the cache, by index.
+pub(super) fn trials_of(ctx: &Ctx, namespace: &str, uid: &str) -> Vec<Arc<NasTrial>> {
     let mut trials: Vec<Arc<NasTrial>> = ctx
         .index
         .names(uid)

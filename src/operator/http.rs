@@ -222,7 +222,12 @@ async fn handle(ctx: &Ctx, headers: &HeaderMap, body: &[u8]) -> (&'static str, R
         );
         match super::trial::write_status(ctx, &trial, &next).await {
             Ok(()) => {
-                let action = if trial.spec.stop.is_some() {
+                let stop = trial.spec.stop.is_some()
+                    || (experiment
+                        .as_ref()
+                        .is_some_and(|e| falls_behind(ctx, e, &trial, &next))
+                        && mark_early_stopped(&api, &trial).await);
+                let action = if stop {
                     ReportAction::Stop
                 } else {
                     ReportAction::Continue
@@ -249,6 +254,60 @@ async fn handle(ctx: &Ctx, headers: &HeaderMap, body: &[u8]) -> (&'static str, R
             "the trial changed too often; retry",
         ),
     )
+}
+
+/// Whether this report puts the trial behind the experiment's early-stopping rule, decided
+/// here with the engine's own rule so that the trainer hears it in this reply. Left to the
+/// experiment controller, the stop would reach the trainer only with its next report, an
+/// epoch later: GPU time spent for nothing, and often past the stop grace period, so the pod
+/// would be deleted instead of the trainer ending on its own.
+fn falls_behind(
+    ctx: &Ctx,
+    exp: &crate::engine::Experiment,
+    trial: &NasTrial,
+    status: &crate::api::NasTrialStatus,
+) -> bool {
+    let (Some(rule), Some(objective)) = (&exp.early_stopping, exp.objectives.first()) else {
+        return false;
+    };
+    let (Some(namespace), Some(uid)) = (trial.namespace(), super::index::owner_uid(trial)) else {
+        return false;
+    };
+    let mut now = trial.clone();
+    now.status = Some(status.clone());
+    let Ok(me) = status::record(exp, &now) else {
+        return false;
+    };
+    let all: Vec<_> = super::experiment::trials_of(ctx, &namespace, uid)
+        .iter()
+        .filter_map(|t| status::record(exp, t).ok())
+        .collect();
+    crate::engine::median_should_stop(rule, objective, &me, &all)
+}
+
+/// Records the stop on the trial (as the experiment controller would) before the reply
+/// tells the trainer, so that its exit counts as stopped, not completed. False when it could
+/// not be recorded: the trainer then goes on, and the controller decides again.
+async fn mark_early_stopped(api: &Api<NasTrial>, trial: &NasTrial) -> bool {
+    let reason = format!("{:?}", crate::engine::StopReason::EarlyStopped);
+    let patch = serde_json::json!({"spec": {"stop": reason}});
+    match api
+        .patch(
+            &trial.name_any(),
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+    {
+        Ok(_) => {
+            info!(namespace = ?trial.namespace(), trial = %trial.name_any(), "stopping trial in its report's reply: it fell behind the median");
+            true
+        }
+        Err(e) => {
+            warn!(trial = %trial.name_any(), error = %e, "could not record an early stop");
+            false
+        }
+    }
 }
 
 /// The API server could not take the report. Its own refusals (a 4xx other than a

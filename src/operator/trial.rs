@@ -199,6 +199,7 @@ pub async fn reconcile(trial: Arc<NasTrial>, ctx: Arc<Ctx>) -> Result<Action, Er
         young: young(&trial),
         now: t_now,
         grace: ctx.stop_grace.as_secs_f64(),
+        report_interval: report_interval(&next, t_now),
         max_attempts: ctx.max_attempts,
         pending_timeout: exp
             .spec
@@ -286,6 +287,22 @@ pub async fn reconcile(trial: Arc<NasTrial>, ctx: Arc<Ctx>) -> Result<Action, Er
     Ok(requeue.map_or(Action::await_change(), |s| {
         Action::requeue(Duration::from_secs_f64(s))
     }))
+}
+
+/// The trainer's mean time between reports so far: from its start to its last report (or to
+/// now, while the stop has not been seen), over the reports. 0 before the first.
+fn report_interval(status: &NasTrialStatus, now: f64) -> f64 {
+    let (Some(start), n) = (status.start_time.as_ref(), status.history.len()) else {
+        return 0.0;
+    };
+    if n == 0 {
+        return 0.0;
+    }
+    let until = status
+        .stop_requested_time
+        .as_ref()
+        .map_or(now, |t| status::seconds(&t.0));
+    ((until - status::seconds(&start.0)) / n as f64).max(0.0)
 }
 
 pub async fn start_pod(
