@@ -2,8 +2,12 @@
 # Build from the repository root:
 #   docker build -t ghcr.io/nasop/nasop:0.1.0 .          (or: make images)
 # `make static` runs the same build here, without a container engine.
+# The bases are build arguments so that a machine without access to public registries can
+# pass its own (tools/images/bases.sh builds stand-ins from Debian's packages).
+ARG RUST_IMAGE=rust:1.89-bookworm
+ARG STATIC_IMAGE=gcr.io/distroless/static-debian12:nonroot
 
-FROM rust:1.89-bookworm AS build
+FROM ${RUST_IMAGE} AS build
 ARG TARGETARCH
 RUN apt-get update && apt-get install -y --no-install-recommends musl-tools \
  && rm -rf /var/lib/apt/lists/*
@@ -21,7 +25,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
  && cargo build --release --locked --target "$target" --bin nasop \
  && strip -o /nasop "target/$target/release/nasop"
 
-FROM gcr.io/distroless/static-debian12:nonroot
+FROM ${STATIC_IMAGE}
 COPY --from=build /nasop /nasop
 # distroless's nonroot user; the chart also sets runAsNonRoot and a read-only root.
 USER 65532:65532

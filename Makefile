@@ -2,7 +2,6 @@
 SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 CARGO ?= cargo
-NB201 ?= ../shared/data/nasbench201
 NASOP := target/release/nasop
 # Images: the chart installs $(REGISTRY)/nasop:$(VERSION); examples/k8s use
 # $(REGISTRY)/nasop-trainer:$(VERSION).
@@ -11,7 +10,7 @@ VERSION ?= $(shell sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}/\1/p' chart
 # tch finds libtorch through these; scripts/libtorch.sh installs it once into ~/.cache/nasop.
 TORCH = LIBTORCH="$$(scripts/libtorch.sh)" LIBTORCH_CXX11_ABI=1
 
-.PHONY: all build test lint crds bench bench-trainer bench-operator demo toolchain data testenv-build testenv-up testenv-down static images push
+.PHONY: all build test lint crds bench bench-trainer bench-operator demo toolchain data testenv-build testenv-up testenv-down static images push test-images
 
 all: build
 
@@ -33,7 +32,7 @@ lint: toolchain
 # the strategy benchmark on the NAS-Bench-201 tables, the trainer on Fashion-MNIST, the local
 # runner, and the integration tests against a real control plane (started once for the
 # suite, stopped afterwards).
-test: lint data testenv-build
+test: lint data testenv-build test-images
 	$(TORCH) tools/testenv/with.sh $(CARGO) test --release --workspace
 
 # The test control plane (kube-apiserver, etcd, controller-manager, scheduler, KWOK, helm)
@@ -74,11 +73,16 @@ bench-trainer: build
 static: toolchain
 	scripts/static.sh
 
-# The operator and trainer images (needs a Docker engine), and pushing them to $(REGISTRY).
+# The operator and trainer images from the Dockerfiles (Docker, or Debian's podman or buildah
+# as root), and pushing them to $(REGISTRY). TRAINER_VARIANTS: cuda (GPU nodes), cpu (small,
+# CPU-only nodes). IMAGE_BASES=local builds the base images from Debian's packages first.
+TRAINER_VARIANTS ?= cuda cpu
 images:
-	docker build -t $(REGISTRY)/nasop:$(VERSION) .
-	docker build -f trainer/Dockerfile -t $(REGISTRY)/nasop-trainer:$(VERSION) .
+	scripts/images.sh build $(REGISTRY) $(VERSION) "$(TRAINER_VARIANTS)"
 
 push: images
-	docker push $(REGISTRY)/nasop:$(VERSION)
-	docker push $(REGISTRY)/nasop-trainer:$(VERSION)
+	scripts/images.sh push $(REGISTRY) $(VERSION) "$(TRAINER_VARIANTS)"
+
+# What the end-to-end test installs: the operator and the cpu trainer, on local bases.
+test-images:
+	IMAGE_BASES=local scripts/images.sh build localhost/nasop $(VERSION) cpu

@@ -8,77 +8,20 @@
 #[path = "../operator/harness.rs"]
 mod harness;
 
+#[allow(dead_code)]
+#[path = "../support/cli.rs"]
+mod cli;
 mod examples;
 mod installed;
 mod prometheus;
 mod render;
 
+use cli::*;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 
 const RELEASE: &str = "nasop";
-
-fn repo(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
-}
-
-fn chart() -> PathBuf {
-    repo("charts/nasop")
-}
-
-/// The tools tools/testenv built: helm, prometheus, the ServiceMonitor CRD.
-fn tool(name: &str) -> PathBuf {
-    let dir = std::env::var("NASOP_TESTENV_BIN").unwrap_or_default();
-    let path = Path::new(&dir).join(name);
-    assert!(
-        path.exists(),
-        "NASOP_TESTENV_BIN does not hold {name}: run `make test`, or `eval $(make testenv-up | tail -1)` first"
-    );
-    path
-}
-
-fn run(cmd: &mut Command) -> Output {
-    cmd.output()
-        .unwrap_or_else(|e| panic!("{cmd:?} did not start: {e}"))
-}
-
-fn ok(cmd: &mut Command) -> String {
-    let out = run(cmd);
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn helm() -> Command {
-    Command::new(tool("helm"))
-}
-
-fn kubectl() -> Command {
-    Command::new("kubectl")
-}
-
-/// `cmd` with `input` on its standard input.
-fn with_stdin(cmd: &mut Command, input: &str) -> Output {
-    use std::io::Write;
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
-}
 
 /// Every document of a multi-document YAML stream, as JSON values.
 fn documents(yaml: &str) -> Vec<Value> {

@@ -26,12 +26,22 @@ pub(crate) fn get(url: &str) -> Option<String> {
 
 /// Prometheus scraping the operator's /metrics every second.
 pub(crate) fn start_prometheus(dir: &Path, operator_port: u16) -> Prometheus {
+    start_prometheus_with(
+        dir,
+        &format!(
+            "  - job_name: nasop\n    static_configs: [{{targets: [\"127.0.0.1:{operator_port}\"]}}]\n"
+        ),
+        "nasop",
+    )
+}
+
+/// Prometheus with these scrape configs (YAML list items), once it scrapes job `job`.
+pub(crate) fn start_prometheus_with(dir: &Path, scrape_configs: &str, job: &str) -> Prometheus {
     let config = dir.join("prometheus.yml");
     std::fs::write(
         &config,
         format!(
-            "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
-             scrape_configs:\n  - job_name: nasop\n    static_configs: [{{targets: [\"127.0.0.1:{operator_port}\"]}}]\n"
+            "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nscrape_configs:\n{scrape_configs}"
         ),
     )
     .unwrap();
@@ -55,7 +65,8 @@ pub(crate) fn start_prometheus(dir: &Path, operator_port: u16) -> Prometheus {
     // Scraping before the experiment starts: a rate needs the counters' values before the
     // trials ran, or a fast experiment's counters never increase within Prometheus's view.
     let started = Instant::now();
-    let scraping = |p: &Prometheus| query(p, "up{job=\"nasop\"} == 1").is_ok_and(|s| !s.is_empty());
+    let up = format!("up{{job=\"{job}\"}} == 1");
+    let scraping = |p: &Prometheus| query(p, &up).is_ok_and(|s| !s.is_empty());
     while !scraping(&prometheus) {
         assert!(
             started.elapsed() < Duration::from_secs(60),

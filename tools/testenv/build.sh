@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Builds the test tools from published Go modules into ${NASOP_CACHE:-~/.cache/nasop}/testenv/bin
 # and prints that directory. Each part is rebuilt only when its version changes (a stamp per
-# part): kube-apiserver, kube-controller-manager, kube-scheduler and etcd from the wrapper
-# module here (see update-go-mod.sh); kwok, helm and prometheus with `go install`; the
-# ServiceMonitor CRD from the Prometheus Operator's module.
+# part): kube-apiserver, kube-controller-manager, kube-scheduler, etcd, and the real node's
+# kubelet and kube-proxy from the wrapper module here (see update-go-mod.sh); coredns, the
+# image registry, kwok, helm and prometheus with `go install`; the ServiceMonitor CRD from the
+# Prometheus Operator's module.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/versions.env"
@@ -14,6 +15,24 @@ minor=${KUBERNETES_VERSION#v1.}; minor=${minor%%.*}
 built() { [ -f "$bin/.stamp-$1" ]; }
 stamp() { touch "$bin/.stamp-$1"; }
 need_go() { command -v go >/dev/null || { echo "go not found: install Go 1.24 or newer" >&2; exit 1; }; }
+# Kubernetes binaries say their version (kubectl version, the node's kubeletVersion).
+k8s_ldflags() {
+  local p flags="-s -w" date
+  date=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+  for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    flags="$flags -X $p.gitVersion=$KUBERNETES_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean -X $p.buildDate=$date"
+  done
+  echo "$flags"
+}
+# A tool with `go install`, stamped by name and version: go_install NAME VERSION PKG@VERSION [NOTE]
+go_install() {
+  local part=$1-$2
+  built "$part" && return 0
+  need_go
+  echo "  $1 $2 ${4:-}" >&2
+  GOBIN=$bin go install -trimpath -ldflags "-s -w" "$3"
+  stamp "$part"
+}
 started=$(date +%s)
 cd "$here"
 
@@ -21,29 +40,32 @@ part=kubernetes-$KUBERNETES_VERSION-etcd$ETCD_VERSION
 if ! built "$part"; then
   need_go
   echo "building the test control plane into $bin (once per version; about 7 minutes on 2 cores)" >&2
-  pkg=k8s.io/component-base/version
-  cg=k8s.io/client-go/pkg/version
-  date=$(date -u +%Y-%m-%dT%H:%M:%SZ)
-  ldflags="-s -w"
-  for p in $pkg $cg; do
-    ldflags="$ldflags -X $p.gitVersion=$KUBERNETES_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean -X $p.buildDate=$date"
-  done
   for cmd in kube-apiserver kube-controller-manager kube-scheduler; do
     echo "  $cmd $KUBERNETES_VERSION" >&2
-    go build -trimpath -ldflags "$ldflags" -o "$bin/$cmd" "k8s.io/kubernetes/cmd/$cmd"
+    go build -trimpath -ldflags "$(k8s_ldflags)" -o "$bin/$cmd" "k8s.io/kubernetes/cmd/$cmd"
   done
   echo "  etcd $ETCD_VERSION" >&2
   go build -trimpath -ldflags "-s -w" -o "$bin/etcd" go.etcd.io/etcd/server/v3
   stamp "$part"
 fi
 
-part=kwok-$KWOK_VERSION
+# The real node's Kubernetes parts, from the same wrapper module and version.
+part=node-$KUBERNETES_VERSION
 if ! built "$part"; then
   need_go
-  echo "  kwok $KWOK_VERSION" >&2
-  GOBIN=$bin go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
+  for cmd in kubelet kube-proxy; do
+    echo "  $cmd $KUBERNETES_VERSION" >&2
+    go build -trimpath -ldflags "$(k8s_ldflags)" -o "$bin/$cmd" "k8s.io/kubernetes/cmd/$cmd"
+  done
   stamp "$part"
 fi
+
+go_install coredns "$COREDNS_VERSION" "github.com/coredns/coredns@$COREDNS_VERSION"
+
+# The registry the test images are pushed to and the kubelet pulls from (CNCF Distribution).
+go_install registry "$REGISTRY_VERSION" "github.com/distribution/distribution/v3/cmd/registry@$REGISTRY_VERSION"
+
+go_install kwok "$KWOK_VERSION" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
 
 # Helm's default Kubernetes version (for `helm template` and lint) is set at link time, as
 # its release builds do; without it a plain `go install` says v1.20.
@@ -59,14 +81,7 @@ if ! built "$part"; then
   stamp "$part"
 fi
 
-part=prometheus-$PROMETHEUS_VERSION
-if ! built "$part"; then
-  need_go
-  echo "  prometheus $PROMETHEUS_VERSION (about 5 minutes)" >&2
-  GOBIN=$bin go install -trimpath -ldflags "-s -w" \
-    "github.com/prometheus/prometheus/cmd/prometheus@$PROMETHEUS_VERSION"
-  stamp "$part"
-fi
+go_install prometheus "$PROMETHEUS_VERSION" "github.com/prometheus/prometheus/cmd/prometheus@$PROMETHEUS_VERSION" "(about 5 minutes)"
 
 part=servicemonitor-crd-$PROMETHEUS_OPERATOR_VERSION
 if ! built "$part"; then

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Starts a real Kubernetes control plane on loopback for tests: etcd, kube-apiserver (static
 # token, RBAC), kube-controller-manager (garbage collection, Jobs; node lifecycle with a
-# 24 h grace period, since simulated nodes send no heartbeats), kube-scheduler, and KWOK playing three GPU nodes
-# (nvidia.com/gpu: 4 each). Writes a kubeconfig, waits for /readyz and Ready nodes, and prints
-# `export KUBECONFIG=<path> NASOP_TESTENV_BIN=<the tools>` as its last line (audit log of
-# service-account requests in logs/audit.log beside the kubeconfig). down.sh stops it.
+# 24 h grace period, since simulated nodes send no heartbeats), kube-scheduler, KWOK playing three GPU nodes
+# (nvidia.com/gpu: 4 each), and one real node, worker-0 (node.sh: containerd, CNI, kube-proxy,
+# CoreDNS, a kubelet, and the image registry it pulls from). Writes a kubeconfig, waits for
+# /readyz and Ready nodes, and prints `export KUBECONFIG=<path> NASOP_TESTENV_BIN=<the tools>
+# NASOP_TESTENV_REGISTRY=127.0.0.1:PORT` as its last line (audit log of service-account
+# requests in logs/audit.log beside the kubeconfig). down.sh stops it. Needs root.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 bin=$("$here/build.sh")
+source "$here/node.sh"
 state=${NASOP_TESTENV:-${NASOP_CACHE:-$HOME/.cache/nasop}/testenv-run}
 kubeconfig=$state/kubeconfig
 if [ -f "$state/pids" ] && [ -f "$kubeconfig" ]; then
@@ -15,12 +18,14 @@ if [ -f "$state/pids" ] && [ -f "$kubeconfig" ]; then
   while read -r pid name; do kill -0 "$pid" 2>/dev/null || alive=0; done < "$state/pids"
   if [ "$alive" = 1 ] && KUBECONFIG=$kubeconfig kubectl get --raw /readyz >/dev/null 2>&1; then
     echo "the test control plane is already running" >&2
-    echo "export KUBECONFIG=$kubeconfig NASOP_TESTENV_BIN=$bin"
+    echo "export KUBECONFIG=$kubeconfig NASOP_TESTENV_BIN=$bin NASOP_TESTENV_REGISTRY=$(cat "$state/registry")"
     exit 0
   fi
 fi
 "$here/down.sh" >/dev/null 2>&1 || true
 rm -rf "$state"
+node_install
+node_network
 mkdir -p "$state/etcd" "$state/certs" "$state/logs"
 : > "$state/pids"
 port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
@@ -69,7 +74,8 @@ POLICY
 start kube-apiserver "$bin/kube-apiserver" --etcd-servers "http://127.0.0.1:$etcd_port" \
   --audit-policy-file "$state/audit-policy.yaml" --audit-log-path "$state/logs/audit.log" \
   --audit-log-mode blocking \
-  --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" --cert-dir "$state/certs" \
+  --bind-address 0.0.0.0 --advertise-address "$node_ip" --secure-port "$api_port" --cert-dir "$state/certs" \
+  --kubelet-preferred-address-types InternalIP \
   --token-auth-file "$state/tokens.csv" --authorization-mode RBAC \
   --service-account-issuer https://kubernetes.default.svc.cluster.local \
   --service-account-key-file "$state/certs/sa.pub" --service-account-signing-key-file "$state/certs/sa.key" \
@@ -111,5 +117,6 @@ start kwok "$bin/kwok" --kubeconfig "$kubeconfig" --manage-all-nodes=false \
   --config "$here/stages.yaml" --server-address "127.0.0.1:$kwok_port"
 wait_for "KWOK's GPU nodes" kwok 60 kubectl wait --for=condition=Ready node --all --timeout=1s
 wait_for "the default service account" kube-controller-manager 60 kubectl get serviceaccount default
+node_up "$bin" "$state" "$kubeconfig"
 echo "test control plane up: $(kubectl version -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["serverVersion"]["gitVersion"])'), logs in $state/logs" >&2
-echo "export KUBECONFIG=$kubeconfig NASOP_TESTENV_BIN=$bin"
+echo "export KUBECONFIG=$kubeconfig NASOP_TESTENV_BIN=$bin NASOP_TESTENV_REGISTRY=$(cat "$state/registry")"

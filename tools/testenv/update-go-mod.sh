@@ -22,7 +22,7 @@ staging_version="v0.${KUBERNETES_VERSION#v1.}"
   echo ")"
   echo
   echo "tool ("
-  for cmd in kube-apiserver kube-controller-manager kube-scheduler; do echo "	k8s.io/kubernetes/cmd/$cmd"; done
+  for cmd in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy; do echo "	k8s.io/kubernetes/cmd/$cmd"; done
   echo "	go.etcd.io/etcd/server/v3"
   echo ")"
   echo

@@ -1,0 +1,420 @@
+//! nasop as a user meets it, on the test cluster's real node (tools/testenv/node.sh): the
+//! README's "Installing on a cluster" step for step. The images built from the Dockerfiles
+//! are pushed to the cluster's registry, the chart installs the operator as a pod, and
+//! examples/k8s/fashion-mnist-cpu.yaml trains real networks in trainer pods that the kubelet
+//! pulled, reporting through the operator's Service. On the way: a Prometheus finds the
+//! operator as the chart's ServiceMonitor would have it, the operator pod is deleted mid-run,
+//! and median stopping ends a real trainer. On failure it prints what a user would look at.
+
+#[allow(dead_code)]
+#[path = "support/cli.rs"]
+mod cli;
+#[allow(dead_code)]
+#[path = "operator/harness.rs"]
+mod harness;
+#[allow(dead_code)]
+#[path = "install/prometheus.rs"]
+mod prometheus;
+
+use cli::*;
+use serde_json::Value;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const SYSTEM: &str = "nasop-system";
+const NAMESPACE: &str = "e2e";
+const EXPERIMENT: &str = "fashion-mnist-cpu";
+const EXAMPLE_IMAGE: &str = "ghcr.io/nasop/nasop-trainer:0.1.0-cpu";
+/// The whole run: images already built by `make test-images`, six trials of 3 epochs.
+const TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+/// kubectl with these arguments.
+fn kube(args: &[&str]) -> Command {
+    let mut cmd = kubectl();
+    cmd.args(args);
+    cmd
+}
+
+fn json(args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.extend(["-o", "json"]);
+    serde_json::from_str(&ok(&mut kube(&all))).expect("kubectl prints JSON")
+}
+
+fn log(what: &str) {
+    eprintln!("[e2e {}] {what}", chrono_now());
+}
+
+fn chrono_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    format!(
+        "{:02}:{:02}:{:02}",
+        secs / 3600 % 24,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+/// What a user would look at when something went wrong, printed if the test fails.
+struct Diagnostics;
+
+impl Drop for Diagnostics {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for (title, args) in [
+            ("experiment", vec!["describe", "nasexp", "-n", NAMESPACE]),
+            (
+                "trials",
+                vec!["get", "nastrials", "-n", NAMESPACE, "-o", "wide"],
+            ),
+            ("pods", vec!["get", "pods", "-A", "-o", "wide"]),
+            ("trial pods", vec!["describe", "pods", "-n", NAMESPACE]),
+            (
+                "events",
+                vec!["get", "events", "-A", "--sort-by=.lastTimestamp"],
+            ),
+            ("operator pods", vec!["describe", "pods", "-n", SYSTEM]),
+            (
+                "operator logs",
+                vec!["logs", "-n", SYSTEM, "deployment/nasop", "--tail=80"],
+            ),
+            ("nodes", vec!["describe", "node", "worker-0"]),
+        ] {
+            let out = run(&mut kube(&args));
+            eprintln!(
+                "==== {title}: kubectl {}\n{}{}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
+
+/// The chart's ServiceMonitor, rendered, as the scrape config the Prometheus Operator makes
+/// of it: the Service's endpoints in the release namespace, kept by the selector's labels
+/// and the endpoint's port name.
+fn scrape_config_of_service_monitor(kubeconfig: &str) -> String {
+    let rendered = ok(helm().args([
+        "template",
+        "nasop",
+        "charts/nasop",
+        "-n",
+        SYSTEM,
+        "--set",
+        "serviceMonitor.enabled=true",
+        "--show-only",
+        "templates/servicemonitor.yaml",
+    ]));
+    let monitor: Value = serde_yaml::from_str(&rendered).expect("a ServiceMonitor");
+    let mut relabel = String::new();
+    for (label, value) in monitor["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .expect("matchLabels")
+    {
+        let meta: String = label
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        relabel += &format!(
+            "      - {{source_labels: [__meta_kubernetes_service_label_{meta}], regex: {}, action: keep}}\n",
+            value.as_str().unwrap()
+        );
+    }
+    let endpoint = &monitor["spec"]["endpoints"][0];
+    relabel += &format!(
+        "      - {{source_labels: [__meta_kubernetes_endpointslice_port_name], regex: {}, action: keep}}\n",
+        endpoint["port"].as_str().unwrap()
+    );
+    format!(
+        "  - job_name: servicemonitor\n    metrics_path: {}\n    scheme: {}\n    kubernetes_sd_configs:\n      - {{role: endpointslice, kubeconfig_file: {kubeconfig}, namespaces: {{names: [{SYSTEM}]}}}}\n    relabel_configs:\n{relabel}",
+        endpoint["path"].as_str().unwrap(),
+        endpoint["scheme"].as_str().unwrap(),
+    )
+}
+
+/// The objects of `kubectl get KIND -n NAMESPACE -l SELECTOR`.
+fn items(kind: &str, namespace: &str, selector: &str) -> Vec<Value> {
+    json(&["get", kind, "-n", namespace, "-l", selector])["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn trials() -> Vec<Value> {
+    items(
+        "nastrials",
+        NAMESPACE,
+        &format!("nasop.dev/experiment={EXPERIMENT}"),
+    )
+}
+
+fn operator_pods() -> Vec<String> {
+    items("pods", SYSTEM, "app.kubernetes.io/name=nasop")
+        .iter()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .map(|p| p["metadata"]["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn a_cpu_search_runs_on_a_real_node_through_the_helm_installed_operator() {
+    let registry = std::env::var("NASOP_TESTENV_REGISTRY")
+        .expect("NASOP_TESTENV_REGISTRY: run under tools/testenv/with.sh (make test)");
+    let kubeconfig = std::env::var("KUBECONFIG").expect("KUBECONFIG");
+    let started = Instant::now();
+    let _diagnostics = Diagnostics;
+    let images = format!("{registry}/nasop");
+
+    // 1. Images: built by `make test-images` before the suite (the same build); here they
+    // are tagged for the cluster's registry and pushed.
+    log(&format!("make push REGISTRY={images}"));
+    ok(Command::new("make").current_dir(repo(".")).args([
+        "push",
+        &format!("REGISTRY={images}"),
+        "TRAINER_VARIANTS=cpu",
+        "IMAGE_BASES=local",
+    ]));
+
+    // CRDs an earlier test applied with kubectl are handed to the release (README).
+    for crd in ["nasexperiments.nasop.dev", "nastrials.nasop.dev"] {
+        if run(&mut kube(&["get", "crd", crd])).status.success() {
+            ok(&mut kube(&[
+                "label",
+                "--overwrite",
+                "crd",
+                crd,
+                "app.kubernetes.io/managed-by=Helm",
+            ]));
+            ok(&mut kube(&[
+                "annotate",
+                "--overwrite",
+                "crd",
+                crd,
+                "meta.helm.sh/release-name=nasop",
+                &format!("meta.helm.sh/release-namespace={SYSTEM}"),
+            ]));
+        }
+    }
+
+    // 2. Install.
+    log("helm install");
+    ok(helm().args([
+        "install",
+        "nasop",
+        "charts/nasop",
+        "-n",
+        SYSTEM,
+        "--create-namespace",
+        "--set",
+        &format!("image.repository={images}/nasop"),
+    ]));
+    ok(&mut kube(&[
+        "-n",
+        SYSTEM,
+        "rollout",
+        "status",
+        "deployment/nasop",
+        "--timeout=300s",
+    ]));
+    log(&format!("operator running after {:?}", started.elapsed()));
+
+    let dir = std::env::temp_dir().join(format!("nasop-e2e-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let prometheus = prometheus::start_prometheus_with(
+        &dir,
+        &scrape_config_of_service_monitor(&kubeconfig),
+        "servicemonitor",
+    );
+
+    // 3. The experiment, its image pointed at the registry.
+    let example = std::fs::read_to_string(repo("examples/k8s/fashion-mnist-cpu.yaml")).unwrap();
+    assert!(
+        example.contains(EXAMPLE_IMAGE),
+        "the example uses {EXAMPLE_IMAGE}"
+    );
+    let manifest = example.replace(EXAMPLE_IMAGE, &format!("{images}/nasop-trainer:0.1.0-cpu"));
+    let _ = run(&mut kube(&["create", "namespace", NAMESPACE]));
+    let out = with_stdin(&mut kube(&["apply", "-n", NAMESPACE, "-f", "-"]), &manifest);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Wait for the end; delete the operator pod once a trial has reported, mid-run.
+    let mut killed: Option<String> = None;
+    let mut last = String::new();
+    let experiment = loop {
+        assert!(
+            started.elapsed() < TIMEOUT,
+            "the experiment did not end within {TIMEOUT:?}"
+        );
+        let exp = json(&["get", "nasexp", EXPERIMENT, "-n", NAMESPACE]);
+        let status = &exp["status"];
+        let line = format!(
+            "phase {} trials {} progress {}",
+            status["phase"], status["trials"], status["progress"]
+        );
+        if line != last {
+            log(&line);
+            last = line;
+        }
+        match status["phase"].as_str() {
+            Some("Succeeded") => break exp,
+            Some("Failed") => panic!("the experiment failed: {status}"),
+            _ => {}
+        }
+        if killed.is_none() {
+            let reported = trials().iter().any(|t| {
+                t["status"]["history"]
+                    .as_array()
+                    .is_some_and(|h| !h.is_empty())
+            });
+            if reported {
+                let pods = operator_pods();
+                assert_eq!(pods.len(), 1, "one operator pod: {pods:?}");
+                log(&format!("deleting the operator pod {}", pods[0]));
+                ok(&mut kube(&[
+                    "delete",
+                    "pod",
+                    "-n",
+                    SYSTEM,
+                    &pods[0],
+                    "--wait=false",
+                ]));
+                killed = Some(pods[0].clone());
+            }
+        }
+        std::thread::sleep(Duration::from_secs(3));
+    };
+    log(&format!("Succeeded after {:?}", started.elapsed()));
+    let killed = killed.expect("a trial reported before the experiment ended");
+    let now = operator_pods();
+    assert!(
+        now.len() == 1 && now[0] != killed,
+        "a new operator pod replaced {killed}: {now:?}"
+    );
+
+    // Every trial, once: six, indices 0..6, each with its history and final metrics.
+    let status = &experiment["status"];
+    let all = trials();
+    let mut indices: Vec<u64> = all
+        .iter()
+        .map(|t| t["spec"]["index"].as_u64().expect("spec.index"))
+        .collect();
+    indices.sort();
+    assert_eq!(
+        indices,
+        (0..6).collect::<Vec<u64>>(),
+        "no trial lost or duplicated"
+    );
+    assert_eq!(status["trials"]["created"], 6, "{status}");
+    assert_eq!(status["trials"]["failed"], 0, "{status}");
+    let mut stopped = Vec::new();
+    for t in &all {
+        let name = t["metadata"]["name"].as_str().unwrap();
+        let s = &t["status"];
+        let history = s["history"].as_array().cloned().unwrap_or_default();
+        assert!(!history.is_empty(), "{name} has no reports in status: {s}");
+        match (s["phase"].as_str(), s["reason"].as_str()) {
+            (Some("Succeeded"), _) => {
+                assert_eq!(history.len(), 3, "{name}: one report per epoch: {s}");
+                for metric in ["val_accuracy", "test_accuracy", "params"] {
+                    assert!(
+                        s["metrics"][metric].is_number(),
+                        "{name}: final {metric} in status: {s}"
+                    );
+                }
+            }
+            (Some("Stopped"), Some("EarlyStopped")) => stopped.push(t.clone()),
+            other => panic!("{name} ended {other:?}: {s}"),
+        }
+    }
+    let best = &status["bestTrial"];
+    let test_accuracy = best["metrics"]["test_accuracy"].as_f64().unwrap_or(0.0);
+    log(&format!(
+        "best {} ({}): test accuracy {test_accuracy}",
+        best["name"], best["candidate"]
+    ));
+    assert!(test_accuracy >= 0.85, "best trial's test accuracy: {best}");
+
+    // Median stopping ended a real trainer: the reply reached the process, which stopped
+    // after fewer epochs and exited 0, so its pod is Completed.
+    assert!(
+        !stopped.is_empty(),
+        "no trial was stopped early; trials: {:?}",
+        all.iter().map(|t| &t["status"]).collect::<Vec<_>>()
+    );
+    for t in &stopped {
+        let name = t["metadata"]["name"].as_str().unwrap();
+        let steps = t["status"]["history"].as_array().unwrap().len();
+        assert!(steps < 3, "{name} was stopped but trained {steps} epochs");
+        let pod = t["status"]["pod"].as_str().expect("the trial's pod");
+        let p = json(&["get", "pod", "-n", NAMESPACE, pod]);
+        let terminated = &p["status"]["containerStatuses"][0]["state"]["terminated"];
+        assert_eq!(p["status"]["phase"], "Succeeded", "{pod}: {}", p["status"]);
+        assert_eq!(terminated["exitCode"], 0, "{pod}: {terminated}");
+        log(&format!(
+            "{name} stopped after {steps} epoch(s); pod {pod} Completed"
+        ));
+    }
+
+    // The trainer's own progress, through the API server and the kubelet.
+    let pod = all[0]["status"]["pod"].as_str().unwrap();
+    let logs = ok(&mut kube(&["logs", "-n", NAMESPACE, pod]));
+    assert!(logs.contains("\"epoch\""), "kubectl logs {pod}:\n{logs}");
+
+    // Prometheus found the operator pod (the new one too) through the Service's endpoints.
+    let series = prometheus::query(
+        &prometheus,
+        &format!("nasop_best_objective{{experiment=\"{EXPERIMENT}\"}}"),
+    )
+    .unwrap();
+    assert!(
+        series.iter().any(prometheus::finite),
+        "nasop_best_objective for {EXPERIMENT}: {series:?}"
+    );
+    let up = prometheus::query(&prometheus, "up{job=\"servicemonitor\"} == 1").unwrap();
+    assert!(!up.is_empty(), "Prometheus scrapes the operator pod");
+
+    // Deleting the experiment removes its trials' pods.
+    ok(&mut kube(&[
+        "delete", "nasexp", EXPERIMENT, "-n", NAMESPACE,
+    ]));
+    let deleted = Instant::now();
+    loop {
+        let left = items(
+            "pods",
+            NAMESPACE,
+            &format!("nasop.dev/experiment={EXPERIMENT}"),
+        )
+        .len();
+        if left == 0 {
+            break;
+        }
+        assert!(
+            deleted.elapsed() < Duration::from_secs(120),
+            "{left} trial pods left after deleting the experiment"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    log(&format!("all done after {:?}", started.elapsed()));
+
+    drop(prometheus);
+    ok(helm().args(["uninstall", "nasop", "-n", SYSTEM, "--wait"]));
+    let _ = run(&mut kube(&[
+        "delete",
+        "namespace",
+        NAMESPACE,
+        SYSTEM,
+        "--wait=false",
+    ]));
+    let _ = std::fs::remove_dir_all(&dir);
+}
