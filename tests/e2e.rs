@@ -76,6 +76,18 @@ impl Drop for Diagnostics {
             ("pods", vec!["get", "pods", "-A", "-o", "wide"]),
             ("trial pods", vec!["describe", "pods", "-n", NAMESPACE]),
             (
+                "trainer logs",
+                vec![
+                    "logs",
+                    "-n",
+                    NAMESPACE,
+                    "-l",
+                    "nasop.dev/experiment",
+                    "--prefix",
+                    "--tail=20",
+                ],
+            ),
+            (
                 "events",
                 vec!["get", "events", "-A", "--sort-by=.lastTimestamp"],
             ),

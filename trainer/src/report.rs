@@ -10,11 +10,19 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// How long a report is retried before training goes on without it: longer than an
+/// operator takes to hand over to its replacement (a new pod, the leader lease), so that a
+/// restarted operator loses no report. NASOP_REPORT_RETRY_SECONDS sets another.
+const RETRY_FOR: Duration = Duration::from_secs(60);
+const ENV_RETRY_SECONDS: &str = "NASOP_REPORT_RETRY_SECONDS";
+/// The longest wait between two tries.
+const MAX_DELAY: Duration = Duration::from_secs(5);
+
 pub struct Reporter {
     endpoint: Option<(String, String)>,
     agent: ureq::Agent,
     termination: Option<PathBuf>,
-    attempts: u32,
+    retry_for: Duration,
 }
 
 impl Reporter {
@@ -43,7 +51,11 @@ impl Reporter {
             endpoint,
             agent,
             termination,
-            attempts: 4,
+            retry_for: std::env::var(ENV_RETRY_SECONDS)
+                .ok()
+                .and_then(|v| v.parse::<f64>().ok())
+                .filter(|s| s.is_finite() && *s >= 0.0)
+                .map_or(RETRY_FOR, Duration::from_secs_f64),
         }
     }
 
@@ -67,8 +79,11 @@ impl Reporter {
         let Some((url, token)) = &self.endpoint else {
             return ReportAction::Continue;
         };
+        let started = std::time::Instant::now();
         let mut delay = Duration::from_millis(200);
-        for attempt in 1..=self.attempts {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
             let sent = self
                 .agent
                 .post(url)
@@ -77,29 +92,35 @@ impl Reporter {
             match sent {
                 Ok(mut response) => match response.body_mut().read_json::<ReportReply>() {
                     Ok(reply) => return reply.action,
-                    Err(e) => eprintln!(
-                        "nasop-trainer: the report endpoint answered something unreadable ({e}); continuing"
-                    ),
+                    Err(e) => {
+                        eprintln!(
+                            "nasop-trainer: the report endpoint answered something unreadable ({e}); continuing"
+                        );
+                        return ReportAction::Continue;
+                    }
                 },
-                Err(ureq::Error::StatusCode(code)) if (400..500).contains(&code) => {
+                Err(ureq::Error::StatusCode(code)) if (400..500).contains(&code) && code != 429 => {
                     eprintln!(
                         "nasop-trainer: the report endpoint refused step {step} (HTTP {code}); continuing without it"
                     );
                     return ReportAction::Continue;
                 }
-                Err(e) if attempt < self.attempts => {
+                Err(e) if started.elapsed() + delay < self.retry_for => {
                     eprintln!(
                         "nasop-trainer: report of step {step} failed ({e}); retrying in {delay:?}"
                     );
                     std::thread::sleep(delay);
-                    delay *= 2;
+                    delay = (delay * 2).min(MAX_DELAY);
                 }
-                Err(e) => eprintln!(
-                    "nasop-trainer: report of step {step} failed {attempt} times ({e}); training goes on"
-                ),
+                Err(e) => {
+                    eprintln!(
+                        "nasop-trainer: report of step {step} failed {attempt} times in {:.0?} ({e}); training goes on",
+                        started.elapsed()
+                    );
+                    return ReportAction::Continue;
+                }
             }
         }
-        ReportAction::Continue
     }
 
     /// Writes the final report (at most 4 KiB of compact JSON) to the termination file.

@@ -219,9 +219,16 @@ fn an_unreachable_report_url_does_not_stop_training() {
         .args(["--epochs", "1"])
         .env("NASOP_REPORT_URL", "http://127.0.0.1:9/v1/report")
         .env("NASOP_REPORT_TOKEN", "t")
+        .env("NASOP_REPORT_RETRY_SECONDS", "1.5")
         .output()
         .unwrap();
     assert_eq!(lines(&out).last().unwrap()["info"]["ending"], "Completed");
+    // Retried (for an operator's handover), then given up on within the budget.
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("retrying in") && err.contains("training goes on"),
+        "{err}"
+    );
 }
 
 #[test]
