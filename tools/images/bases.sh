@@ -21,7 +21,7 @@ mkdir -p "$cache"
 # (an egress proxy, as on this project's machines), builds inside them fetch from crates.io,
 # PyPI and rustup as the host does.
 extra_cas=$(ls /usr/local/share/ca-certificates/*.crt 2>/dev/null || true)
-version=1
+version=2
 key=$( { echo "$version"; cat $extra_cas; } | sha256sum | cut -c1-12)
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 rust_version=1.89.0
@@ -38,9 +38,21 @@ if [ ! -f "$rootfs.tar" ]; then
     cp $extra_cas "$tmp/usr/local/share/ca-certificates/"
     chroot "$tmp" update-ca-certificates >/dev/null
   fi
-  # What debian:bookworm-slim leaves out: apt lists, docs, man pages, logs.
-  rm -rf "$tmp"/var/lib/apt/lists/* "$tmp"/var/cache/apt/*.bin "$tmp"/usr/share/doc/* \
-    "$tmp"/usr/share/man/* "$tmp"/var/log/*.log "$tmp"/var/cache/debconf/*-old
+  # What debian:bookworm-slim leaves out, as its build does: the downloaded packages, apt's
+  # lists and caches, docs, man pages, translations, logs; and the apt and dpkg settings
+  # that keep later installs from bringing them back.
+  rm -rf "$tmp"/var/lib/apt/lists/* "$tmp"/var/cache/apt/archives/*.deb "$tmp"/var/cache/apt/*.bin \
+    "$tmp"/usr/share/doc/* "$tmp"/usr/share/man/* "$tmp"/usr/share/info/* "$tmp"/usr/share/locale/* \
+    "$tmp"/var/log/*.log "$tmp"/var/cache/debconf/*-old
+  cat > "$tmp/etc/apt/apt.conf.d/docker-clean" <<'APT'
+DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+APT::Update::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+Dir::Cache::pkgcache "";
+Dir::Cache::srcpkgcache "";
+Acquire::Languages "none";
+APT
+  printf 'path-exclude /usr/share/doc/*\npath-include /usr/share/doc/*/copyright\npath-exclude /usr/share/man/*\npath-exclude /usr/share/info/*\npath-exclude /usr/share/locale/*\n' \
+    > "$tmp/etc/dpkg/dpkg.cfg.d/docker-slim"
   echo "deb $mirror bookworm main" > "$tmp/etc/apt/sources.list"
   tar -C "$tmp" --numeric-owner -cf "$rootfs.tar.part" .
   rm -rf "$tmp"
