@@ -36,7 +36,7 @@ if [ ! -f "$rootfs.tar" ]; then
   debootstrap --variant=minbase --include=ca-certificates bookworm "$tmp" "$mirror" >&2
   if [ -n "$extra_cas" ]; then
     cp $extra_cas "$tmp/usr/local/share/ca-certificates/"
-    chroot "$tmp" update-ca-certificates >/dev/null
+    TMPDIR=/tmp chroot "$tmp" update-ca-certificates >/dev/null  # the chroot has no host TMPDIR
   fi
   # What debian:bookworm-slim leaves out, as its build does: the downloaded packages, apt's
   # lists and caches, docs, man pages, translations, logs; and the apt and dpkg settings
