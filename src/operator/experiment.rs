@@ -97,7 +97,6 @@ pub fn error_policy(object: Arc<DynamicObject>, err: &Error, ctx: Arc<Ctx>) -> A
 }
 
 /// The experiment's trials, by index: those its UID owns (see [`index`]).
-/// The trials of the experiment with this UID, from the cache, by index.
 pub(super) fn trials_of(ctx: &Ctx, namespace: &str, uid: &str) -> Vec<Arc<NasTrial>> {
     let mut trials: Vec<Arc<NasTrial>> = ctx
         .index
@@ -423,19 +422,28 @@ async fn stop_trials(ctx: &Ctx, world: &World, stops: &[crate::engine::Stop]) ->
         if already {
             continue;
         }
-        let reason = format!("{:?}", stop.reason);
-        info!(namespace = %ns, experiment = %name, trial = %tname, %reason, "stopping trial");
-        let patch = serde_json::json!({"spec": {"stop": reason}});
-        match trial_api
-            .patch(&tname, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.is_not_found() => {}
-            Err(e) => return Err(e.into()),
-        }
+        info!(namespace = %ns, experiment = %name, trial = %tname, reason = ?stop.reason, "stopping trial");
+        request_stop(&trial_api, &tname, stop.reason).await?;
     }
     Ok(())
+}
+
+/// Asks a trial to stop (`spec.stop`); its controller and its next report carry it out. A
+/// trial already gone needs no stop.
+pub(super) async fn request_stop(
+    api: &Api<NasTrial>,
+    name: &str,
+    reason: crate::engine::StopReason,
+) -> Result<(), kube::Error> {
+    let patch = serde_json::json!({"spec": {"stop": format!("{reason:?}")}});
+    match api
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.is_not_found() => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// Records the new trials, concurrently (one API round trip is most of a slot's wait),

@@ -278,8 +278,12 @@ fn falls_behind(
     let Ok(me) = status::record(exp, &now) else {
         return false;
     };
+    // The rule compares with finished trials only; the others need not be read.
     let all: Vec<_> = super::experiment::trials_of(ctx, &namespace, uid)
         .iter()
+        .filter(|t| {
+            t.status.as_ref().and_then(|s| s.phase) == Some(crate::api::TrialPhaseName::Succeeded)
+        })
         .filter_map(|t| status::record(exp, t).ok())
         .collect();
     crate::engine::median_should_stop(rule, objective, &me, &all)
@@ -289,22 +293,15 @@ fn falls_behind(
 /// tells the trainer, so that its exit counts as stopped, not completed. False when it could
 /// not be recorded: the trainer then goes on, and the controller decides again.
 async fn mark_early_stopped(api: &Api<NasTrial>, trial: &NasTrial) -> bool {
-    let reason = format!("{:?}", crate::engine::StopReason::EarlyStopped);
-    let patch = serde_json::json!({"spec": {"stop": reason}});
-    match api
-        .patch(
-            &trial.name_any(),
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(&patch),
-        )
-        .await
+    let name = trial.name_any();
+    match super::experiment::request_stop(api, &name, crate::engine::StopReason::EarlyStopped).await
     {
-        Ok(_) => {
-            info!(namespace = ?trial.namespace(), trial = %trial.name_any(), "stopping trial in its report's reply: it fell behind the median");
+        Ok(()) => {
+            info!(namespace = ?trial.namespace(), trial = %name, "stopping trial in its report's reply: it fell behind the median");
             true
         }
         Err(e) => {
-            warn!(trial = %trial.name_any(), error = %e, "could not record an early stop");
+            warn!(trial = %name, error = %e, "could not record an early stop");
             false
         }
     }

@@ -289,15 +289,13 @@ pub async fn reconcile(trial: Arc<NasTrial>, ctx: Arc<Ctx>) -> Result<Action, Er
     }))
 }
 
-/// The trainer's mean time between reports so far: from its start to its last report (or to
-/// now, while the stop has not been seen), over the reports. 0 before the first.
+/// The trainer's mean time between reports: from its start to the stop request (or now),
+/// over the reports it made. 0 before the first.
 fn report_interval(status: &NasTrialStatus, now: f64) -> f64 {
-    let (Some(start), n) = (status.start_time.as_ref(), status.history.len()) else {
+    let n = status.history.len();
+    let Some(start) = status.start_time.as_ref().filter(|_| n > 0) else {
         return 0.0;
     };
-    if n == 0 {
-        return 0.0;
-    }
     let until = status
         .stop_requested_time
         .as_ref()
