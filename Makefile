@@ -31,9 +31,9 @@ lint: toolchain
 # Every test: unit and property tests of core, strategies and engine, the CRD drift check,
 # the strategy benchmark on the NAS-Bench-201 tables, the trainer on Fashion-MNIST, the local
 # runner, and the integration tests against a real control plane (started once for the
-# suite, stopped afterwards).
-test: lint data testenv-build test-images
-	$(TORCH) tools/testenv/with.sh $(CARGO) test --release --workspace
+# suite, stopped afterwards). The Go-built test tools build beside the lint and the images.
+test: toolchain
+	CARGO=$(CARGO) scripts/test.sh
 
 # The test control plane (kube-apiserver, etcd, controller-manager, scheduler, KWOK, helm)
 # built from published Go modules, cached in ~/.cache/nasop.

@@ -2,9 +2,9 @@
 # Builds the test tools from published Go modules into ${NASOP_CACHE:-~/.cache/nasop}/testenv/bin
 # and prints that directory. Each part is rebuilt only when its version changes (a stamp per
 # part): kube-apiserver, kube-controller-manager, kube-scheduler, etcd, and the real node's
-# kubelet and kube-proxy from the wrapper module here (see update-go-mod.sh); coredns, the
-# image registry, kwok, helm and prometheus with `go install`; the ServiceMonitor CRD from the
-# Prometheus Operator's module.
+# kubelet and kube-proxy from the wrapper module here (see update-go-mod.sh); coredns from
+# coredns/ (only the plugins the node uses); the image registry, kwok, helm and prometheus
+# with `go install`; the ServiceMonitor CRD from the Prometheus Operator's module.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/versions.env"
@@ -36,64 +36,93 @@ go_install() {
 started=$(date +%s)
 cd "$here"
 
-part=kubernetes-$KUBERNETES_VERSION-etcd$ETCD_VERSION
-if ! built "$part"; then
+# The control plane and the real node's Kubernetes parts, from the wrapper module here, in one
+# `go build` (its packages compile once, and one binary links while others compile).
+control_plane() {
+  local cmds=() pkgs=() cmd tmp
+  built "kubernetes-$KUBERNETES_VERSION-etcd$ETCD_VERSION" || cmds+=(kube-apiserver kube-controller-manager kube-scheduler etcd)
+  built "node-$KUBERNETES_VERSION" || cmds+=(kubelet kube-proxy)
+  [ ${#cmds[@]} -gt 0 ] || return 0
   need_go
-  echo "building the test control plane into $bin (once per version; about 7 minutes on 2 cores)" >&2
-  for cmd in kube-apiserver kube-controller-manager kube-scheduler; do
-    echo "  $cmd $KUBERNETES_VERSION" >&2
-    go build -trimpath -ldflags "$(k8s_ldflags)" -o "$bin/$cmd" "k8s.io/kubernetes/cmd/$cmd"
+  echo "  ${cmds[*]} ($KUBERNETES_VERSION, etcd $ETCD_VERSION; about 10 minutes on 2 cores)" >&2
+  for cmd in "${cmds[@]}"; do
+    case $cmd in
+      etcd) pkgs+=(go.etcd.io/etcd/server/v3) ;;
+      *) pkgs+=("k8s.io/kubernetes/cmd/$cmd") ;;
+    esac
   done
-  echo "  etcd $ETCD_VERSION" >&2
-  go build -trimpath -ldflags "-s -w" -o "$bin/etcd" go.etcd.io/etcd/server/v3
-  stamp "$part"
-fi
+  tmp=$(mktemp -d "$bin/.build.XXXXXX")
+  go build -trimpath -ldflags "$(k8s_ldflags)" -o "$tmp/" "${pkgs[@]}"
+  # go names the etcd server package's binary after its path: .../server/v3 -> server.
+  [ ! -f "$tmp/server" ] || mv "$tmp/server" "$tmp/etcd"
+  mv "$tmp"/* "$bin/" && rmdir "$tmp"
+  built "kubernetes-$KUBERNETES_VERSION-etcd$ETCD_VERSION" || stamp "kubernetes-$KUBERNETES_VERSION-etcd$ETCD_VERSION"
+  built "node-$KUBERNETES_VERSION" || stamp "node-$KUBERNETES_VERSION"
+}
 
-# The real node's Kubernetes parts, from the same wrapper module and version.
-part=node-$KUBERNETES_VERSION
-if ! built "$part"; then
-  need_go
-  for cmd in kubelet kube-proxy; do
-    echo "  $cmd $KUBERNETES_VERSION" >&2
-    go build -trimpath -ldflags "$(k8s_ldflags)" -o "$bin/$cmd" "k8s.io/kubernetes/cmd/$cmd"
-  done
-  stamp "$part"
-fi
+# The rest with `go install`, beside the control plane's build: their module downloads and
+# links fill the cores the other leaves idle.
+tools() {
+  # Cluster DNS for the real node, with only the plugins its Corefile uses (coredns/main.go).
+  part=coredns-$COREDNS_VERSION-min
+  if ! built "$part"; then
+    need_go
+    grep -q "github.com/coredns/coredns $COREDNS_VERSION\$" coredns/go.mod ||
+      { echo "coredns/go.mod is not at COREDNS_VERSION $COREDNS_VERSION: run tools/testenv/update-go-mod.sh" >&2; exit 1; }
+    echo "  coredns $COREDNS_VERSION" >&2
+    (cd coredns && go build -trimpath -ldflags "-s -w" -o "$bin/coredns" .)
+    stamp "$part"
+  fi
 
-go_install coredns "$COREDNS_VERSION" "github.com/coredns/coredns@$COREDNS_VERSION"
+  # The registry the test images are pushed to and the kubelet pulls from (CNCF Distribution).
+  go_install registry "$REGISTRY_VERSION" "github.com/distribution/distribution/v3/cmd/registry@$REGISTRY_VERSION"
 
-# The registry the test images are pushed to and the kubelet pulls from (CNCF Distribution).
-go_install registry "$REGISTRY_VERSION" "github.com/distribution/distribution/v3/cmd/registry@$REGISTRY_VERSION"
+  go_install kwok "$KWOK_VERSION" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
 
-go_install kwok "$KWOK_VERSION" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
+  # Helm's default Kubernetes version (for `helm template` and lint) is set at link time, as
+  # its release builds do; without it a plain `go install` says v1.20.
+  part=helm-$HELM_VERSION-k1.$minor
+  if ! built "$part"; then
+    need_go
+    echo "  helm $HELM_VERSION" >&2
+    hl="-s -w"
+    for p in helm.sh/helm/v3/pkg/chartutil helm.sh/helm/v3/pkg/lint/rules; do
+      hl="$hl -X $p.k8sVersionMajor=1 -X $p.k8sVersionMinor=$minor"
+    done
+    GOBIN=$bin go install -trimpath -ldflags "$hl" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+    stamp "$part"
+  fi
 
-# Helm's default Kubernetes version (for `helm template` and lint) is set at link time, as
-# its release builds do; without it a plain `go install` says v1.20.
-part=helm-$HELM_VERSION-k1.$minor
-if ! built "$part"; then
-  need_go
-  echo "  helm $HELM_VERSION" >&2
-  hl="-s -w"
-  for p in helm.sh/helm/v3/pkg/chartutil helm.sh/helm/v3/pkg/lint/rules; do
-    hl="$hl -X $p.k8sVersionMajor=1 -X $p.k8sVersionMinor=$minor"
-  done
-  GOBIN=$bin go install -trimpath -ldflags "$hl" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
-  stamp "$part"
-fi
+  # Only the Kubernetes service discovery of Prometheus's ~30 (its build tags), which the
+  # dashboard and e2e tests use.
+  part=prometheus-$PROMETHEUS_VERSION-k8s-sd
+  if ! built "$part"; then
+    need_go
+    echo "  prometheus $PROMETHEUS_VERSION" >&2
+    GOBIN=$bin go install -trimpath -tags remove_all_sd,enable_kubernetes_sd -ldflags "-s -w" \
+      "github.com/prometheus/prometheus/cmd/prometheus@$PROMETHEUS_VERSION"
+    stamp "$part"
+  fi
 
-go_install prometheus "$PROMETHEUS_VERSION" "github.com/prometheus/prometheus/cmd/prometheus@$PROMETHEUS_VERSION" "(about 5 minutes)"
+  part=servicemonitor-crd-$PROMETHEUS_OPERATOR_VERSION
+  if ! built "$part"; then
+    need_go
+    echo "  the ServiceMonitor CRD of prometheus-operator $PROMETHEUS_OPERATOR_VERSION" >&2
+    dir=$(cd "$bin" && GOFLAGS=-mod=mod go mod download -json \
+      "github.com/prometheus-operator/prometheus-operator@$PROMETHEUS_OPERATOR_VERSION" |
+      python3 -c 'import json, sys; print(json.load(sys.stdin)["Dir"])')
+    cp "$dir/example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml" "$bin/servicemonitors.crd.yaml"
+    chmod 644 "$bin/servicemonitors.crd.yaml"
+    stamp "$part"
+  fi
+}
 
-part=servicemonitor-crd-$PROMETHEUS_OPERATOR_VERSION
-if ! built "$part"; then
-  need_go
-  echo "  the ServiceMonitor CRD of prometheus-operator $PROMETHEUS_OPERATOR_VERSION" >&2
-  dir=$(cd "$bin" && GOFLAGS=-mod=mod go mod download -json \
-    "github.com/prometheus-operator/prometheus-operator@$PROMETHEUS_OPERATOR_VERSION" |
-    python3 -c 'import json, sys; print(json.load(sys.stdin)["Dir"])')
-  cp "$dir/example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml" "$bin/servicemonitors.crd.yaml"
-  chmod 644 "$bin/servicemonitors.crd.yaml"
-  stamp "$part"
-fi
+control_plane &
+cp_pid=$!
+trap 'pkill -P $cp_pid 2>/dev/null; kill $cp_pid 2>/dev/null || true' EXIT
+tools
+wait $cp_pid
+trap - EXIT
 
 elapsed=$(( $(date +%s) - started ))
 [ "$elapsed" -gt 2 ] && echo "built in $elapsed s; $(du -sh "$bin" | cut -f1) of tools" >&2
