@@ -66,7 +66,7 @@ bench-operator: build testenv-build
 	tools/testenv/with.sh $(NASOP) bench operator
 
 # nasop-trainer against PyTorch eager on the same network (installs a Python torch once).
-bench-trainer: build
+bench-trainer: build data
 	scripts/bench-trainer.sh cpu
 
 # The operator as a static binary, the way the Dockerfile builds it (no container engine needed).

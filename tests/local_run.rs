@@ -303,13 +303,15 @@ fn bad_manifests_and_missing_programs_say_what_to_do() {
     assert!(!err.contains("panicked"), "{err}");
 }
 
+/// A failed trainer's termination message (its reason, as the operator shows it) is in the
+/// trial's reason beside the pointer to its log.
 #[test]
 fn failing_trials_fail_the_experiment_with_a_pointer_to_the_log() {
     let dir = scratch("failing");
     let manifest = script_manifest(&dir, 6, 1, "0");
     let text = std::fs::read_to_string(&manifest).unwrap().replace(
         "args: [\"sleep 0;",
-        "args: [\"echo dataset missing >&2; exit 3; sleep 0;",
+        "args: [\"echo dataset missing >&2; echo training diverged >$NASOP_TERMINATION_PATH; exit 3; sleep 0;",
     );
     std::fs::write(&manifest, text).unwrap();
     let out = nasop()
@@ -326,7 +328,8 @@ fn failing_trials_fail_the_experiment_with_a_pointer_to_the_log() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("TrainerFailed: exit status: 3; see") && stdout.contains("log.txt"),
+        stdout.contains("TrainerFailed: exit status: 3: training diverged; see")
+            && stdout.contains("log.txt"),
         "{stdout}"
     );
     let log = std::fs::read_to_string(dir.join("runs/script/trials/0/log.txt")).unwrap();

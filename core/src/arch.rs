@@ -137,9 +137,10 @@ fn parse_layers(text: &str) -> Result<Architecture, String> {
         let (op, width) = item
             .split_once('@')
             .ok_or_else(|| format!("layer {item:?} must be written op@width"))?;
-        let width = width
-            .parse()
-            .map_err(|_| format!("layer {item:?}: width {width:?} is not a positive integer"))?;
+        let width =
+            width.parse().ok().filter(|w| *w > 0).ok_or_else(|| {
+                format!("layer {item:?}: width {width:?} is not a positive integer")
+            })?;
         if op.is_empty() {
             return Err(format!("layer {item:?} has no operation"));
         }
@@ -256,6 +257,8 @@ mod tests {
         assert!(e.problem.contains("expected ~0"), "{e}");
         let e = Architecture::parse("conv@wide").unwrap_err();
         assert!(e.problem.contains("width"), "{e}");
+        let e = Architecture::parse("conv_3x3@16,conv_3x3@0").unwrap_err();
+        assert!(e.problem.contains("\"0\" is not a positive integer"), "{e}");
     }
 
     #[test]

@@ -159,10 +159,14 @@ pub fn run(opts: &RunOptions) -> Result<PathBuf> {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .close(index);
-            let last: Option<contract::Report> =
-                std::fs::read_to_string(a.dir.join("termination.json"))
-                    .ok()
-                    .and_then(|t| serde_json::from_str(&t).ok());
+            let termination =
+                std::fs::read_to_string(a.dir.join("termination.json")).unwrap_or_default();
+            let last: Option<contract::Report> = serde_json::from_str(&termination).ok();
+            // A failed trainer's termination message is its reason, as on the cluster.
+            let said = match &last {
+                None if !termination.trim().is_empty() => format!(": {}", termination.trim()),
+                _ => String::new(),
+            };
             let record = trials
                 .iter()
                 .find(|t| t.index == index)
@@ -175,7 +179,7 @@ pub fn run(opts: &RunOptions) -> Result<PathBuf> {
                 (None, s, _) => (
                     FinishedPhase::Failed,
                     format!(
-                        "TrainerFailed: {}; see {}",
+                        "TrainerFailed: {}{said}; see {}",
                         s.map_or("killed".into(), |s| s.to_string()),
                         a.dir.join("log.txt").display()
                     ),

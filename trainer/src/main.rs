@@ -5,6 +5,7 @@ mod darts;
 mod data;
 mod model;
 mod optim;
+mod recipe;
 mod report;
 mod train;
 
@@ -15,6 +16,7 @@ use model::NetConfig;
 use nasop_core::Architecture;
 use nasop_core::contract::{ENV_TRIAL, Report, TrialInput};
 use optim::OptimizerKind;
+use recipe::{Origins, Recipe, RecipeName};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -61,20 +63,29 @@ enum Command {
         /// cpu or cuda.
         #[arg(long, default_value = "cpu")]
         device: String,
+        /// bf16: CUDA autocast in bfloat16, as training runs; fp32: none (CPU is always fp32).
+        #[arg(long, value_enum, default_value = "bf16")]
+        precision: Precision,
     },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Precision {
+    Bf16,
+    Fp32,
 }
 
 #[derive(Args, Clone, Copy)]
 struct NetArgs {
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, allow_negative_numbers = true)]
     input_channels: i64,
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, allow_negative_numbers = true)]
     classes: i64,
     /// Channels of the first stage (NAS-Bench-201: 16).
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, allow_negative_numbers = true)]
     channels: i64,
     /// Cells per stage (NAS-Bench-201: 5).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, allow_negative_numbers = true)]
     cells_per_stage: i64,
 }
 
@@ -95,18 +106,34 @@ struct TrainArgs {
     /// Where the dataset's files are (default: the dataset's usual place).
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    #[arg(long, default_value_t = 10)]
-    epochs: u32,
+    /// The training recipe: every setting below that is not given comes from it (default:
+    /// small; darts for --mode darts|gdas). The trial's first log line prints it in full.
+    #[arg(long, value_enum)]
+    recipe: Option<RecipeName>,
+    /// Training epochs (small: 10, nb201: 200, nb201-12: 12, darts: 50).
+    #[arg(long)]
+    epochs: Option<u32>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    #[arg(long, default_value_t = 128)]
-    batch_size: i64,
-    #[arg(long, default_value_t = 0.1)]
-    learning_rate: f64,
-    #[arg(long, default_value_t = 5e-4)]
-    weight_decay: f64,
-    #[arg(long, value_enum, default_value = "sgd")]
-    optimizer: OptimizerKind,
+    /// Images per batch (small: 128, nb201: 256, darts: 64).
+    #[arg(long)]
+    batch_size: Option<i64>,
+    /// The learning rate at the start of the cosine schedule (0.1; darts: 0.025).
+    #[arg(long)]
+    learning_rate: Option<f64>,
+    /// SGD's Nesterov momentum (0.9).
+    #[arg(long)]
+    momentum: Option<f64>,
+    /// L2 weight decay (5e-4; darts: 3e-4).
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    /// sgd (Nesterov) or adam.
+    #[arg(long, value_enum)]
+    optimizer: Option<OptimizerKind>,
+    /// Random crop (pad 4, black) and horizontal flip: true or false (default: nb201 always,
+    /// small for natural images: CIFAR).
+    #[arg(long)]
+    augment: Option<bool>,
     /// CPU threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -121,13 +148,15 @@ struct TrainArgs {
         default_value = "none,skip_connect,nor_conv_1x1,nor_conv_3x3,avg_pool_3x3"
     )]
     operations: Vec<String>,
-    #[arg(long, default_value_t = 16)]
-    channels: i64,
-    #[arg(long, default_value_t = 5)]
-    cells_per_stage: i64,
-    /// Share of the training images held out for validation.
-    #[arg(long, default_value_t = 0.1)]
-    valid_fraction: f64,
+    /// Channels of the first stage (16, as NAS-Bench-201).
+    #[arg(long, allow_negative_numbers = true)]
+    channels: Option<i64>,
+    /// Cells per stage (5, as NAS-Bench-201).
+    #[arg(long, allow_negative_numbers = true)]
+    cells_per_stage: Option<i64>,
+    /// Share of the training images held out for validation (small: 0.1, nb201: 0.5).
+    #[arg(long)]
+    valid_fraction: Option<f64>,
     /// Use at most this many training images (0: all).
     #[arg(long, default_value_t = 0)]
     limit: usize,
@@ -171,6 +200,17 @@ fn main() {
 fn run() -> Result<()> {
     match Cli::parse().command {
         Command::Params { arch, net } => {
+            for (flag, value, most) in [
+                ("--channels", net.channels, 4096),
+                ("--cells-per-stage", net.cells_per_stage, 64),
+                ("--input-channels", net.input_channels, 64),
+                ("--classes", net.classes, 100_000),
+            ] {
+                anyhow::ensure!(
+                    (1..=most).contains(&value),
+                    "{flag} = {value}: must be from 1 to {most}"
+                );
+            }
             let config = NetConfig {
                 channels: net.channels,
                 cells_per_stage: net.cells_per_stage,
@@ -193,7 +233,12 @@ fn run() -> Result<()> {
             batch_size,
             threads,
             device,
+            precision,
         } => {
+            anyhow::ensure!(
+                steps > 0 && batch_size > 0 && threads > 0,
+                "--steps, --batch-size and --threads must be 1 or more"
+            );
             tch::set_num_threads(threads as i32);
             let device = parse_device(&device)?;
             let arch = Architecture::parse(&arch)?;
@@ -204,10 +249,12 @@ fn run() -> Result<()> {
                 warmup,
                 batch_size,
                 device,
+                precision == Precision::Bf16,
             )?;
             let out = serde_json::json!({
                 "implementation": "nasop-trainer", "device": format!("{device:?}"), "params": params,
                 "steps": steps, "batch_size": batch_size, "threads": threads, "images_per_second": images_per_second,
+                "precision": if device.is_cuda() && precision == Precision::Bf16 { "bf16" } else { "fp32" },
             });
             println!("{out}");
             Ok(())
@@ -230,61 +277,98 @@ fn parse_device(name: &str) -> Result<Device> {
     })
 }
 
-/// Applies NASOP_TRIAL (if set) over the flags.
-fn apply_trial(args: &mut TrainArgs) -> Result<Option<TrialInput>> {
+/// The trial's description (NASOP_TRIAL), if set.
+fn read_trial() -> Result<Option<TrialInput>> {
     let Ok(text) = std::env::var(ENV_TRIAL) else {
         return Ok(None);
     };
-    let trial: TrialInput = serde_json::from_str(&text)
-        .with_context(|| format!("{ENV_TRIAL} is not a valid trial description"))?;
-    args.arch = Some(
-        trial
-            .architecture
-            .as_ref()
-            .map(|a| a.string.clone())
-            .unwrap_or_else(|| {
-                trial
-                    .candidate
-                    .split(';')
-                    .next()
-                    .unwrap_or_default()
-                    .to_string()
-            }),
-    );
-    args.seed = trial.seed;
-    args.epochs = trial.budget.epochs;
-    for (name, value) in &trial.hyperparameters {
-        let number = || {
-            value
-                .as_f64()
-                .or_else(|| value.as_str().and_then(|s| s.parse().ok()))
-        };
-        let bad =
-            || anyhow::anyhow!("{ENV_TRIAL}: hyperparameter {name} = {value} is not a number");
-        match name.as_str() {
-            "learning_rate" | "lr" => args.learning_rate = number().ok_or_else(bad)?,
-            "weight_decay" => args.weight_decay = number().ok_or_else(bad)?,
-            "batch_size" => args.batch_size = number().ok_or_else(bad)? as i64,
-            "channels" => args.channels = number().ok_or_else(bad)? as i64,
-            "cells_per_stage" => args.cells_per_stage = number().ok_or_else(bad)? as i64,
-            "optimizer" => {
-                args.optimizer = match value.as_str() {
-                    Some("sgd") => OptimizerKind::Sgd,
-                    Some("adam") => OptimizerKind::Adam,
-                    _ => bail!("{ENV_TRIAL}: hyperparameter optimizer = {value}: use sgd or adam"),
-                }
+    serde_json::from_str(&text)
+        .map(Some)
+        .with_context(|| format!("{ENV_TRIAL} is not a valid trial description"))
+}
+
+/// The run's settings: the recipe, the flags over it, the trial's budget and hyperparameters
+/// over those; checked, with the origin of each value for messages.
+fn resolve(args: &mut TrainArgs, trial: Option<&TrialInput>) -> Result<Recipe> {
+    let mut origins = Origins::default();
+    let one_shot = args.mode != Mode::Train;
+    let mut name = args.recipe.unwrap_or(if one_shot {
+        RecipeName::Darts
+    } else {
+        RecipeName::Small
+    });
+    if let Some(value) = trial.and_then(|t| t.hyperparameters.get("recipe")) {
+        name = recipe::recipe_hyperparameter(value)?;
+    }
+    let mut r = Recipe::named(name);
+    macro_rules! flag {
+        ($field:ident, $flag:literal) => {
+            if let Some(v) = args.$field {
+                r.$field = v;
+                origins.set(stringify!($field), $flag);
             }
-            // Other hyperparameters are the user's own trainer's business.
-            _ => eprintln!(
-                "nasop-trainer: ignoring hyperparameter {name} (not one of learning_rate, weight_decay, batch_size, channels, cells_per_stage, optimizer)"
-            ),
+        };
+    }
+    flag!(epochs, "--epochs");
+    flag!(batch_size, "--batch-size");
+    flag!(learning_rate, "--learning-rate");
+    flag!(momentum, "--momentum");
+    flag!(weight_decay, "--weight-decay");
+    flag!(optimizer, "--optimizer");
+    flag!(valid_fraction, "--valid-fraction");
+    flag!(channels, "--channels");
+    flag!(cells_per_stage, "--cells-per-stage");
+    if args.augment.is_some() {
+        r.augment = args.augment;
+        origins.set("augment", "--augment");
+    }
+    if let Some(t) = trial {
+        args.arch = Some(
+            t.architecture
+                .as_ref()
+                .map(|a| a.string.clone())
+                .unwrap_or_else(|| {
+                    t.candidate
+                        .split(';')
+                        .next()
+                        .unwrap_or_default()
+                        .to_string()
+                }),
+        );
+        args.seed = t.seed;
+        r.epochs = t.budget.epochs;
+        origins.set("epochs", "NASOP_TRIAL budget.epochs");
+        for (name, value) in &t.hyperparameters {
+            if name != "recipe" && !recipe::apply_hyperparameter(&mut r, &mut origins, name, value)?
+            {
+                // Other hyperparameters are the user's own trainer's business.
+                eprintln!(
+                    "nasop-trainer: ignoring hyperparameter {name} (not one of recipe, learning_rate, momentum, weight_decay, batch_size, channels, cells_per_stage, optimizer, valid_fraction, augment)"
+                );
+            }
         }
     }
-    Ok(Some(trial))
+    recipe::validate(&r, &origins)?;
+    if args.threads == Some(0) {
+        bail!("--threads = 0: must be 1 or more (or leave it out for all cores)");
+    }
+    if one_shot && !(2..=10).contains(&args.nodes) {
+        bail!("--nodes = {}: must be from 2 to 10", args.nodes);
+    }
+    Ok(r)
 }
 
 fn train(mut args: TrainArgs) -> Result<()> {
-    let trial = apply_trial(&mut args)?;
+    let reporter = report::Reporter::from_env(args.termination_file.clone());
+    // A run that cannot train says why where the operator and `nasop run` look: the
+    // termination message (a Failed trial's reason), besides stderr.
+    train_reporting(&mut args, &reporter).inspect_err(|e| reporter.fail(&format!("{e:#}")))
+}
+
+fn train_reporting(args: &mut TrainArgs, reporter: &report::Reporter) -> Result<()> {
+    let trial = read_trial()?;
+    let recipe = resolve(args, trial.as_ref())?;
+    eprintln!("nasop-trainer: {recipe}");
     // The optional parts of the contract fill flags that were not given.
     let env_path = |name: &str| {
         std::env::var_os(name)
@@ -316,7 +400,6 @@ fn train(mut args: TrainArgs) -> Result<()> {
     let terminate = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGTERM, Arc::clone(&terminate))
         .context("installing the SIGTERM handler")?;
-    let reporter = report::Reporter::from_env(args.termination_file.clone());
     // Check the architecture before the (slow) data load.
     let arch = match args.mode {
         Mode::Train => {
@@ -328,24 +411,29 @@ fn train(mut args: TrainArgs) -> Result<()> {
             model::Network::new(
                 &tch::nn::VarStore::new(Device::Cpu).root(),
                 &arch,
-                NetConfig::default(),
+                NetConfig {
+                    channels: recipe.channels.min(16),
+                    cells_per_stage: 1,
+                    ..NetConfig::default()
+                },
             )?;
             Some(arch)
         }
         Mode::Darts | Mode::Gdas => None,
     };
-    let data = data::load(
+    let mut data = data::load(
         args.dataset,
         &data_dir,
         &LoadOptions {
-            valid_fraction: args.valid_fraction,
+            valid_fraction: recipe.valid_fraction,
             limit: args.limit,
             seed: args.seed,
         },
     )?;
+    data.augment = recipe.augments(args.dataset);
     let net = NetConfig {
-        channels: args.channels,
-        cells_per_stage: args.cells_per_stage,
+        channels: recipe.channels,
+        cells_per_stage: recipe.cells_per_stage,
         input_channels: data.channels,
         classes: data.classes,
     };
@@ -354,18 +442,19 @@ fn train(mut args: TrainArgs) -> Result<()> {
             let cfg = train::TrainConfig {
                 arch,
                 net,
-                epochs: args.epochs,
+                epochs: recipe.epochs,
                 seed: args.seed,
-                batch_size: args.batch_size,
-                learning_rate: args.learning_rate,
-                weight_decay: args.weight_decay,
-                optimizer: args.optimizer,
+                batch_size: recipe.batch_size,
+                learning_rate: recipe.learning_rate,
+                momentum: recipe.momentum,
+                weight_decay: recipe.weight_decay,
+                optimizer: recipe.optimizer,
                 device,
                 checkpoint_dir: args.checkpoint_dir.clone(),
                 resume_from: args.resume_from.clone(),
                 max_batches: args.max_batches,
             };
-            train::train(&cfg, &data, &reporter, &terminate)?
+            train::train(&cfg, &data, reporter, &terminate)?
         }
         None => {
             let cfg = darts::SearchConfig {
@@ -377,18 +466,16 @@ fn train(mut args: TrainArgs) -> Result<()> {
                 nodes: args.nodes,
                 operations: args.operations.clone(),
                 net,
-                epochs: args.epochs,
+                epochs: recipe.epochs,
                 seed: args.seed,
-                batch_size: args.batch_size,
-                learning_rate: if args.learning_rate == 0.1 {
-                    0.025
-                } else {
-                    args.learning_rate
-                },
+                batch_size: recipe.batch_size,
+                learning_rate: recipe.learning_rate,
+                momentum: recipe.momentum,
+                weight_decay: recipe.weight_decay,
                 device,
                 max_batches: args.max_batches,
             };
-            darts::search(&cfg, &data, &reporter, &terminate)?
+            darts::search(&cfg, &data, reporter, &terminate)?
         }
     };
     if outcome.ending == train::Ending::Terminated {

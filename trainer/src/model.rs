@@ -42,6 +42,63 @@ impl Default for NetConfig {
     }
 }
 
+/// The layers with PyTorch's default initialisation (`reset_parameters` of `torch.nn.Conv2d`,
+/// `Linear` and `BatchNorm2d`), which tch's defaults are not: tch draws conv and linear
+/// weights from Kaiming-uniform with the ReLU gain (bound √6/√fan_in, √6 ≈ 2.45× PyTorch's)
+/// and batch-norm scales from U(0, 1). PyTorch: weights U(−1/√fan_in, 1/√fan_in)
+/// (`kaiming_uniform_(a=√5)`), biases the same, batch-norm scale 1 and shift 0.
+pub mod torch_init {
+    use tch::nn::{self, Init, init::FanInOut, init::NonLinearity, init::NormalOrUniform};
+
+    /// Kaiming-uniform with a = √5: gain √(2/(1+a²)) = 1/√3, bound √3·gain/√fan_in.
+    pub const WEIGHT: Init = Init::Kaiming {
+        dist: NormalOrUniform::Uniform,
+        fan: FanInOut::FanIn,
+        non_linearity: NonLinearity::ExplicitGain(0.577_350_269_189_625_8),
+    };
+
+    pub fn conv2d<'a, T: std::borrow::Borrow<nn::Path<'a>>>(
+        p: T,
+        cin: i64,
+        cout: i64,
+        k: i64,
+        config: nn::ConvConfig,
+    ) -> nn::Conv2D {
+        let bound = 1.0 / ((cin / config.groups * k * k) as f64).sqrt();
+        let config = nn::ConvConfig {
+            ws_init: WEIGHT,
+            bs_init: Init::Uniform {
+                lo: -bound,
+                up: bound,
+            },
+            ..config
+        };
+        nn::conv2d(p, cin, cout, k, config)
+    }
+
+    /// tch's linear bias is already PyTorch's U(−1/√fan_in, 1/√fan_in).
+    pub fn linear<'a, T: std::borrow::Borrow<nn::Path<'a>>>(
+        p: T,
+        cin: i64,
+        cout: i64,
+    ) -> nn::Linear {
+        let config = nn::LinearConfig {
+            ws_init: WEIGHT,
+            ..Default::default()
+        };
+        nn::linear(p, cin, cout, config)
+    }
+
+    pub fn batch_norm2d<'a, T: std::borrow::Borrow<nn::Path<'a>>>(p: T, c: i64) -> nn::BatchNorm {
+        let config = nn::BatchNormConfig {
+            ws_init: Init::Const(1.0),
+            bs_init: Init::Const(0.0),
+            ..Default::default()
+        };
+        nn::batch_norm2d(p, c, config)
+    }
+}
+
 /// ReLU, convolution without bias, batch norm (affine).
 #[derive(Debug)]
 pub struct ReluConvBn {
@@ -58,8 +115,8 @@ impl ReluConvBn {
             ..Default::default()
         };
         ReluConvBn {
-            conv: nn::conv2d(&p / "conv", cin, cout, k, cfg),
-            bn: nn::batch_norm2d(&p / "bn", cout, Default::default()),
+            conv: torch_init::conv2d(&p / "conv", cin, cout, k, cfg),
+            bn: torch_init::batch_norm2d(&p / "bn", cout),
         }
     }
 }
@@ -152,7 +209,7 @@ impl Reduction {
         Reduction {
             a: ReluConvBn::new(&p / "a", cin, cout, 3, 2, 1),
             b: ReluConvBn::new(&p / "b", cout, cout, 3, 1, 1),
-            shortcut: nn::conv2d(&p / "shortcut", cin, cout, 1, cfg),
+            shortcut: torch_init::conv2d(&p / "shortcut", cin, cout, 1, cfg),
         }
     }
 }
@@ -187,14 +244,14 @@ impl Skeleton {
             ..Default::default()
         };
         Skeleton {
-            stem: nn::conv2d(p / "stem", config.input_channels, c, 3, cfg),
-            stem_bn: nn::batch_norm2d(p / "stem_bn", c, Default::default()),
+            stem: torch_init::conv2d(p / "stem", config.input_channels, c, 3, cfg),
+            stem_bn: torch_init::batch_norm2d(p / "stem_bn", c),
             reductions: vec![
                 Reduction::new(p / "reduce1", c, 2 * c),
                 Reduction::new(p / "reduce2", 2 * c, 4 * c),
             ],
-            last_bn: nn::batch_norm2d(p / "last_bn", 4 * c, Default::default()),
-            classifier: nn::linear(p / "classifier", 4 * c, config.classes, Default::default()),
+            last_bn: torch_init::batch_norm2d(p / "last_bn", 4 * c),
+            classifier: torch_init::linear(p / "classifier", 4 * c, config.classes),
             config,
         }
     }
@@ -292,7 +349,7 @@ impl Network {
                     };
                     let (conv, project) = match l.op.as_str() {
                         "conv_3x3" => (
-                            Some(nn::conv2d(
+                            Some(torch_init::conv2d(
                                 &lp / "conv",
                                 cin,
                                 l.width as i64,
@@ -302,7 +359,7 @@ impl Network {
                             None,
                         ),
                         "conv_5x5" => (
-                            Some(nn::conv2d(
+                            Some(torch_init::conv2d(
                                 &lp / "conv",
                                 cin,
                                 l.width as i64,
@@ -312,7 +369,7 @@ impl Network {
                             None,
                         ),
                         "conv_1x1" => (
-                            Some(nn::conv2d(
+                            Some(torch_init::conv2d(
                                 &lp / "conv",
                                 cin,
                                 l.width as i64,
@@ -324,7 +381,7 @@ impl Network {
                         "avg_pool_3x3" => (
                             None,
                             (cin != l.width as i64).then(|| {
-                                nn::conv2d(
+                                torch_init::conv2d(
                                     &lp / "project",
                                     cin,
                                     l.width as i64,
@@ -343,14 +400,13 @@ impl Network {
                     };
                     modules.push(LayerModule {
                         conv,
-                        bn: nn::batch_norm2d(&lp / "bn", l.width as i64, Default::default()),
+                        bn: torch_init::batch_norm2d(&lp / "bn", l.width as i64),
                         project,
                         stride,
                     });
                     cin = l.width as i64;
                 }
-                let classifier =
-                    nn::linear(p / "classifier", cin, config.classes, Default::default());
+                let classifier = torch_init::linear(p / "classifier", cin, config.classes);
                 Ok(Network::Layers {
                     layers: modules,
                     classifier,
@@ -455,4 +511,84 @@ pub fn mflops(arch: &Architecture, config: NetConfig, hw: i64) -> f64 {
         }
     };
     macs as f64 / 1e6
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every parameter the trainer builds starts as PyTorch's would: conv and linear weights
+    /// and biases U(−b, b) with b = 1/√fan_in (mean 0, variance b²/3), batch-norm scales 1 and
+    /// shifts 0. The moments are checked within 6 standard errors of the sample.
+    #[test]
+    fn initialisation_matches_pytorch_defaults() {
+        let cell = "|nor_conv_3x3~0|+|nor_conv_1x1~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|none~2|";
+        let layers = "conv_3x3@48,conv_5x5@64,avg_pool_3x3@32,conv_1x1@96";
+        let mut checked = 0;
+        for arch in [cell, layers] {
+            let arch = Architecture::parse(arch).unwrap();
+            let vs = nn::VarStore::new(tch::Device::Cpu);
+            let config = NetConfig {
+                channels: 32,
+                cells_per_stage: 2,
+                input_channels: 3,
+                classes: 100,
+            };
+            let _net = Network::new(&vs.root(), &arch, config).unwrap();
+            let vars = vs.variables();
+            for (name, t) in &vars {
+                let dims = t.size();
+                let values: Vec<f64> =
+                    Vec::<f64>::try_from(t.to_kind(tch::Kind::Double).flatten(0, -1)).unwrap();
+                let n = values.len() as f64;
+                let mean = values.iter().sum::<f64>() / n;
+                let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
+                let is_bn = name.contains("bn.") || name.ends_with("bn");
+                if is_bn || name.contains("_bn.") {
+                    if name.ends_with(".weight") {
+                        assert!(
+                            values.iter().all(|&v| v == 1.0),
+                            "{name}: batch-norm scale must start at 1"
+                        );
+                    } else if name.ends_with(".bias") {
+                        assert!(
+                            values.iter().all(|&v| v == 0.0),
+                            "{name}: batch-norm shift must start at 0"
+                        );
+                    }
+                    continue;
+                }
+                let fan_in = match dims.len() {
+                    4 => dims[1] * dims[2] * dims[3],
+                    2 => dims[1],
+                    // A linear layer's bias: the fan-in of its weight.
+                    1 => {
+                        let weight = name.replace(".bias", ".weight");
+                        vars[&weight].size()[1]
+                    }
+                    _ => panic!("{name}: unexpected shape {dims:?}"),
+                } as f64;
+                let b2 = 1.0 / fan_in;
+                let (want_mean, want_var) = (0.0, b2 / 3.0);
+                // Standard errors: of the mean √(σ²/n); of the variance √((μ4 − σ⁴)/n),
+                // μ4 = b⁴/5 for U(−b, b).
+                let se_mean = (want_var / n).sqrt();
+                let se_var = ((b2 * b2 / 5.0 - want_var * want_var) / n).sqrt();
+                assert!(
+                    (mean - want_mean).abs() < 6.0 * se_mean,
+                    "{name}: mean {mean} (want 0 ± {se_mean})"
+                );
+                assert!(
+                    (var - want_var).abs() < 6.0 * se_var,
+                    "{name}: variance {var}, PyTorch's {want_var} (± {se_var})"
+                );
+                assert!(
+                    values.iter().all(|v| v.abs() <= b2.sqrt()),
+                    "{name}: a value outside ±1/√fan_in"
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked >= 10, "only {checked} weight tensors checked");
+    }
 }

