@@ -2,9 +2,9 @@
 # Builds the test tools from published Go modules into ${NASOP_CACHE:-~/.cache/nasop}/testenv/bin
 # and prints that directory. Each part is rebuilt only when its version changes (a stamp per
 # part): kube-apiserver, kube-controller-manager, kube-scheduler, etcd, and the real node's
-# kubelet and kube-proxy from the wrapper module here (see update-go-mod.sh); coredns from
-# coredns/ (only the plugins the node uses); the image registry, kwok, helm and prometheus
-# with `go install`; the ServiceMonitor CRD from the Prometheus Operator's module.
+# kubelet and kube-proxy from the wrapper module here (see update-go-mod.sh); CoreDNS, the
+# image registry and Prometheus from slim/ (only what the tests use); kwok and helm with
+# `go install`; the ServiceMonitor CRD from the Prometheus Operator's module.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/versions.env"
@@ -63,19 +63,25 @@ control_plane() {
 # The rest with `go install`, beside the control plane's build: their module downloads and
 # links fill the cores the other leaves idle.
 tools() {
-  # Cluster DNS for the real node, with only the plugins its Corefile uses (coredns/main.go).
-  part=coredns-$COREDNS_VERSION-min
+  # The real node's cluster DNS and image registry, and Prometheus, with only what the tests
+  # use (slim/: the six CoreDNS plugins of the node's Corefile, the registry's filesystem
+  # storage, Prometheus's Kubernetes discovery), where the release builds link every cloud
+  # SDK; one module and one build, so that the client-go, gRPC and OpenTelemetry packages
+  # they share compile once.
+  part=slim-coredns$COREDNS_VERSION-registry$REGISTRY_VERSION-prometheus$PROMETHEUS_VERSION
   if ! built "$part"; then
     need_go
-    grep -q "github.com/coredns/coredns $COREDNS_VERSION\$" coredns/go.mod ||
-      { echo "coredns/go.mod is not at COREDNS_VERSION $COREDNS_VERSION: run tools/testenv/update-go-mod.sh" >&2; exit 1; }
-    echo "  coredns $COREDNS_VERSION" >&2
-    (cd coredns && go build -trimpath -ldflags "-s -w" -o "$bin/coredns" .)
+    for want in "github.com/coredns/coredns $COREDNS_VERSION" \
+      "github.com/distribution/distribution/v3 $REGISTRY_VERSION" \
+      "github.com/prometheus/prometheus $PROMETHEUS_VERSION"; do
+      grep -q "	$want\b" slim/go.mod ||
+        { echo "slim/go.mod does not have $want of versions.env: run tools/testenv/update-go-mod.sh" >&2; exit 1; }
+    done
+    echo "  coredns $COREDNS_VERSION, registry $REGISTRY_VERSION, prometheus $PROMETHEUS_VERSION" >&2
+    (cd slim && go build -trimpath -tags remove_all_sd,enable_kubernetes_sd -ldflags "-s -w" \
+      -o "$bin/" ./coredns ./registry github.com/prometheus/prometheus/cmd/prometheus)
     stamp "$part"
   fi
-
-  # The registry the test images are pushed to and the kubelet pulls from (CNCF Distribution).
-  go_install registry "$REGISTRY_VERSION" "github.com/distribution/distribution/v3/cmd/registry@$REGISTRY_VERSION"
 
   go_install kwok "$KWOK_VERSION" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
 
@@ -90,17 +96,6 @@ tools() {
       hl="$hl -X $p.k8sVersionMajor=1 -X $p.k8sVersionMinor=$minor"
     done
     GOBIN=$bin go install -trimpath -ldflags "$hl" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
-    stamp "$part"
-  fi
-
-  # Only the Kubernetes service discovery of Prometheus's ~30 (its build tags), which the
-  # dashboard and e2e tests use.
-  part=prometheus-$PROMETHEUS_VERSION-k8s-sd
-  if ! built "$part"; then
-    need_go
-    echo "  prometheus $PROMETHEUS_VERSION" >&2
-    GOBIN=$bin go install -trimpath -tags remove_all_sd,enable_kubernetes_sd -ldflags "-s -w" \
-      "github.com/prometheus/prometheus/cmd/prometheus@$PROMETHEUS_VERSION"
     stamp "$part"
   fi
 
