@@ -312,29 +312,50 @@ impl Env {
         tokio::spawn(async move {
             let mut active: HashSet<String> = HashSet::new();
             let mut ended: HashSet<String> = HashSet::new();
+            // A re-list (after the API server or etcd was away) arrives one object at a time
+            // in name order, so trials created during the gap can come before older ones that
+            // ended in it: the count is taken from the whole list at its end, not from each
+            // object as it comes, or the watch itself would see more trials than ever ran.
+            let mut relist: Option<Vec<NasTrial>> = None;
             let mut events = watcher(trials, watcher::Config::default())
                 .default_backoff()
-                .applied_objects()
                 .boxed();
             while let Some(event) = events.next().await {
-                let Ok(t) = event else { continue };
-                if t.spec.experiment != experiment {
-                    continue;
-                }
-                let name = t.name_any();
-                let done = matches!(
-                    t.status.as_ref().and_then(|s| s.phase),
-                    Some(
-                        TrialPhaseName::Succeeded
-                            | TrialPhaseName::Failed
-                            | TrialPhaseName::Stopped
-                    )
-                );
-                if done {
-                    active.remove(&name);
-                    ended.insert(name);
-                } else if !ended.contains(&name) {
-                    active.insert(name);
+                let Ok(event) = event else { continue };
+                let batch = match event {
+                    watcher::Event::Init => {
+                        relist = Some(Vec::new());
+                        continue;
+                    }
+                    watcher::Event::InitApply(t) => {
+                        if let Some(list) = relist.as_mut() {
+                            list.push(t);
+                        }
+                        continue;
+                    }
+                    watcher::Event::InitDone => relist.take().unwrap_or_default(),
+                    watcher::Event::Apply(t) => vec![t],
+                    watcher::Event::Delete(_) => continue,
+                };
+                for t in batch {
+                    if t.spec.experiment != experiment {
+                        continue;
+                    }
+                    let name = t.name_any();
+                    let done = matches!(
+                        t.status.as_ref().and_then(|s| s.phase),
+                        Some(
+                            TrialPhaseName::Succeeded
+                                | TrialPhaseName::Failed
+                                | TrialPhaseName::Stopped
+                        )
+                    );
+                    if done {
+                        active.remove(&name);
+                        ended.insert(name);
+                    } else if !ended.contains(&name) {
+                        active.insert(name);
+                    }
                 }
                 let mut s = seen.lock().unwrap();
                 s.0 = s.0.max(active.len());
