@@ -76,7 +76,9 @@ if [ "$action" = build ]; then
       continue
     fi
     # Built before under another name (another registry): tag it.
-    same=$("$engine" images --filter "label=nasop.dev/inputs=$key" --format '{{.ID}}' 2>/dev/null | head -1)
+    # awk, not head: head exits after the first line, and with pipefail the engine's SIGPIPE
+    # (exit 141) would end the script when several tags carry the label.
+    same=$("$engine" images --filter "label=nasop.dev/inputs=$key" --format '{{.ID}}' 2>/dev/null | awk 'NR == 1')
     if [ -n "$same" ]; then
       "$engine" tag "$same" "$image"
       echo "$image: tagged (built before)" >&2
@@ -90,7 +92,7 @@ if [ "$action" = build ]; then
       "$engine" build --network host --ulimit nofile=4096:4096 --ulimit nproc=4096:4096 \
         --layers -f "$file" $args $bases --label "nasop.dev/inputs=$key" -t "$image" .
     fi
-    echo "$image: built in $(( $(date +%s) - started )) s, $("$engine" images --format '{{.Size}}' "$image" | head -1)" >&2
+    echo "$image: built in $(( $(date +%s) - started )) s, $("$engine" images --format '{{.Size}}' "$image" | awk 'NR == 1')" >&2
   done
   # The build stages' layers (the sources, the compilers) are of no use once the inputs
   # change; cargo's own cache lives in the Dockerfiles' cache mounts.
