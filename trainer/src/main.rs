@@ -201,8 +201,12 @@ fn run() -> Result<()> {
     match Cli::parse().command {
         Command::Params { arch, net } => {
             for (flag, value, most) in [
-                ("--channels", net.channels, 4096),
-                ("--cells-per-stage", net.cells_per_stage, 64),
+                ("--channels", net.channels, recipe::MAX_CHANNELS),
+                (
+                    "--cells-per-stage",
+                    net.cells_per_stage,
+                    recipe::MAX_CELLS_PER_STAGE,
+                ),
                 ("--input-channels", net.input_channels, 64),
                 ("--classes", net.classes, 100_000),
             ] {
@@ -430,7 +434,10 @@ fn train_reporting(args: &mut TrainArgs, reporter: &report::Reporter) -> Result<
             seed: args.seed,
         },
     )?;
-    data.augment = recipe.augments(args.dataset);
+    // The recipe's choice, or the loader's default (natural images only).
+    if let Some(augment) = recipe.augment {
+        data.augment = augment;
+    }
     let net = NetConfig {
         channels: recipe.channels,
         cells_per_stage: recipe.cells_per_stage,

@@ -2,7 +2,6 @@
 //! them, and checked: every value the trainer uses is printed in the trial's first log line
 //! and validated with an error that names where it came from and its valid range.
 
-use crate::data::DatasetKind;
 use crate::optim::OptimizerKind;
 use anyhow::{Result, bail};
 use std::collections::BTreeMap;
@@ -98,15 +97,11 @@ impl Recipe {
             },
         }
     }
-
-    /// Whether the batches are augmented for this dataset.
-    pub fn augments(&self, dataset: DatasetKind) -> bool {
-        self.augment.unwrap_or(matches!(
-            dataset,
-            DatasetKind::Cifar10 | DatasetKind::Cifar100
-        ))
-    }
 }
+
+/// The network's size limits, shared by `train` and `params`.
+pub const MAX_CHANNELS: i64 = 4096;
+pub const MAX_CELLS_PER_STAGE: i64 = 64;
 
 /// Where each setting that is not the recipe's came from, for messages.
 #[derive(Debug, Default)]
@@ -255,16 +250,16 @@ pub fn validate(r: &Recipe, origins: &Origins) -> Result<()> {
         "must be above 0 and below 1 (some images train, some validate)",
     );
     check(
-        (1..=4096).contains(&r.channels),
+        (1..=MAX_CHANNELS).contains(&r.channels),
         "channels",
         r.channels.to_string(),
-        "must be from 1 to 4096",
+        &format!("must be from 1 to {MAX_CHANNELS}"),
     );
     check(
-        (1..=64).contains(&r.cells_per_stage),
+        (1..=MAX_CELLS_PER_STAGE).contains(&r.cells_per_stage),
         "cells_per_stage",
         r.cells_per_stage.to_string(),
-        "must be from 1 to 64",
+        &format!("must be from 1 to {MAX_CELLS_PER_STAGE}"),
     );
     if problems.is_empty() {
         Ok(())
