@@ -19,6 +19,11 @@ pub const DEFAULT_TERMINATION_PATH: &str = "/dev/termination-log";
 pub const ENV_CHECKPOINT_DIR: &str = "NASOP_CHECKPOINT_DIR";
 /// Optional: another trial's checkpoint directory to continue (a multi-fidelity promotion).
 pub const ENV_RESUME_FROM: &str = "NASOP_RESUME_FROM";
+/// Optional: a directory for the final model of a trial that completes its budget (weights,
+/// description, TorchScript); the trial names it in its final report's `artifact` info.
+pub const ENV_ARTIFACT_DIR: &str = "NASOP_ARTIFACT_DIR";
+/// The final report's info entry naming where the trial's model is.
+pub const INFO_ARTIFACT: &str = "artifact";
 /// Optional: CPU threads the trial may use.
 pub const ENV_THREADS: &str = "NASOP_THREADS";
 /// Kubernetes keeps at most this many bytes of a termination message.

@@ -1,6 +1,7 @@
 //! nasop-trainer: trains one candidate network (or runs a one-shot search) and reports
 //! through the trial contract. See `nasop-trainer --help`.
 
+mod artifact;
 mod darts;
 mod data;
 mod model;
@@ -169,6 +170,10 @@ struct TrainArgs {
     /// Continue another trial's checkpoint (a promotion to more epochs).
     #[arg(long)]
     resume_from: Option<PathBuf>,
+    /// Save the final model here when the run completes its epochs: model.safetensors,
+    /// model.json and model.pt (TorchScript, for torch.jit.load). Default: NASOP_ARTIFACT_DIR.
+    #[arg(long)]
+    artifact_dir: Option<PathBuf>,
     /// Where to write the final report (default: NASOP_TERMINATION_PATH, or
     /// /dev/termination-log when it exists).
     #[arg(long)]
@@ -387,6 +392,10 @@ fn train_reporting(args: &mut TrainArgs, reporter: &report::Reporter) -> Result<
         .resume_from
         .take()
         .or_else(|| env_path(nasop_core::contract::ENV_RESUME_FROM));
+    args.artifact_dir = args
+        .artifact_dir
+        .take()
+        .or_else(|| env_path(nasop_core::contract::ENV_ARTIFACT_DIR));
     if args.threads.is_none() {
         args.threads = std::env::var(nasop_core::contract::ENV_THREADS)
             .ok()
@@ -460,6 +469,8 @@ fn train_reporting(args: &mut TrainArgs, reporter: &report::Reporter) -> Result<
                 checkpoint_dir: args.checkpoint_dir.clone(),
                 resume_from: args.resume_from.clone(),
                 max_batches: args.max_batches,
+                artifact_dir: args.artifact_dir.clone(),
+                recipe: recipe.to_json(data.augment, args.seed),
             };
             train::train(&cfg, &data, reporter, &terminate)?
         }

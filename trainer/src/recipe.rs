@@ -99,6 +99,29 @@ impl Recipe {
     }
 }
 
+impl Recipe {
+    /// The recipe as used, for a model's description (`augment` as the data had it).
+    pub fn to_json(&self, augment: bool, seed: u64) -> serde_json::Value {
+        serde_json::json!({
+            "recipe": self.name.as_str(),
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "optimizer": match self.optimizer {
+                OptimizerKind::Sgd => "sgd",
+                OptimizerKind::Adam => "adam",
+            },
+            "learning_rate": self.learning_rate,
+            "momentum": self.momentum,
+            "weight_decay": self.weight_decay,
+            "valid_fraction": self.valid_fraction,
+            "augment": augment,
+            "channels": self.channels,
+            "cells_per_stage": self.cells_per_stage,
+            "seed": seed,
+        })
+    }
+}
+
 /// The network's size limits, shared by `train` and `params`.
 pub const MAX_CHANNELS: i64 = 4096;
 pub const MAX_CELLS_PER_STAGE: i64 = 64;

@@ -35,6 +35,10 @@ pub struct TrainConfig {
     pub resume_from: Option<PathBuf>,
     /// Stop an epoch after this many batches (quick checks); 0 = all.
     pub max_batches: usize,
+    /// Where the final model goes when the run completes its budget (crate::artifact).
+    pub artifact_dir: Option<PathBuf>,
+    /// The recipe as used, for the model's description.
+    pub recipe: serde_json::Value,
 }
 
 /// How a run ended.
@@ -363,9 +367,40 @@ pub fn train(
         "latency_ms".into(),
         latency_ms(&net, &data.test.images, cfg.device),
     );
+    let mut info = BTreeMap::new();
+    if ending == Ending::Completed
+        && let Some(dir) = &cfg.artifact_dir
+    {
+        let size = data.train.images.size();
+        let saved = crate::artifact::save(
+            dir,
+            &vs,
+            &crate::artifact::Export {
+                arch: &cfg.arch,
+                net: cfg.net,
+                mean: &data.mean,
+                std: &data.std,
+                size: (size[2], size[3]),
+                recipe: cfg.recipe.clone(),
+                metrics: &metrics,
+            },
+        )
+        .with_context(|| format!("saving the model to {}", dir.display()))?;
+        eprintln!(
+            "nasop-trainer: the model is in {} ({}, {}, {})",
+            saved.display(),
+            crate::artifact::WEIGHTS,
+            crate::artifact::TORCHSCRIPT,
+            crate::artifact::DESCRIPTION
+        );
+        info.insert(
+            nasop_core::contract::INFO_ARTIFACT.to_string(),
+            saved.display().to_string(),
+        );
+    }
     Ok(Outcome {
         ending,
         metrics,
-        info: BTreeMap::new(),
+        info,
     })
 }

@@ -267,6 +267,54 @@ fn resuming_from_a_checkpoint_matches_an_uninterrupted_run() {
     }
 }
 
+/// A run that completes its epochs leaves its model: weights, description and a TorchScript
+/// file (trainer/src/artifact.rs checks the file against the network); one that is stopped
+/// early leaves none.
+#[test]
+fn a_completed_run_saves_its_model_and_names_it_in_the_final_report() {
+    let dir = tempdir("artifact");
+    let out = quick(&mut trainer())
+        .args(["--epochs", "1", "--seed", "2", "--artifact-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let last = lines(&out).last().unwrap().clone();
+    assert_eq!(last["info"]["artifact"], dir.display().to_string());
+    for file in ["model.safetensors", "model.pt", "model.json"] {
+        let size = std::fs::metadata(dir.join(file))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        assert!(size > 100, "{file}: {size} bytes");
+    }
+    let description: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("model.json")).unwrap()).unwrap();
+    assert_eq!(description["architecture"], SMALL_CELL);
+    assert_eq!(
+        description["input"]["shape"],
+        serde_json::json!(["N", 1, 28, 28])
+    );
+    assert_eq!(description["recipe"]["seed"], 2);
+    assert_eq!(
+        description["metrics"]["val_accuracy"],
+        last["metrics"]["val_accuracy"]
+    );
+
+    let stopped = tempdir("artifact-stopped");
+    let server = ReportServer::start(1);
+    let out = quick(&mut trainer())
+        .args(["--epochs", "3", "--artifact-dir"])
+        .arg(&stopped)
+        .env("NASOP_REPORT_URL", &server.url)
+        .output()
+        .unwrap();
+    assert!(
+        lines(&out).last().unwrap()["info"]
+            .get("artifact")
+            .is_none()
+    );
+    assert!(!stopped.join("model.pt").exists());
+}
+
 #[test]
 fn darts_and_gdas_derive_a_valid_cell() {
     for mode in ["darts", "gdas"] {
