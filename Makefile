@@ -10,7 +10,7 @@ VERSION ?= $(shell sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}/\1/p' chart
 # tch finds libtorch through these; scripts/libtorch.sh installs it once into ~/.cache/nasop.
 TORCH = LIBTORCH="$$(scripts/libtorch.sh)" LIBTORCH_CXX11_ABI=1
 
-.PHONY: all build test lint crds bench bench-trainer bench-operator demo toolchain data testenv-build testenv-up testenv-down static images push test-images
+.PHONY: all build test lint crds bench bench-trainer bench-operator demo toolchain data testenv-build testenv-up testenv-down static images push test-images pytest examples
 
 all: build
 
@@ -23,6 +23,10 @@ data:
 
 build: toolchain
 	$(TORCH) $(CARGO) build --release --workspace
+
+# The Python helper for custom trainers (python/nasop_trial.py), with pytest from PyPI.
+pytest:
+	scripts/pytest.sh
 
 lint: toolchain
 	$(CARGO) fmt --all -- --check
@@ -46,6 +50,10 @@ testenv-up: testenv-build
 
 testenv-down:
 	@tools/testenv/down.sh
+
+# Copies python/nasop_trial.py into examples/k8s/custom-trainer.yaml (a test fails on drift).
+examples:
+	scripts/examples.sh
 
 # Regenerates crds/ from src/api (a test fails when they drift).
 crds: build

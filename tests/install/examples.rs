@@ -45,24 +45,42 @@ fn every_example_is_accepted_by_the_crds_and_the_operators_checks() {
     assert!(seen >= 15, "only {seen} examples");
 }
 
-/// The custom-trainer example's script, run as trials by `nasop run`, speaks the contract.
+/// The custom-trainer example's ConfigMap carries python/nasop_trial.py as it is.
 #[test]
-fn the_custom_trainer_example_speaks_the_trial_contract() {
-    let dir = scratch("custom-trainer");
+fn the_custom_trainer_example_carries_the_python_helper() {
     let docs =
         documents(&std::fs::read_to_string(repo("examples/k8s/custom-trainer.yaml")).unwrap());
-    let script = dir.join("trainer.py");
-    std::fs::write(
-        &script,
-        of_kind(&docs, "ConfigMap")[0]["data"]["trainer.py"]
-            .as_str()
-            .unwrap(),
-    )
-    .unwrap();
+    let copy = of_kind(&docs, "ConfigMap")[0]["data"]["nasop_trial.py"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        copy == std::fs::read_to_string(repo("python/nasop_trial.py")).unwrap(),
+        "examples/k8s/custom-trainer.yaml's nasop_trial.py differs from python/nasop_trial.py: run `make examples`"
+    );
+}
+
+/// Writes the custom-trainer example's scripts into `dir` and its experiment with `spec`
+/// merged in, trials running the script under python3, then runs it with `nasop run`; returns
+/// the run directory.
+fn run_custom_trainer(dir: &Path, spec: Value) -> PathBuf {
+    let docs =
+        documents(&std::fs::read_to_string(repo("examples/k8s/custom-trainer.yaml")).unwrap());
+    for file in ["trainer.py", "nasop_trial.py"] {
+        std::fs::write(
+            dir.join(file),
+            of_kind(&docs, "ConfigMap")[0]["data"][file]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+    }
     let mut exp = of_kind(&docs, "NasExperiment")[0].clone();
-    exp["spec"]["budget"] = serde_json::json!({"maxTrials": 6, "parallelism": 2, "trialEpochs": 4});
+    for (key, value) in spec.as_object().unwrap() {
+        exp["spec"][key] = value.clone();
+    }
     exp["spec"]["trialTemplate"] = serde_json::json!({"spec": {"containers": [{
-        "name": "trainer", "command": ["python3", script.display().to_string()]}]}});
+        "name": "trainer", "command": ["python3", dir.join("trainer.py").display().to_string()]}]}});
     let manifest = dir.join("custom-trainer.yaml");
     std::fs::write(&manifest, serde_yaml::to_string(&exp).unwrap()).unwrap();
     let runs = dir.join("runs");
@@ -73,12 +91,83 @@ fn the_custom_trainer_example_speaks_the_trial_contract() {
         .arg("--runs-dir")
         .arg(&runs)
         .arg("--plain"));
+    runs.join("custom-trainer")
+}
+
+/// The custom-trainer example's script, run as trials by `nasop run`, speaks the contract.
+#[test]
+fn the_custom_trainer_example_speaks_the_trial_contract() {
+    let dir = scratch("custom-trainer");
+    let run = run_custom_trainer(
+        &dir,
+        serde_json::json!({"budget": {"maxTrials": 6, "parallelism": 2, "trialEpochs": 4}}),
+    );
     let results: Value = serde_json::from_str(&ok(Command::new(env!("CARGO_BIN_EXE_nasop"))
         .arg("results")
-        .arg(runs.join("custom-trainer"))
+        .arg(&run)
         .arg("--json")))
     .unwrap();
     let text = results.to_string();
     assert!(text.contains("val_accuracy"), "{text}");
     assert!(!text.contains("\"Failed\""), "{text}");
+    // Each trial that completed its epochs left its model where its final report says.
+    let completed: Vec<&Value> = results["trials"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["phase"] == "Succeeded")
+        .collect();
+    assert!(!completed.is_empty(), "{text}");
+    for t in completed {
+        let artifact = t["artifact"].as_str().unwrap_or_else(|| panic!("{t}"));
+        assert!(Path::new(artifact).join("model.json").is_file(), "{t}");
+    }
+}
+
+/// Under ASHA, a promoted trial of the example continues its parent's checkpoint through
+/// python/nasop_trial.py: its first report is the epoch after the parent's last.
+#[test]
+fn the_python_helper_continues_a_promoted_trials_parent() {
+    let dir = scratch("custom-trainer-asha");
+    let run = run_custom_trainer(
+        &dir,
+        serde_json::json!({
+            "fidelity": {"algorithm": "asha", "minEpochs": 1, "maxEpochs": 4, "reductionFactor": 2},
+            "earlyStopping": null,
+            "budget": {"maxTrials": 10, "parallelism": 2},
+        }),
+    );
+    let journal = std::fs::read_to_string(run.join("journal.jsonl")).unwrap();
+    let entries: Vec<Value> = journal
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let epochs = |index: &Value| {
+        entries
+            .iter()
+            .find(|e| e["event"] == "trial" && e["index"] == *index)
+            .map(|e| e["epochs"].as_u64().unwrap())
+            .unwrap()
+    };
+    let mut promoted = 0;
+    for child in entries
+        .iter()
+        .filter(|e| e["event"] == "trial" && !e["resume_from"].is_null())
+    {
+        let first = entries
+            .iter()
+            .filter(|e| e["event"] == "report" && e["index"] == child["index"])
+            .map(|e| e["step"].as_u64().unwrap())
+            .min()
+            .unwrap_or_else(|| panic!("promoted trial {} never reported", child["index"]));
+        assert_eq!(
+            first,
+            epochs(&child["resume_from"]) + 1,
+            "trial {} should continue trial {}'s checkpoint:\n{journal}",
+            child["index"],
+            child["resume_from"]
+        );
+        promoted += 1;
+    }
+    assert!(promoted >= 2, "only {promoted} promotions:\n{journal}");
 }

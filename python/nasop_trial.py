@@ -1,0 +1,458 @@
+"""The trial contract of nasop for your own trainer, in one file of standard-library Python.
+
+A trial (a pod on the cluster, a process under ``nasop run``) gets its task in the
+environment and reports to the search after every epoch; this module does that part, so
+that your training loop stays yours::
+
+    import nasop_trial
+
+    with nasop_trial.Trial.from_env() as trial:      # fails the trial on an exception
+        lr = trial.hyperparameters["learning_rate"]
+        model, opt = build(trial.candidate, seed=trial.seed)
+        restored = trial.restore()                    # a retried pod or an ASHA promotion
+        if restored:
+            load(model, opt, restored.path / "state.pt")
+        for epoch in trial.epochs(start=restored.step if restored else 0):
+            train_one_epoch(model, opt)
+            with trial.checkpoint(epoch) as path:     # written whole or not at all
+                save(model, opt, path / "state.pt")
+            trial.report(epoch, {"val_accuracy": evaluate(model)})
+        # leaving the block writes the last report as the final one
+
+``epochs()`` ends early when the search answers "stop" (early stopping, the experiment's
+deadline) or the pod is asked to terminate (SIGTERM); both leave the last completed epoch's
+checkpoint and report standing, which is what the contract asks.
+
+The contract itself (README.md, "The trainer"; core/src/contract.rs): NASOP_TRIAL holds the
+task as JSON; each report is ``{"step": n, "metrics": {...}}`` posted to NASOP_REPORT_URL with
+``Authorization: Bearer $NASOP_REPORT_TOKEN`` and answered ``{"action": "continue" | "stop"}``;
+the final report goes to the termination-message file (NASOP_TERMINATION_PATH, else
+/dev/termination-log) and the process exits 0. NASOP_CHECKPOINT_DIR is the trial's own
+directory to checkpoint into, NASOP_RESUME_FROM another trial's to continue, and
+NASOP_ARTIFACT_DIR where a trial that completes its epochs leaves its final model
+(``trial.save_model``).
+"""
+
+import contextlib
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+__all__ = ["Trial", "Checkpoint", "ContractError"]
+__version__ = "0.1.0"
+
+ENV_TRIAL = "NASOP_TRIAL"
+ENV_REPORT_URL = "NASOP_REPORT_URL"
+ENV_REPORT_TOKEN = "NASOP_REPORT_TOKEN"
+ENV_TERMINATION_PATH = "NASOP_TERMINATION_PATH"
+ENV_CHECKPOINT_DIR = "NASOP_CHECKPOINT_DIR"
+ENV_RESUME_FROM = "NASOP_RESUME_FROM"
+ENV_ARTIFACT_DIR = "NASOP_ARTIFACT_DIR"
+ENV_THREADS = "NASOP_THREADS"
+ENV_RETRY_SECONDS = "NASOP_REPORT_RETRY_SECONDS"
+DEFAULT_TERMINATION_PATH = "/dev/termination-log"
+
+# The contract's bounds (core/src/contract.rs): the search refuses reports beyond them.
+TERMINATION_MESSAGE_MAX_BYTES = 4096
+MAX_METRICS = 64
+MAX_INFO = 8
+MAX_INFO_VALUE = 1024
+MAX_NAME = 63
+_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,63}$")
+
+# A report is retried this long (longer than an operator takes to hand over to its
+# replacement) before training goes on without it; NASOP_REPORT_RETRY_SECONDS sets another.
+RETRY_SECONDS = 60.0
+MAX_DELAY = 5.0
+REQUEST_TIMEOUT = 5.0
+
+# The file in a checkpoint directory naming its newest complete checkpoint.
+_LATEST = "nasop-checkpoint.json"
+
+
+class ContractError(ValueError):
+    """Input that the trial contract does not allow: a missing NASOP_TRIAL, a bad report."""
+
+
+class Checkpoint:
+    """A complete checkpoint: ``path`` is the directory your files are in, ``step`` the epoch."""
+
+    def __init__(self, path, step):
+        self.path = Path(path)
+        self.step = int(step)
+
+    def __repr__(self):
+        return f"Checkpoint(path={str(self.path)!r}, step={self.step})"
+
+
+def _log(message):
+    print(f"nasop_trial: {message}", file=sys.stderr, flush=True)
+
+
+def check_report(report):
+    """Raises ContractError when the report breaks the contract's bounds, naming what and the bound."""
+    metrics, info = report["metrics"], report.get("info") or {}
+    if not isinstance(report["step"], int) or isinstance(report["step"], bool) or report["step"] < 0:
+        raise ContractError(f"step {report['step']!r} is not a whole number of 0 or more")
+    if len(metrics) > MAX_METRICS:
+        raise ContractError(f"{len(metrics)} metrics in one report; report at most {MAX_METRICS}")
+    if len(info) > MAX_INFO:
+        raise ContractError(f"{len(info)} info entries in one report; report at most {MAX_INFO}")
+    for name in list(metrics) + list(info):
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise ContractError(
+                f"name {name!r} is not 1 to {MAX_NAME} characters of [A-Za-z0-9_.-]"
+            )
+    for name, value in metrics.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ContractError(
+                f"metric {name} is {value!r} ({type(value).__name__}); report numbers "
+                "(float(x) turns a tensor's .item() or numpy scalar into one)"
+            )
+        if not math.isfinite(value):
+            raise ContractError(f"metric {name} is {value}; report finite numbers only")
+    for name, value in info.items():
+        if not isinstance(value, str):
+            raise ContractError(f"info {name} is {type(value).__name__}; info values are strings")
+        if len(value.encode()) > MAX_INFO_VALUE:
+            raise ContractError(f"info {name} is longer than {MAX_INFO_VALUE} bytes")
+
+
+def _compact(report):
+    out = {"step": report["step"], "metrics": dict(sorted(report["metrics"].items()))}
+    if report.get("info"):
+        out["info"] = dict(sorted(report["info"].items()))
+    return json.dumps(out, separators=(",", ":"), allow_nan=False)
+
+
+def termination_message(report):
+    """The final report as compact JSON of at most 4 KiB, the most Kubernetes keeps: info
+    entries go first, then metrics, from the end of the alphabet (as nasop's own trainer)."""
+    kept = {
+        "step": report["step"],
+        "metrics": dict(sorted(report["metrics"].items())),
+        "info": dict(sorted((report.get("info") or {}).items())),
+    }
+    while True:
+        text = _compact(kept)
+        if len(text.encode()) <= TERMINATION_MESSAGE_MAX_BYTES:
+            return text
+        if kept["info"]:
+            kept["info"].pop(next(reversed(kept["info"])))
+        else:
+            kept["metrics"].pop(next(reversed(kept["metrics"])))
+
+
+class Trial:
+    """One trial's task and its side of the contract. ``Trial.from_env()`` in a trial; the
+    constructor for tests and for running your script by hand."""
+
+    def __init__(
+        self,
+        task,
+        report_url=None,
+        token="",
+        termination_path=None,
+        checkpoint_dir=None,
+        resume_from=None,
+        artifact_dir=None,
+        retry_seconds=RETRY_SECONDS,
+    ):
+        for key in ("seed", "budget"):
+            if key not in task:
+                raise ContractError(f"the trial's task has no {key!r}: {json.dumps(task)[:200]}")
+        self.task = task
+        self.report_url = report_url or None
+        self.token = token or ""
+        self.termination_path = Path(termination_path) if termination_path else None
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
+        self.resume_from = Path(resume_from) if resume_from else None
+        self.artifact_dir = Path(artifact_dir) if artifact_dir else None
+        self.retry_seconds = float(retry_seconds)
+        self.last_report = None
+        self._stop_reason = None
+        self._finished = False
+
+    @classmethod
+    def from_env(cls, environ=None, handle_sigterm=True):
+        """The trial nasop started this process for. With ``handle_sigterm`` (the default, in
+        the main thread), SIGTERM asks the loop to stop instead of killing it mid-epoch."""
+        env = os.environ if environ is None else environ
+        text = env.get(ENV_TRIAL)
+        if not text:
+            raise ContractError(
+                f"{ENV_TRIAL} is not set: this script runs as a nasop trial (a pod of a "
+                "NasExperiment, or a process of `nasop run`); to try it by hand, set "
+                f"{ENV_TRIAL}='{{\"seed\": 1, \"budget\": {{\"epochs\": 2}}, \"hyperparameters\": {{}}}}'"
+            )
+        try:
+            task = json.loads(text)
+        except ValueError as e:
+            raise ContractError(f"{ENV_TRIAL} is not JSON ({e})") from None
+        termination = env.get(ENV_TERMINATION_PATH)
+        if not termination and os.path.exists(DEFAULT_TERMINATION_PATH):
+            termination = DEFAULT_TERMINATION_PATH  # in a pod, the kubelet provides it
+        retry = env.get(ENV_RETRY_SECONDS)
+        try:
+            retry_seconds = float(retry) if retry else RETRY_SECONDS
+        except ValueError:
+            raise ContractError(f"{ENV_RETRY_SECONDS}={retry!r} is not a number of seconds") from None
+        trial = cls(
+            task,
+            report_url=env.get(ENV_REPORT_URL),
+            token=env.get(ENV_REPORT_TOKEN, ""),
+            termination_path=termination,
+            checkpoint_dir=env.get(ENV_CHECKPOINT_DIR),
+            resume_from=env.get(ENV_RESUME_FROM),
+            artifact_dir=env.get(ENV_ARTIFACT_DIR),
+            retry_seconds=retry_seconds,
+        )
+        if handle_sigterm and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, trial._on_sigterm)
+        return trial
+
+    # The task.
+
+    @property
+    def seed(self):
+        return int(self.task["seed"])
+
+    @property
+    def budget(self):
+        """Epochs to train, in all (a promoted trial counts its parent's too)."""
+        return int(self.task["budget"]["epochs"])
+
+    @property
+    def hyperparameters(self):
+        return self.task.get("hyperparameters") or {}
+
+    @property
+    def candidate(self):
+        """The candidate's string: the architecture, then ``;name=value`` hyperparameters."""
+        return self.task.get("candidate", "")
+
+    @property
+    def architecture(self):
+        """``{"string": ..., "structure": ...}`` when the search space has one, else None."""
+        return self.task.get("architecture")
+
+    @property
+    def metrics(self):
+        """The metrics the experiment optimises: report at least these."""
+        return list(self.task.get("metrics") or [])
+
+    @property
+    def threads(self):
+        """CPU threads this trial may use, when nasop says (``nasop run`` shares the cores)."""
+        value = os.environ.get(ENV_THREADS)
+        return int(value) if value and value.isdigit() else None
+
+    # Stopping.
+
+    @property
+    def should_stop(self):
+        """True once the search answered "stop" or SIGTERM arrived: checkpoint and end."""
+        return self._stop_reason is not None
+
+    @property
+    def stop_reason(self):
+        return self._stop_reason
+
+    def _on_sigterm(self, signum, frame):
+        self._stop_reason = "SIGTERM"
+        _log("terminating: the epoch in progress is abandoned, the last completed one stands")
+
+    def epochs(self, start=0):
+        """The epochs left to train, 1-based: ``start + 1`` to the budget, ending early when
+        the trial should stop."""
+        for epoch in range(int(start) + 1, self.budget + 1):
+            if self.should_stop:
+                return
+            yield epoch
+
+    # Reports.
+
+    def report(self, step, metrics, info=None):
+        """Prints the report as a JSON line and posts it; returns "continue" or "stop" (and
+        ``should_stop`` is then True). A report that cannot be delivered is logged and
+        training goes on, as the contract asks; one that breaks the contract raises."""
+        report = {"step": step, "metrics": dict(metrics)}
+        if info:
+            report["info"] = dict(info)
+        check_report(report)
+        report["metrics"] = {k: float(v) for k, v in report["metrics"].items()}
+        self.last_report = report
+        body = _compact(report)
+        print(body, flush=True)
+        if not self.report_url:
+            return "continue"
+        action = self._post(body.encode(), step)
+        if action == "stop" and self._stop_reason is None:
+            self._stop_reason = "stop"
+        return action
+
+    def _post(self, body, step):
+        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {self.token}"}
+        started, delay, attempt = time.monotonic(), 0.2, 0
+        while True:
+            attempt += 1
+            request = urllib.request.Request(self.report_url, body, headers, method="POST")
+            try:
+                with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT) as response:
+                    try:
+                        action = json.load(response).get("action", "continue")
+                    except (ValueError, AttributeError) as e:
+                        _log(f"the report endpoint answered something unreadable ({e}); continuing")
+                        return "continue"
+                    return "stop" if action == "stop" else "continue"
+            except urllib.error.HTTPError as e:
+                if 400 <= e.code < 500 and e.code != 429:
+                    _log(f"the report endpoint refused step {step} (HTTP {e.code}: "
+                         f"{e.read()[:300].decode(errors='replace')}); continuing without it")
+                    return "continue"
+                error = f"HTTP {e.code}"
+            except (OSError, ValueError) as e:  # refused, reset, timed out, DNS
+                error = str(e)
+            elapsed = time.monotonic() - started
+            if elapsed + delay >= self.retry_seconds:
+                _log(f"report of step {step} failed {attempt} times in {elapsed:.0f}s "
+                     f"({error}); training goes on")
+                return "continue"
+            _log(f"report of step {step} failed ({error}); retrying in {delay:.1f}s")
+            time.sleep(delay)
+            delay = min(delay * 2, MAX_DELAY)
+
+    def finish(self, metrics=None, step=None, info=None):
+        """Writes the final report to the termination-message file: the last report, or the
+        metrics given (at step ``step``, else the last report's). Call once, at the end."""
+        if metrics is None:
+            if self.last_report is None:
+                raise ContractError("finish() before any report: pass the final metrics")
+            report = dict(self.last_report)
+        else:
+            if step is None:
+                step = self.last_report["step"] if self.last_report else 0
+            report = {"step": step, "metrics": dict(metrics)}
+            if info:
+                report["info"] = dict(info)
+            check_report(report)
+            report["metrics"] = {k: float(v) for k, v in report["metrics"].items()}
+        self._finished = True
+        self._write_termination(termination_message(report))
+
+    def fail(self, message):
+        """Writes why the trial failed as its termination message: the experiment's status
+        shows it as the trial's reason. Exit non-zero afterwards."""
+        text = f"nasop_trial: error: {message}".encode()
+        self._finished = True
+        self._write_termination(text[-TERMINATION_MESSAGE_MAX_BYTES:].decode(errors="ignore"))
+
+    def _write_termination(self, text):
+        if self.termination_path is None:
+            return
+        try:
+            self.termination_path.write_text(text)
+        except OSError as e:
+            _log(f"cannot write the termination message to {self.termination_path}: {e}")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, value, tb):
+        if kind is not None and not issubclass(kind, (KeyboardInterrupt, SystemExit)):
+            self.fail(f"{kind.__name__}: {value}")
+        elif not self._finished and self.last_report is not None:
+            self.finish()
+        return False
+
+    # The final model.
+
+    @contextlib.contextmanager
+    def save_model(self):
+        """A directory for the final model of a trial that completed its epochs; when the
+        block ends, the final report names it (info ``artifact``), as nasop's trainer does.
+        Without NASOP_ARTIFACT_DIR the block gets a scratch directory that is thrown away::
+
+            with trial.save_model() as path:
+                torch.jit.script(model).save(path / "model.pt")
+        """
+        if self.artifact_dir is None:
+            import tempfile
+
+            with tempfile.TemporaryDirectory(prefix="nasop-model-") as scratch:
+                yield Path(scratch)
+            return
+        self.artifact_dir.mkdir(parents=True, exist_ok=True)
+        yield self.artifact_dir
+        if self.last_report is not None:
+            info = dict(self.last_report.get("info") or {})
+            info["artifact"] = str(self.artifact_dir)
+            self.last_report = dict(self.last_report, info=info)
+
+    # Checkpoints.
+
+    @contextlib.contextmanager
+    def checkpoint(self, step):
+        """A fresh directory to write epoch ``step``'s checkpoint into; it becomes the trial's
+        latest checkpoint only when the block ends without an exception, so a crash or a kill
+        mid-write leaves the previous one whole. Older checkpoints are removed. Without
+        NASOP_CHECKPOINT_DIR the block gets a scratch directory that is thrown away."""
+        if self.checkpoint_dir is None:
+            import tempfile
+
+            with tempfile.TemporaryDirectory(prefix="nasop-checkpoint-") as scratch:
+                yield Path(scratch)
+            return
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        name = f"step-{int(step):06d}"
+        staging = self.checkpoint_dir / f".{name}.partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+        try:
+            yield staging
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        final = self.checkpoint_dir / name
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(staging, final)
+        latest = self.checkpoint_dir / _LATEST
+        tmp = self.checkpoint_dir / f".{_LATEST}.partial"
+        tmp.write_text(json.dumps({"step": int(step), "dir": name}))
+        os.replace(tmp, latest)
+        for old in self.checkpoint_dir.glob("step-*"):
+            if old.name != name:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def restore(self):
+        """The checkpoint to continue from, or None: this trial's own newest (a retried pod,
+        a restarted run), else the parent's it was promoted from (NASOP_RESUME_FROM)."""
+        for directory in (self.checkpoint_dir, self.resume_from):
+            found = _latest(directory)
+            if found is not None:
+                return found
+        if self.resume_from is not None:
+            _log(f"{ENV_RESUME_FROM}={self.resume_from} holds no checkpoint; starting afresh")
+        return None
+
+
+def _latest(directory):
+    if directory is None:
+        return None
+    try:
+        latest = json.loads((directory / _LATEST).read_text())
+        path = directory / latest["dir"]
+        if path.is_dir():
+            return Checkpoint(path, latest["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None

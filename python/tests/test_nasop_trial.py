@@ -1,0 +1,337 @@
+"""The helper against a stand-in report endpoint (tests/install/examples.rs runs it against
+nasop's own, through `nasop run`)."""
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import nasop_trial  # noqa: E402
+from nasop_trial import ContractError, Trial  # noqa: E402
+
+TASK = {
+    "experiment": "e",
+    "trial": "e-3",
+    "index": 3,
+    "seed": 9,
+    "candidate": "|nor_conv_3x3~0|;lr=0.1",
+    "hyperparameters": {"lr": 0.1, "width": 16},
+    "budget": {"epochs": 5},
+    "metrics": ["val_accuracy"],
+}
+
+
+class Endpoint:
+    """Answers each POST with the next of `replies` (status, body); the last one repeats."""
+
+    def __init__(self, replies):
+        self.replies = list(replies)
+        self.seen = []
+        endpoint = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                endpoint.seen.append((self.headers["Authorization"], json.loads(body)))
+                status, reply = endpoint.replies[0]
+                if len(endpoint.replies) > 1:
+                    endpoint.replies.pop(0)
+                data = json.dumps(reply).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1/report"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def endpoint():
+    made = []
+
+    def make(*replies):
+        made.append(Endpoint(replies or [(200, {"action": "continue"})]))
+        return made[-1]
+
+    yield make
+    for e in made:
+        e.close()
+
+
+def env_for(tmp_path, url=None, **extra):
+    env = {
+        "NASOP_TRIAL": json.dumps(TASK),
+        "NASOP_REPORT_TOKEN": "secret",
+        "NASOP_TERMINATION_PATH": str(tmp_path / "termination"),
+        "NASOP_CHECKPOINT_DIR": str(tmp_path / "checkpoint"),
+    }
+    if url:
+        env["NASOP_REPORT_URL"] = url
+    env.update(extra)
+    return env
+
+
+def test_reads_the_task_from_the_environment(tmp_path):
+    trial = Trial.from_env(env_for(tmp_path), handle_sigterm=False)
+    assert trial.seed == 9 and trial.budget == 5
+    assert trial.hyperparameters == {"lr": 0.1, "width": 16}
+    assert trial.metrics == ["val_accuracy"]
+    assert trial.candidate.startswith("|nor_conv_3x3~0|")
+    assert trial.checkpoint_dir == tmp_path / "checkpoint"
+    assert trial.resume_from is None and trial.architecture is None
+
+
+def test_a_missing_or_broken_task_is_a_clear_error(tmp_path):
+    with pytest.raises(ContractError, match="NASOP_TRIAL is not set"):
+        Trial.from_env({}, handle_sigterm=False)
+    with pytest.raises(ContractError, match="not JSON"):
+        Trial.from_env({"NASOP_TRIAL": "{"}, handle_sigterm=False)
+    with pytest.raises(ContractError, match="no 'budget'"):
+        Trial.from_env({"NASOP_TRIAL": '{"seed": 1}'}, handle_sigterm=False)
+    with pytest.raises(ContractError, match="NASOP_REPORT_RETRY_SECONDS"):
+        Trial.from_env(env_for(tmp_path, NASOP_REPORT_RETRY_SECONDS="soon"), handle_sigterm=False)
+
+
+def test_reports_are_posted_with_the_token_and_printed(tmp_path, endpoint, capsys):
+    server = endpoint()
+    trial = Trial.from_env(env_for(tmp_path, server.url), handle_sigterm=False)
+    assert trial.report(1, {"val_accuracy": 0.5, "epoch": 1}) == "continue"
+    assert server.seen == [
+        ("Bearer secret", {"step": 1, "metrics": {"epoch": 1.0, "val_accuracy": 0.5}})
+    ]
+    assert json.loads(capsys.readouterr().out) == server.seen[0][1]
+    assert not trial.should_stop
+
+
+def test_a_stop_reply_ends_the_epochs(tmp_path, endpoint):
+    server = endpoint((200, {"action": "continue"}), (200, {"action": "stop"}))
+    trial = Trial.from_env(env_for(tmp_path, server.url), handle_sigterm=False)
+    done = []
+    for epoch in trial.epochs():
+        done.append(epoch)
+        trial.report(epoch, {"val_accuracy": epoch / 10})
+    assert done == [1, 2]
+    assert trial.should_stop and trial.stop_reason == "stop"
+    trial.finish()
+    assert json.loads((tmp_path / "termination").read_text()) == {
+        "step": 2,
+        "metrics": {"val_accuracy": 0.2},
+    }
+
+
+def test_epochs_resume_after_the_restored_step(tmp_path):
+    trial = Trial(TASK)
+    assert list(trial.epochs(start=3)) == [4, 5]
+    assert list(trial.epochs(start=5)) == []
+
+
+def test_an_unavailable_endpoint_is_retried(tmp_path, endpoint):
+    server = endpoint((503, {"error": "restarting"}), (503, {}), (200, {"action": "stop"}))
+    trial = Trial.from_env(env_for(tmp_path, server.url), handle_sigterm=False)
+    assert trial.report(1, {"val_accuracy": 0.5}) == "stop"
+    assert len(server.seen) == 3
+
+
+def test_a_refused_report_is_not_retried_and_training_goes_on(tmp_path, endpoint, capsys):
+    server = endpoint((401, {"error": "unknown or missing trial token"}))
+    trial = Trial.from_env(env_for(tmp_path, server.url), handle_sigterm=False)
+    assert trial.report(1, {"val_accuracy": 0.5}) == "continue"
+    assert len(server.seen) == 1
+    assert "refused step 1 (HTTP 401" in capsys.readouterr().err
+
+
+def test_retrying_gives_up_after_the_retry_time(tmp_path, endpoint):
+    server = endpoint((503, {}))
+    env = env_for(tmp_path, server.url, NASOP_REPORT_RETRY_SECONDS="1")
+    trial = Trial.from_env(env, handle_sigterm=False)
+    started = time.monotonic()
+    assert trial.report(1, {"val_accuracy": 0.5}) == "continue"
+    assert time.monotonic() - started < 3
+    assert 2 <= len(server.seen) <= 5
+
+
+def test_nobody_listening_is_retried_then_given_up(tmp_path):
+    env = env_for(tmp_path, "http://127.0.0.1:9/v1/report", NASOP_REPORT_RETRY_SECONDS="0.5")
+    trial = Trial.from_env(env, handle_sigterm=False)
+    assert trial.report(1, {"val_accuracy": 0.5}) == "continue"
+
+
+@pytest.mark.parametrize(
+    "metrics, info, message",
+    [
+        ({"val accuracy": 1.0}, None, "not 1 to 63 characters"),
+        ({"x" * 64: 1.0}, None, "not 1 to 63 characters"),
+        ({"loss": float("nan")}, None, "finite numbers only"),
+        ({"loss": float("inf")}, None, "finite numbers only"),
+        ({"loss": "0.5"}, None, "report numbers"),
+        ({"loss": True}, None, "report numbers"),
+        ({f"m{i}": 1.0 for i in range(65)}, None, "at most 64"),
+        ({"loss": 1.0}, {f"i{i}": "x" for i in range(9)}, "at most 8"),
+        ({"loss": 1.0}, {"arch": "x" * 1025}, "longer than 1024 bytes"),
+    ],
+)
+def test_a_report_outside_the_contract_is_refused_here(metrics, info, message):
+    trial = Trial(TASK)
+    with pytest.raises(ContractError, match=message):
+        trial.report(1, metrics, info)
+
+
+def test_the_termination_message_fits_in_four_kibibytes(tmp_path):
+    # As core/src/contract.rs's test: info goes first, then metrics from the end.
+    trial = Trial(TASK, termination_path=tmp_path / "termination")
+    metrics = {f"metric_{i:02}_" + "x" * 50: i / 3 for i in range(64)}
+    trial.finish(metrics, step=3, info={"derived_architecture": "x" * 1000})
+    text = (tmp_path / "termination").read_text()
+    assert len(text.encode()) <= 4096
+    back = json.loads(text)
+    assert back["step"] == 3 and "info" not in back
+    kept = sorted(back["metrics"])
+    assert 0 < len(kept) < 64 and kept == sorted(metrics)[: len(kept)]
+
+
+def test_leaving_the_block_writes_the_last_report(tmp_path):
+    with Trial(TASK, termination_path=tmp_path / "termination") as trial:
+        trial.report(1, {"val_accuracy": 0.25})
+        trial.report(2, {"val_accuracy": 0.75}, info={"note": "ok"})
+    assert json.loads((tmp_path / "termination").read_text()) == {
+        "step": 2,
+        "metrics": {"val_accuracy": 0.75},
+        "info": {"note": "ok"},
+    }
+
+
+def test_an_exception_fails_the_trial_with_its_message(tmp_path):
+    with pytest.raises(RuntimeError):
+        with Trial(TASK, termination_path=tmp_path / "termination") as trial:
+            trial.report(1, {"val_accuracy": 0.25})
+            raise RuntimeError("CUDA out of memory")
+    assert (tmp_path / "termination").read_text() == (
+        "nasop_trial: error: RuntimeError: CUDA out of memory"
+    )
+
+
+def test_a_long_failure_keeps_its_end(tmp_path):
+    Trial(TASK).fail("x")  # no file to write: nothing happens
+    trial = Trial(TASK, termination_path=tmp_path / "termination")
+    trial.fail("start " + "y" * 10000 + " the end")
+    text = (tmp_path / "termination").read_text()
+    assert len(text.encode()) == 4096 and text.endswith("y the end")
+
+
+def test_finish_without_any_report_needs_metrics(tmp_path):
+    trial = Trial(TASK, termination_path=tmp_path / "termination")
+    with pytest.raises(ContractError, match="before any report"):
+        trial.finish()
+    trial.finish({"val_accuracy": 0.1})
+    assert json.loads((tmp_path / "termination").read_text())["step"] == 0
+
+
+def test_checkpoints_replace_each_other_whole(tmp_path):
+    trial = Trial(TASK, checkpoint_dir=tmp_path / "ckpt")
+    assert trial.restore() is None
+    for step in (1, 2):
+        with trial.checkpoint(step) as path:
+            (path / "state.txt").write_text(f"after epoch {step}")
+    restored = trial.restore()
+    assert restored.step == 2
+    assert (restored.path / "state.txt").read_text() == "after epoch 2"
+    # A write that fails half-way leaves the last complete checkpoint.
+    with pytest.raises(KeyboardInterrupt):
+        with trial.checkpoint(3) as path:
+            (path / "state.txt").write_text("torn")
+            raise KeyboardInterrupt
+    restored = trial.restore()
+    assert restored.step == 2
+    assert (restored.path / "state.txt").read_text() == "after epoch 2"
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [
+        "nasop-checkpoint.json",
+        "step-000002",
+    ]
+
+
+def test_a_promotion_continues_the_parents_checkpoint(tmp_path):
+    parent = Trial(TASK, checkpoint_dir=tmp_path / "trials" / "1")
+    with parent.checkpoint(2) as path:
+        (path / "state.txt").write_text("parent")
+    child = Trial(TASK, checkpoint_dir=tmp_path / "trials" / "7", resume_from=tmp_path / "trials" / "1")
+    restored = child.restore()
+    assert restored.step == 2 and (restored.path / "state.txt").read_text() == "parent"
+    assert list(child.epochs(start=restored.step)) == [3, 4, 5]
+    # Once the child has checkpointed, a retry of it continues its own.
+    with child.checkpoint(3) as path:
+        (path / "state.txt").write_text("child")
+    assert child.restore().step == 3
+
+
+def test_a_parent_without_a_checkpoint_starts_afresh(tmp_path, capsys):
+    child = Trial(TASK, checkpoint_dir=tmp_path / "7", resume_from=tmp_path / "missing")
+    assert child.restore() is None
+    assert "holds no checkpoint" in capsys.readouterr().err
+
+
+def test_the_saved_model_is_named_in_the_final_report(tmp_path):
+    env = env_for(tmp_path, NASOP_ARTIFACT_DIR=str(tmp_path / "model"))
+    with Trial.from_env(env, handle_sigterm=False) as trial:
+        trial.report(5, {"val_accuracy": 0.9})
+        with trial.save_model() as path:
+            (path / "model.pt").write_text("weights")
+    assert (tmp_path / "model" / "model.pt").read_text() == "weights"
+    final = json.loads((tmp_path / "termination").read_text())
+    assert final["info"] == {"artifact": str(tmp_path / "model")}
+
+
+def test_without_a_checkpoint_dir_the_block_gets_scratch_space():
+    trial = Trial(TASK)
+    with trial.checkpoint(1) as path:
+        (path / "state.txt").write_text("x")
+    assert not path.exists()
+    assert trial.restore() is None
+
+
+def test_sigterm_stops_after_the_current_epoch(tmp_path):
+    trial = Trial.from_env(env_for(tmp_path))
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        done = []
+        for epoch in trial.epochs():
+            done.append(epoch)
+            if epoch == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.1)
+        assert done == [1, 2]
+        assert trial.should_stop and trial.stop_reason == "SIGTERM"
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_without_an_endpoint_reports_are_printed_only(tmp_path, capsys):
+    trial = Trial.from_env({"NASOP_TRIAL": json.dumps(TASK)}, handle_sigterm=False)
+    assert trial.report(1, {"val_accuracy": 1}) == "continue"
+    assert json.loads(capsys.readouterr().out) == {"step": 1, "metrics": {"val_accuracy": 1.0}}
+
+
+def test_the_module_needs_only_the_standard_library():
+    source = Path(nasop_trial.__file__).read_text()
+    imported = {
+        line.split()[1].split(".")[0]
+        for line in source.splitlines()
+        if line.startswith(("import ", "from "))
+    }
+    assert imported <= set(sys.stdlib_module_names), imported - set(sys.stdlib_module_names)
