@@ -25,6 +25,10 @@ echo
 echo "## 8 simulated workers (CIFAR-10, 12,000 s of simulated time, $((runs / 5)) runs: ~750 trials a run)"
 $nasop bench nb201 --data "$data" --workers 8 --budget-seconds 12000 --strategy all --runs "$((runs / 5))"
 echo
+echo "## Warm start from 100 random earlier results (spec.warmStart), against a cold start"
+$nasop bench nb201 --data "$data" --warm-start 100 --strategy all --runs "$runs"
+$nasop bench nb201 --data "$data" --warm-start 100 --dataset cifar100 --budget-seconds 40000 --strategy all --runs "$runs"
+echo
 echo "## Multi-objective: accuracy vs Pixel 3 latency, latency <= 20 ms (CIFAR-10, 12,000 s)"
 $nasop bench nb201 --data "$data" --latency hwnas_pixel3_latency_ms --max-latency-ms 20 --strategy all --runs "$runs"
 echo

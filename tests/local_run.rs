@@ -392,3 +392,83 @@ fn plot_writes_non_empty_charts_including_the_pareto_front() {
     let png = std::fs::read(runs.join("nb201-pareto/plots/pareto.png")).unwrap();
     assert_eq!(&png[..4], b"\x89PNG");
 }
+
+/// The tabular example with another name, budget, seed and (optionally) warm start.
+fn tabular_manifest(dir: &Path, name: &str, max_trials: u32, seed: u64, warm: &[&str]) -> PathBuf {
+    let mut text = std::fs::read_to_string(example("nb201-evolution.yaml"))
+        .unwrap()
+        .replace("name: nb201-evolution", &format!("name: {name}"))
+        .replace("maxTrials: 2000", &format!("maxTrials: {max_trials}"))
+        .replace("seed: 1", &format!("seed: {seed}"));
+    if !warm.is_empty() {
+        text = text.replace(
+            "  budget:",
+            &format!(
+                "  warmStart:\n    experiments: [{}]\n  budget:",
+                warm.join(", ")
+            ),
+        );
+    }
+    let path = dir.join(format!("{name}.yaml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn a_warm_start_learns_from_earlier_runs_and_does_not_repeat_them() {
+    let dir = scratch("warm");
+    let runs = dir.join("runs");
+    let run = |manifest: &Path| {
+        nasop()
+            .arg("run")
+            .arg(manifest)
+            .arg("--runs-dir")
+            .arg(&runs)
+            .output()
+            .unwrap()
+    };
+    ok(run(&tabular_manifest(&dir, "first", 100, 1, &[])));
+    let out = ok(run(&tabular_manifest(&dir, "second", 60, 2, &["first"])));
+    assert!(
+        out.contains("warm start: the strategy starts from 100 results of first"),
+        "{out}"
+    );
+    let first = results(&runs.join("first"));
+    let second = results(&runs.join("second"));
+    let candidates = |r: &serde_json::Value| -> BTreeSet<String> {
+        r["trials"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["candidate"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        second["trials"].as_array().unwrap().len(),
+        60,
+        "its own budget"
+    );
+    let repeated: Vec<_> = candidates(&first)
+        .intersection(&candidates(&second))
+        .cloned()
+        .collect();
+    assert!(repeated.is_empty(), "trained again: {repeated:?}");
+    // Another space is refused, naming the field that differs; so is a run that is not there.
+    let other = tabular_manifest(&dir, "third", 10, 3, &["first"]);
+    let text = std::fs::read_to_string(&other)
+        .unwrap()
+        .replace("nodes: 4", "nodes: 3");
+    std::fs::write(&other, text).unwrap();
+    let out = run(&other);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("spec.warmStart.experiments[0]")
+            && err.contains("spec.searchSpace.cell.nodes differs"),
+        "{err}"
+    );
+    let out = run(&tabular_manifest(&dir, "fourth", 10, 4, &["nowhere"]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("no run of \"nowhere\""), "{err}");
+}

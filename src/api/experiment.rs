@@ -86,6 +86,62 @@ pub struct NasExperimentSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "pod_template_schema")]
     pub trial_template: Option<PodTemplateSpec>,
+    /// Start from what earlier searches learned: the finished trials of the experiments named
+    /// here (their searchSpace must equal this one's) are given to the strategy as results
+    /// before it proposes anything. They are not trained again and do not count against
+    /// maxTrials. Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("warmStart is immutable"))]
+    pub warm_start: Option<WarmStartSpec>,
+    /// Where trials keep their checkpoints and final models. With it, a promoted trial
+    /// (ASHA, Hyperband) continues its parent's checkpoint and a retried pod its own last
+    /// one, and each trial that completes its epochs leaves its model there (named in its
+    /// status and in status.bestTrial.artifact). Without it, trials on the cluster start from
+    /// scratch and keep no model. Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("storage is immutable"))]
+    pub storage: Option<StorageSpec>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageSpec {
+    /// A PersistentVolumeClaim in the experiment's namespace, mounted into every trial pod
+    /// (ReadWriteMany when trials run on several nodes). Trial N of experiment E uses
+    /// `<subPath>/trials/N/checkpoint` and `<subPath>/trials/N/artifact` in it; the trial
+    /// pod's user must be able to write there (set the pod's securityContext.fsGroup).
+    pub persistent_volume_claim: PvcStorageSpec,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PvcStorageSpec {
+    /// The claim's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub claim_name: String,
+    /// The directory in the claim for this experiment's trials (default: the experiment's
+    /// name), a relative path without "..".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub sub_path: Option<String>,
+}
+
+impl PvcStorageSpec {
+    /// The experiment's directory in the claim.
+    pub fn dir(&self, experiment: &str) -> String {
+        self.sub_path
+            .clone()
+            .unwrap_or_else(|| experiment.to_string())
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WarmStartSpec {
+    /// Names of NasExperiments in this namespace (for `nasop run`: run directories under
+    /// --runs-dir, or paths to them).
+    #[schemars(length(min = 1, max = 16))]
+    pub experiments: Vec<String>,
 }
 
 /// The pod template is validated by the API server when nasop creates each pod; embedding
@@ -421,4 +477,7 @@ pub struct TrialSummary {
     pub candidate: String,
     pub epochs: u32,
     pub metrics: BTreeMap<String, f64>,
+    /// Where the trial's final model is (`pvc://<claim>/<path>`), with spec.storage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<String>,
 }

@@ -91,3 +91,59 @@ pub fn parse_experiment(object: serde_json::Value) -> Result<NasExperiment, Stri
         }
     })
 }
+
+/// The path of the first place where two JSON values differ, or None when they are equal.
+pub fn first_difference(
+    a: &serde_json::Value,
+    b: &serde_json::Value,
+    path: &str,
+) -> Option<String> {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            keys.into_iter().find_map(|k| {
+                let (va, vb) = (
+                    x.get(k).unwrap_or(&Value::Null),
+                    y.get(k).unwrap_or(&Value::Null),
+                );
+                first_difference(va, vb, &format!("{path}.{k}"))
+            })
+        }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => x
+            .iter()
+            .zip(y)
+            .enumerate()
+            .find_map(|(i, (va, vb))| first_difference(va, vb, &format!("{path}[{i}]"))),
+        _ => (a != b).then(|| path.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_first_difference_is_named_by_its_path() {
+        let a = json!({"cell": {"nodes": 4, "operations": ["none", "skip_connect"]}});
+        assert_eq!(first_difference(&a, &a, "s"), None);
+        let b = json!({"cell": {"nodes": 4, "operations": ["none", "nor_conv_3x3"]}});
+        assert_eq!(
+            first_difference(&a, &b, "spec.searchSpace").as_deref(),
+            Some("spec.searchSpace.cell.operations[1]")
+        );
+        let c = json!({"cell": {"nodes": 5, "operations": ["none"]}});
+        assert_eq!(
+            first_difference(&a, &c, "s").as_deref(),
+            Some("s.cell.nodes")
+        );
+        let d = json!({"cell": {"nodes": 4, "operations": ["none", "skip_connect"]}, "hyperparameters": []});
+        assert_eq!(
+            first_difference(&a, &d, "s").as_deref(),
+            Some("s.hyperparameters")
+        );
+    }
+}

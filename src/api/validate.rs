@@ -38,6 +38,12 @@ pub fn validate(name: &str, spec: &NasExperimentSpec) -> Result<Experiment, Vali
     }
     let fidelity = spec.fidelity.as_ref().map(fidelity).transpose()?;
     let budget = budget(&spec.budget)?;
+    if let Some(warm) = &spec.warm_start {
+        warm_start(name, warm)?;
+    }
+    if let Some(storage) = &spec.storage {
+        self::storage(storage)?;
+    }
     let early_stopping = spec.early_stopping.as_ref().map(|e| MedianStop {
         min_trials: e.min_trials.unwrap_or(3) as usize,
         start_step: e.start_step.unwrap_or(1),
@@ -56,6 +62,62 @@ pub fn validate(name: &str, spec: &NasExperimentSpec) -> Result<Experiment, Vali
         early_stopping,
         budget,
     })
+}
+
+fn storage(spec: &StorageSpec) -> Result<(), ValidationError> {
+    let pvc = &spec.persistent_volume_claim;
+    let claim = &pvc.claim_name;
+    let dns = !claim.is_empty()
+        && claim.len() <= 253
+        && claim
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && !claim.starts_with(['-', '.'])
+        && !claim.ends_with(['-', '.']);
+    if !dns {
+        return Err(invalid(
+            "spec.storage.persistentVolumeClaim.claimName",
+            format!(
+                "{claim:?} is not a PersistentVolumeClaim name (lower-case letters, digits, '-' and '.')"
+            ),
+        ));
+    }
+    if let Some(sub) = &pvc.sub_path
+        && (sub.is_empty()
+            || sub.starts_with('/')
+            || sub.split('/').any(|part| part == ".." || part.is_empty())
+            || sub.chars().any(|c| c.is_control()))
+    {
+        return Err(invalid(
+            "spec.storage.persistentVolumeClaim.subPath",
+            format!(
+                "{sub:?} is not a relative path inside the claim (no leading '/', no '..' or empty parts)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn warm_start(name: &str, spec: &WarmStartSpec) -> Result<(), ValidationError> {
+    if spec.experiments.is_empty() || spec.experiments.len() > 16 {
+        return Err(invalid(
+            "spec.warmStart.experiments",
+            "name 1 to 16 earlier experiments (or remove warmStart)",
+        ));
+    }
+    for (i, other) in spec.experiments.iter().enumerate() {
+        let field = format!("spec.warmStart.experiments[{i}]");
+        if other.trim().is_empty() || other.len() > 4096 {
+            return Err(invalid(field, "is empty; name an earlier experiment"));
+        }
+        if other == name {
+            return Err(invalid(
+                field,
+                format!("is this experiment ({name}); name an earlier one"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn check_metric(field: &str, metric: &str) -> Result<(), ValidationError> {

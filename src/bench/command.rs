@@ -60,6 +60,26 @@ pub struct Nb201Args {
     /// Write best-so-far curves (run, queries, seconds, test accuracy of the pick) as CSV.
     #[arg(long)]
     pub curve: Option<PathBuf>,
+    /// Compare each strategy started from the results of N random architectures of an
+    /// earlier search (spec.warmStart) with the same strategy started cold: the simulated
+    /// seconds each needs to reach the cold run's result at --budget-seconds.
+    #[arg(long, value_name = "N")]
+    pub warm_start: Option<usize>,
+}
+
+/// How much sooner a warm-started search reaches the cold one's result.
+#[derive(Debug, serde::Serialize)]
+pub struct WarmStart {
+    pub strategy: String,
+    pub prior_results: usize,
+    pub runs: usize,
+    pub budget_seconds: f64,
+    /// Mean test accuracy of the pick at the budget, cold and warm.
+    pub cold_test: f64,
+    pub warm_test: f64,
+    /// Simulated seconds until the mean pick reaches `cold_test`, cold and warm.
+    pub cold_seconds: Option<f64>,
+    pub warm_seconds: Option<f64>,
 }
 
 pub fn run(args: &Nb201Args) -> anyhow::Result<()> {
@@ -105,6 +125,7 @@ pub fn run(args: &Nb201Args) -> anyhow::Result<()> {
         eta: args.eta,
     });
     let mut summaries: Vec<Summary> = Vec::new();
+    let mut warm: Vec<WarmStart> = Vec::new();
     let mut curve_out = match &args.curve {
         Some(p) => {
             let mut f = std::io::BufWriter::new(std::fs::File::create(p)?);
@@ -127,7 +148,16 @@ pub fn run(args: &Nb201Args) -> anyhow::Result<()> {
             epochs: if fidelity.is_some() { 12 } else { args.epochs },
             latency_objective: args.latency.is_some(),
             max_latency_ms: args.max_latency_ms,
+            warm_start: 0,
         };
+        if let Some(prior) = args.warm_start {
+            let w = warm_start(&table, &cfg, prior, args.seed);
+            if !args.json {
+                print_warm_start(&w, table.dataset.name(), warm.is_empty());
+            }
+            warm.push(w);
+            continue;
+        }
         let (summary, results) = run_many(&table, &cfg, args.seed);
         if let Some(f) = curve_out.as_mut() {
             for (run, r) in results.iter().enumerate() {
@@ -168,7 +198,9 @@ pub fn run(args: &Nb201Args) -> anyhow::Result<()> {
         }
         summaries.push(summary);
     }
-    if args.json {
+    if args.json && !warm.is_empty() {
+        println!("{}", serde_json::to_string(&warm)?);
+    } else if args.json {
         let text = if summaries.len() == 1 {
             serde_json::to_string(&summaries[0])?
         } else {
@@ -177,6 +209,54 @@ pub fn run(args: &Nb201Args) -> anyhow::Result<()> {
         println!("{text}");
     }
     Ok(())
+}
+
+/// The same strategy cold and started from `prior` random results, at the same budget.
+pub fn warm_start(table: &Table, cfg: &BenchConfig, prior: usize, seed: u64) -> WarmStart {
+    let (cold, cold_runs) = run_many(table, cfg, seed);
+    let warm_cfg = BenchConfig {
+        warm_start: prior,
+        ..cfg.clone()
+    };
+    let (warm, warm_runs) = run_many(table, &warm_cfg, seed);
+    let floor = table
+        .rows()
+        .iter()
+        .map(|r| r.test)
+        .fold(f64::INFINITY, f64::min);
+    WarmStart {
+        strategy: cold.strategy,
+        prior_results: prior,
+        runs: cfg.runs,
+        budget_seconds: cfg.budget_seconds,
+        cold_test: cold.test_mean,
+        warm_test: warm.test_mean,
+        cold_seconds: super::seconds_to_reach(&cold_runs, cold.test_mean, floor),
+        warm_seconds: super::seconds_to_reach(&warm_runs, cold.test_mean, floor),
+    }
+}
+
+fn print_warm_start(w: &WarmStart, dataset: &str, header: bool) {
+    if header {
+        println!(
+            "NAS-Bench-201 {dataset}: {} runs, {} simulated s; warm start from {} random prior results",
+            w.runs, w.budget_seconds, w.prior_results
+        );
+        println!(
+            "{:<10} {:>10} {:>10} {:>22} {:>8}",
+            "strategy", "cold test", "warm test", "warm s to cold result", "ratio"
+        );
+    }
+    println!(
+        "{:<10} {:>10.2} {:>10.2} {:>22} {:>8}",
+        w.strategy,
+        w.cold_test,
+        w.warm_test,
+        w.warm_seconds
+            .map_or("not reached".into(), |s| format!("{s:.0}")),
+        w.warm_seconds
+            .map_or("-".into(), |s| format!("{:.2}", s / w.budget_seconds))
+    );
 }
 
 fn print_row(s: &Summary, header: bool) {

@@ -8,7 +8,7 @@ pub mod operator;
 pub mod proposal;
 
 use crate::strategy::{self, Context, Observation, StrategyConfig, Taken, pareto};
-use nasop_core::Rng;
+use nasop_core::{Point, Rng};
 use nb201::{Row, Table};
 use serde::Serialize;
 use std::cmp::Ordering;
@@ -27,6 +27,10 @@ pub struct BenchConfig {
     pub latency_objective: bool,
     /// A hard limit on latency in milliseconds.
     pub max_latency_ms: Option<f64>,
+    /// Results of this many random architectures (at `epochs`), from an earlier search, that
+    /// the strategy observes before it proposes anything (`spec.warmStart`). They cost
+    /// nothing here and are never the pick: the pick is this search's own.
+    pub warm_start: usize,
 }
 
 /// What one run found.
@@ -67,6 +71,39 @@ pub struct Summary {
     pub wall_seconds: f64,
 }
 
+/// The random stream of a run's warm-start results (apart from its proposals' streams).
+const WARM_START_STREAM: u64 = 0x5741_524d_5354_5254;
+
+/// The simulated seconds at which the mean over runs of the pick's test accuracy first
+/// reaches `target` (a run without a pick yet counts as `floor`), or None within the runs.
+pub fn seconds_to_reach(results: &[RunResult], target: f64, floor: f64) -> Option<f64> {
+    let mut events: Vec<(f64, usize, f64)> = results
+        .iter()
+        .enumerate()
+        .flat_map(|(run, r)| r.curve.iter().map(move |(_, t, acc)| (*t, run, *acc)))
+        .filter(|(_, _, acc)| acc.is_finite())
+        .collect();
+    events.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let n = results.len() as f64;
+    let mut current = vec![floor; results.len()];
+    let mut sum = floor * n;
+    let mut i = 0;
+    while i < events.len() {
+        let t = events[i].0;
+        // Every result at the same instant before the mean is read.
+        while i < events.len() && events[i].0 == t {
+            let (_, run, acc) = events[i];
+            sum += acc - current[run];
+            current[run] = acc;
+            i += 1;
+        }
+        if sum / n >= target - 1e-9 {
+            return Some(t);
+        }
+    }
+    None
+}
+
 /// A running simulated trial, ordered by finish time (earliest first in the heap).
 struct Running {
     finish: f64,
@@ -95,6 +132,37 @@ impl Ord for Running {
     }
 }
 
+/// What a simulated trial of `point` at `budget` epochs observes, and its row.
+fn simulate(
+    table: &Table,
+    cfg: &BenchConfig,
+    point: Point,
+    key: String,
+    budget: u32,
+) -> (Observation, Row, f64) {
+    let row = *table.row(&point);
+    let (signal, cost) = if budget >= 200 {
+        (row.valid_200ep, row.train_time_200ep)
+    } else {
+        (row.valid_12ep, row.train_time_200ep * budget as f64 / 200.0)
+    };
+    let mut objectives = vec![signal];
+    if cfg.latency_objective {
+        objectives.push(-row.latency_ms);
+    }
+    let violation = cfg
+        .max_latency_ms
+        .map_or(0.0, |m| (row.latency_ms - m).max(0.0));
+    let obs = Observation {
+        point,
+        key,
+        budget,
+        objectives: Some(objectives),
+        violation,
+    };
+    (obs, row, cost)
+}
+
 /// Simulates one run with `seed`.
 pub fn run_once(table: &Table, cfg: &BenchConfig, seed: u64) -> RunResult {
     let space = &table.space;
@@ -104,6 +172,23 @@ pub fn run_once(table: &Table, cfg: &BenchConfig, seed: u64) -> RunResult {
     let mut taken = Taken::default();
     let mut running: BinaryHeap<Running> = BinaryHeap::new();
     let mut pending: HashMap<u32, usize> = HashMap::new();
+    if cfg.warm_start > 0 {
+        // An earlier search's results: distinct random architectures, observed first and
+        // taken (they are not trained again).
+        let no_pending = HashMap::new();
+        let mut ctx = Context {
+            space,
+            rng: Rng::stream(seed ^ WARM_START_STREAM, 0),
+            taken: &mut taken,
+            budget: cfg.epochs,
+            pending: &no_pending,
+        };
+        let prior: Vec<_> = (0..cfg.warm_start).filter_map(|_| ctx.random()).collect();
+        for p in prior {
+            let (obs, _, _) = simulate(table, cfg, p.point, p.key, p.budget);
+            strategy.observe(&obs);
+        }
+    }
     let mut created = 0usize;
     let mut clock = 0.0;
     let mut observed: Vec<(Observation, Row)> = Vec::new();
@@ -121,33 +206,12 @@ pub fn run_once(table: &Table, cfg: &BenchConfig, seed: u64) -> RunResult {
             };
             let proposals = strategy.propose(&mut ctx, free);
             for p in proposals {
-                let row = *table.row(&p.point);
-                let (signal, cost) = if p.budget >= 200 {
-                    (row.valid_200ep, row.train_time_200ep)
-                } else {
-                    (
-                        row.valid_12ep,
-                        row.train_time_200ep * p.budget as f64 / 200.0,
-                    )
-                };
-                let mut objectives = vec![signal];
-                if cfg.latency_objective {
-                    objectives.push(-row.latency_ms);
-                }
-                let violation = cfg
-                    .max_latency_ms
-                    .map_or(0.0, |m| (row.latency_ms - m).max(0.0));
+                let (obs, row, cost) = simulate(table, cfg, p.point, p.key, p.budget);
                 *pending.entry(p.budget).or_default() += 1;
                 running.push(Running {
                     finish: clock + cost,
                     order: created,
-                    obs: Observation {
-                        point: p.point,
-                        key: p.key,
-                        budget: p.budget,
-                        objectives: Some(objectives),
-                        violation,
-                    },
+                    obs,
                     row,
                 });
                 created += 1;

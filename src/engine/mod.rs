@@ -31,6 +31,8 @@ pub struct Engine {
     /// was built from (by index, in order); rounds add to it without copying it.
     taken: std::sync::Arc<Taken>,
     taken_for: Vec<u32>,
+    /// Results of earlier searches over the same space (`spec.warmStart`).
+    prior: Vec<Observation>,
 }
 
 impl Engine {
@@ -42,6 +44,49 @@ impl Engine {
             observed: Vec::new(),
             taken: Default::default(),
             taken_for: Vec::new(),
+            prior: Vec::new(),
+        }
+    }
+
+    /// An engine whose strategy starts from the finished trials of earlier searches over the
+    /// same space (`spec.warmStart`): it observes them before anything else, and never
+    /// proposes their candidates again at the budget they ran. They are not this
+    /// experiment's trials: they count against none of its budget and are never its best.
+    /// Trials that failed or lack an objective's metric teach nothing and are left out.
+    pub fn with_prior(experiment: Experiment, prior: &[TrialRecord]) -> Self {
+        let mut engine = Engine::new(experiment);
+        engine.prior = prior
+            .iter()
+            .filter(|t| matches!(t.phase, TrialPhase::Succeeded | TrialPhase::Stopped))
+            .map(|t| engine.observation(t))
+            .filter(|o| o.objectives.is_some() && o.budget > 0)
+            .collect();
+        engine.restart_strategy();
+        engine
+    }
+
+    /// How many earlier results the strategy started from.
+    pub fn prior_results(&self) -> usize {
+        self.prior.len()
+    }
+
+    /// A fresh strategy that has seen the prior results only.
+    fn restart_strategy(&mut self) {
+        self.strategy = strategy::build(&self.experiment.strategy, &self.experiment.space);
+        for obs in &self.prior {
+            self.strategy.observe(obs);
+        }
+        self.observed.clear();
+        self.reset_taken();
+    }
+
+    /// An empty taken set but for the prior results.
+    fn reset_taken(&mut self) {
+        self.taken = Default::default();
+        self.taken_for.clear();
+        let base = std::sync::Arc::make_mut(&mut self.taken);
+        for obs in &self.prior {
+            base.insert(&obs.key, obs.budget);
         }
     }
 
@@ -236,6 +281,9 @@ impl Engine {
         let order: Vec<u32> = finished.iter().map(|t| t.index).collect();
         if !order.starts_with(&self.observed) {
             self.strategy = strategy::build(&self.experiment.strategy, &self.experiment.space);
+            for obs in &self.prior {
+                self.strategy.observe(obs);
+            }
             self.observed.clear();
         }
         for t in &finished[self.observed.len()..] {
@@ -255,8 +303,7 @@ impl Engine {
                 .zip(&self.taken_for)
                 .all(|(t, i)| t.index == *i);
         if !extends {
-            self.taken = Default::default();
-            self.taken_for.clear();
+            self.reset_taken();
         }
         {
             let base = std::sync::Arc::make_mut(&mut self.taken);

@@ -460,3 +460,56 @@ budget: {maxTrials: 20000, parallelism: 200}
         }
     }
 }
+
+/// Runs `engine` to its end with the synthetic trainer, one trial at a time; returns the
+/// trials.
+fn run_to_end(engine: &mut Engine) -> Vec<TrialRecord> {
+    let mut trials: Vec<TrialRecord> = Vec::new();
+    for step in 0..10_000 {
+        let d = engine.decide(&trials, clock(step as f64));
+        if d.finish.is_some() {
+            return trials;
+        }
+        for t in &d.create {
+            trials.push(record(t, TrialPhase::Succeeded, step as f64));
+        }
+    }
+    panic!("the experiment never ended");
+}
+
+#[test]
+fn a_warm_start_learns_from_prior_results_without_running_them_again() {
+    let exp = experiment(Algorithm::Evolution, 40, 1);
+    let prior = run_to_end(&mut Engine::new(exp.clone()));
+    let prior_keys: HashSet<&str> = prior.iter().map(|t| t.key.as_str()).collect();
+    let mut warm = Engine::with_prior(exp.clone(), &prior);
+    assert_eq!(warm.prior_results(), prior.len());
+    let trials = run_to_end(&mut warm);
+    // Its own budget: maxTrials new trials, none of them a prior candidate.
+    assert_eq!(trials.len(), 40);
+    assert!(
+        trials.iter().all(|t| !prior_keys.contains(t.key.as_str())),
+        "a prior candidate ran again"
+    );
+    // Evolution starts from the prior population: its first proposals are mutants of good
+    // prior candidates, better than a cold start's random ones.
+    let mean = |ts: &[TrialRecord]| {
+        ts.iter().map(|t| t.metrics["val_accuracy"]).sum::<f64>() / ts.len() as f64
+    };
+    let cold = run_to_end(&mut Engine::new(exp));
+    assert!(
+        mean(&trials[..10]) > mean(&cold[..10]),
+        "warm {} vs cold {}",
+        mean(&trials[..10]),
+        mean(&cold[..10])
+    );
+}
+
+#[test]
+fn prior_trials_that_failed_or_lack_the_objective_are_left_out() {
+    let exp = experiment(Algorithm::Random, 4, 1);
+    let mut prior = run_to_end(&mut Engine::new(exp.clone()));
+    prior[0].phase = TrialPhase::Failed;
+    prior[1].metrics.clear();
+    assert_eq!(Engine::with_prior(exp, &prior).prior_results(), 2);
+}

@@ -8,17 +8,21 @@ pub mod manifest;
 pub mod plot;
 pub mod results;
 pub(crate) mod server;
+pub mod warm;
 
-use crate::engine::{Clock, Engine, Experiment, Report, StopReason, TrialPhase, TrialRecord};
+use crate::engine::{
+    Clock, Engine, Experiment, Report, Seconds, StopReason, TrialPhase, TrialRecord,
+};
 use anyhow::{Context, Result, bail};
 use executor::Executor;
 use journal::{Entry, FinishedPhase, Journal};
-use nasop_core::contract::{self, TrialInput};
+use nasop_core::contract;
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 pub struct RunOptions {
@@ -54,85 +58,203 @@ struct Active {
     terminated: bool,
 }
 
-pub fn run(opts: &RunOptions) -> Result<PathBuf> {
-    let manifest = manifest::load(&opts.manifest)?;
-    let name = manifest.experiment.name.clone();
-    let executor = executor::from_template(manifest.resource.spec.trial_template.as_ref())?;
-    let dir = opts.runs_dir.join(&name);
-    std::fs::create_dir_all(dir.join("trials"))
-        .with_context(|| format!("creating the run directory {}", dir.display()))?;
-    let journal_path = dir.join("journal.jsonl");
-    let replay = Journal::replay(&journal_path, Some(&manifest.experiment.space))?;
-    let ident = identity(&manifest.resource.spec);
-    if let Some(old) = &replay.identity
-        && *old != ident
-    {
-        let differs: Vec<&str> = ["searchSpace", "strategy", "fidelity"]
-            .into_iter()
-            .filter(|k| old.get(k) != ident.get(k))
-            .collect();
-        bail!(
-            "{} was started with a different {}; the recorded trials belong to that search. Run with --runs-dir elsewhere, rename metadata.name, or delete {}",
-            dir.display(),
-            differs.join(" and "),
-            dir.display()
-        );
-    }
-    std::fs::write(dir.join("manifest.yaml"), &manifest.text)?;
-    let mut journal = Journal::open(&journal_path)?;
-    let started_at = match replay.started_at {
-        Some(t) => t,
-        None => {
-            let t = now();
-            journal.append(&Entry::Experiment {
-                name: name.clone(),
-                identity: ident,
-                at: t,
-            })?;
-            t
+/// How a trial ended, as the journal records it.
+struct Outcome {
+    phase: FinishedPhase,
+    metrics: BTreeMap<String, f64>,
+    info: BTreeMap<String, String>,
+    reason: String,
+}
+
+impl Outcome {
+    fn stopped(reason: StopReason) -> Outcome {
+        Outcome {
+            phase: FinishedPhase::Stopped,
+            metrics: BTreeMap::new(),
+            info: BTreeMap::new(),
+            reason: format!("{reason:?}"),
         }
-    };
-    let mut experiment = manifest.experiment.clone();
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let slots = match (&executor, opts.parallel) {
-        (_, Some(p)) => p.max(1),
-        (Executor::Tabular(_), None) => experiment.budget.parallelism as usize,
-        (Executor::Process { .. }, None) => (experiment.budget.parallelism as usize).min(cores),
-    };
-    experiment.budget.parallelism = experiment.budget.parallelism.min(slots as u32).max(1);
-    let threads = (cores / slots).max(1);
-    let mut seeds = replay.seeds.clone();
-    let mut attempts = replay.attempts.clone();
-    let mut info = replay.info.clone();
-    let mut trials: Vec<TrialRecord> = replay.trials;
-    // Trials that were running when the last run stopped start again (from their checkpoints).
-    let resumed = trials.iter().filter(|t| t.phase.is_active()).count();
-    for t in trials.iter_mut().filter(|t| t.phase == TrialPhase::Running) {
-        t.phase = TrialPhase::Pending;
     }
-    let finished_before = trials.len() - resumed;
-    let (tx, rx) = std::sync::mpsc::channel();
-    let server = server::ReportServer::start(tx)?;
-    let mut engine = Engine::new(experiment.clone());
-    let mut active: BTreeMap<u32, Active> = BTreeMap::new();
-    let mut progress = Progress::new(&experiment, opts.plain, &trials);
-    if finished_before > 0 || resumed > 0 {
-        progress.line(&format!(
-            "resuming {}: {finished_before} trials recorded, {resumed} to restart",
-            dir.display()
-        ));
-    }
+}
+
+/// One `nasop run`: the run loop's state. Each turn of the loop reads the reports, collects
+/// the trials that exited, asks the engine, records and starts trials, and writes every
+/// change to the journal before acting on it (the operator's reconcile has the same steps).
+struct Run {
+    name: String,
+    dir: PathBuf,
+    executor: Executor,
+    experiment: Experiment,
+    journal: Journal,
+    started_at: Seconds,
+    /// CPU threads per trial process.
+    threads: usize,
+    /// Each recorded trial's seed and the trial it continues.
+    seeds: BTreeMap<u32, (u64, Option<u32>)>,
+    attempts: BTreeMap<u32, u32>,
+    info: BTreeMap<u32, BTreeMap<String, String>>,
+    trials: Vec<TrialRecord>,
+    engine: Engine,
+    active: BTreeMap<u32, Active>,
+    server: server::ReportServer,
+    reports: Receiver<(u32, contract::Report)>,
+    progress: Progress,
+}
+
+pub fn run(opts: &RunOptions) -> Result<PathBuf> {
+    let mut run = Run::open(opts)?;
     loop {
+        let mut busy = run.read_reports()?;
+        busy |= run.collect_exited()?;
+        run.kill_overdue();
+        match run.decide()? {
+            Turn::Done => break,
+            Turn::Busy(b) => busy |= b,
+        }
+        busy |= run.start_pending()?;
+        run.progress.update(&run.trials, &run.experiment, now());
+        if !busy {
+            std::thread::sleep(Duration::from_millis(if run.active.is_empty() {
+                1
+            } else {
+                50
+            }));
+        }
+    }
+    results::print_table(&run.experiment, &run.trials, &run.info, 10);
+    Ok(run.dir)
+}
+
+/// What a turn of the loop came to.
+enum Turn {
+    /// The experiment is over (recorded in the journal).
+    Done,
+    /// Whether anything happened (if not, the loop sleeps a little).
+    Busy(bool),
+}
+
+impl Run {
+    /// Reads the manifest and the run directory's journal (a run continues where the last
+    /// one stopped), and starts the report endpoint.
+    fn open(opts: &RunOptions) -> Result<Run> {
+        let manifest = manifest::load(&opts.manifest)?;
+        let name = manifest.experiment.name.clone();
+        let executor = executor::from_template(manifest.resource.spec.trial_template.as_ref())?;
+        // Before anything is written: a warm start that cannot be made leaves no run behind.
+        let prior = warm::prior_trials(
+            &opts.runs_dir,
+            &manifest.resource.spec,
+            &manifest.experiment.space,
+        )
+        .with_context(|| format!("{}: warm start", opts.manifest.display()))?;
+        let dir = opts.runs_dir.join(&name);
+        std::fs::create_dir_all(dir.join("trials"))
+            .with_context(|| format!("creating the run directory {}", dir.display()))?;
+        let journal_path = dir.join("journal.jsonl");
+        let replay = Journal::replay(&journal_path, Some(&manifest.experiment.space))?;
+        let ident = identity(&manifest.resource.spec);
+        if let Some(old) = &replay.identity
+            && *old != ident
+        {
+            let differs: Vec<&str> = ["searchSpace", "strategy", "fidelity"]
+                .into_iter()
+                .filter(|k| old.get(k) != ident.get(k))
+                .collect();
+            bail!(
+                "{} was started with a different {}; the recorded trials belong to that search. Run with --runs-dir elsewhere, rename metadata.name, or delete {}",
+                dir.display(),
+                differs.join(" and "),
+                dir.display()
+            );
+        }
+        std::fs::write(dir.join("manifest.yaml"), &manifest.text)?;
+        let mut journal = Journal::open(&journal_path)?;
+        let started_at = match replay.started_at {
+            Some(t) => t,
+            None => {
+                let t = now();
+                journal.append(&Entry::Experiment {
+                    name: name.clone(),
+                    identity: ident,
+                    at: t,
+                })?;
+                t
+            }
+        };
+        let mut experiment = manifest.experiment.clone();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let slots = match (&executor, opts.parallel) {
+            (_, Some(p)) => p.max(1),
+            (Executor::Tabular(_), None) => experiment.budget.parallelism as usize,
+            (Executor::Process { .. }, None) => (experiment.budget.parallelism as usize).min(cores),
+        };
+        experiment.budget.parallelism = experiment.budget.parallelism.min(slots as u32).max(1);
+        let mut trials = replay.trials;
+        // Trials that were running when the last run stopped start again (from their checkpoints).
+        let resumed = trials.iter().filter(|t| t.phase.is_active()).count();
+        for t in trials.iter_mut().filter(|t| t.phase == TrialPhase::Running) {
+            t.phase = TrialPhase::Pending;
+        }
+        let finished_before = trials.len() - resumed;
+        let engine = Engine::with_prior(experiment.clone(), &prior);
+        let (tx, reports) = std::sync::mpsc::channel();
+        let server = server::ReportServer::start(tx)?;
+        let progress = Progress::new(&experiment, opts.plain, &trials, started_at);
+        if let Some(w) = &manifest.resource.spec.warm_start {
+            progress.line(&format!(
+                "warm start: the strategy starts from {} results of {}",
+                engine.prior_results(),
+                w.experiments.join(", ")
+            ));
+        }
+        if finished_before > 0 || resumed > 0 {
+            progress.line(&format!(
+                "resuming {}: {finished_before} trials recorded, {resumed} to restart",
+                dir.display()
+            ));
+        }
+        Ok(Run {
+            name,
+            dir,
+            executor,
+            engine,
+            experiment,
+            journal,
+            started_at,
+            threads: (cores / slots).max(1),
+            seeds: replay.seeds,
+            attempts: replay.attempts,
+            info: replay.info,
+            trials,
+            active: BTreeMap::new(),
+            server,
+            reports,
+            progress,
+        })
+    }
+
+    fn record(&mut self, index: u32) -> &mut TrialRecord {
+        self.trials
+            .iter_mut()
+            .find(|t| t.index == index)
+            .expect("the runner only names recorded trials")
+    }
+
+    fn gates(&self) -> std::sync::MutexGuard<'_, server::Gates> {
+        self.server.gates.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Journals the reports that arrived and adds them to their trials.
+    fn read_reports(&mut self) -> Result<bool> {
         let mut busy = false;
-        // Reports.
-        while let Ok((index, report)) = rx.try_recv() {
+        while let Ok((index, report)) = self.reports.try_recv() {
             busy = true;
-            journal.append(&Entry::Report {
+            self.journal.append(&Entry::Report {
                 index,
                 step: report.step,
                 metrics: report.metrics.clone(),
             })?;
-            if let Some(t) = trials.iter_mut().find(|t| t.index == index) {
+            if let Some(t) = self.trials.iter_mut().find(|t| t.index == index) {
                 t.reports.retain(|r| r.step != report.step);
                 t.reports.push(Report {
                     step: report.step,
@@ -140,8 +262,14 @@ pub fn run(opts: &RunOptions) -> Result<PathBuf> {
                 });
             }
         }
-        // Exited processes.
-        let exited: Vec<u32> = active
+        Ok(busy)
+    }
+
+    /// Records how each trial process that exited ended: its termination message, else its
+    /// last report, and its exit status.
+    fn collect_exited(&mut self) -> Result<bool> {
+        let exited: Vec<u32> = self
+            .active
             .iter_mut()
             .filter_map(|(i, a)| {
                 a.child
@@ -150,15 +278,11 @@ pub fn run(opts: &RunOptions) -> Result<PathBuf> {
                     .map(|_| *i)
             })
             .collect();
+        let busy = !exited.is_empty();
         for index in exited {
-            busy = true;
-            let mut a = active.remove(&index).expect("listed above");
+            let mut a = self.active.remove(&index).expect("listed above");
             let status = a.child.as_mut().and_then(|c| c.wait().ok());
-            server
-                .gates
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .close(index);
+            self.gates().close(index);
             let termination =
                 std::fs::read_to_string(a.dir.join("termination.json")).unwrap_or_default();
             let last: Option<contract::Report> = serde_json::from_str(&termination).ok();
@@ -167,10 +291,6 @@ pub fn run(opts: &RunOptions) -> Result<PathBuf> {
                 None if !termination.trim().is_empty() => format!(": {}", termination.trim()),
                 _ => String::new(),
             };
-            let record = trials
-                .iter()
-                .find(|t| t.index == index)
-                .expect("active trials are recorded");
             let (phase, reason) = match (&a.stop, status, &last) {
                 (Some((why, _)), _, _) => (FinishedPhase::Stopped, format!("{why:?}")),
                 (None, Some(s), Some(_)) if s.success() => {
@@ -187,28 +307,31 @@ pub fn run(opts: &RunOptions) -> Result<PathBuf> {
             };
             let mut metrics = last.as_ref().map(|r| r.metrics.clone()).unwrap_or_default();
             if metrics.is_empty() {
-                metrics = record
+                metrics = self
+                    .record(index)
                     .reports
                     .iter()
                     .max_by_key(|r| r.step)
                     .map(|r| r.metrics.clone())
                     .unwrap_or_default();
             }
-            let extra = last.map(|r| r.info).unwrap_or_default();
-            finish(
-                &mut journal,
-                &mut trials,
-                &mut info,
+            let info = last.map(|r| r.info).unwrap_or_default();
+            self.finish(
                 index,
-                phase,
-                metrics,
-                extra,
-                reason,
-                &mut progress,
+                Outcome {
+                    phase,
+                    metrics,
+                    info,
+                    reason,
+                },
             )?;
         }
-        // Stop processes that outstay their grace period.
-        for a in active.values_mut() {
+        Ok(busy)
+    }
+
+    /// Kills the trial processes asked to stop that outstay their grace period.
+    fn kill_overdue(&mut self) {
+        for a in self.active.values_mut() {
             if let (Some((_, since)), Some(child)) = (&a.stop, a.child.as_mut())
                 && since.elapsed() > STOP_GRACE
                 && !a.terminated
@@ -217,41 +340,31 @@ pub fn run(opts: &RunOptions) -> Result<PathBuf> {
                 a.terminated = true;
             }
         }
-        // The engine.
+    }
+
+    /// Asks the engine, then stops, records and (when it is over) ends as it says.
+    fn decide(&mut self) -> Result<Turn> {
+        let mut busy = false;
         let clock = Clock {
-            started_at,
+            started_at: self.started_at,
             now: now(),
         };
-        let decision = engine.decide(&trials, clock);
+        let decision = self.engine.decide(&self.trials, clock);
         for stop in &decision.stop {
-            let Some(a) = active.get_mut(&stop.index) else {
-                if trials
+            let Some(a) = self.active.get_mut(&stop.index) else {
+                if self
+                    .trials
                     .iter()
                     .any(|t| t.index == stop.index && t.phase == TrialPhase::Pending)
                 {
                     busy = true;
-                    finish(
-                        &mut journal,
-                        &mut trials,
-                        &mut info,
-                        stop.index,
-                        FinishedPhase::Stopped,
-                        BTreeMap::new(),
-                        BTreeMap::new(),
-                        format!("{:?}", stop.reason),
-                        &mut progress,
-                    )?;
+                    self.finish(stop.index, Outcome::stopped(stop.reason))?;
                 }
                 continue;
             };
             if a.stop.is_none() {
                 busy = true;
                 a.stop = Some((stop.reason, Instant::now()));
-                server
-                    .gates
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .stop(stop.index);
                 // Early stopping waits for the next report; the others cannot wait.
                 if stop.reason != StopReason::EarlyStopped
                     && let Some(child) = &a.child
@@ -259,11 +372,12 @@ pub fn run(opts: &RunOptions) -> Result<PathBuf> {
                     // SAFETY: kill(2) on our own child's pid.
                     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
                 }
+                self.gates().stop(stop.index);
             }
         }
         for t in &decision.create {
             busy = true;
-            journal.append(&Entry::Trial {
+            self.journal.append(&Entry::Trial {
                 index: t.index,
                 candidate: t.candidate.clone(),
                 epochs: t.epochs,
@@ -271,8 +385,8 @@ pub fn run(opts: &RunOptions) -> Result<PathBuf> {
                 resume_from: t.resume_from,
                 at: clock.now,
             })?;
-            seeds.insert(t.index, (t.seed, t.resume_from));
-            trials.push(TrialRecord {
+            self.seeds.insert(t.index, (t.seed, t.resume_from));
+            self.trials.push(TrialRecord {
                 index: t.index,
                 candidate: t.candidate.clone(),
                 point: t.point.clone(),
@@ -286,250 +400,280 @@ pub fn run(opts: &RunOptions) -> Result<PathBuf> {
             });
         }
         if let Some(f) = &decision.finish
-            && active.is_empty()
-            && !trials.iter().any(|t| t.phase.is_active())
+            && self.active.is_empty()
+            && !self.trials.iter().any(|t| t.phase.is_active())
         {
-            journal.append(&Entry::Done {
+            self.journal.append(&Entry::Done {
                 succeeded: f.succeeded,
                 reason: format!("{:?}", f.reason),
                 message: f.message.clone(),
                 at: now(),
             })?;
-            progress.done(&format!(
+            self.progress.done(&format!(
                 "{}: {}",
                 if f.succeeded { "finished" } else { "failed" },
                 f.message
             ));
-            break;
+            return Ok(Turn::Done);
         }
-        // Start what is recorded but not running.
-        let pending: Vec<u32> = trials
+        Ok(Turn::Busy(busy))
+    }
+
+    /// Starts what is recorded but not running: a process, or a table lookup that ends at once.
+    fn start_pending(&mut self) -> Result<bool> {
+        let pending: Vec<u32> = self
+            .trials
             .iter()
-            .filter(|t| t.phase == TrialPhase::Pending && !active.contains_key(&t.index))
+            .filter(|t| t.phase == TrialPhase::Pending && !self.active.contains_key(&t.index))
             .map(|t| t.index)
             .collect();
+        let busy = !pending.is_empty();
         for index in pending {
-            busy = true;
-            let attempt = attempts.get(&index).copied().unwrap_or(0) + 1;
-            attempts.insert(index, attempt);
-            let record = trials
-                .iter_mut()
-                .find(|t| t.index == index)
-                .expect("pending trials are recorded");
-            journal.append(&Entry::Started {
+            let attempt = self.attempts.get(&index).copied().unwrap_or(0) + 1;
+            self.attempts.insert(index, attempt);
+            self.journal.append(&Entry::Started {
                 index,
                 attempt,
                 at: now(),
             })?;
+            let record = self
+                .trials
+                .iter_mut()
+                .find(|t| t.index == index)
+                .expect("pending trials are recorded");
             record.phase = TrialPhase::Running;
             record.started_at.get_or_insert_with(now);
-            let (seed, resume_from) = seeds.get(&index).copied().unwrap_or_default();
-            match &executor {
+            match &self.executor {
                 Executor::Tabular(table) => {
-                    let (phase, metrics, reason) =
-                        match table.evaluate(&record.candidate, record.epochs) {
-                            Ok(m) => (FinishedPhase::Succeeded, m, "Completed".to_string()),
-                            Err(e) => (
-                                FinishedPhase::Failed,
-                                BTreeMap::new(),
-                                format!("TrainerFailed: {e}"),
-                            ),
-                        };
-                    journal.append(&Entry::Report {
-                        index,
-                        step: record.epochs,
-                        metrics: metrics.clone(),
-                    })?;
-                    record.reports.push(Report {
-                        step: record.epochs,
-                        metrics: metrics.clone(),
-                    });
-                    finish(
-                        &mut journal,
-                        &mut trials,
-                        &mut info,
-                        index,
-                        phase,
-                        metrics,
-                        BTreeMap::new(),
-                        reason,
-                        &mut progress,
-                    )?;
-                }
-                Executor::Process { program, args, env } => {
-                    let input = experiment.trial_input(
-                        format!("{name}-{index}"),
-                        index,
-                        seed,
-                        &record.point,
-                        record.epochs,
-                        resume_from,
-                    );
-                    let trial_dir = dir.join("trials").join(index.to_string());
-                    let token = server::token();
-                    server
-                        .gates
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .open(index, &token);
-                    let child = spawn(
-                        program,
-                        args,
-                        env,
-                        &input,
-                        &trial_dir,
-                        &dir,
-                        &server.url,
-                        &token,
-                        threads,
-                    )?;
-                    active.insert(
-                        index,
-                        Active {
-                            child: Some(child),
-                            dir: trial_dir,
-                            stop: None,
-                            terminated: false,
+                    let outcome = match table.evaluate(&record.candidate, record.epochs) {
+                        Ok(metrics) => Outcome {
+                            phase: FinishedPhase::Succeeded,
+                            metrics,
+                            info: BTreeMap::new(),
+                            reason: "Completed".to_string(),
                         },
-                    );
+                        Err(e) => Outcome {
+                            phase: FinishedPhase::Failed,
+                            metrics: BTreeMap::new(),
+                            info: BTreeMap::new(),
+                            reason: format!("TrainerFailed: {e}"),
+                        },
+                    };
+                    let step = record.epochs;
+                    record.reports.push(Report {
+                        step,
+                        metrics: outcome.metrics.clone(),
+                    });
+                    self.journal.append(&Entry::Report {
+                        index,
+                        step,
+                        metrics: outcome.metrics.clone(),
+                    })?;
+                    self.finish(index, outcome)?;
+                }
+                Executor::Process { .. } => {
+                    let child = self.spawn(index)?;
+                    self.active.insert(index, child);
                 }
             }
         }
-        progress.update(&trials);
-        if !busy {
-            std::thread::sleep(Duration::from_millis(if active.is_empty() {
-                1
-            } else {
-                50
-            }));
-        }
+        Ok(busy)
     }
-    results::print_table(&experiment, &trials, &info, 10);
-    Ok(dir)
-}
 
-#[allow(clippy::too_many_arguments)]
-fn spawn(
-    program: &Path,
-    args: &[String],
-    env: &[(String, String)],
-    input: &TrialInput,
-    trial_dir: &Path,
-    run_dir: &Path,
-    url: &str,
-    token: &str,
-    threads: usize,
-) -> Result<Child> {
-    std::fs::create_dir_all(trial_dir)?;
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(trial_dir.join("log.txt"))?;
-    let _ = std::fs::remove_file(trial_dir.join("termination.json"));
-    let mut cmd = Command::new(program);
-    cmd.args(args)
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .env(contract::ENV_TRIAL, serde_json::to_string(input)?)
-        .env(contract::ENV_REPORT_URL, url)
-        .env(contract::ENV_REPORT_TOKEN, token)
-        .env(
-            contract::ENV_TERMINATION_PATH,
-            trial_dir.join("termination.json"),
-        )
-        .env(contract::ENV_CHECKPOINT_DIR, trial_dir.join("checkpoint"))
-        .env(contract::ENV_THREADS, threads.to_string())
-        .env("OMP_NUM_THREADS", threads.to_string())
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log);
-    if let Some(parent) = input.resume_from {
-        cmd.env(
-            contract::ENV_RESUME_FROM,
-            run_dir
-                .join("trials")
-                .join(parent.to_string())
-                .join("checkpoint"),
+    /// Starts trial `index`'s process with the trial contract in its environment.
+    fn spawn(&self, index: u32) -> Result<Active> {
+        let Executor::Process { program, args, env } = &self.executor else {
+            unreachable!("only process trials are spawned")
+        };
+        let record = self
+            .trials
+            .iter()
+            .find(|t| t.index == index)
+            .expect("started trials are recorded");
+        let (seed, resume_from) = self.seeds.get(&index).copied().unwrap_or_default();
+        let input = self.experiment.trial_input(
+            format!("{}-{index}", self.name),
+            index,
+            seed,
+            &record.point,
+            record.epochs,
+            resume_from,
         );
+        let trial_dir = self.dir.join("trials").join(index.to_string());
+        std::fs::create_dir_all(&trial_dir)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(trial_dir.join("log.txt"))?;
+        let _ = std::fs::remove_file(trial_dir.join("termination.json"));
+        let token = server::token();
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env(contract::ENV_TRIAL, serde_json::to_string(&input)?)
+            .env(contract::ENV_REPORT_URL, &self.server.url)
+            .env(contract::ENV_REPORT_TOKEN, &token)
+            .env(
+                contract::ENV_TERMINATION_PATH,
+                trial_dir.join("termination.json"),
+            )
+            .env(contract::ENV_CHECKPOINT_DIR, trial_dir.join("checkpoint"))
+            .env(contract::ENV_ARTIFACT_DIR, trial_dir.join("artifact"))
+            .env(contract::ENV_THREADS, self.threads.to_string())
+            .env("OMP_NUM_THREADS", self.threads.to_string())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        if let Some(parent) = resume_from {
+            cmd.env(
+                contract::ENV_RESUME_FROM,
+                self.dir
+                    .join("trials")
+                    .join(parent.to_string())
+                    .join("checkpoint"),
+            );
+        }
+        // SAFETY: prctl in the child before exec; it only sets a flag of the calling process.
+        unsafe {
+            cmd.pre_exec(|| {
+                // A trial dies with the runner (kill -9 included) instead of training on unseen.
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        self.gates().open(index, &token);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {} for trial {index}", program.display()))?;
+        Ok(Active {
+            child: Some(child),
+            dir: trial_dir,
+            stop: None,
+            terminated: false,
+        })
     }
-    // SAFETY: prctl in the child before exec; it only sets a flag of the calling process.
-    unsafe {
-        cmd.pre_exec(|| {
-            // A trial dies with the runner (kill -9 included) instead of training on unseen.
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
+
+    /// Journals how trial `index` ended and records it.
+    fn finish(&mut self, index: u32, outcome: Outcome) -> Result<()> {
+        let at = now();
+        self.journal.append(&Entry::Finished {
+            index,
+            phase: outcome.phase,
+            metrics: outcome.metrics.clone(),
+            info: outcome.info.clone(),
+            reason: outcome.reason.clone(),
+            at,
+        })?;
+        self.info.insert(index, outcome.info);
+        let t = self.record(index);
+        t.phase = outcome.phase.into();
+        t.metrics = outcome.metrics;
+        t.finished_at = Some(at);
+        let took = t.started_at.map(|s| at - s).unwrap_or_default();
+        let t = self
+            .trials
+            .iter()
+            .find(|t| t.index == index)
+            .expect("recorded above");
+        self.progress.trial_line(t, &outcome.reason, took);
+        Ok(())
     }
-    cmd.spawn()
-        .with_context(|| format!("starting {} for trial {}", program.display(), input.index))
 }
 
-#[allow(clippy::too_many_arguments)]
-fn finish(
-    journal: &mut Journal,
-    trials: &mut [TrialRecord],
-    info: &mut BTreeMap<u32, BTreeMap<String, String>>,
-    index: u32,
-    phase: FinishedPhase,
-    metrics: BTreeMap<String, f64>,
-    extra: BTreeMap<String, String>,
-    reason: String,
-    progress: &mut Progress,
-) -> Result<()> {
-    let at = now();
-    journal.append(&Entry::Finished {
-        index,
-        phase,
-        metrics: metrics.clone(),
-        info: extra.clone(),
-        reason: reason.clone(),
-        at,
-    })?;
-    let t = trials
-        .iter_mut()
-        .find(|t| t.index == index)
-        .expect("finished trials are recorded");
-    t.phase = phase.into();
-    t.metrics = metrics;
-    t.finished_at = Some(at);
-    info.insert(index, extra);
-    let took = t.started_at.map(|s| at - s).unwrap_or_default();
-    progress.trial_line(t, &reason, took);
-    Ok(())
+/// Seconds until the budget is spent, estimated from the durations of the trials that have
+/// ended: the running trials' remainders and the trials still to start, spread over the
+/// parallel slots, capped by the deadline. None until a trial has ended.
+fn eta(exp: &Experiment, trials: &[TrialRecord], started_at: Seconds, now: Seconds) -> Option<f64> {
+    let durations: Vec<f64> = trials
+        .iter()
+        .filter(|t| !t.phase.is_active())
+        .filter_map(|t| Some(t.finished_at? - t.started_at?))
+        .filter(|d| *d > 0.0)
+        .collect();
+    if durations.is_empty() {
+        return None;
+    }
+    let mean = durations.iter().sum::<f64>() / durations.len() as f64;
+    let running: Vec<f64> = trials
+        .iter()
+        .filter(|t| t.phase == TrialPhase::Running)
+        .map(|t| (mean - t.started_at.map_or(0.0, |s| now - s)).max(0.0))
+        .collect();
+    let waiting = trials
+        .iter()
+        .filter(|t| t.phase == TrialPhase::Pending)
+        .count()
+        + (exp.budget.max_trials as usize).saturating_sub(trials.len());
+    let slots = exp.budget.parallelism.max(1) as f64;
+    let work = running.iter().sum::<f64>() + waiting as f64 * mean;
+    let longest = running.iter().copied().fold(0.0, f64::max);
+    let mut eta = (work / slots).max(longest);
+    if let Some(deadline) = exp.budget.deadline {
+        eta = eta.min((started_at + deadline - now).max(0.0));
+    }
+    Some(eta)
 }
 
-/// The live display: a progress bar on a terminal, log lines elsewhere.
+/// A duration as a person reads it: 45s, 12m, 1h05m.
+fn human(seconds: f64) -> String {
+    let s = seconds.round().max(0.0) as u64;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+/// The live display: on a terminal, a bar for the budget with the estimated time left and a
+/// line per running trial (its epoch and last reported value); log lines elsewhere.
 struct Progress {
-    bar: Option<indicatif::ProgressBar>,
+    bars: Option<Bars>,
     objective: String,
     maximize: bool,
     tabular_quiet: bool,
+    started_at: Seconds,
+}
+
+struct Bars {
+    multi: indicatif::MultiProgress,
+    budget: indicatif::ProgressBar,
+    trials: BTreeMap<u32, indicatif::ProgressBar>,
 }
 
 impl Progress {
-    fn new(exp: &Experiment, plain: bool, trials: &[TrialRecord]) -> Self {
-        let bar = (!plain && std::io::stderr().is_terminal()).then(|| {
-            let bar = indicatif::ProgressBar::new(exp.budget.max_trials as u64);
-            bar.set_style(
+    fn new(exp: &Experiment, plain: bool, trials: &[TrialRecord], started_at: Seconds) -> Self {
+        let bars = (!plain && std::io::stderr().is_terminal()).then(|| {
+            let multi = indicatif::MultiProgress::new();
+            let budget = multi.add(indicatif::ProgressBar::new(exp.budget.max_trials as u64));
+            budget.set_style(
                 indicatif::ProgressStyle::with_template(
-                    "{spinner} {bar:30} {pos}/{len} trials  {msg}  [{elapsed_precise} < {eta}]",
+                    "{spinner} {bar:30} {pos}/{len} trials  {msg}  [{elapsed_precise}]",
                 )
                 .expect("a valid template")
                 .progress_chars("=> "),
             );
-            bar.set_position(trials.iter().filter(|t| !t.phase.is_active()).count() as u64);
-            bar
+            budget.set_position(trials.iter().filter(|t| !t.phase.is_active()).count() as u64);
+            budget.enable_steady_tick(Duration::from_millis(250));
+            Bars {
+                multi,
+                budget,
+                trials: BTreeMap::new(),
+            }
         });
         Progress {
-            bar,
+            bars,
             objective: exp.objectives[0].metric.clone(),
             maximize: exp.objectives[0].maximize,
             tabular_quiet: exp.budget.max_trials > 200,
+            started_at,
         }
     }
 
     fn line(&self, text: &str) {
-        match &self.bar {
-            Some(b) => b.println(text),
+        match &self.bars {
+            Some(b) => {
+                let _ = b.multi.println(text);
+            }
             None => println!("{text}"),
         }
     }
@@ -547,7 +691,7 @@ impl Progress {
     }
 
     fn trial_line(&self, t: &TrialRecord, reason: &str, seconds: f64) {
-        if self.tabular_quiet && self.bar.is_none() && t.phase == TrialPhase::Succeeded {
+        if self.tabular_quiet && self.bars.is_none() && t.phase == TrialPhase::Succeeded {
             return;
         }
         let value = t
@@ -566,29 +710,145 @@ impl Progress {
         ));
     }
 
-    fn update(&self, trials: &[TrialRecord]) {
-        let Some(bar) = &self.bar else { return };
-        let done = trials.iter().filter(|t| !t.phase.is_active()).count();
-        let running = trials
+    /// What a running trial's line says: its epoch of its budget, its last reported value of
+    /// the objective, and how long it has run.
+    fn running_line(&self, t: &TrialRecord, now: Seconds) -> String {
+        let last = t.reports.iter().max_by_key(|r| r.step);
+        let value = last
+            .and_then(|r| r.metrics.get(&self.objective))
+            .map_or("-".into(), |v| format!("{v:.4}"));
+        format!(
+            "  trial {:>4}  epoch {}/{}  {} {value}  {}  {}",
+            t.index,
+            last.map_or(0, |r| r.step),
+            t.epochs,
+            self.objective,
+            human(t.started_at.map_or(0.0, |s| now - s)),
+            t.candidate
+        )
+    }
+
+    fn update(&mut self, trials: &[TrialRecord], exp: &Experiment, now: Seconds) {
+        let best = self.best(trials).map_or("-".into(), |b| format!("{b:.4}"));
+        let eta = eta(exp, trials, self.started_at, now)
+            .map_or("estimating time left".into(), |s| {
+                format!("~{} left", human(s))
+            });
+        let lines: BTreeMap<u32, String> = trials
             .iter()
             .filter(|t| t.phase == TrialPhase::Running)
-            .count();
+            .map(|t| (t.index, self.running_line(t, now)))
+            .collect();
+        let Some(bars) = &mut self.bars else { return };
+        let done = trials.iter().filter(|t| !t.phase.is_active()).count();
         let failed = trials
             .iter()
             .filter(|t| t.phase == TrialPhase::Failed)
             .count();
-        bar.set_position(done as u64);
-        let best = self.best(trials).map_or("-".into(), |b| format!("{b:.4}"));
-        bar.set_message(format!(
-            "running {running}  failed {failed}  best {} {best}",
+        bars.budget.set_position(done as u64);
+        bars.budget.set_message(format!(
+            "running {}  failed {failed}  best {} {best}  {eta}",
+            lines.len(),
             self.objective
         ));
+        bars.trials.retain(|index, bar| {
+            let keep = lines.contains_key(index);
+            if !keep {
+                bar.finish_and_clear();
+                bars.multi.remove(bar);
+            }
+            keep
+        });
+        for (index, line) in lines {
+            let bar = bars.trials.entry(index).or_insert_with(|| {
+                let bar = bars.multi.add(indicatif::ProgressBar::new_spinner());
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template("{msg}").expect("a valid template"),
+                );
+                bar
+            });
+            bar.set_message(line);
+        }
     }
 
-    fn done(&self, text: &str) {
-        if let Some(bar) = &self.bar {
-            bar.finish_and_clear();
+    fn done(&mut self, text: &str) {
+        if let Some(bars) = self.bars.take() {
+            for bar in bars.trials.values() {
+                bar.finish_and_clear();
+            }
+            bars.budget.finish_and_clear();
+            let _ = bars.multi.clear();
         }
         println!("{text}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trial(
+        index: u32,
+        phase: TrialPhase,
+        started: Option<f64>,
+        finished: Option<f64>,
+    ) -> TrialRecord {
+        TrialRecord {
+            index,
+            candidate: String::new(),
+            point: Default::default(),
+            key: index.to_string(),
+            epochs: 5,
+            phase,
+            started_at: started,
+            finished_at: finished,
+            reports: Vec::new(),
+            metrics: BTreeMap::new(),
+        }
+    }
+
+    fn experiment(max_trials: u32, parallelism: u32) -> Experiment {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/quickstart.yaml");
+        let mut exp = manifest::load(std::path::Path::new(path))
+            .expect("the quickstart loads")
+            .experiment;
+        exp.budget.max_trials = max_trials;
+        exp.budget.parallelism = parallelism;
+        exp.budget.deadline = None;
+        exp
+    }
+
+    #[test]
+    fn the_estimate_comes_from_finished_trials_and_the_budget() {
+        let exp = experiment(10, 2);
+        let mut trials = vec![
+            trial(0, TrialPhase::Succeeded, Some(0.0), Some(60.0)),
+            trial(1, TrialPhase::Stopped, Some(0.0), Some(120.0)),
+        ];
+        assert_eq!(eta(&exp, &trials[..0], 0.0, 120.0), None);
+        // Mean 90 s; 8 trials to go on 2 slots.
+        assert_eq!(eta(&exp, &trials, 0.0, 120.0), Some(360.0));
+        // Two running for 30 s: 60 s left each, 6 still to start.
+        trials.push(trial(2, TrialPhase::Running, Some(120.0), None));
+        trials.push(trial(3, TrialPhase::Running, Some(120.0), None));
+        assert_eq!(
+            eta(&exp, &trials, 0.0, 150.0),
+            Some((120.0 + 6.0 * 90.0) / 2.0)
+        );
+        // The deadline caps it.
+        let mut short = exp.clone();
+        short.budget.deadline = Some(200.0);
+        assert_eq!(eta(&short, &trials, 0.0, 150.0), Some(50.0));
+        // The last trial running: what it has left.
+        let mut last = exp;
+        last.budget.max_trials = 4;
+        assert_eq!(eta(&last, &trials, 0.0, 150.0), Some(60.0));
+    }
+
+    #[test]
+    fn durations_read_as_a_person_says_them() {
+        assert_eq!(human(42.4), "42s");
+        assert_eq!(human(125.0), "2m05s");
+        assert_eq!(human(3900.0), "1h05m");
     }
 }

@@ -117,6 +117,12 @@ pub fn print_table(
             .map(|(k, v)| format!("{k}={}", fmt(*v)))
             .collect();
         println!("      {}", metrics.join(" "));
+        if let Some(path) = info
+            .get(&best.index)
+            .and_then(|i| i.get(nasop_core::contract::INFO_ARTIFACT))
+        {
+            println!("      model: {path}");
+        }
     }
 }
 
@@ -139,6 +145,7 @@ fn trial_json(run: &Run, t: &TrialRecord) -> serde_json::Value {
         "reason": run.reasons.get(&t.index),
         "metrics": t.metrics,
         "info": run.info.get(&t.index),
+        "artifact": run.info.get(&t.index).and_then(|i| i.get(nasop_core::contract::INFO_ARTIFACT)),
         "duration_seconds": duration(t),
     })
 }

@@ -130,3 +130,39 @@ fn fidelity_and_budget_ranges_are_named() {
     let e = error_for(|s| s.budget.parallelism = 0);
     assert_eq!(e.field, "spec.budget.parallelism");
 }
+
+#[test]
+fn storage_and_warm_start_are_checked_by_field() {
+    let storage = |claim: &str, sub: Option<&str>| StorageSpec {
+        persistent_volume_claim: PvcStorageSpec {
+            claim_name: claim.into(),
+            sub_path: sub.map(String::from),
+        },
+    };
+    let e = error_for(|s| s.storage = Some(storage("Bad_Claim", None)));
+    assert_eq!(e.field, "spec.storage.persistentVolumeClaim.claimName");
+    for sub in ["/abs", "a/../b", "a//b", ""] {
+        let e = error_for(|s| s.storage = Some(storage("ok", Some(sub))));
+        assert_eq!(
+            e.field, "spec.storage.persistentVolumeClaim.subPath",
+            "{sub:?}"
+        );
+    }
+    let mut exp = parse(GOOD);
+    exp.spec.storage = Some(storage("nas-ckpt", Some("runs/nb201")));
+    validate("nb201", &exp.spec).unwrap();
+
+    let e = error_for(|s| {
+        s.warm_start = Some(WarmStartSpec {
+            experiments: vec!["nb201".into()],
+        })
+    });
+    assert_eq!(e.field, "spec.warmStart.experiments[0]");
+    assert!(e.problem.contains("this experiment"), "{e}");
+    let e = error_for(|s| {
+        s.warm_start = Some(WarmStartSpec {
+            experiments: vec![],
+        })
+    });
+    assert_eq!(e.field, "spec.warmStart.experiments");
+}
