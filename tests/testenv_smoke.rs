@@ -91,16 +91,16 @@ impl Drop for Namespace {
 fn crds_install_and_the_schema_is_enforced() {
     let crds = concat!(env!("CARGO_MANIFEST_DIR"), "/crds");
     ok(&["apply", "--server-side", "-f", crds], None);
-    ok(
-        &[
-            "wait",
-            "--for=condition=Established",
-            "crd/nasexperiments.nasop.dev",
-            "crd/nastrials.nasop.dev",
-            "--timeout=30s",
-        ],
-        None,
-    );
+    // Polled: `kubectl wait --for=condition` fails at once while no condition is written.
+    for crd in ["crd/nasexperiments.nasop.dev", "crd/nastrials.nasop.dev"] {
+        wait_for(
+            crd,
+            "default",
+            r#"{.status.conditions[?(@.type=="Established")].status}"#,
+            "True",
+            Duration::from_secs(30),
+        );
+    }
     let ns = Namespace::new("smoke-crd");
     let manifest = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),

@@ -79,14 +79,7 @@ pub(crate) fn release() -> &'static Release {
             }
         }
         let r = install(RELEASE, &namespace, &format!("chart-exp-{id}"), &[]);
-        for crd in ["nasexperiments.nasop.dev", "nastrials.nasop.dev"] {
-            ok(kubectl().args([
-                "wait",
-                "--for=condition=Established",
-                &format!("crd/{crd}"),
-                "--timeout=60s",
-            ]));
-        }
+        wait_established(&["nasexperiments.nasop.dev", "nastrials.nasop.dev"]);
         r
     })
 }

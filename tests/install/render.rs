@@ -91,12 +91,7 @@ fn rendered_manifests_pass_a_server_side_dry_run() {
     ok(kubectl()
         .args(["apply", "--server-side", "--force-conflicts", "-f"])
         .arg(tool("servicemonitors.crd.yaml")));
-    ok(kubectl().args([
-        "wait",
-        "--for=condition=Established",
-        "crd/servicemonitors.monitoring.coreos.com",
-        "--timeout=60s",
-    ]));
+    wait_established(&["servicemonitors.monitoring.coreos.com"]);
     let dir = scratch("dry-run");
     let values = non_default_values(&dir, &watched, &grafana);
 

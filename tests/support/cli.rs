@@ -50,6 +50,26 @@ pub fn kubectl() -> Command {
     Command::new("kubectl")
 }
 
+/// Waits until each CRD is Established. `kubectl wait --for=condition=...` fails at once,
+/// instead of waiting, while the API server has written no condition yet, so it is retried.
+pub fn wait_established(crds: &[&str]) {
+    let started = std::time::Instant::now();
+    loop {
+        let out = run(kubectl()
+            .args(["wait", "--for=condition=Established", "--timeout=60s"])
+            .args(crds.iter().map(|c| format!("crd/{c}"))));
+        if out.status.success() {
+            return;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "{crds:?} not Established: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
 /// `cmd` with `input` on its standard input.
 pub fn with_stdin(cmd: &mut Command, input: &str) -> Output {
     use std::io::Write;
