@@ -419,6 +419,8 @@ fn a_cpu_search_runs_on_a_real_node_through_the_helm_installed_operator() {
     }
     log(&format!("all done after {:?}", started.elapsed()));
 
+    storage_continues_promotions_and_keeps_models(&images, &dir);
+
     drop(prometheus);
     ok(helm().args(["uninstall", "nasop", "-n", SYSTEM, "--wait"]));
     let _ = run(&mut kube(&[
@@ -429,4 +431,142 @@ fn a_cpu_search_runs_on_a_real_node_through_the_helm_installed_operator() {
         "--wait=false",
     ]));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// examples/k8s/fashion-mnist-storage.yaml on a PersistentVolume of the real node: a promoted
+/// trial's first report is the epoch after its parent's last (it continued the parent's
+/// checkpoint from the claim), and the trials that completed left their models there.
+fn storage_continues_promotions_and_keeps_models(images: &str, dir: &Path) {
+    const STORAGE_EXPERIMENT: &str = "fashion-mnist-storage";
+    let started = Instant::now();
+    let volume = dir.join("volume");
+    std::fs::create_dir_all(&volume).unwrap();
+    // The trainer runs as user 65532; a hostPath volume ignores fsGroup.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&volume, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let pv = format!(
+        r#"apiVersion: v1
+kind: PersistentVolume
+metadata: {{name: nasop-e2e-{id}}}
+spec:
+  capacity: {{storage: 1Gi}}
+  accessModes: [ReadWriteOnce]
+  persistentVolumeReclaimPolicy: Retain
+  hostPath: {{path: {path}, type: Directory}}
+  claimRef: {{namespace: {NAMESPACE}, name: nasop-storage}}
+"#,
+        id = std::process::id(),
+        path = volume.display()
+    );
+    let out = with_stdin(&mut kube(&["apply", "-f", "-"]), &pv);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let example = std::fs::read_to_string(repo("examples/k8s/fashion-mnist-storage.yaml")).unwrap();
+    let manifest = example.replace(EXAMPLE_IMAGE, &format!("{images}/nasop-trainer:0.1.0-cpu"));
+    let out = with_stdin(&mut kube(&["apply", "-n", NAMESPACE, "-f", "-"]), &manifest);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut last = String::new();
+    let experiment = loop {
+        assert!(
+            started.elapsed() < TIMEOUT,
+            "{STORAGE_EXPERIMENT} did not end within {TIMEOUT:?}"
+        );
+        let exp = json(&["get", "nasexp", STORAGE_EXPERIMENT, "-n", NAMESPACE]);
+        let status = &exp["status"];
+        let line = format!(
+            "{STORAGE_EXPERIMENT}: phase {} progress {} conditions {}",
+            status["phase"], status["progress"], status["conditions"]
+        );
+        if line != last {
+            log(&line);
+            last = line;
+        }
+        match status["phase"].as_str() {
+            Some("Succeeded") => break exp,
+            Some("Failed") => panic!("{STORAGE_EXPERIMENT} failed: {status}"),
+            _ => {}
+        }
+        std::thread::sleep(Duration::from_secs(3));
+    };
+    let trials = items(
+        "nastrials",
+        NAMESPACE,
+        &format!("nasop.dev/experiment={STORAGE_EXPERIMENT}"),
+    );
+    let by_index = |i: u64| {
+        trials
+            .iter()
+            .find(|t| t["spec"]["index"] == i)
+            .unwrap_or_else(|| panic!("no trial {i}"))
+    };
+    let mut promoted = 0;
+    for t in trials.iter().filter(|t| t["spec"]["resumeFrom"].is_u64()) {
+        let parent = by_index(t["spec"]["resumeFrom"].as_u64().unwrap());
+        let parent_last = parent["status"]["history"]
+            .as_array()
+            .and_then(|h| h.last())
+            .map(|r| r["step"].as_u64().unwrap())
+            .expect("the parent reported");
+        let first = t["status"]["history"][0]["step"].as_u64();
+        assert_eq!(
+            first,
+            Some(parent_last + 1),
+            "{} should continue {}'s checkpoint: {}",
+            t["metadata"]["name"],
+            parent["metadata"]["name"],
+            t["status"]
+        );
+        promoted += 1;
+    }
+    assert!(promoted >= 1, "no promotion: {trials:?}");
+    // Every trial that completed its epochs left its model in the claim, named in status.
+    let best = &experiment["status"]["bestTrial"];
+    let artifact = best["artifact"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{best}"));
+    let index = best["index"].as_u64().unwrap();
+    assert_eq!(
+        artifact,
+        format!("pvc://nasop-storage/{STORAGE_EXPERIMENT}/trials/{index}/artifact")
+    );
+    for t in trials
+        .iter()
+        .filter(|t| t["status"]["phase"] == "Succeeded")
+    {
+        let index = t["spec"]["index"].as_u64().unwrap();
+        let model = volume.join(format!("{STORAGE_EXPERIMENT}/trials/{index}/artifact"));
+        for file in ["model.safetensors", "model.json", "model.pt"] {
+            assert!(
+                model.join(file).is_file(),
+                "{} has no {file}: {}",
+                model.display(),
+                t["status"]
+            );
+        }
+        assert!(t["status"]["artifact"].is_string(), "{}", t["status"]);
+    }
+    log(&format!(
+        "{STORAGE_EXPERIMENT}: {promoted} promotion(s) continued their parents; best {artifact}; {:?}",
+        started.elapsed()
+    ));
+    ok(&mut kube(&[
+        "delete",
+        "nasexp",
+        STORAGE_EXPERIMENT,
+        "-n",
+        NAMESPACE,
+    ]));
+    let _ = run(&mut kube(&[
+        "delete",
+        "pv",
+        &format!("nasop-e2e-{}", std::process::id()),
+        "--wait=false",
+    ]));
 }

@@ -23,6 +23,9 @@ use tracing::{info, warn};
 /// valid label values (63 characters).
 pub const MAX_NAME: usize = 50;
 
+/// How often an experiment looks again for a missing warm-start experiment.
+const PRIOR_RECHECK: Duration = Duration::from_secs(5);
+
 /// Least time between two status writes that only change counts.
 const STATUS_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -36,20 +39,30 @@ pub struct Cached {
     records: Vec<TrialRecord>,
     versions: Vec<String>,
     gpu: Vec<f64>,
+    /// Each trial's final model, where it has one.
+    artifacts: HashMap<u32, String>,
     position: HashMap<u32, usize>,
     last_status_write: Option<Instant>,
+    /// Built while an experiment named in warmStart was missing: rebuilt once it is there.
+    prior_missing: bool,
 }
 
 impl Cached {
-    fn new(uid: String, spec: NasExperimentSpec, experiment: Experiment) -> Cached {
+    fn new(uid: String, spec: NasExperimentSpec, experiment: Experiment, prior: &Prior) -> Cached {
+        let (records, prior_missing) = match prior {
+            Prior::Found(records) => (records.as_slice(), false),
+            Prior::Missing(_) => (&[][..], true),
+        };
         Cached {
             uid,
             spec,
-            engine: Engine::new(experiment.clone()),
+            prior_missing,
+            engine: Engine::with_prior(experiment.clone(), records),
             experiment: Arc::new(experiment),
             records: Vec::new(),
             versions: Vec::new(),
             gpu: Vec::new(),
+            artifacts: HashMap::new(),
             position: HashMap::new(),
             last_status_write: None,
         }
@@ -62,11 +75,15 @@ impl Cached {
             self.records.clear();
             self.versions.clear();
             self.gpu.clear();
+            self.artifacts.clear();
             self.position.clear();
         }
         for t in trials {
             let rv = t.resource_version().unwrap_or_default();
             let gpu = t.status.as_ref().map_or(0.0, |s| s.gpu_seconds);
+            if let Some(artifact) = t.status.as_ref().and_then(|s| s.artifact.clone()) {
+                self.artifacts.insert(t.spec.index, artifact);
+            }
             match self.position.get(&t.spec.index) {
                 Some(&i) if self.versions[i] == rv => {}
                 Some(&i) => {
@@ -252,6 +269,56 @@ fn raise(
     );
 }
 
+/// What `spec.warmStart` names, read when the engine is built.
+enum Prior {
+    /// The finished trials of the named experiments (none without warmStart).
+    Found(Vec<TrialRecord>),
+    /// A named experiment is not there (the message says which).
+    Missing(String),
+}
+
+/// The finished trials of the experiments `spec.warmStart` names, from the watch caches.
+/// Err: one searched another space (the message names the field that differs), which
+/// the experiment cannot get past.
+fn prior_trials(
+    ctx: &Ctx,
+    namespace: &str,
+    exp: &NasExperiment,
+    experiment: &Experiment,
+) -> Result<Prior, String> {
+    let Some(warm) = &exp.spec.warm_start else {
+        return Ok(Prior::Found(Vec::new()));
+    };
+    let ours = serde_json::to_value(&exp.spec.search_space).map_err(|e| e.to_string())?;
+    let mut prior = Vec::new();
+    for (i, name) in warm.experiments.iter().enumerate() {
+        let field = format!("spec.warmStart.experiments[{i}]");
+        let other = match ctx.experiment(namespace, name) {
+            None => {
+                return Ok(Prior::Missing(format!(
+                    "{field}: there is no NasExperiment {name:?} in namespace {namespace}; create it, or remove it from warmStart"
+                )));
+            }
+            Some(Err(e)) => return Err(format!("{field}: {name} cannot be read: {e}")),
+            Some(Ok(other)) => other,
+        };
+        let theirs = serde_json::to_value(&other.spec.search_space).map_err(|e| e.to_string())?;
+        if let Some(path) = api::first_difference(&theirs, &ours, "spec.searchSpace") {
+            return Err(format!(
+                "{field}: {name} searched another space ({path} differs); warm starts need the same searchSpace"
+            ));
+        }
+        let uid = other.metadata.uid.clone().unwrap_or_default();
+        prior.extend(
+            trials_of(ctx, namespace, &uid)
+                .iter()
+                .filter_map(|t| status::record(experiment, t).ok())
+                .filter(|r| !r.phase.is_active()),
+        );
+    }
+    Ok(Prior::Found(prior))
+}
+
 /// What one reconcile sees: the experiment as stored, read, and its trials.
 struct World {
     object: Arc<DynamicObject>,
@@ -262,6 +329,8 @@ struct World {
     previous: NasExperimentStatus,
     generation: Option<i64>,
     now: f64,
+    /// What warmStart names, when the engine is to be (re)built.
+    prior: Option<Prior>,
 }
 
 /// What the engine decided, and the status that follows.
@@ -285,6 +354,12 @@ pub async fn reconcile(object: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Acti
     set_conditions(&ctx, &world, &mut plan.status, &blocked);
     clean_up_pods(&ctx, &world.key, &world.trials);
     let flush = write(&ctx, &world, &plan.status).await?;
+    if matches!(world.prior, Some(Prior::Missing(_))) {
+        // Nothing announces the experiment it waits for: look again soon.
+        return Ok(Action::requeue(
+            flush.map_or(PRIOR_RECHECK, |f| f.min(PRIOR_RECHECK)),
+        ));
+    }
     Ok(next_action(&ctx, &world, &plan, flush, !blocked.is_empty()))
 }
 
@@ -336,6 +411,30 @@ async fn read_world(
         }
     }
     let trials = trials_of(ctx, &key.0, &uid);
+    let rebuild = {
+        let state = ctx.state_of(&key);
+        let state = lock(&state);
+        !state
+            .engine
+            .as_ref()
+            .is_some_and(|c| c.uid == uid && c.spec == exp.spec && !c.prior_missing)
+    };
+    let prior = if rebuild {
+        match prior_trials(ctx, &key.0, &exp, &experiment) {
+            Ok(prior) => Some(prior),
+            Err(message) => {
+                let status = status::invalid_status(&previous, generation, &message, now);
+                if previous.phase != status.phase || previous.message != status.message {
+                    warn!(namespace = %key.0, experiment = %key.1, %message, "invalid warm start");
+                    publish(ctx, &object, EventType::Warning, "InvalidSpec", message);
+                }
+                write_status(ctx, &object, &previous, status).await?;
+                return Ok(None);
+            }
+        }
+    } else {
+        None
+    };
     Ok(Some((
         World {
             object,
@@ -346,6 +445,7 @@ async fn read_world(
             previous,
             generation,
             now,
+            prior,
         },
         experiment,
     )))
@@ -365,18 +465,31 @@ fn decide(ctx: &Ctx, world: &World, experiment: crate::engine::Experiment) -> Re
     };
     let state = ctx.state_of(&world.key);
     let mut state = lock(&state);
-    if !state
+    let fresh = state
         .engine
         .as_ref()
-        .is_some_and(|c| c.uid == world.uid && c.spec == world.exp.spec)
-    {
-        state.engine = Some(Cached::new(
-            world.uid.clone(),
-            world.exp.spec.clone(),
-            experiment,
-        ));
+        .is_some_and(|c| c.uid == world.uid && c.spec == world.exp.spec);
+    // Rebuilt when read_world read the prior results for it, or when the state went away
+    // since (a delete racing this reconcile): then without them until the next reconcile.
+    let unread = Prior::Missing(String::new());
+    if let Some(prior) = world.prior.as_ref().or((!fresh).then_some(&unread)) {
+        let built = Cached::new(world.uid.clone(), world.exp.spec.clone(), experiment, prior);
+        if let (Prior::Found(_), Some(warm)) = (prior, &world.exp.spec.warm_start) {
+            publish(
+                ctx,
+                &world.object,
+                EventType::Normal,
+                "WarmStart",
+                format!(
+                    "the strategy starts from {} results of {}",
+                    built.engine.prior_results(),
+                    warm.experiments.join(", ")
+                ),
+            );
+        }
+        state.engine = Some(built);
     }
-    let cached = state.engine.as_mut().expect("just set");
+    let cached = state.engine.as_mut().expect("built above when not fresh");
     cached.sync(&world.trials).map_err(Error::Other)?;
     let started = Instant::now();
     let mut decision = cached.engine.decide(&cached.records, clock);
@@ -393,12 +506,17 @@ fn decide(ctx: &Ctx, world: &World, experiment: crate::engine::Experiment) -> Re
             started_at,
             now: world.now,
             gpu_seconds: cached.gpu.iter().sum::<f64>(),
+            artifacts: &cached.artifacts,
         },
         &cached.records,
     );
     // A finished experiment stays finished, with its completion time, until its spec
     // changes (a raised budget): nothing a restart or a relist sees may rewrite it.
     if status::keep_ended(previous, &mut status, world.generation) {
+        decision.create.clear();
+    }
+    // A search that has not started waits for the experiments it is to start from.
+    if cached.prior_missing && world.trials.is_empty() {
         decision.create.clear();
     }
     Ok(Plan {
@@ -565,9 +683,30 @@ fn set_conditions(ctx: &Ctx, world: &World, status: &mut NasExperimentStatus, bl
     if let Some(m) = conflict {
         raise("TrialNameConflict", "OwnedByAnother", m);
     }
+    if let Some(Prior::Missing(m)) = &world.prior {
+        raise("WarmStart", "ExperimentNotFound", m);
+    }
     if let Some(m) = quota {
         raise("TrialsPending", "QuotaExceeded", m);
     } else if let Some((reason, message)) = pending_trials(&world.trials) {
+        // The scheduler holds pods whose storage claim is missing: say which field.
+        if let Some(claim) = world
+            .exp
+            .spec
+            .storage
+            .as_ref()
+            .map(|s| &s.persistent_volume_claim.claim_name)
+            .filter(|c| message.contains(&format!("persistentvolumeclaim \"{c}\" not found")))
+        {
+            raise(
+                "Storage",
+                "ClaimNotFound",
+                &format!(
+                    "spec.storage.persistentVolumeClaim.claimName: there is no PersistentVolumeClaim {claim:?} in namespace {}; trials wait for it (and fail after their pending timeout): create it",
+                    world.key.0
+                ),
+            );
+        }
         raise("TrialsPending", &reason, &message);
     }
 }

@@ -1,7 +1,10 @@
 //! A trial's pod: built from the experiment's `trialTemplate` with the trial contract
 //! injected, and read back into what happened to it. Pure functions.
 
-use k8s_openapi::api::core::v1::{EnvVar, Pod, PodTemplateSpec};
+use crate::api::StorageSpec;
+use k8s_openapi::api::core::v1::{
+    EnvVar, PersistentVolumeClaimVolumeSource, Pod, PodTemplateSpec, Volume, VolumeMount,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use nasop_core::contract::{self, Report, TrialInput};
 use std::collections::BTreeMap;
@@ -70,6 +73,62 @@ pub struct PodInput<'a> {
     pub input: &'a TrialInput,
     pub report_url: &'a str,
     pub token: &'a str,
+    /// spec.storage: where checkpoints and models go.
+    pub storage: Option<&'a StorageSpec>,
+}
+
+/// Where spec.storage's claim is mounted in a trial pod.
+pub const STORAGE_MOUNT: &str = "/var/lib/nasop/storage";
+/// The volume's name in the pod.
+const STORAGE_VOLUME: &str = "nasop-storage";
+
+/// Trial `index`'s directory in the claim, relative to its root.
+pub fn trial_dir(storage: &StorageSpec, experiment: &str, index: u32) -> String {
+    format!(
+        "{}/trials/{index}",
+        storage.persistent_volume_claim.dir(experiment)
+    )
+}
+
+/// The trial contract's storage variables for trial `index` (continuing `resume_from`):
+/// its checkpoint and model directories in the claim, and its parent's checkpoint.
+fn storage_env(
+    storage: &StorageSpec,
+    experiment: &str,
+    index: u32,
+    resume_from: Option<u32>,
+) -> Vec<(&'static str, String)> {
+    let dir = |i: u32| format!("{STORAGE_MOUNT}/{}", trial_dir(storage, experiment, i));
+    let mut env = vec![
+        (
+            contract::ENV_CHECKPOINT_DIR,
+            format!("{}/checkpoint", dir(index)),
+        ),
+        (
+            contract::ENV_ARTIFACT_DIR,
+            format!("{}/artifact", dir(index)),
+        ),
+    ];
+    if let Some(parent) = resume_from {
+        env.push((
+            contract::ENV_RESUME_FROM,
+            format!("{}/checkpoint", dir(parent)),
+        ));
+    }
+    env
+}
+
+/// A path the trial reported inside its pod, as a user finds it: `pvc://<claim>/<path>`
+/// for a path in spec.storage's claim, else as reported.
+pub fn storage_url(storage: Option<&StorageSpec>, reported: &str) -> String {
+    match (storage, reported.strip_prefix(STORAGE_MOUNT)) {
+        (Some(s), Some(rest)) => format!(
+            "pvc://{}/{}",
+            s.persistent_volume_claim.claim_name,
+            rest.trim_start_matches('/')
+        ),
+        _ => reported.to_string(),
+    }
 }
 
 /// The pod for one attempt of a trial: the template as written, plus the trial contract in
@@ -84,8 +143,26 @@ pub fn build(p: &PodInput) -> Pod {
     labels.insert(LABEL_ATTEMPT.into(), p.attempt.to_string());
     let mut spec = template.spec.unwrap_or_default();
     spec.restart_policy = Some("Never".into());
+    if let Some(storage) = p.storage {
+        let mut volumes: Vec<Volume> = spec
+            .volumes
+            .take()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|v| v.name != STORAGE_VOLUME)
+            .collect();
+        volumes.push(Volume {
+            name: STORAGE_VOLUME.into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: storage.persistent_volume_claim.claim_name.clone(),
+                read_only: None,
+            }),
+            ..Volume::default()
+        });
+        spec.volumes = Some(volumes);
+    }
     if let Some(c) = spec.containers.first_mut() {
-        let ours = [
+        let mut ours = vec![
             (
                 contract::ENV_TRIAL,
                 serde_json::to_string(p.input).expect("trial input serialises"),
@@ -93,6 +170,27 @@ pub fn build(p: &PodInput) -> Pod {
             (contract::ENV_REPORT_URL, p.report_url.to_string()),
             (contract::ENV_REPORT_TOKEN, p.token.to_string()),
         ];
+        if let Some(storage) = p.storage {
+            ours.extend(storage_env(
+                storage,
+                p.experiment,
+                p.input.index,
+                p.input.resume_from,
+            ));
+            let mut mounts: Vec<VolumeMount> = c
+                .volume_mounts
+                .take()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|m| m.name != STORAGE_VOLUME && m.mount_path != STORAGE_MOUNT)
+                .collect();
+            mounts.push(VolumeMount {
+                name: STORAGE_VOLUME.into(),
+                mount_path: STORAGE_MOUNT.into(),
+                ..VolumeMount::default()
+            });
+            c.volume_mounts = Some(mounts);
+        }
         let mut env: Vec<EnvVar> = c
             .env
             .take()

@@ -10,7 +10,7 @@ use crate::engine::{self, Experiment, Finish, Report, TrialPhase, TrialRecord};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, Time};
 use k8s_openapi::jiff::Timestamp;
 use nasop_core::contract;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// Progress reports kept in a trial's status; older ones are thinned out.
 pub const HISTORY_LIMIT: usize = 64;
@@ -149,15 +149,18 @@ pub struct StatusInput<'a> {
     pub started_at: f64,
     pub now: f64,
     pub gpu_seconds: f64,
+    /// Each trial's final model, where it has one (NasTrialStatus.artifact).
+    pub artifacts: &'a HashMap<u32, String>,
 }
 
-fn summary(name: &str, t: &TrialRecord) -> TrialSummary {
+fn summary(input: &StatusInput, t: &TrialRecord) -> TrialSummary {
     TrialSummary {
-        name: trial_name(name, t.index),
+        name: trial_name(input.name, t.index),
         index: t.index,
         candidate: t.candidate.clone(),
         epochs: t.epochs,
         metrics: t.metrics.clone(),
+        artifact: input.artifacts.get(&t.index).cloned(),
     }
 }
 
@@ -220,7 +223,7 @@ pub fn experiment_status(input: &StatusInput, trials: &[TrialRecord]) -> NasExpe
         front
             .into_iter()
             .take(PARETO_LIMIT)
-            .map(|t| summary(input.name, t))
+            .map(|t| summary(input, t))
             .collect()
     } else {
         Vec::new()
@@ -276,7 +279,7 @@ pub fn experiment_status(input: &StatusInput, trials: &[TrialRecord]) -> NasExpe
         progress: Some(format!("{done}/{active}/{}", exp.budget.max_trials)),
         trials: counts,
         best_value: best.and_then(|t| t.metrics.get(&exp.objectives[0].metric).copied()),
-        best_trial: best.map(|t| summary(input.name, t)),
+        best_trial: best.map(|t| summary(input, t)),
         pareto_front,
         gpu_seconds: (input.gpu_seconds * 1000.0).round() / 1000.0,
         start_time: Some(time(input.started_at)),

@@ -278,7 +278,8 @@ pub async fn reconcile(trial: Arc<NasTrial>, ctx: Arc<Ctx>) -> Result<Action, Er
         }
     }
 
-    let ended = ending.map(|end| finish(&experiment, &mut next, end, gpus, t_now));
+    let storage = exp.spec.storage.as_ref();
+    let ended = ending.map(|end| finish(&experiment, storage, &mut next, end, gpus, t_now));
     write_status(&ctx, &trial, &next).await?;
     if let Some(end) = ended {
         // Counted once the status says so (a conflict above retries the whole reconcile).
@@ -342,6 +343,7 @@ pub async fn start_pod(
         input: &input,
         report_url: &ctx.report_url,
         token: &token,
+        storage: exp.spec.storage.as_ref(),
     });
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     match api.create(&PostParams::default(), &pod).await {
@@ -421,6 +423,7 @@ struct Ended {
 
 fn finish(
     experiment: &Experiment,
+    storage: Option<&crate::api::StorageSpec>,
     next: &mut NasTrialStatus,
     end: Ending,
     gpus: f64,
@@ -438,6 +441,12 @@ fn finish(
     }
     next.metrics = status::final_metrics(end.report.as_ref().map(|r| &r.metrics), &next.history);
     next.value = next.metrics.get(&experiment.objectives[0].metric).copied();
+    next.artifact = end
+        .report
+        .as_ref()
+        .filter(|_| end.phase == TrialPhaseName::Succeeded)
+        .and_then(|r| r.info.get(nasop_core::contract::INFO_ARTIFACT))
+        .map(|path| status::bounded(pod::storage_url(storage, path), status::MESSAGE_LIMIT));
     next.phase = Some(end.phase);
     next.reason = Some(end.reason.clone());
     next.message = end

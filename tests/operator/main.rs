@@ -521,3 +521,191 @@ async fn two_replicas_elect_one_leader_and_the_other_takes_over() {
             .contains("acquired the leader lease")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_start_waits_for_its_experiments_and_learns_from_them() {
+    let mut env = Env::new("op-warm").await;
+    env.start_operator(&[]);
+    env.start_trainer(Arc::new(|input, _| completes(value_of(&input.candidate))));
+    let warm = "  warmStart: {experiments: [first]}";
+    // Named before it exists: a condition and an event say so, and nothing starts.
+    env.apply(&manifest(
+        "second",
+        "{algorithm: evolution, seed: 4, settings: {population: 6, sampleSize: 2}}",
+        "{maxTrials: 6, parallelism: 3, trialEpochs: 12}",
+        warm,
+    ))
+    .await
+    .unwrap();
+    let waiting = env
+        .wait_for("second", LONG, |e| {
+            e.status.as_ref().is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "WarmStart" && c.reason == "ExperimentNotFound")
+            })
+        })
+        .await;
+    let message = waiting
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "WarmStart")
+        .unwrap()
+        .message;
+    assert!(
+        message.contains("spec.warmStart.experiments[0]") && message.contains("\"first\""),
+        "{message}"
+    );
+    assert!(env.all_trials("second").await.is_empty());
+
+    env.apply(&manifest(
+        "first",
+        "{algorithm: random, seed: 1}",
+        "{maxTrials: 10, parallelism: 5, trialEpochs: 12}",
+        "",
+    ))
+    .await
+    .unwrap();
+    env.wait_for("first", LONG, phase_is(ExperimentPhase::Succeeded))
+        .await;
+    let exp = env
+        .wait_for("second", LONG, phase_is(ExperimentPhase::Succeeded))
+        .await;
+    let status = exp.status.unwrap();
+    assert!(
+        !status.conditions.iter().any(|c| c.type_ == "WarmStart"),
+        "{:?}",
+        status.conditions
+    );
+    let first: BTreeSet<String> = env
+        .all_trials("first")
+        .await
+        .into_iter()
+        .map(|t| t.spec.candidate)
+        .collect();
+    let second = env.all_trials("second").await;
+    assert_eq!(
+        second.len(),
+        6,
+        "warm-start results count against no budget"
+    );
+    for t in &second {
+        assert!(
+            !first.contains(&t.spec.candidate),
+            "{} ran again",
+            t.spec.candidate
+        );
+    }
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(env.client.clone(), &env.ns);
+    let notes: Vec<String> = events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("WarmStart"))
+        .filter_map(|e| e.note)
+        .collect();
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("starts from 10 results of first")),
+        "{notes:?}"
+    );
+
+    // Another space is refused, naming the field that differs.
+    let other = manifest(
+        "third",
+        "{algorithm: random, seed: 2}",
+        "{maxTrials: 2, parallelism: 1, trialEpochs: 12}",
+        warm,
+    )
+    .replace("nodes: 4", "nodes: 3");
+    env.apply(&other).await.unwrap();
+    let exp = env
+        .wait_for("third", LONG, phase_is(ExperimentPhase::Failed))
+        .await;
+    let message = exp.status.unwrap().message.unwrap_or_default();
+    assert!(
+        message.contains("spec.searchSpace.cell.nodes differs"),
+        "{message}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_storage_claim_is_named_and_trial_pods_carry_the_storage() {
+    let mut env = Env::new("op-storage").await;
+    env.start_operator(&[]);
+    env.apply(&manifest(
+        "stored",
+        "{algorithm: random, seed: 1}",
+        "{maxTrials: 2, parallelism: 2, trialEpochs: 12}",
+        "  storage: {persistentVolumeClaim: {claimName: nas-ckpt}}",
+    ))
+    .await
+    .unwrap();
+    // The scheduler holds the pods: the condition names the field and the claim.
+    let exp = env
+        .wait_for("stored", LONG, |e| {
+            e.status.as_ref().is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Storage" && c.reason == "ClaimNotFound")
+            })
+        })
+        .await;
+    let condition = exp
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Storage")
+        .unwrap();
+    assert!(
+        condition
+            .message
+            .contains("spec.storage.persistentVolumeClaim.claimName")
+            && condition.message.contains("\"nas-ckpt\""),
+        "{}",
+        condition.message
+    );
+    // Each pod mounts the claim and is told its directories in it.
+    let pods = env.pods().list(&Default::default()).await.unwrap().items;
+    assert_eq!(pods.len(), 2);
+    for pod in &pods {
+        let env_vars = harness::pod_env(pod);
+        let index = pod.labels()["nasop.dev/trial"]
+            .rsplit('-')
+            .next()
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            env_vars[contract::ENV_CHECKPOINT_DIR],
+            format!("/var/lib/nasop/storage/stored/trials/{index}/checkpoint")
+        );
+        let volumes = pod
+            .spec
+            .as_ref()
+            .unwrap()
+            .volumes
+            .clone()
+            .unwrap_or_default();
+        assert!(
+            volumes.iter().any(|v| v
+                .persistent_volume_claim
+                .as_ref()
+                .is_some_and(|c| c.claim_name == "nas-ckpt")),
+            "{volumes:?}"
+        );
+    }
+    assert!(
+        env.all_trials("stored")
+            .await
+            .iter()
+            .all(|t| t.status.as_ref().and_then(|s| s.phase) == Some(TrialPhaseName::Pending)),
+        "no trial is lost while the claim is missing"
+    );
+}

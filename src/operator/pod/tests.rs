@@ -56,6 +56,7 @@ fn the_pod_is_the_template_plus_the_contract() {
         input: &i,
         report_url: "http://op/v1/report",
         token: "tok",
+        storage: None,
     });
     assert_eq!(pod.metadata.name.as_deref(), Some("e-3-2"));
     let labels = pod.metadata.labels.as_ref().unwrap();
@@ -259,4 +260,70 @@ fn a_pod_terminating_past_its_deletion_time_is_lost() {
     );
     // Past it, the node no longer answers: the trial's next attempt may start.
     assert!(matches!(outcome_at(&pod, 1031.0, 30.0), Outcome::Lost(_)));
+}
+
+#[test]
+fn storage_mounts_the_claim_and_names_the_trials_directories() {
+    let t = template();
+    let mut i = input();
+    i.resume_from = Some(1);
+    let storage: StorageSpec =
+        serde_yaml::from_str("persistentVolumeClaim: {claimName: nas-ckpt, subPath: runs/e}")
+            .unwrap();
+    let pod = build(&PodInput {
+        template: &t,
+        namespace: "ns",
+        experiment: "e",
+        trial: "e-3",
+        trial_uid: "uid",
+        attempt: 1,
+        input: &i,
+        report_url: "http://op/v1/report",
+        token: "tok",
+        storage: Some(&storage),
+    });
+    let spec = pod.spec.unwrap();
+    let volumes = spec.volumes.unwrap();
+    assert_eq!(volumes.len(), 2, "the template's volume is kept");
+    let claim = volumes[1].persistent_volume_claim.as_ref().unwrap();
+    assert_eq!(claim.claim_name, "nas-ckpt");
+    let c = &spec.containers[0];
+    let mounts = c.volume_mounts.as_ref().unwrap();
+    assert_eq!(mounts.len(), 2);
+    assert_eq!(mounts[1].mount_path, STORAGE_MOUNT);
+    let env: BTreeMap<&str, &str> = c
+        .env
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|e| (e.name.as_str(), e.value.as_deref().unwrap_or("")))
+        .collect();
+    assert_eq!(
+        env[contract::ENV_CHECKPOINT_DIR],
+        "/var/lib/nasop/storage/runs/e/trials/3/checkpoint"
+    );
+    assert_eq!(
+        env[contract::ENV_ARTIFACT_DIR],
+        "/var/lib/nasop/storage/runs/e/trials/3/artifact"
+    );
+    assert_eq!(
+        env[contract::ENV_RESUME_FROM],
+        "/var/lib/nasop/storage/runs/e/trials/1/checkpoint"
+    );
+    assert!(
+        spec.containers[1].volume_mounts.is_none(),
+        "only the trainer mounts it"
+    );
+    // What the trainer reports, as a user finds it.
+    assert_eq!(
+        storage_url(
+            Some(&storage),
+            "/var/lib/nasop/storage/runs/e/trials/3/artifact"
+        ),
+        "pvc://nas-ckpt/runs/e/trials/3/artifact"
+    );
+    assert_eq!(storage_url(None, "/tmp/model"), "/tmp/model");
+    // The default directory is the experiment's name.
+    let plain: StorageSpec = serde_yaml::from_str("persistentVolumeClaim: {claimName: c}").unwrap();
+    assert_eq!(trial_dir(&plain, "e", 3), "e/trials/3");
 }

@@ -126,6 +126,7 @@ fn status_for(
             started_at: 100.0,
             now: 200.0,
             gpu_seconds: 12.5,
+            artifacts: &Default::default(),
         },
         records,
     )
@@ -229,6 +230,7 @@ fn unchanged_conditions_keep_their_transition_time() {
             started_at: 100.0,
             now: 900.0,
             gpu_seconds: 12.5,
+            artifacts: &Default::default(),
         },
         &records,
     );
