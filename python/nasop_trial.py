@@ -127,6 +127,16 @@ def check_report(report):
             raise ContractError(f"info {name} is longer than {MAX_INFO_VALUE} bytes")
 
 
+def _checked(step, metrics, info):
+    """A report of these values, checked against the contract, its metrics as floats."""
+    report = {"step": step, "metrics": dict(metrics)}
+    if info:
+        report["info"] = dict(info)
+    check_report(report)
+    report["metrics"] = {k: float(v) for k, v in report["metrics"].items()}
+    return report
+
+
 def _compact(report):
     out = {"step": report["step"], "metrics": dict(sorted(report["metrics"].items()))}
     if report.get("info"):
@@ -285,11 +295,7 @@ class Trial:
         """Prints the report as a JSON line and posts it; returns "continue" or "stop" (and
         ``should_stop`` is then True). A report that cannot be delivered is logged and
         training goes on, as the contract asks; one that breaks the contract raises."""
-        report = {"step": step, "metrics": dict(metrics)}
-        if info:
-            report["info"] = dict(info)
-        check_report(report)
-        report["metrics"] = {k: float(v) for k, v in report["metrics"].items()}
+        report = _checked(step, metrics, info)
         self.last_report = report
         body = _compact(report)
         print(body, flush=True)
@@ -341,11 +347,7 @@ class Trial:
         else:
             if step is None:
                 step = self.last_report["step"] if self.last_report else 0
-            report = {"step": step, "metrics": dict(metrics)}
-            if info:
-                report["info"] = dict(info)
-            check_report(report)
-            report["metrics"] = {k: float(v) for k, v in report["metrics"].items()}
+            report = _checked(step, metrics, info)
         self._finished = True
         self._write_termination(termination_message(report))
 

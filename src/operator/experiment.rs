@@ -363,6 +363,24 @@ pub async fn reconcile(object: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Acti
     Ok(next_action(&ctx, &world, &plan, flush, !blocked.is_empty()))
 }
 
+/// Fails an experiment nasop cannot run: a Failed status naming the field, and an event
+/// when that is new.
+async fn fail_invalid(
+    ctx: &Ctx,
+    object: &DynamicObject,
+    key: &ExpKey,
+    previous: &NasExperimentStatus,
+    message: String,
+    now: f64,
+) -> Result<(), Error> {
+    let status = status::invalid_status(previous, object.metadata.generation, &message, now);
+    if previous.phase != status.phase || previous.message != status.message {
+        warn!(namespace = %key.0, experiment = %key.1, %message, "invalid experiment");
+        publish(ctx, object, EventType::Warning, "InvalidSpec", message);
+    }
+    write_status(ctx, object, previous, status).await
+}
+
 /// Reads the experiment and its trials. An experiment nasop cannot run gets a Failed
 /// status naming the field (and None here).
 async fn read_world(
@@ -392,12 +410,7 @@ async fn read_world(
     let (exp, experiment) = match read(ctx, &object) {
         Ok(read) => read,
         Err(message) => {
-            let status = status::invalid_status(&previous, generation, &message, now);
-            if previous.phase != status.phase || previous.message != status.message {
-                warn!(namespace = %key.0, experiment = %key.1, %message, "invalid experiment");
-                publish(ctx, &object, EventType::Warning, "InvalidSpec", message);
-            }
-            write_status(ctx, &object, &previous, status).await?;
+            fail_invalid(ctx, &object, &key, &previous, message, now).await?;
             return Ok(None);
         }
     };
@@ -423,12 +436,7 @@ async fn read_world(
         match prior_trials(ctx, &key.0, &exp, &experiment) {
             Ok(prior) => Some(prior),
             Err(message) => {
-                let status = status::invalid_status(&previous, generation, &message, now);
-                if previous.phase != status.phase || previous.message != status.message {
-                    warn!(namespace = %key.0, experiment = %key.1, %message, "invalid warm start");
-                    publish(ctx, &object, EventType::Warning, "InvalidSpec", message);
-                }
-                write_status(ctx, &object, &previous, status).await?;
+                fail_invalid(ctx, &object, &key, &previous, message, now).await?;
                 return Ok(None);
             }
         }
