@@ -481,7 +481,12 @@ fn decide(ctx: &Ctx, world: &World, experiment: crate::engine::Experiment) -> Re
     // since (a delete racing this reconcile): then without them until the next reconcile.
     let unread = Prior::Missing(String::new());
     if let Some(prior) = world.prior.as_ref().or((!fresh).then_some(&unread)) {
-        let built = Cached::new(world.uid.clone(), world.exp.spec.clone(), experiment, prior);
+        let mut built = Cached::new(world.uid.clone(), world.exp.spec.clone(), experiment, prior);
+        // A search under way (an earlier operator started it) goes on without an experiment
+        // named in warmStart that has gone since, rather than rebuilding at every reconcile.
+        if !world.trials.is_empty() {
+            built.prior_missing = false;
+        }
         if let (Prior::Found(_), Some(warm)) = (prior, &world.exp.spec.warm_start) {
             publish(
                 ctx,
