@@ -62,6 +62,7 @@ impl Engine {
             .filter(|o| o.objectives.is_some() && o.budget > 0)
             .collect();
         engine.restart_strategy();
+        engine.reset_taken();
         engine
     }
 
@@ -77,7 +78,6 @@ impl Engine {
             self.strategy.observe(obs);
         }
         self.observed.clear();
-        self.reset_taken();
     }
 
     /// An empty taken set but for the prior results.
@@ -280,11 +280,7 @@ impl Engine {
         });
         let order: Vec<u32> = finished.iter().map(|t| t.index).collect();
         if !order.starts_with(&self.observed) {
-            self.strategy = strategy::build(&self.experiment.strategy, &self.experiment.space);
-            for obs in &self.prior {
-                self.strategy.observe(obs);
-            }
-            self.observed.clear();
+            self.restart_strategy();
         }
         for t in &finished[self.observed.len()..] {
             let obs = self.observation(t);
