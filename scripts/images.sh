@@ -25,8 +25,19 @@ elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends buildah >/dev/null
   engine=buildah
 else
-  echo "no container engine: install Docker, or Debian's buildah (apt-get install buildah)" >&2
+  echo "no container engine: install Docker, or Debian's buildah (apt-get install buildah runc)" >&2
   exit 1
+fi
+# buildah and podman run each RUN step with an OCI runtime, which Debian's packages only
+# recommend: without one a build fails at its first RUN ("exec: no command").
+if [ "$engine" != docker ] && ! command -v runc >/dev/null && ! command -v crun >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing Debian's runc (buildah and podman need an OCI runtime)" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends runc >/dev/null
+  else
+    echo "$engine needs an OCI runtime: install runc or crun (apt-get install runc)" >&2
+    exit 1
+  fi
 fi
 
 # name, Dockerfile, extra build args, the files the build reads
