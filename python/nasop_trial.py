@@ -256,6 +256,12 @@ class Trial:
         return self.task.get("architecture")
 
     @property
+    def stage(self):
+        """``"search"``, or ``"final"`` for the final training of a chosen candidate (its own
+        seed, the full budget): a trainer may log it, and should still report the metrics."""
+        return self.task.get("stage") or "search"
+
+    @property
     def metrics(self):
         """The metrics the experiment optimises: report at least these."""
         return list(self.task.get("metrics") or [])

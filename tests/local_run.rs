@@ -49,17 +49,34 @@ fn script_manifest(dir: &Path, max_trials: u32, parallelism: u32, sleep: &str) -
     let script = format!(
         "sleep {sleep}; n=$(printf %s \"$NASOP_TRIAL\" | grep -o nor_conv_3x3 | wc -l); printf '{{\"step\":1,\"metrics\":{{\"val_accuracy\":%s}}}}' \"$n\" > \"$NASOP_TERMINATION_PATH\""
     );
-    let yaml = format!(
+    std::fs::write(
+        &path,
+        script_yaml(
+            "script",
+            "{algorithm: evolution, seed: 4}",
+            &format!("{{maxTrials: {max_trials}, parallelism: {parallelism}, trialEpochs: 1}}"),
+            "",
+            &script,
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// A NAS-Bench-201 cell search whose trials run `script` with `sh -c`.
+fn script_yaml(name: &str, strategy: &str, budget: &str, extra: &str, script: &str) -> String {
+    format!(
         r#"apiVersion: nasop.dev/v1alpha1
 kind: NasExperiment
 metadata:
-  name: script
+  name: {name}
 spec:
   objectives: [{{metric: val_accuracy, goal: maximize}}]
   searchSpace:
     cell: {{nodes: 4, operations: [none, skip_connect, nor_conv_1x1, nor_conv_3x3, avg_pool_3x3]}}
-  strategy: {{algorithm: evolution, seed: 4}}
-  budget: {{maxTrials: {max_trials}, parallelism: {parallelism}, trialEpochs: 1}}
+  strategy: {strategy}
+  budget: {budget}
+{extra}
   trialTemplate:
     spec:
       containers:
@@ -67,9 +84,7 @@ spec:
           command: [sh, -c]
           args: [{script:?}]
 "#
-    );
-    std::fs::write(&path, yaml).unwrap();
-    path
+    )
 }
 
 #[test]
@@ -471,4 +486,76 @@ fn a_warm_start_learns_from_earlier_runs_and_does_not_repeat_them() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("no run of \"nowhere\""), "{err}");
+}
+
+#[test]
+fn final_training_trains_the_best_again_with_seeds_and_picks_by_validation() {
+    let dir = scratch("final");
+    let path = dir.join("final.yaml");
+    // The search reports the number of 3x3 convolutions; final training (the stage in
+    // NASOP_TRIAL) reverses that order in val_accuracy, with the seed's parity as noise,
+    // and keeps it in test_accuracy.
+    let script = r#"n=$(printf %s "$NASOP_TRIAL" | grep -o nor_conv_3x3 | wc -l); case "$NASOP_TRIAL" in *'"stage":"final"'*) s=$(printf %s "$NASOP_TRIAL" | sed 's/.*"seed":\([0-9]*\).*/\1/'); v=$((100 - n + s % 2)); t=$n;; *) v=$n; t=0;; esac; printf '{"step":1,"metrics":{"val_accuracy":%s,"test_accuracy":%s}}' "$v" "$t" > "$NASOP_TERMINATION_PATH""#;
+    let yaml = script_yaml(
+        "final",
+        "{algorithm: random, seed: 4}",
+        "{maxTrials: 8, parallelism: 2, trialEpochs: 1}",
+        "  finalTraining: {top: 3, seeds: 2, epochs: 2}",
+        script,
+    );
+    std::fs::write(&path, yaml).unwrap();
+    let run = || {
+        nasop()
+            .arg("run")
+            .arg(&path)
+            .arg("--runs-dir")
+            .arg(dir.join("runs"))
+            .arg("--plain")
+            .output()
+            .unwrap()
+    };
+    let out = ok(run());
+    assert!(out.contains("final training: the search's top 3"), "{out}");
+    assert!(out.contains("final trial"), "{out}");
+    let r = results(&dir.join("runs/final"));
+    let trials = r["trials"].as_array().unwrap();
+    assert_eq!(trials.len(), 8 + 3 * 2);
+    let finals: Vec<&serde_json::Value> = trials.iter().filter(|t| t["stage"] == "final").collect();
+    assert_eq!(finals.len(), 6);
+    assert!(
+        finals
+            .iter()
+            .all(|t| t["epochs"] == 2 && t["phase"] == "Succeeded")
+    );
+    let ft = &r["final_training"];
+    let candidates = ft["candidates"].as_array().unwrap();
+    assert_eq!(candidates.len(), 3);
+    for c in candidates {
+        assert_eq!(c["trials"].as_array().unwrap().len(), 2);
+        assert_eq!(c["metrics"]["val_accuracy"]["n"], 2);
+    }
+    // The winner has the best mean validation accuracy (here: the search's worst of the
+    // three), not the best test accuracy.
+    let mean = |c: &serde_json::Value, m: &str| c["metrics"][m]["mean"].as_f64().unwrap();
+    let by_val = candidates
+        .iter()
+        .max_by(|a, b| {
+            mean(a, "val_accuracy")
+                .total_cmp(&mean(b, "val_accuracy"))
+                .then(b["rank"].as_u64().cmp(&a["rank"].as_u64()))
+        })
+        .unwrap();
+    assert_eq!(ft["winner"], by_val["rank"]);
+    assert_eq!(r["best"]["stage"], "final");
+    assert_eq!(r["best"]["candidate"], by_val["candidate"]);
+    assert_eq!(r["finished"]["reason"], "FinalTrainingDone");
+    // Run again: nothing more to do, nothing trained twice.
+    ok(run());
+    assert_eq!(
+        results(&dir.join("runs/final"))["trials"]
+            .as_array()
+            .unwrap()
+            .len(),
+        14
+    );
 }

@@ -49,6 +49,25 @@ pub struct TrialInput {
     /// Index of the trial whose checkpoint this one continues (multi-fidelity promotion).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resume_from: Option<u32>,
+    /// `search`, or `final` for the final training of a chosen candidate (another seed,
+    /// the full budget).
+    #[serde(default, skip_serializing_if = "Stage::is_search")]
+    pub stage: Stage,
+}
+
+/// What a trial is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Stage {
+    #[default]
+    Search,
+    Final,
+}
+
+impl Stage {
+    pub fn is_search(&self) -> bool {
+        *self == Stage::Search
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -201,9 +220,19 @@ mod tests {
             budget: Budget { epochs: 12 },
             metrics: vec!["val_accuracy".into()],
             resume_from: Some(1),
+            stage: Stage::Final,
         };
         let json = serde_json::to_string(&input).unwrap();
         assert!(json.contains("\"resumeFrom\":1"), "{json}");
+        assert!(json.contains("\"stage\":\"final\""), "{json}");
         assert_eq!(serde_json::from_str::<TrialInput>(&json).unwrap(), input);
+        // A search trial's input has no stage, as before final training existed.
+        let search = TrialInput {
+            stage: Stage::Search,
+            ..input
+        };
+        let json = serde_json::to_string(&search).unwrap();
+        assert!(!json.contains("stage"), "{json}");
+        assert_eq!(serde_json::from_str::<TrialInput>(&json).unwrap(), search);
     }
 }

@@ -96,6 +96,9 @@ def test_reads_the_task_from_the_environment(tmp_path):
     assert trial.candidate.startswith("|nor_conv_3x3~0|")
     assert trial.checkpoint_dir == tmp_path / "checkpoint"
     assert trial.resume_from is None and trial.architecture is None
+    assert trial.stage == "search"
+    final = Trial(dict(TASK, stage="final"))
+    assert final.stage == "final"
 
 
 def test_a_missing_or_broken_task_is_a_clear_error(tmp_path):

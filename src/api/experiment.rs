@@ -101,6 +101,32 @@ pub struct NasExperimentSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self == oldSelf").message("storage is immutable"))]
     pub storage: Option<StorageSpec>,
+    /// After the search: train its best distinct candidates again at the full budget with
+    /// several seeds, as trials of stage Final (within the same parallelism), while the
+    /// experiment's phase is Training. The status reports each candidate's mean and spread
+    /// over seeds of every metric, and the winner is the best mean of the first objective
+    /// (a validation metric: never test). Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("finalTraining is immutable"))]
+    pub final_training: Option<FinalTrainingSpec>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FinalTrainingSpec {
+    /// How many of the search's best candidates to train (distinct networks; default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 16))]
+    pub top: Option<u32>,
+    /// Epochs of each final-training trial (default: the search's largest budget,
+    /// fidelity.maxEpochs or budget.trialEpochs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub epochs: Option<u32>,
+    /// Trials, each with its own training seed, per candidate (default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 16))]
+    pub seeds: Option<u32>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -417,7 +443,8 @@ fn ten() -> u32 {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NasExperimentStatus {
-    /// Pending, Running, Succeeded or Failed.
+    /// Pending, Running, Training (spec.finalTraining, after the search), Succeeded or
+    /// Failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<ExperimentPhase>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -437,6 +464,10 @@ pub struct NasExperimentStatus {
     /// Non-dominated trials when there are several objectives.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pareto_front: Vec<TrialSummary>,
+    /// With spec.finalTraining, once the search has ended: each chosen candidate's results
+    /// over its seeds. Then bestTrial is the winner's best final-training trial.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_training: Option<FinalTrainingStatus>,
     /// GPU-seconds used by trial pods (requested GPUs times running time).
     #[serde(default)]
     pub gpu_seconds: f64,
@@ -452,8 +483,47 @@ pub struct NasExperimentStatus {
 pub enum ExperimentPhase {
     Pending,
     Running,
+    /// The search has ended; its best candidates are trained again (spec.finalTraining).
+    Training,
     Succeeded,
     Failed,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FinalTrainingStatus {
+    /// The chosen candidates, the search's best first.
+    #[serde(default)]
+    pub candidates: Vec<FinalCandidateStatus>,
+    /// The rank of the candidate with the best mean of the first objective, once one has a
+    /// succeeded final-training trial.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub winner: Option<u32>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FinalCandidateStatus {
+    /// 1 for the search's best.
+    pub rank: u32,
+    /// The candidate (architecture string, then `;name=value` hyperparameters).
+    pub candidate: String,
+    /// The search trial that chose it.
+    pub search_trial: String,
+    /// Its final-training trials: created, and succeeded.
+    pub trials: u32,
+    pub succeeded: u32,
+    /// Every metric of its succeeded final-training trials: mean, sample standard
+    /// deviation and count.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metrics: BTreeMap<String, MetricSpread>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, JsonSchema)]
+pub struct MetricSpread {
+    pub mean: f64,
+    pub std: f64,
+    pub n: u32,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]

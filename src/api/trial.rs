@@ -25,6 +25,12 @@ use std::collections::BTreeMap;
     printcolumn(name = "Experiment", type_ = "string", json_path = ".spec.experiment"),
     printcolumn(name = "Index", type_ = "integer", json_path = ".spec.index"),
     printcolumn(name = "Epochs", type_ = "integer", json_path = ".spec.epochs"),
+    printcolumn(
+        name = "Stage",
+        type_ = "string",
+        json_path = ".spec.stage",
+        description = "Final for the final training of a chosen candidate; empty in the search"
+    ),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Value", type_ = "number", json_path = ".status.value"),
     printcolumn(
@@ -60,6 +66,10 @@ pub struct NasTrialSpec {
     /// The trial whose checkpoint this one continues (a multi-fidelity promotion).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resume_from: Option<u32>,
+    /// Final: the final training of a candidate the search chose (spec.finalTraining), at
+    /// the full budget with a seed of its own. Absent for the search's trials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<TrialStage>,
     /// Set by the operator to stop the trial: EarlyStopped, Timeout, Deadline or
     /// ExperimentFinished. The trial's next report is answered "stop"; a pod that has not
     /// ended within the grace period is deleted.
@@ -109,6 +119,12 @@ pub struct NasTrialStatus {
     /// model.json, model.pt), when it completed its epochs with spec.storage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifact: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum TrialStage {
+    Search,
+    Final,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]

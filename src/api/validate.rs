@@ -3,7 +3,7 @@
 //! repeats what `nasop run` needs without one and adds the checks a schema cannot express.
 
 use super::experiment::*;
-use crate::engine::{Budget, Constraint, Experiment, MedianStop, Objective};
+use crate::engine::{Budget, Constraint, Experiment, FinalTraining, MedianStop, Objective};
 use crate::strategy::{Algorithm, FidelitySchedule, Settings, StrategyConfig};
 use nasop_core::SearchSpace;
 use nasop_core::space::{ArchitectureSpace, CellSpace, Domain, Hyperparameter, LayerOptions};
@@ -44,6 +44,11 @@ pub fn validate(name: &str, spec: &NasExperimentSpec) -> Result<Experiment, Vali
     if let Some(storage) = &spec.storage {
         self::storage(storage)?;
     }
+    let final_training = spec
+        .final_training
+        .as_ref()
+        .map(|f| final_training(f, &objectives, fidelity.as_ref(), &budget))
+        .transpose()?;
     let early_stopping = spec.early_stopping.as_ref().map(|e| MedianStop {
         min_trials: e.min_trials.unwrap_or(3) as usize,
         start_step: e.start_step.unwrap_or(1),
@@ -61,7 +66,43 @@ pub fn validate(name: &str, spec: &NasExperimentSpec) -> Result<Experiment, Vali
         },
         early_stopping,
         budget,
+        final_training,
     })
+}
+
+fn final_training(
+    spec: &FinalTrainingSpec,
+    objectives: &[Objective],
+    fidelity: Option<&FidelitySchedule>,
+    budget: &Budget,
+) -> Result<FinalTraining, ValidationError> {
+    let field = |name: &str| format!("spec.finalTraining.{name}");
+    let within = |name: &str, v: u32, hi: u32| {
+        if (1..=hi).contains(&v) {
+            Ok(v)
+        } else {
+            Err(invalid(
+                field(name),
+                format!("{v} is out of range; use 1..={hi}"),
+            ))
+        }
+    };
+    let top = within("top", spec.top.unwrap_or(3), 16)?;
+    let seeds = within("seeds", spec.seeds.unwrap_or(3), 16)?;
+    let largest = fidelity
+        .and_then(|f| f.rungs.last().copied())
+        .unwrap_or(budget.trial_epochs);
+    let epochs = within("epochs", spec.epochs.unwrap_or(largest), 100_000)?;
+    let metric = &objectives[0].metric;
+    if metric.starts_with("test") {
+        return Err(invalid(
+            "spec.objectives[0].metric",
+            format!(
+                "{metric:?} picks final training's winner, which must not be chosen on test data; make the first objective a validation metric (e.g. val_accuracy) and report test metrics beside it"
+            ),
+        ));
+    }
+    Ok(FinalTraining { top, epochs, seeds })
 }
 
 fn storage(spec: &StorageSpec) -> Result<(), ValidationError> {

@@ -5,6 +5,7 @@
 //! stop, or the end of the experiment. It does no I/O. [`Engine`] gives the same answers
 //! while keeping the rebuilt strategy between calls, feeding it only new results.
 
+pub mod final_training;
 mod median;
 pub use median::should_stop as median_should_stop;
 pub mod model;
@@ -114,14 +115,19 @@ impl Engine {
             .filter(|t| t.phase == TrialPhase::Succeeded)
             .count();
 
+        let training = final_training::in_final_training(trials);
+
         // The experiment's end, in order of precedence.
         let past_deadline = exp
             .budget
             .deadline
             .is_some_and(|d| clock.now - clock.started_at >= d);
-        let target = trials
-            .iter()
-            .find(|t| t.phase == TrialPhase::Succeeded && self.meets_targets(t));
+        let target = trials.iter().find(|t| {
+            !training
+                && t.stage == Stage::Search
+                && t.phase == TrialPhase::Succeeded
+                && self.meets_targets(t)
+        });
         let finish = if failed > exp.budget.max_failed_trials {
             Some(Finish {
                 succeeded: false,
@@ -162,11 +168,20 @@ impl Engine {
                     reason,
                 })
                 .collect();
+            // A search that reached its target goes on to final training once its trials
+            // have stopped.
+            if finish.reason == FinishReason::TargetReached && self.final_planned(trials) {
+                if active.is_empty() {
+                    decision.create = self.final_trials(trials, exp.budget.parallelism);
+                }
+                return decision;
+            }
             decision.finish = Some(finish);
             return decision;
         }
 
-        // Trials to stop: timeouts, then the median rule.
+        // Trials to stop: timeouts, then the median rule (not in final training, whose
+        // trials run the full budget by design).
         for t in &active {
             let timed_out = matches!((exp.budget.trial_timeout, t.started_at), (Some(limit), Some(start)) if clock.now - start >= limit);
             if timed_out {
@@ -176,6 +191,7 @@ impl Engine {
                 });
             } else if let Some(rule) = &exp.early_stopping
                 && t.phase == TrialPhase::Running
+                && t.stage == Stage::Search
                 && median::should_stop(rule, &exp.objectives[0], t, trials)
             {
                 decision.stop.push(Stop {
@@ -185,18 +201,28 @@ impl Engine {
             }
         }
 
-        // New trials.
-        let created = trials.len() as u32;
         // A stopped trial holds its slot until it has really ended.
         let running = active.len() as u32;
+        let free = exp.budget.parallelism.saturating_sub(running);
+        if training {
+            decision.create = self.final_trials(trials, free);
+            if decision.create.is_empty() && active.is_empty() {
+                decision.finish = Some(self.final_finish(trials));
+            }
+            return decision;
+        }
+
+        // New trials.
+        let created = trials.len() as u32;
         let max_trials = exp.budget.max_trials;
-        let slots = exp
-            .budget
-            .parallelism
-            .saturating_sub(running)
-            .min(max_trials.saturating_sub(created));
+        let slots = free.min(max_trials.saturating_sub(created));
         if slots > 0 {
             decision.create = self.propose(trials, slots as usize);
+        }
+        if decision.create.is_empty() && active.is_empty() && self.final_planned(trials) {
+            // The search is over: train its best candidates again.
+            decision.create = self.final_trials(trials, free);
+            return decision;
         }
         if decision.create.is_empty() && active.is_empty() {
             let reason = if created >= max_trials {
@@ -218,6 +244,75 @@ impl Engine {
             });
         }
         decision
+    }
+
+    /// Whether final training follows the search: it is asked for and the search has a
+    /// candidate for it.
+    fn final_planned(&self, trials: &[TrialRecord]) -> bool {
+        self.experiment.final_training.is_some_and(|plan| {
+            !final_training::chosen(&self.experiment, plan.top, trials).is_empty()
+        })
+    }
+
+    /// Up to `slots` final-training trials still to create: each finalist, best first, gets
+    /// `seeds` trials at the final budget, each with a seed of its own (from its index).
+    fn final_trials(&self, trials: &[TrialRecord], slots: u32) -> Vec<NewTrial> {
+        let Some(plan) = self.experiment.final_training else {
+            return Vec::new();
+        };
+        let mut next_index = trials.iter().map(|t| t.index + 1).max().unwrap_or(0);
+        let mut create = Vec::new();
+        for finalist in final_training::finalists(&self.experiment, &plan, trials) {
+            let missing = plan.seeds.saturating_sub(finalist.trials.len() as u32);
+            for _ in 0..missing {
+                if create.len() as u32 >= slots {
+                    return create;
+                }
+                let t = finalist.search_trial;
+                create.push(NewTrial {
+                    index: next_index,
+                    candidate: t.candidate.clone(),
+                    key: t.key.clone(),
+                    point: t.point.clone(),
+                    epochs: plan.epochs,
+                    seed: self.trial_seed(next_index),
+                    resume_from: None,
+                    stage: Stage::Final,
+                });
+                next_index += 1;
+            }
+        }
+        create
+    }
+
+    /// The end of final training: the winner by the mean of the first objective.
+    fn final_finish(&self, trials: &[TrialRecord]) -> Finish {
+        let exp = &self.experiment;
+        let plan = exp.final_training.expect("only in final training");
+        let finalists = final_training::finalists(exp, &plan, trials);
+        let o = &exp.objectives[0];
+        match final_training::winner(exp, &finalists) {
+            Some(w) => {
+                let s = w.metrics[&o.metric];
+                Finish {
+                    succeeded: true,
+                    reason: FinishReason::FinalTrainingDone,
+                    message: format!(
+                        "final training: the search's #{} ({}) won with {} {:.4} ± {:.4} over {} seed(s) of {} epochs",
+                        w.rank, w.search_trial.candidate, o.metric, s.mean, s.std, s.n, plan.epochs
+                    ),
+                }
+            }
+            None => Finish {
+                succeeded: false,
+                reason: FinishReason::FinalTrainingFailed,
+                message: format!(
+                    "final training: no trial of the {} candidate(s) succeeded with {}; see the final-training trials' logs",
+                    finalists.len(),
+                    o.metric
+                ),
+            },
+        }
     }
 
     fn meets_targets(&self, t: &TrialRecord) -> bool {
@@ -270,8 +365,10 @@ impl Engine {
     /// Brings the cached strategy up to date with the finished trials, in the order they
     /// finished; rebuilds it when the history is not an extension of what it saw.
     fn sync_strategy(&mut self, trials: &[TrialRecord]) {
-        let mut finished: Vec<&TrialRecord> =
-            trials.iter().filter(|t| !t.phase.is_active()).collect();
+        let mut finished: Vec<&TrialRecord> = trials
+            .iter()
+            .filter(|t| !t.phase.is_active() && t.stage == Stage::Search)
+            .collect();
         finished.sort_by(|a, b| {
             a.finished_at
                 .unwrap_or(f64::MAX)
@@ -354,25 +451,31 @@ impl Engine {
                     epochs: p.budget,
                     seed: self.trial_seed(index),
                     resume_from,
+                    stage: Stage::Search,
                 }
             })
             .collect()
     }
 }
 
-/// The best trial: the best first objective among succeeded trials inside the constraints,
-/// at the largest budget any of them reached (a multi-fidelity pick is made on full runs).
+/// The best trial: after final training, the winning candidate's best final-training trial
+/// (the model to ship); else the best first objective among succeeded search trials inside
+/// the constraints, at the largest budget any of them reached (a multi-fidelity pick is made
+/// on full runs).
 pub fn best_trial<'a>(
     experiment: &Experiment,
     trials: &'a [TrialRecord],
 ) -> Option<&'a TrialRecord> {
+    if let Some(t) = final_training::best_final_trial(experiment, trials) {
+        return Some(t);
+    }
     let engine_view = |t: &TrialRecord| {
         let o = &experiment.objectives[0];
         let feasible = experiment
             .constraints
             .iter()
             .all(|c| c.violation(t.metrics.get(&c.metric).copied()) == 0.0);
-        (t.phase == TrialPhase::Succeeded && feasible)
+        (t.phase == TrialPhase::Succeeded && t.stage == Stage::Search && feasible)
             .then(|| t.metrics.get(&o.metric).map(|v| o.oriented(*v)))
             .flatten()
     };
@@ -388,14 +491,15 @@ pub fn best_trial<'a>(
         .map(|(t, _)| t)
 }
 
-/// The Pareto front over all objectives among succeeded trials inside the constraints.
+/// The Pareto front over all objectives among succeeded search trials inside the
+/// constraints.
 pub fn pareto_front<'a>(
     experiment: &Experiment,
     trials: &'a [TrialRecord],
 ) -> Vec<&'a TrialRecord> {
     let candidates: Vec<(&TrialRecord, Vec<f64>)> = trials
         .iter()
-        .filter(|t| t.phase == TrialPhase::Succeeded)
+        .filter(|t| t.phase == TrialPhase::Succeeded && t.stage == Stage::Search)
         .filter(|t| {
             experiment
                 .constraints

@@ -70,6 +70,18 @@ pub struct Budget {
     pub deadline: Option<Seconds>,
 }
 
+/// After the search: the best distinct candidates trained again at full budget with
+/// several seeds (`spec.finalTraining`); the winner is the best mean of the first objective.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FinalTraining {
+    /// Candidates to train (distinct networks, best first by the search's objective).
+    pub top: u32,
+    /// Epochs of each final-training trial.
+    pub epochs: u32,
+    /// Trials (training seeds) per candidate.
+    pub seeds: u32,
+}
+
 /// A validated experiment: what `api::validate` makes of a `NasExperimentSpec`.
 #[derive(Debug, Clone)]
 pub struct Experiment {
@@ -80,6 +92,7 @@ pub struct Experiment {
     pub strategy: StrategyConfig,
     pub early_stopping: Option<MedianStop>,
     pub budget: Budget,
+    pub final_training: Option<FinalTraining>,
 }
 
 impl Experiment {
@@ -91,7 +104,16 @@ impl Experiment {
         }
     }
 
+    /// Trials the experiment runs in all: the search's, then final training's.
+    pub fn total_trials(&self) -> u32 {
+        self.budget.max_trials
+            + self
+                .final_training
+                .map_or(0, |f| f.top.saturating_mul(f.seeds))
+    }
+
     /// What trial `index` receives under the trial contract (both runners send this).
+    #[allow(clippy::too_many_arguments)]
     pub fn trial_input(
         &self,
         trial: String,
@@ -100,6 +122,7 @@ impl Experiment {
         point: &Point,
         epochs: u32,
         resume_from: Option<u32>,
+        stage: Stage,
     ) -> TrialInput {
         TrialInput {
             experiment: self.name.clone(),
@@ -115,6 +138,39 @@ impl Experiment {
             budget: contract::Budget { epochs },
             metrics: self.objectives.iter().map(|o| o.metric.clone()).collect(),
             resume_from,
+            stage: stage.contract(),
+        }
+    }
+}
+
+/// What a trial is for: the search, or the final training of a chosen candidate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Stage {
+    #[default]
+    Search,
+    Final,
+}
+
+impl Stage {
+    /// As `nasop results` and the trial contract spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Search => "search",
+            Stage::Final => "final",
+        }
+    }
+
+    pub fn contract(self) -> contract::Stage {
+        match self {
+            Stage::Search => contract::Stage::Search,
+            Stage::Final => contract::Stage::Final,
+        }
+    }
+
+    pub fn from_contract(stage: contract::Stage) -> Stage {
+        match stage {
+            contract::Stage::Search => Stage::Search,
+            contract::Stage::Final => Stage::Final,
         }
     }
 }
@@ -153,6 +209,7 @@ pub struct TrialRecord {
     pub point: Point,
     pub key: String,
     pub epochs: u32,
+    pub stage: Stage,
     pub phase: TrialPhase,
     pub started_at: Option<Seconds>,
     pub finished_at: Option<Seconds>,
@@ -179,6 +236,7 @@ pub struct NewTrial {
     pub seed: u64,
     /// The trial whose checkpoint this one continues (a promotion to a larger budget).
     pub resume_from: Option<u32>,
+    pub stage: Stage,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -210,6 +268,10 @@ pub enum FinishReason {
     DeadlineExceeded,
     /// The strategy has nothing left to propose.
     SearchSpaceExhausted,
+    /// Final training ended with a winner.
+    FinalTrainingDone,
+    /// Every final-training trial failed.
+    FinalTrainingFailed,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -29,6 +29,7 @@ fn experiment(algorithm: Algorithm, max_trials: u32, parallelism: u32) -> Experi
             trial_timeout: None,
             deadline: None,
         },
+        final_training: None,
     }
 }
 
@@ -61,6 +62,7 @@ fn record(t: &NewTrial, phase: TrialPhase, at: f64) -> TrialRecord {
         point: t.point.clone(),
         key: t.key.clone(),
         epochs: t.epochs,
+        stage: t.stage,
         phase,
         started_at: Some(at),
         finished_at: done.then_some(at),
@@ -512,4 +514,238 @@ fn prior_trials_that_failed_or_lack_the_objective_are_left_out() {
     prior[0].phase = TrialPhase::Failed;
     prior[1].metrics.clear();
     assert_eq!(Engine::with_prior(exp, &prior).prior_results(), 2);
+}
+
+mod final_training_tests {
+    use super::*;
+    use crate::engine::final_training;
+
+    fn with_final(top: u32, seeds: u32, max_trials: u32, parallelism: u32) -> Experiment {
+        let mut exp = experiment(Algorithm::Random, max_trials, parallelism);
+        exp.final_training = Some(FinalTraining {
+            top,
+            epochs: 30,
+            seeds,
+        });
+        exp
+    }
+
+    /// Runs the search: every trial succeeds with its synthetic accuracy, until the engine
+    /// turns to final training (or finishes). Returns the trials and that first decision.
+    fn search(exp: &Experiment) -> (Vec<TrialRecord>, Decision) {
+        let mut engine = Engine::new(exp.clone());
+        let mut trials: Vec<TrialRecord> = Vec::new();
+        let mut now = 0.0;
+        loop {
+            now += 1.0;
+            let d = engine.decide(&trials, clock(now));
+            if d.finish.is_some() || d.create.iter().any(|t| t.stage == Stage::Final) {
+                return (trials, d);
+            }
+            assert!(!d.create.is_empty(), "the search goes on until its budget");
+            for t in &d.create {
+                trials.push(record(t, TrialPhase::Succeeded, now));
+            }
+        }
+    }
+
+    /// A final-training result: `val` for the objective and `test` beside it.
+    fn end_final(t: &mut TrialRecord, val: f64, test: f64, at: f64) {
+        t.phase = TrialPhase::Succeeded;
+        t.finished_at = Some(at);
+        t.metrics = BTreeMap::from([
+            ("val_accuracy".to_string(), val),
+            ("test_accuracy".to_string(), test),
+        ]);
+    }
+
+    #[test]
+    fn the_search_ends_in_final_training_of_its_best_distinct_candidates() {
+        let exp = with_final(2, 3, 12, 2);
+        let (mut trials, d) = search(&exp);
+        assert_eq!(trials.len(), 12);
+        assert!(d.finish.is_none(), "final training follows the search");
+        // The two best distinct networks of the search, best first, seeds of their own.
+        let chosen: Vec<TrialRecord> = final_training::chosen(&exp, 2, &trials)
+            .into_iter()
+            .cloned()
+            .collect();
+        assert_eq!(chosen.len(), 2);
+        assert_ne!(chosen[0].key, chosen[1].key);
+        let best = accuracy(&chosen[0].point);
+        assert!(trials.iter().all(|t| accuracy(&t.point) <= best));
+        assert_eq!(d.create.len(), 2, "within the parallelism");
+        assert!(d.create.iter().all(|t| t.stage == Stage::Final
+            && t.epochs == 30
+            && t.key == chosen[0].key
+            && t.resume_from.is_none()));
+        assert_eq!(
+            d.create.iter().map(|t| t.index).collect::<Vec<_>>(),
+            vec![12, 13]
+        );
+        assert_ne!(d.create[0].seed, d.create[1].seed);
+
+        // Run final training to its end; the search's second wins on the mean of
+        // val_accuracy, although the first's test accuracy is higher.
+        let mut engine = Engine::new(exp.clone());
+        let mut now = 100.0;
+        let mut pending = d.create;
+        let mut made = Vec::new();
+        loop {
+            for t in &pending {
+                let mut r = record(t, TrialPhase::Running, now);
+                let second = t.key == chosen[1].key;
+                let k = made.len() as f64;
+                end_final(
+                    &mut r,
+                    if second { 0.80 + k * 0.001 } else { 0.78 },
+                    if second { 0.70 } else { 0.90 },
+                    now,
+                );
+                made.push(t.clone());
+                trials.push(r);
+            }
+            now += 1.0;
+            let d = engine.decide(&trials, clock(now));
+            if let Some(f) = d.finish {
+                assert!(f.succeeded);
+                assert_eq!(f.reason, FinishReason::FinalTrainingDone);
+                assert!(f.message.contains("#2"), "{}", f.message);
+                break;
+            }
+            assert!(!d.create.is_empty());
+            pending = d.create;
+        }
+        assert_eq!(made.len(), 6, "2 candidates x 3 seeds");
+        assert_eq!(made.iter().filter(|t| t.key == chosen[1].key).count(), 3);
+        let finalists =
+            final_training::finalists(&exp, exp.final_training.as_ref().unwrap(), &trials);
+        let w = final_training::winner(&exp, &finalists).unwrap();
+        assert_eq!(w.rank, 2);
+        let spread = w.metrics["val_accuracy"];
+        assert_eq!(spread.n, 3);
+        assert!(spread.std > 0.0 && (spread.mean - 0.8).abs() < 0.01);
+        // The trial to ship is the winner's best final-training trial.
+        let best = best_trial(&exp, &trials).unwrap();
+        assert_eq!((best.stage, &best.key), (Stage::Final, &chosen[1].key));
+        assert_eq!(
+            best.metrics["val_accuracy"],
+            finalists[1]
+                .trials
+                .iter()
+                .map(|t| t.metrics["val_accuracy"])
+                .fold(0.0, f64::max)
+        );
+        // A rebuilt engine agrees (the plan follows from the recorded trials alone).
+        assert_eq!(
+            decide(&exp, &trials, clock(now)).finish.unwrap().reason,
+            FinishReason::FinalTrainingDone
+        );
+    }
+
+    #[test]
+    fn the_same_network_is_chosen_once() {
+        let exp = with_final(3, 1, 4, 1);
+        let trials: Vec<TrialRecord> = [55.0, 70.0, 70.0, 60.0]
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let mut t = record(
+                    &NewTrial {
+                        index: i as u32,
+                        candidate: format!("c{i}"),
+                        key: if i == 2 { "k1".into() } else { format!("k{i}") },
+                        point: vec![],
+                        epochs: 10,
+                        seed: 0,
+                        resume_from: None,
+                        stage: Stage::Search,
+                    },
+                    TrialPhase::Succeeded,
+                    1.0,
+                );
+                t.metrics = BTreeMap::from([("val_accuracy".to_string(), *v)]);
+                t
+            })
+            .collect();
+        let chosen: Vec<u32> = final_training::chosen(&exp, 3, &trials)
+            .iter()
+            .map(|t| t.index)
+            .collect();
+        assert_eq!(chosen, vec![1, 3, 0], "trial 2 is trial 1's network");
+    }
+
+    #[test]
+    fn a_reached_target_stops_the_search_then_trains_its_best() {
+        let mut exp = with_final(1, 2, 10, 2);
+        exp.objectives[0].target = Some(60.0);
+        let mut trials = started(&exp);
+        finish(
+            &mut trials,
+            0,
+            TrialPhase::Succeeded,
+            1.0,
+            &[("val_accuracy", 65.0)],
+        );
+        let d = decide(&exp, &trials, clock(1.0));
+        assert!(d.finish.is_none() && d.create.is_empty());
+        assert_eq!(
+            d.stop,
+            vec![Stop {
+                index: 1,
+                reason: StopReason::ExperimentFinished
+            }]
+        );
+        finish(&mut trials, 1, TrialPhase::Stopped, 2.0, &[]);
+        let d = decide(&exp, &trials, clock(2.0));
+        assert_eq!(d.create.len(), 2);
+        assert!(
+            d.create
+                .iter()
+                .all(|t| t.stage == Stage::Final && t.key == trials[0].key)
+        );
+    }
+
+    #[test]
+    fn final_training_that_fails_throughout_fails_the_experiment() {
+        let exp = with_final(2, 1, 3, 2);
+        let (mut trials, d) = search(&exp);
+        for t in &d.create {
+            trials.push(record(t, TrialPhase::Failed, 50.0));
+        }
+        let f = decide(&exp, &trials, clock(51.0)).finish.unwrap();
+        assert_eq!(
+            (f.succeeded, f.reason),
+            (false, FinishReason::FinalTrainingFailed)
+        );
+        // Nothing to ship; the search's best stays the best trial.
+        assert_eq!(best_trial(&exp, &trials).unwrap().stage, Stage::Search);
+    }
+
+    #[test]
+    fn the_deadline_stops_final_training_too() {
+        let mut exp = with_final(1, 2, 2, 2);
+        exp.budget.deadline = Some(1000.0);
+        let (mut trials, d) = search(&exp);
+        for t in &d.create {
+            trials.push(record(t, TrialPhase::Running, 50.0));
+        }
+        assert_eq!(decide(&exp, &trials, clock(999.0)), Decision::default());
+        let d = decide(&exp, &trials, clock(1000.0));
+        assert_eq!(d.stop.len(), 2);
+        assert!(d.stop.iter().all(|s| s.reason == StopReason::Deadline));
+        assert_eq!(d.finish.unwrap().reason, FinishReason::DeadlineExceeded);
+    }
+
+    #[test]
+    fn without_a_succeeded_search_trial_there_is_nothing_to_train() {
+        let exp = with_final(2, 2, 2, 2);
+        let mut trials = started(&exp);
+        finish(&mut trials, 0, TrialPhase::Failed, 1.0, &[]);
+        finish(&mut trials, 1, TrialPhase::Failed, 1.0, &[]);
+        let d = decide(&exp, &trials, clock(2.0));
+        assert!(d.create.is_empty());
+        let f = d.finish.unwrap();
+        assert_eq!((f.succeeded, f.reason), (false, FinishReason::BudgetSpent));
+    }
 }

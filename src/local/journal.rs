@@ -2,7 +2,7 @@
 //! runner acts on it, so a crash at any moment loses nothing that was acted on. Replaying it
 //! gives the trials as the engine sees them.
 
-use crate::engine::{Report, Seconds, TrialPhase, TrialRecord};
+use crate::engine::{Report, Seconds, Stage, TrialPhase, TrialRecord};
 use anyhow::{Context, Result};
 use nasop_core::SearchSpace;
 use serde::{Deserialize, Serialize};
@@ -27,6 +27,12 @@ pub enum Entry {
         epochs: u32,
         seed: u64,
         resume_from: Option<u32>,
+        /// `final` for final training; absent for the search (and in older journals).
+        #[serde(
+            default,
+            skip_serializing_if = "nasop_core::contract::Stage::is_search"
+        )]
+        stage: nasop_core::contract::Stage,
         at: Seconds,
     },
     Started {
@@ -169,6 +175,7 @@ fn apply(r: &mut Replay, entry: Entry, space: Option<&SearchSpace>) -> Result<()
             epochs,
             seed,
             resume_from,
+            stage,
             ..
         } => {
             let (point, key) = match space {
@@ -187,6 +194,7 @@ fn apply(r: &mut Replay, entry: Entry, space: Option<&SearchSpace>) -> Result<()
                 point,
                 key,
                 epochs,
+                stage: Stage::from_contract(stage),
                 phase: TrialPhase::Pending,
                 started_at: None,
                 finished_at: None,

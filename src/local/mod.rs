@@ -384,6 +384,7 @@ impl Run {
                 epochs: t.epochs,
                 seed: t.seed,
                 resume_from: t.resume_from,
+                stage: t.stage.contract(),
                 at: clock.now,
             })?;
             self.seeds.insert(t.index, (t.seed, t.resume_from));
@@ -393,6 +394,7 @@ impl Run {
                 point: t.point.clone(),
                 key: t.key.clone(),
                 epochs: t.epochs,
+                stage: t.stage,
                 phase: TrialPhase::Pending,
                 started_at: None,
                 finished_at: None,
@@ -499,6 +501,7 @@ impl Run {
             &record.point,
             record.epochs,
             resume_from,
+            record.stage,
         );
         let trial_dir = self.dir.join("trials").join(index.to_string());
         std::fs::create_dir_all(&trial_dir)?;

@@ -2,43 +2,91 @@
 //! (estimated from the trials that have ended) and a line per running trial; log lines
 //! elsewhere.
 
-use crate::engine::{Experiment, Seconds, TrialPhase, TrialRecord};
+use crate::engine::{Experiment, Seconds, Stage, TrialPhase, TrialRecord};
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::time::Duration;
 
+fn took(t: &TrialRecord) -> Option<f64> {
+    Some(t.finished_at? - t.started_at?).filter(|d| *d > 0.0)
+}
+
+fn mean(values: impl Iterator<Item = f64>) -> Option<f64> {
+    let (sum, n) = values.fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
+    (n > 0).then(|| sum / n as f64)
+}
+
 /// Seconds until the budget is spent, estimated from the durations of the trials that have
 /// ended: the running trials' remainders and the trials still to start, spread over the
-/// parallel slots, capped by the deadline. None until a trial has ended.
+/// parallel slots, capped by the deadline. A final-training trial (the full budget, from
+/// scratch) is expected to take as long as those that ended, or else its epochs at the
+/// pace of the search's smallest budget (whose trials start from scratch too). None until
+/// a trial has ended.
 fn eta(exp: &Experiment, trials: &[TrialRecord], started_at: Seconds, now: Seconds) -> Option<f64> {
-    let durations: Vec<f64> = trials
-        .iter()
-        .filter(|t| !t.phase.is_active())
-        .filter_map(|t| Some(t.finished_at? - t.started_at?))
-        .filter(|d| *d > 0.0)
-        .collect();
-    if durations.is_empty() {
-        return None;
-    }
-    let mean = durations.iter().sum::<f64>() / durations.len() as f64;
+    let ended = |stage: Stage| {
+        trials
+            .iter()
+            .filter(move |t| !t.phase.is_active() && t.stage == stage)
+    };
+    let search = mean(ended(Stage::Search).filter_map(took));
+    let smallest = ended(Stage::Search)
+        .filter(|t| t.phase == TrialPhase::Succeeded)
+        .map(|t| t.epochs)
+        .min();
+    let per_epoch = mean(
+        ended(Stage::Search)
+            .filter(|t| t.phase == TrialPhase::Succeeded && Some(t.epochs) == smallest)
+            .filter_map(|t| Some(took(t)? / t.epochs.max(1) as f64)),
+    );
+    let plan = exp.final_training;
+    let final_mean = mean(ended(Stage::Final).filter_map(took))
+        .or_else(|| Some(per_epoch? * plan?.epochs as f64));
+    let expected = |stage: Stage| match stage {
+        Stage::Search => search,
+        Stage::Final => final_mean.or(search),
+    };
+    expected(Stage::Search).or(final_mean)?;
     let running: Vec<f64> = trials
         .iter()
         .filter(|t| t.phase == TrialPhase::Running)
-        .map(|t| (mean - t.started_at.map_or(0.0, |s| now - s)).max(0.0))
+        .map(|t| {
+            let d = expected(t.stage).unwrap_or_default();
+            (d - t.started_at.map_or(0.0, |s| now - s)).max(0.0)
+        })
         .collect();
-    let waiting = trials
-        .iter()
-        .filter(|t| t.phase == TrialPhase::Pending)
-        .count()
-        + (exp.budget.max_trials as usize).saturating_sub(trials.len());
+    let count = |stage: Stage| trials.iter().filter(|t| t.stage == stage).count();
+    let pending = |stage: Stage| {
+        trials
+            .iter()
+            .filter(|t| t.phase == TrialPhase::Pending && t.stage == stage)
+            .count()
+    };
+    let search_left = if count(Stage::Final) > 0 {
+        0
+    } else {
+        (exp.budget.max_trials as usize).saturating_sub(count(Stage::Search))
+    };
+    let final_left = plan.map_or(0, |p| {
+        ((p.top * p.seeds) as usize).saturating_sub(count(Stage::Final))
+    });
     let slots = exp.budget.parallelism.max(1) as f64;
-    let work = running.iter().sum::<f64>() + waiting as f64 * mean;
+    let work = running.iter().sum::<f64>()
+        + (pending(Stage::Search) + search_left) as f64 * search.unwrap_or_default()
+        + (pending(Stage::Final) + final_left) as f64 * expected(Stage::Final).unwrap_or_default();
     let longest = running.iter().copied().fold(0.0, f64::max);
     let mut eta = (work / slots).max(longest);
     if let Some(deadline) = exp.budget.deadline {
         eta = eta.min((started_at + deadline - now).max(0.0));
     }
     Some(eta)
+}
+
+/// How a line marks a final-training trial.
+fn stage_mark(t: &TrialRecord) -> &'static str {
+    match t.stage {
+        Stage::Search => "",
+        Stage::Final => "final ",
+    }
 }
 
 /// A duration as a person reads it: 45s, 12m, 1h05m.
@@ -76,7 +124,7 @@ impl Progress {
     ) -> Self {
         let bars = (!plain && std::io::stderr().is_terminal()).then(|| {
             let multi = indicatif::MultiProgress::new();
-            let budget = multi.add(indicatif::ProgressBar::new(exp.budget.max_trials as u64));
+            let budget = multi.add(indicatif::ProgressBar::new(exp.total_trials() as u64));
             budget.set_style(
                 indicatif::ProgressStyle::with_template(
                     "{spinner} {bar:30} {pos}/{len} trials  {msg}  [{elapsed_precise}]",
@@ -131,7 +179,8 @@ impl Progress {
             .get(&self.objective)
             .map_or("-".into(), |v| format!("{v:.4}"));
         self.line(&format!(
-            "trial {:>4} {:<9} {}={value} epochs={} {:.1}s {}  {}",
+            "{}trial {:>4} {:<9} {}={value} epochs={} {:.1}s {}  {}",
+            stage_mark(t),
             t.index,
             format!("{:?}", t.phase).to_lowercase(),
             self.objective,
@@ -150,7 +199,8 @@ impl Progress {
             .and_then(|r| r.metrics.get(&self.objective))
             .map_or("-".into(), |v| format!("{v:.4}"));
         format!(
-            "  trial {:>4}  epoch {}/{}  {} {value}  {}  {}",
+            "  {}trial {:>4}  epoch {}/{}  {} {value}  {}  {}",
+            stage_mark(t),
             t.index,
             last.map_or(0, |r| r.step),
             t.epochs,
@@ -231,6 +281,7 @@ mod tests {
             point: Default::default(),
             key: index.to_string(),
             epochs: 5,
+            stage: Default::default(),
             phase,
             started_at: started,
             finished_at: finished,
@@ -247,7 +298,33 @@ mod tests {
         exp.budget.max_trials = max_trials;
         exp.budget.parallelism = parallelism;
         exp.budget.deadline = None;
+        exp.final_training = None;
         exp
+    }
+
+    #[test]
+    fn final_training_is_estimated_at_the_pace_of_the_smallest_budget() {
+        let mut exp = experiment(2, 2);
+        exp.final_training = Some(crate::engine::FinalTraining {
+            top: 1,
+            epochs: 10,
+            seeds: 2,
+        });
+        let mut trials = vec![
+            trial(0, TrialPhase::Succeeded, Some(0.0), Some(50.0)),
+            trial(1, TrialPhase::Succeeded, Some(0.0), Some(50.0)),
+        ];
+        trials[1].epochs = 10;
+        // Trial 0 trained 5 epochs in 50 s: two final trials of 10 epochs, 100 s each, side by
+        // side.
+        assert_eq!(eta(&exp, &trials, 0.0, 50.0), Some(100.0));
+        // Once a final trial has ended, its own duration: the other one has 60 s left.
+        let mut done = trial(2, TrialPhase::Succeeded, Some(50.0), Some(170.0));
+        done.stage = Stage::Final;
+        let mut running = trial(3, TrialPhase::Running, Some(110.0), None);
+        running.stage = Stage::Final;
+        trials.extend([done, running]);
+        assert_eq!(eta(&exp, &trials, 0.0, 170.0), Some(60.0));
     }
 
     #[test]

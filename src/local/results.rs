@@ -2,7 +2,8 @@
 
 use super::journal::Journal;
 use super::manifest;
-use crate::engine::{Experiment, TrialPhase, TrialRecord, best_trial, pareto_front};
+use crate::engine::final_training::{self, Finalist};
+use crate::engine::{Experiment, Stage, TrialPhase, TrialRecord, best_trial, pareto_front};
 use anyhow::{Context, Result};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -40,6 +41,7 @@ fn ranked<'a>(exp: &Experiment, trials: &'a [TrialRecord]) -> Vec<&'a TrialRecor
     let mut done: Vec<&TrialRecord> = trials
         .iter()
         .filter(|t| t.phase == TrialPhase::Succeeded && t.metrics.contains_key(&o.metric))
+        .filter(|t| t.stage == Stage::Search)
         .collect();
     done.sort_by(|a, b| {
         b.epochs.cmp(&a.epochs).then(
@@ -109,6 +111,7 @@ pub fn print_table(
         }
         println!("{row}");
     }
+    print_final_training(exp, trials, &cols);
     if let Some(best) = best_trial(exp, trials) {
         println!("\nbest: trial {} {}", best.index, best.candidate);
         let metrics: Vec<String> = best
@@ -124,6 +127,71 @@ pub fn print_table(
             println!("      model: {path}");
         }
     }
+}
+
+/// The final-training table: each finalist's mean ± standard deviation over its seeds.
+fn print_final_training(exp: &Experiment, trials: &[TrialRecord], cols: &[String]) {
+    let Some(plan) = &exp.final_training else {
+        return;
+    };
+    if !final_training::in_final_training(trials) {
+        return;
+    }
+    let finalists = final_training::finalists(exp, plan, trials);
+    let winner = final_training::winner(exp, &finalists).map(|w| w.rank);
+    println!(
+        "\nfinal training: the search's top {} trained again, {} seed(s) of {} epochs each (mean ± sd):",
+        finalists.len(),
+        plan.seeds,
+        plan.epochs
+    );
+    let mut header = format!("{:>5} {:>6}", "rank", "done");
+    for c in cols {
+        header.push_str(&format!(" {c:>22}"));
+    }
+    header.push_str("  candidate");
+    println!("{header}");
+    for f in &finalists {
+        let succeeded = f
+            .trials
+            .iter()
+            .filter(|t| t.phase == TrialPhase::Succeeded)
+            .count();
+        let mut row = format!(
+            "{:>5} {:>6}",
+            if winner == Some(f.rank) {
+                format!("*{}", f.rank)
+            } else {
+                f.rank.to_string()
+            },
+            format!("{succeeded}/{}", plan.seeds)
+        );
+        for c in cols {
+            let cell = f
+                .metrics
+                .get(c)
+                .map_or("-".into(), |s| format!("{} ± {}", fmt(s.mean), fmt(s.std)));
+            row.push_str(&format!(" {cell:>22}"));
+        }
+        row.push_str(&format!("  {}", f.search_trial.candidate));
+        println!("{row}");
+    }
+    if winner.is_some() {
+        println!(
+            "(* marks the winner: the best mean {} over its seeds)",
+            exp.objectives[0].metric
+        );
+    }
+}
+
+fn finalist_json(f: &Finalist) -> serde_json::Value {
+    serde_json::json!({
+        "rank": f.rank,
+        "candidate": f.search_trial.candidate,
+        "search_trial": f.search_trial.index,
+        "trials": f.trials.iter().map(|t| t.index).collect::<Vec<_>>(),
+        "metrics": f.metrics.iter().map(|(k, s)| (k.clone(), serde_json::json!({"mean": s.mean, "std": s.std, "n": s.n}))).collect::<serde_json::Map<_, _>>(),
+    })
 }
 
 fn fmt(v: f64) -> String {
@@ -142,6 +210,7 @@ fn trial_json(run: &Run, t: &TrialRecord) -> serde_json::Value {
         "hyperparameters": run.experiment.space.hyperparameter_values(&t.point),
         "epochs": t.epochs,
         "phase": format!("{:?}", t.phase),
+        "stage": t.stage.name(),
         "reason": run.reasons.get(&t.index),
         "metrics": t.metrics,
         "info": run.info.get(&t.index),
@@ -150,8 +219,19 @@ fn trial_json(run: &Run, t: &TrialRecord) -> serde_json::Value {
     })
 }
 
-/// `{experiment, finished, best, pareto_front, trials}`.
+/// `{experiment, finished, best, pareto_front, final_training, trials}`.
 pub fn json(run: &Run) -> serde_json::Value {
+    let final_training = run.experiment.final_training.as_ref().map(|plan| {
+        let finalists = final_training::finalists(&run.experiment, plan, &run.trials);
+        let winner = final_training::winner(&run.experiment, &finalists).map(|w| w.rank);
+        serde_json::json!({
+            "top": plan.top,
+            "epochs": plan.epochs,
+            "seeds": plan.seeds,
+            "winner": winner,
+            "candidates": finalists.iter().map(finalist_json).collect::<Vec<_>>(),
+        })
+    });
     let best = best_trial(&run.experiment, &run.trials).map(|t| trial_json(run, t));
     let front: Vec<serde_json::Value> = if run.experiment.objectives.len() > 1 {
         pareto_front(&run.experiment, &run.trials)
@@ -166,6 +246,7 @@ pub fn json(run: &Run) -> serde_json::Value {
         "finished": run.finished.as_ref().map(|(ok, reason, message)| serde_json::json!({"succeeded": ok, "reason": reason, "message": message})),
         "best": best,
         "pareto_front": front,
+        "final_training": final_training,
         "trials": run.trials.iter().map(|t| trial_json(run, t)).collect::<Vec<_>>(),
     })
 }
@@ -181,6 +262,7 @@ pub fn csv(run: &Run, out: &mut impl std::io::Write) -> Result<()> {
     let mut w = csv::Writer::from_writer(out);
     let mut header = vec![
         "index".to_string(),
+        "stage".into(),
         "phase".into(),
         "epochs".into(),
         "candidate".into(),
@@ -191,6 +273,7 @@ pub fn csv(run: &Run, out: &mut impl std::io::Write) -> Result<()> {
     for t in &run.trials {
         let mut row = vec![
             t.index.to_string(),
+            t.stage.name().to_string(),
             format!("{:?}", t.phase),
             t.epochs.to_string(),
             t.candidate.clone(),

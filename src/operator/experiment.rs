@@ -600,6 +600,7 @@ async fn create_trials(ctx: &Arc<Ctx>, world: &World, plan: &Plan) -> Result<Vec
                     epochs: new.epochs,
                     seed: new.seed,
                     resume_from: new.resume_from,
+                    stage: status::stage_field(new.stage),
                     stop: None,
                 },
             );
@@ -910,7 +911,7 @@ fn recount_experiments(ctx: &Ctx) {
         .values()
         .map(|s| lock(s).phase.clone())
         .collect();
-    for phase in ["Pending", "Running", "Succeeded", "Failed"] {
+    for phase in ["Pending", "Running", "Training", "Succeeded", "Failed"] {
         let n = phases
             .iter()
             .filter(|p| p.as_deref() == Some(phase))

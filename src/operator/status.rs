@@ -3,10 +3,10 @@
 //! bookkeeping is unit-tested without a cluster.
 
 use crate::api::{
-    ExperimentPhase, NasExperimentStatus, NasTrial, ReportEntry, TrialCounts, TrialPhaseName,
-    TrialSummary,
+    ExperimentPhase, FinalCandidateStatus, FinalTrainingStatus, MetricSpread, NasExperimentStatus,
+    NasTrial, ReportEntry, TrialCounts, TrialPhaseName, TrialStage, TrialSummary,
 };
-use crate::engine::{self, Experiment, Finish, Report, TrialPhase, TrialRecord};
+use crate::engine::{self, Experiment, Finish, Report, Stage, TrialPhase, TrialRecord};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, Time};
 use k8s_openapi::jiff::Timestamp;
 use nasop_core::contract;
@@ -76,6 +76,23 @@ pub fn engine_phase(p: TrialPhaseName) -> TrialPhase {
     }
 }
 
+/// What a NasTrial is for (no stage: the search).
+pub fn stage(trial: &NasTrial) -> Stage {
+    match trial.spec.stage {
+        Some(TrialStage::Final) => Stage::Final,
+        Some(TrialStage::Search) | None => Stage::Search,
+    }
+}
+
+/// The NasTrial's stage field for the engine's stage (the search's trials have none, as
+/// before final training existed).
+pub fn stage_field(stage: Stage) -> Option<TrialStage> {
+    match stage {
+        Stage::Search => None,
+        Stage::Final => Some(TrialStage::Final),
+    }
+}
+
 /// The engine's view of a NasTrial.
 pub fn record(exp: &Experiment, trial: &NasTrial) -> Result<TrialRecord, String> {
     let point = exp
@@ -89,6 +106,7 @@ pub fn record(exp: &Experiment, trial: &NasTrial) -> Result<TrialRecord, String>
         key: exp.space.key(&point),
         point,
         epochs: trial.spec.epochs,
+        stage: stage(trial),
         phase: status.phase.map_or(TrialPhase::Pending, engine_phase),
         started_at: status.start_time.as_ref().map(|t| seconds(&t.0)),
         finished_at: status.completion_time.as_ref().map(|t| seconds(&t.0)),
@@ -230,12 +248,15 @@ pub fn experiment_status(input: &StatusInput, trials: &[TrialRecord]) -> NasExpe
     };
     // The experiment has ended when the engine says so and its stopped trials are gone.
     let ended = input.finish.filter(|_| active == 0);
+    let training = engine::final_training::in_final_training(trials);
     let phase = match ended {
         Some(f) if f.succeeded => ExperimentPhase::Succeeded,
         Some(_) => ExperimentPhase::Failed,
         None if counts.created == 0 => ExperimentPhase::Pending,
+        None if training => ExperimentPhase::Training,
         None => ExperimentPhase::Running,
     };
+    let total = exp.total_trials();
     let prev = &input.previous.conditions;
     let g = input.generation;
     let mut conditions = vec![condition(
@@ -247,10 +268,11 @@ pub fn experiment_status(input: &StatusInput, trials: &[TrialRecord]) -> NasExpe
         } else {
             "TrialsRunning"
         },
-        &format!(
-            "{done} of {} trials done, {active} running",
-            exp.budget.max_trials
-        ),
+        &if training && ended.is_none() {
+            format!("final training: {done} of {total} trials done, {active} running")
+        } else {
+            format!("{done} of {total} trials done, {active} running")
+        },
         g,
         input.now,
     )];
@@ -276,15 +298,56 @@ pub fn experiment_status(input: &StatusInput, trials: &[TrialRecord]) -> NasExpe
         phase: Some(phase),
         conditions,
         observed_generation: g,
-        progress: Some(format!("{done}/{active}/{}", exp.budget.max_trials)),
+        progress: Some(format!("{done}/{active}/{total}")),
         trials: counts,
         best_value: best.and_then(|t| t.metrics.get(&exp.objectives[0].metric).copied()),
         best_trial: best.map(|t| summary(input, t)),
         pareto_front,
+        final_training: training.then(|| final_training_status(input, trials)),
         gpu_seconds: (input.gpu_seconds * 1000.0).round() / 1000.0,
         start_time: Some(time(input.started_at)),
         completion_time,
         message: ended.map(|f| f.message.clone()),
+    }
+}
+
+/// Each finalist's results over its seeds, and the winner so far.
+fn final_training_status(input: &StatusInput, trials: &[TrialRecord]) -> FinalTrainingStatus {
+    let exp = input.experiment;
+    let Some(plan) = &exp.final_training else {
+        return FinalTrainingStatus::default();
+    };
+    let finalists = engine::final_training::finalists(exp, plan, trials);
+    let winner = engine::final_training::winner(exp, &finalists).map(|w| w.rank);
+    FinalTrainingStatus {
+        candidates: finalists
+            .iter()
+            .map(|f| FinalCandidateStatus {
+                rank: f.rank,
+                candidate: f.search_trial.candidate.clone(),
+                search_trial: trial_name(input.name, f.search_trial.index),
+                trials: f.trials.len() as u32,
+                succeeded: f
+                    .trials
+                    .iter()
+                    .filter(|t| t.phase == TrialPhase::Succeeded)
+                    .count() as u32,
+                // A trial's metrics are bounded (sanitize_metrics), and so these.
+                metrics: f
+                    .metrics
+                    .iter()
+                    .map(|(k, s)| {
+                        let spread = MetricSpread {
+                            mean: s.mean,
+                            std: s.std,
+                            n: s.n,
+                        };
+                        (k.clone(), spread)
+                    })
+                    .collect(),
+            })
+            .collect(),
+        winner,
     }
 }
 

@@ -325,6 +325,7 @@ pub async fn start_pod(
         &point,
         trial.spec.epochs,
         trial.spec.resume_from,
+        status::stage(trial),
     );
     let uid = trial.uid().unwrap_or_default();
     let token = ctx.key.sign(&ns, &name, &uid);

@@ -183,6 +183,7 @@ mod tests {
                 epochs: 1,
                 seed: 0,
                 resume_from: None,
+                stage: None,
                 stop: None,
             },
         );

@@ -169,6 +169,7 @@ async fn an_experiment_adopts_no_trial_another_object_owns() {
             epochs: 12,
             seed: 1,
             resume_from: None,
+            stage: None,
             stop: None,
         },
     );

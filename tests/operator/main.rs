@@ -709,3 +709,140 @@ async fn a_missing_storage_claim_is_named_and_trial_pods_carry_the_storage() {
         "no trial is lost while the claim is missing"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn final_training_trains_the_best_candidates_again_and_picks_by_validation() {
+    let mut env = Env::new("op-final").await;
+    env.start_operator(&[]);
+    // Search trials report their value; final-training pods wait for the test, which ends
+    // them with a validation accuracy that reverses the search's order (plus a little noise
+    // from the seed) and a test accuracy that keeps it: a winner picked on test would be
+    // another one.
+    env.start_trainer(Arc::new(|input, _| match input.stage {
+        contract::Stage::Search => completes(value_of(&input.candidate)),
+        contract::Stage::Final => Plan::Hang,
+    }));
+    env.apply(&manifest(
+        "final",
+        "{algorithm: random, seed: 11}",
+        "{maxTrials: 6, parallelism: 2, trialEpochs: 12}",
+        "  finalTraining: {top: 2, seeds: 2, epochs: 20}",
+    ))
+    .await
+    .unwrap();
+    let training = env
+        .wait_for("final", LONG, phase_is(ExperimentPhase::Training))
+        .await
+        .status
+        .unwrap();
+    let ft = training.final_training.expect("final training status");
+    assert_eq!(ft.candidates.len(), 2);
+    assert_eq!(ft.winner, None, "no final-training trial has ended yet");
+    assert_eq!(training.trials.succeeded, 6);
+
+    let pods = env.pods();
+    let mut ended = BTreeSet::new();
+    let started = std::time::Instant::now();
+    loop {
+        let exp = env.experiments().get("final").await.unwrap();
+        if phase_is(ExperimentPhase::Succeeded)(&exp) {
+            break;
+        }
+        assert!(
+            started.elapsed() < LONG,
+            "final training did not end: {:?}",
+            exp.status
+        );
+        let mut alive = 0;
+        for pod in pods.list(&Default::default()).await.unwrap().items {
+            let name = pod.name_any();
+            let input: contract::TrialInput =
+                serde_json::from_str(&harness::pod_env(&pod)[contract::ENV_TRIAL]).unwrap();
+            if input.stage != contract::Stage::Final || ended.contains(&name) {
+                continue;
+            }
+            alive += 1;
+            let v = value_of(&input.candidate);
+            let val = 200.0 - v + (input.seed % 7) as f64 * 0.01;
+            let message = serde_json::json!({"step": input.budget.epochs, "metrics": {"val_accuracy": val, "test_accuracy": v}});
+            harness::end_pod(&pods, &name, 0, &message.to_string()).await;
+            ended.insert(name);
+        }
+        assert!(
+            alive <= 2,
+            "{alive} final-training pods at once; parallelism is 2"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = env
+        .experiments()
+        .get("final")
+        .await
+        .unwrap()
+        .status
+        .unwrap();
+    let trials = env.all_trials("final").await;
+    assert_eq!(
+        trials.len(),
+        10,
+        "6 search trials, then 2 candidates x 2 seeds"
+    );
+    let finals: Vec<_> = trials
+        .iter()
+        .filter(|t| t.spec.stage == Some(nasop::api::TrialStage::Final))
+        .collect();
+    assert_eq!(finals.len(), 4);
+    assert!(
+        finals
+            .iter()
+            .all(|t| t.spec.index >= 6 && t.spec.epochs == 20)
+    );
+    let seeds: BTreeSet<u64> = finals.iter().map(|t| t.spec.seed).collect();
+    assert_eq!(seeds.len(), 4, "each final-training trial has its own seed");
+    // The chosen candidates are the search's two best distinct networks.
+    let ft = status
+        .final_training
+        .as_ref()
+        .expect("final training status");
+    assert_eq!(ft.candidates.len(), 2);
+    let search_best = trials
+        .iter()
+        .filter(|t| t.spec.stage.is_none())
+        .map(|t| value_of(&t.spec.candidate))
+        .fold(f64::MIN, f64::max);
+    assert_eq!(value_of(&ft.candidates[0].candidate), search_best);
+    for c in &ft.candidates {
+        assert_eq!((c.trials, c.succeeded), (2, 2));
+        let val = c.metrics["val_accuracy"];
+        assert_eq!(val.n, 2);
+        assert!((val.mean - (200.0 - value_of(&c.candidate))).abs() < 0.1);
+        assert!(val.std < 0.1);
+        assert_eq!(c.metrics["test_accuracy"].mean, value_of(&c.candidate));
+    }
+    // The winner: the best mean validation accuracy, whatever the test accuracy says.
+    let by_val = ft
+        .candidates
+        .iter()
+        .max_by(|a, b| {
+            a.metrics["val_accuracy"]
+                .mean
+                .total_cmp(&b.metrics["val_accuracy"].mean)
+                .then(b.rank.cmp(&a.rank))
+        })
+        .unwrap();
+    assert_eq!(ft.winner, Some(by_val.rank));
+    let best = status.best_trial.as_ref().unwrap();
+    assert_eq!(best.candidate, by_val.candidate);
+    assert!(best.index >= 6 && best.epochs == 20, "{best:?}");
+    assert_eq!(status.progress.as_deref(), Some("10/0/10"));
+    let message = status.message.unwrap_or_default();
+    assert!(message.starts_with("final training:"), "{message}");
+    assert!(
+        status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Succeeded" && c.reason == "FinalTrainingDone"),
+        "{:?}",
+        status.conditions
+    );
+}

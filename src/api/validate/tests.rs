@@ -166,3 +166,40 @@ fn storage_and_warm_start_are_checked_by_field() {
     });
     assert_eq!(e.field, "spec.warmStart.experiments");
 }
+
+#[test]
+fn final_training_defaults_to_the_largest_budget_and_is_checked_by_field() {
+    let mut exp = parse(GOOD);
+    exp.spec.final_training = Some(FinalTrainingSpec {
+        top: None,
+        epochs: None,
+        seeds: Some(2),
+    });
+    let v = validate("nb201", &exp.spec).unwrap();
+    let f = v.final_training.unwrap();
+    assert_eq!((f.top, f.epochs, f.seeds), (3, 18, 2));
+    assert_eq!(v.total_trials(), 50 + 6);
+    // Without fidelity, the search's trial budget.
+    exp.spec.fidelity = None;
+    let f = validate("nb201", &exp.spec)
+        .unwrap()
+        .final_training
+        .unwrap();
+    assert_eq!(f.epochs, 10);
+
+    let spec = |top, epochs, seeds| FinalTrainingSpec { top, epochs, seeds };
+    let e = error_for(|s| s.final_training = Some(spec(Some(0), None, None)));
+    assert_eq!(e.field, "spec.finalTraining.top");
+    assert!(e.problem.contains("use 1..=16"), "{e}");
+    let e = error_for(|s| s.final_training = Some(spec(None, None, Some(17))));
+    assert_eq!(e.field, "spec.finalTraining.seeds");
+    let e = error_for(|s| s.final_training = Some(spec(None, Some(0), None)));
+    assert_eq!(e.field, "spec.finalTraining.epochs");
+    // The winner is never picked on test data.
+    let e = error_for(|s| {
+        s.objectives[0].metric = "test_accuracy".into();
+        s.final_training = Some(spec(None, None, None));
+    });
+    assert_eq!(e.field, "spec.objectives[0].metric");
+    assert!(e.problem.contains("validation metric"), "{e}");
+}

@@ -39,6 +39,7 @@ fn input() -> TrialInput {
         budget: contract::Budget { epochs: 4 },
         metrics: vec!["acc".into()],
         resume_from: None,
+        stage: Default::default(),
     }
 }
 

@@ -31,6 +31,7 @@ fn trial(index: u32, phase: Option<TrialPhaseName>, metrics: &[(&str, f64)]) -> 
             epochs: 12,
             seed: 7,
             resume_from: None,
+            stage: None,
             stop: None,
         },
     );
