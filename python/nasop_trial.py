@@ -184,6 +184,19 @@ class Trial:
         self.report_url = report_url or None
         self.token = token or ""
         self.termination_path = Path(termination_path) if termination_path else None
+        for name, value in (
+            (ENV_CHECKPOINT_DIR, checkpoint_dir),
+            (ENV_RESUME_FROM, resume_from),
+            (ENV_ARTIFACT_DIR, artifact_dir),
+        ):
+            if value and "://" in str(value):
+                # spec.storage.s3: the locations are bucket URLs, which this helper (standard
+                # library only) does not write; a directory named "s3:" would lose them.
+                raise ContractError(
+                    f"{name}={value} is a bucket URL: this helper keeps checkpoints and models "
+                    "in directories; use spec.storage.persistentVolumeClaim with it, or write "
+                    "to the bucket yourself (boto3) with the AWS_* variables nasop sets"
+                )
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
         self.resume_from = Path(resume_from) if resume_from else None
         self.artifact_dir = Path(artifact_dir) if artifact_dir else None

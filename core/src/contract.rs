@@ -24,6 +24,10 @@ pub const ENV_RESUME_FROM: &str = "NASOP_RESUME_FROM";
 pub const ENV_ARTIFACT_DIR: &str = "NASOP_ARTIFACT_DIR";
 /// The final report's info entry naming where the trial's model is.
 pub const INFO_ARTIFACT: &str = "artifact";
+/// What a trainer's failure message says (`StorageRefused: ...`) when its storage (a
+/// bucket) refused it: the operator gives the trial this reason, and the experiment a
+/// `Storage` condition.
+pub const STORAGE_REFUSED: &str = "StorageRefused";
 /// Optional: CPU threads the trial may use.
 pub const ENV_THREADS: &str = "NASOP_THREADS";
 /// Kubernetes keeps at most this many bytes of a termination message.

@@ -101,6 +101,14 @@ def test_reads_the_task_from_the_environment(tmp_path):
     assert final.stage == "final"
 
 
+def test_a_bucket_url_is_refused_rather_than_made_a_directory(tmp_path):
+    env = env_for(tmp_path)
+    env["NASOP_CHECKPOINT_DIR"] = "s3://models/e/trials/3/checkpoint"
+    with pytest.raises(ContractError, match="NASOP_CHECKPOINT_DIR=s3://models.*bucket URL"):
+        Trial.from_env(env, handle_sigterm=False)
+    assert not (tmp_path / "s3:").exists()
+
+
 def test_a_missing_or_broken_task_is_a_clear_error(tmp_path):
     with pytest.raises(ContractError, match="NASOP_TRIAL is not set"):
         Trial.from_env({}, handle_sigterm=False)

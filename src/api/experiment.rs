@@ -129,14 +129,61 @@ pub struct FinalTrainingSpec {
     pub seeds: Option<u32>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+/// Exactly one of persistentVolumeClaim and s3.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.persistentVolumeClaim) != has(self.s3)").message("give exactly one of persistentVolumeClaim and s3"))]
 pub struct StorageSpec {
     /// A PersistentVolumeClaim in the experiment's namespace, mounted into every trial pod
     /// (ReadWriteMany when trials run on several nodes). Trial N of experiment E uses
     /// `<subPath>/trials/N/checkpoint` and `<subPath>/trials/N/artifact` in it; the trial
     /// pod's user must be able to write there (set the pod's securityContext.fsGroup).
-    pub persistent_volume_claim: PvcStorageSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistent_volume_claim: Option<PvcStorageSpec>,
+    /// An S3-compatible bucket: trial N uses `s3://<bucket>/<prefix>/trials/N/checkpoint`
+    /// and `.../artifact` (the trainer writes through the object_store crate; a custom
+    /// trainer reads the URLs from NASOP_CHECKPOINT_DIR and NASOP_ARTIFACT_DIR and the
+    /// AWS_* variables nasop sets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3StorageSpec>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct S3StorageSpec {
+    /// The bucket's name.
+    #[schemars(length(min = 3, max = 63))]
+    pub bucket: String,
+    /// The key prefix of this experiment's trials (default: the experiment's name), without
+    /// a leading '/' or "..".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub prefix: Option<String>,
+    /// The S3 API's URL for an S3-compatible store, e.g. http://s3.storage.svc:9000
+    /// (default: AWS). An http:// endpoint is allowed without TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    pub endpoint: Option<String>,
+    /// The bucket's region (AWS_REGION in the trial pods).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub region: Option<String>,
+    /// A Secret in the experiment's namespace with the keys AWS_ACCESS_KEY_ID and
+    /// AWS_SECRET_ACCESS_KEY, given to the trial pods as those variables. Without it the
+    /// trainer finds credentials as the AWS SDKs do (for example a service account's web
+    /// identity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub credentials_secret: Option<String>,
+}
+
+impl S3StorageSpec {
+    /// The experiment's prefix in the bucket.
+    pub fn prefix(&self, experiment: &str) -> String {
+        self.prefix
+            .clone()
+            .unwrap_or_else(|| experiment.to_string())
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -547,7 +594,8 @@ pub struct TrialSummary {
     pub candidate: String,
     pub epochs: u32,
     pub metrics: BTreeMap<String, f64>,
-    /// Where the trial's final model is (`pvc://<claim>/<path>`), with spec.storage.
+    /// Where the trial's final model is (`pvc://<claim>/<path>` or `s3://<bucket>/<key>`),
+    /// with spec.storage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifact: Option<String>,
 }

@@ -115,8 +115,9 @@ pub struct NasTrialStatus {
     /// GPUs requested by the trial's pods times their running time, over all attempts.
     #[serde(default)]
     pub gpu_seconds: f64,
-    /// Where the trial's final model is (`pvc://<claim>/<path>`: model.safetensors,
-    /// model.json, model.pt), when it completed its epochs with spec.storage.
+    /// Where the trial's final model is (`pvc://<claim>/<path>` or `s3://<bucket>/<key>`:
+    /// model.safetensors, model.json, model.pt), when it completed its epochs with
+    /// spec.storage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifact: Option<String>,
 }

@@ -106,35 +106,79 @@ fn final_training(
 }
 
 fn storage(spec: &StorageSpec) -> Result<(), ValidationError> {
-    let pvc = &spec.persistent_volume_claim;
-    let claim = &pvc.claim_name;
-    let dns = !claim.is_empty()
-        && claim.len() <= 253
-        && claim
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-        && !claim.starts_with(['-', '.'])
-        && !claim.ends_with(['-', '.']);
-    if !dns {
-        return Err(invalid(
-            "spec.storage.persistentVolumeClaim.claimName",
-            format!(
-                "{claim:?} is not a PersistentVolumeClaim name (lower-case letters, digits, '-' and '.')"
-            ),
-        ));
-    }
-    if let Some(sub) = &pvc.sub_path
-        && (sub.is_empty()
+    let relative = |field: &str, sub: &str| {
+        if sub.is_empty()
             || sub.starts_with('/')
             || sub.split('/').any(|part| part == ".." || part.is_empty())
-            || sub.chars().any(|c| c.is_control()))
-    {
-        return Err(invalid(
-            "spec.storage.persistentVolumeClaim.subPath",
-            format!(
-                "{sub:?} is not a relative path inside the claim (no leading '/', no '..' or empty parts)"
-            ),
-        ));
+            || sub.chars().any(|c| c.is_control())
+        {
+            return Err(invalid(
+                field,
+                format!("{sub:?} is not a relative path (no leading '/', no '..' or empty parts)"),
+            ));
+        }
+        Ok(())
+    };
+    let dns = |name: &str| {
+        !name.is_empty()
+            && name.len() <= 253
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+            && !name.starts_with(['-', '.'])
+            && !name.ends_with(['-', '.'])
+    };
+    match (&spec.persistent_volume_claim, &spec.s3) {
+        (Some(pvc), None) => {
+            let claim = &pvc.claim_name;
+            if !dns(claim) {
+                return Err(invalid(
+                    "spec.storage.persistentVolumeClaim.claimName",
+                    format!(
+                        "{claim:?} is not a PersistentVolumeClaim name (lower-case letters, digits, '-' and '.')"
+                    ),
+                ));
+            }
+            if let Some(sub) = &pvc.sub_path {
+                relative("spec.storage.persistentVolumeClaim.subPath", sub)?;
+            }
+        }
+        (None, Some(s3)) => {
+            let bucket = &s3.bucket;
+            if bucket.len() < 3 || bucket.len() > 63 || !dns(bucket) {
+                return Err(invalid(
+                    "spec.storage.s3.bucket",
+                    format!(
+                        "{bucket:?} is not a bucket name (3 to 63 lower-case letters, digits, '-' and '.')"
+                    ),
+                ));
+            }
+            if let Some(prefix) = &s3.prefix {
+                relative("spec.storage.s3.prefix", prefix)?;
+            }
+            if let Some(endpoint) = &s3.endpoint
+                && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+            {
+                return Err(invalid(
+                    "spec.storage.s3.endpoint",
+                    format!("{endpoint:?} is not a URL; give http(s)://host[:port]"),
+                ));
+            }
+            if let Some(secret) = &s3.credentials_secret
+                && !dns(secret)
+            {
+                return Err(invalid(
+                    "spec.storage.s3.credentialsSecret",
+                    format!("{secret:?} is not a Secret name"),
+                ));
+            }
+        }
+        _ => {
+            return Err(invalid(
+                "spec.storage",
+                "give exactly one of persistentVolumeClaim and s3",
+            ));
+        }
     }
     Ok(())
 }

@@ -6,7 +6,7 @@ use super::pod::Outcome;
 #[cfg(test)]
 use super::pod::Waiting;
 use crate::api::TrialPhaseName;
-use nasop_core::contract::Report;
+use nasop_core::contract::{self, Report};
 
 /// What the trial controller knows when it decides.
 #[derive(Debug, Clone)]
@@ -168,7 +168,14 @@ pub fn next_step(v: &TrialView) -> Step {
             started_at,
             finished_at,
         } => {
-            let (phase, reason) = ended(TrialPhaseName::Failed, "TrainerFailed");
+            // A bucket that refused the trainer is named as such (the experiment gets a
+            // Storage condition); any other failure is the trainer's.
+            let why = if message.contains(&format!("{}:", contract::STORAGE_REFUSED)) {
+                contract::STORAGE_REFUSED
+            } else {
+                "TrainerFailed"
+            };
+            let (phase, reason) = ended(TrialPhaseName::Failed, why);
             Step::End(Ending {
                 phase,
                 reason,

@@ -700,16 +700,48 @@ fn set_conditions(ctx: &Ctx, world: &World, status: &mut NasExperimentStatus, bl
     if let Some(Prior::Missing(m)) = &world.prior {
         raise("WarmStart", "ExperimentNotFound", m);
     }
+    let s3 = world.exp.spec.storage.as_ref().and_then(|s| s.s3.as_ref());
+    if let Some(s3) = s3
+        && let Some(refused) = world.trials.iter().find_map(|t| {
+            let s = t.status.as_ref()?;
+            (s.reason.as_deref() == Some(nasop_core::contract::STORAGE_REFUSED))
+                .then(|| s.message.clone().unwrap_or_default())
+        })
+    {
+        raise(
+            "Storage",
+            "WriteRefused",
+            &format!(
+                "spec.storage.s3: bucket {:?} refused the trainer (trials fail with reason StorageRefused): check the bucket, spec.storage.s3.endpoint and the credentials in spec.storage.s3.credentialsSecret; the trainer said: {refused}",
+                s3.bucket
+            ),
+        );
+    }
     if let Some(m) = quota {
         raise("TrialsPending", "QuotaExceeded", m);
     } else if let Some((reason, message)) = pending_trials(&world.trials) {
+        // A credentials Secret that does not exist holds the pods: say which field.
+        if let Some(secret) = s3
+            .and_then(|s| s.credentials_secret.as_ref())
+            .filter(|name| message.contains(&format!("secret \"{name}\" not found")))
+        {
+            raise(
+                "Storage",
+                "SecretNotFound",
+                &format!(
+                    "spec.storage.s3.credentialsSecret: there is no Secret {secret:?} in namespace {}; trials wait for it (and fail after their pending timeout): create it with keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+                    world.key.0
+                ),
+            );
+        }
         // The scheduler holds pods whose storage claim is missing: say which field.
         if let Some(claim) = world
             .exp
             .spec
             .storage
             .as_ref()
-            .map(|s| &s.persistent_volume_claim.claim_name)
+            .and_then(|s| s.persistent_volume_claim.as_ref())
+            .map(|s| &s.claim_name)
             .filter(|c| message.contains(&format!("persistentvolumeclaim \"{c}\" not found")))
         {
             raise(

@@ -3,7 +3,8 @@
 
 use crate::api::StorageSpec;
 use k8s_openapi::api::core::v1::{
-    EnvVar, PersistentVolumeClaimVolumeSource, Pod, PodTemplateSpec, Volume, VolumeMount,
+    EnvVar, EnvVarSource, PersistentVolumeClaimVolumeSource, Pod, PodTemplateSpec,
+    SecretKeySelector, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use nasop_core::contract::{self, Report, TrialInput};
@@ -82,51 +83,90 @@ pub const STORAGE_MOUNT: &str = "/var/lib/nasop/storage";
 /// The volume's name in the pod.
 const STORAGE_VOLUME: &str = "nasop-storage";
 
-/// Trial `index`'s directory in the claim, relative to its root.
+/// Trial `index`'s directory in the claim (relative to its root), or its URL in the
+/// bucket.
 pub fn trial_dir(storage: &StorageSpec, experiment: &str, index: u32) -> String {
-    format!(
-        "{}/trials/{index}",
-        storage.persistent_volume_claim.dir(experiment)
-    )
+    match (&storage.persistent_volume_claim, &storage.s3) {
+        (_, Some(s3)) => format!(
+            "s3://{}/{}/trials/{index}",
+            s3.bucket,
+            s3.prefix(experiment)
+        ),
+        (Some(pvc), None) => format!("{}/trials/{index}", pvc.dir(experiment)),
+        (None, None) => format!("{experiment}/trials/{index}"),
+    }
+}
+
+/// An environment variable's value, or a key of a Secret.
+enum Value {
+    Plain(String),
+    Secret { name: String, key: &'static str },
 }
 
 /// The trial contract's storage variables for trial `index` (continuing `resume_from`):
-/// its checkpoint and model directories in the claim, and its parent's checkpoint.
+/// its checkpoint and model directories (in the claim, or URLs in the bucket), its
+/// parent's checkpoint, and for a bucket its endpoint, region and credentials.
 fn storage_env(
     storage: &StorageSpec,
     experiment: &str,
     index: u32,
     resume_from: Option<u32>,
-) -> Vec<(&'static str, String)> {
-    let dir = |i: u32| format!("{STORAGE_MOUNT}/{}", trial_dir(storage, experiment, i));
+) -> Vec<(&'static str, Value)> {
+    let dir = |i: u32| match &storage.s3 {
+        Some(_) => trial_dir(storage, experiment, i),
+        None => format!("{STORAGE_MOUNT}/{}", trial_dir(storage, experiment, i)),
+    };
     let mut env = vec![
         (
             contract::ENV_CHECKPOINT_DIR,
-            format!("{}/checkpoint", dir(index)),
+            Value::Plain(format!("{}/checkpoint", dir(index))),
         ),
         (
             contract::ENV_ARTIFACT_DIR,
-            format!("{}/artifact", dir(index)),
+            Value::Plain(format!("{}/artifact", dir(index))),
         ),
     ];
     if let Some(parent) = resume_from {
         env.push((
             contract::ENV_RESUME_FROM,
-            format!("{}/checkpoint", dir(parent)),
+            Value::Plain(format!("{}/checkpoint", dir(parent))),
         ));
+    }
+    if let Some(s3) = &storage.s3 {
+        if let Some(endpoint) = &s3.endpoint {
+            env.push(("AWS_ENDPOINT", Value::Plain(endpoint.clone())));
+            if endpoint.starts_with("http://") {
+                env.push(("AWS_ALLOW_HTTP", Value::Plain("true".into())));
+            }
+        }
+        if let Some(region) = &s3.region {
+            env.push(("AWS_REGION", Value::Plain(region.clone())));
+        }
+        if let Some(secret) = &s3.credentials_secret {
+            for key in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"] {
+                env.push((
+                    key,
+                    Value::Secret {
+                        name: secret.clone(),
+                        key,
+                    },
+                ));
+            }
+        }
     }
     env
 }
 
 /// A path the trial reported inside its pod, as a user finds it: `pvc://<claim>/<path>`
-/// for a path in spec.storage's claim, else as reported.
+/// for a path in spec.storage's claim, else as reported (a bucket's URL already is).
 pub fn storage_url(storage: Option<&StorageSpec>, reported: &str) -> String {
-    match (storage, reported.strip_prefix(STORAGE_MOUNT)) {
-        (Some(s), Some(rest)) => format!(
-            "pvc://{}/{}",
-            s.persistent_volume_claim.claim_name,
-            rest.trim_start_matches('/')
-        ),
+    match (
+        storage.and_then(|s| s.persistent_volume_claim.as_ref()),
+        reported.strip_prefix(STORAGE_MOUNT),
+    ) {
+        (Some(pvc), Some(rest)) => {
+            format!("pvc://{}/{}", pvc.claim_name, rest.trim_start_matches('/'))
+        }
         _ => reported.to_string(),
     }
 }
@@ -143,7 +183,8 @@ pub fn build(p: &PodInput) -> Pod {
     labels.insert(LABEL_ATTEMPT.into(), p.attempt.to_string());
     let mut spec = template.spec.unwrap_or_default();
     spec.restart_policy = Some("Never".into());
-    if let Some(storage) = p.storage {
+    let claim = p.storage.and_then(|s| s.persistent_volume_claim.as_ref());
+    if let Some(claim) = claim {
         let mut volumes: Vec<Volume> = spec
             .volumes
             .take()
@@ -154,7 +195,7 @@ pub fn build(p: &PodInput) -> Pod {
         volumes.push(Volume {
             name: STORAGE_VOLUME.into(),
             persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                claim_name: storage.persistent_volume_claim.claim_name.clone(),
+                claim_name: claim.claim_name.clone(),
                 read_only: None,
             }),
             ..Volume::default()
@@ -165,10 +206,16 @@ pub fn build(p: &PodInput) -> Pod {
         let mut ours = vec![
             (
                 contract::ENV_TRIAL,
-                serde_json::to_string(p.input).expect("trial input serialises"),
+                Value::Plain(serde_json::to_string(p.input).expect("trial input serialises")),
             ),
-            (contract::ENV_REPORT_URL, p.report_url.to_string()),
-            (contract::ENV_REPORT_TOKEN, p.token.to_string()),
+            (
+                contract::ENV_REPORT_URL,
+                Value::Plain(p.report_url.to_string()),
+            ),
+            (
+                contract::ENV_REPORT_TOKEN,
+                Value::Plain(p.token.to_string()),
+            ),
         ];
         if let Some(storage) = p.storage {
             ours.extend(storage_env(
@@ -177,6 +224,8 @@ pub fn build(p: &PodInput) -> Pod {
                 p.input.index,
                 p.input.resume_from,
             ));
+        }
+        if claim.is_some() {
             let mut mounts: Vec<VolumeMount> = c
                 .volume_mounts
                 .take()
@@ -198,10 +247,24 @@ pub fn build(p: &PodInput) -> Pod {
             .into_iter()
             .filter(|e| !ours.iter().any(|(n, _)| *n == e.name))
             .collect();
-        env.extend(ours.into_iter().map(|(name, value)| EnvVar {
-            name: name.into(),
-            value: Some(value),
-            value_from: None,
+        env.extend(ours.into_iter().map(|(name, value)| match value {
+            Value::Plain(value) => EnvVar {
+                name: name.into(),
+                value: Some(value),
+                value_from: None,
+            },
+            Value::Secret { name: secret, key } => EnvVar {
+                name: name.into(),
+                value: None,
+                value_from: Some(EnvVarSource {
+                    secret_key_ref: Some(SecretKeySelector {
+                        name: secret,
+                        key: key.into(),
+                        optional: None,
+                    }),
+                    ..EnvVarSource::default()
+                }),
+            },
         }));
         c.env = Some(env);
         // A trainer that dies without writing its result still leaves a reason.

@@ -846,3 +846,83 @@ async fn final_training_trains_the_best_candidates_again_and_picks_by_validation
         status.conditions
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bucket_that_refuses_the_trainer_is_named_on_the_experiment() {
+    let mut env = Env::new("op-s3").await;
+    env.start_operator(&[]);
+    // The trainer's own words when the bucket refuses its first write (trainer/src/storage.rs).
+    env.start_trainer(Arc::new(|_, _| {
+        Plan::Exit(
+            1,
+            "nasop-trainer: error: StorageRefused: s3://nas-models/bucket/trials/0/checkpoint refused a write: NoSuchBucket".into(),
+        )
+    }));
+    env.apply(&manifest(
+        "bucket",
+        "{algorithm: random, seed: 1}",
+        "{maxTrials: 4, parallelism: 1, trialEpochs: 12, maxFailedTrials: 1}",
+        "  storage: {s3: {bucket: nas-models, endpoint: 'http://s3.storage:9000', credentialsSecret: s3-keys}}",
+    ))
+    .await
+    .unwrap();
+    let exp = env
+        .wait_for("bucket", LONG, phase_is(ExperimentPhase::Failed))
+        .await;
+    let status = exp.status.unwrap();
+    let condition = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Storage")
+        .unwrap_or_else(|| panic!("no Storage condition: {:?}", status.conditions));
+    assert_eq!(condition.reason, "WriteRefused");
+    assert!(
+        condition.message.contains("spec.storage.s3")
+            && condition.message.contains("\"nas-models\"")
+            && condition.message.contains("NoSuchBucket"),
+        "{}",
+        condition.message
+    );
+    let trials = env.all_trials("bucket").await;
+    assert!(!trials.is_empty());
+    for t in &trials {
+        let s = t.status.as_ref().unwrap();
+        assert_eq!(s.reason.as_deref(), Some("StorageRefused"), "{s:?}");
+    }
+    // The pods were told the bucket's URLs, its endpoint, and the Secret's keys by reference.
+    let pods = env.pods().list(&Default::default()).await.unwrap().items;
+    let pod = pods.first().expect("a pod");
+    let vars = harness::pod_env(pod);
+    assert_eq!(
+        vars[contract::ENV_CHECKPOINT_DIR],
+        "s3://nas-models/bucket/trials/0/checkpoint"
+    );
+    assert_eq!(vars["AWS_ENDPOINT"], "http://s3.storage:9000");
+    let container = &pod.spec.as_ref().unwrap().containers[0];
+    let key = container
+        .env
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|e| e.name == "AWS_SECRET_ACCESS_KEY")
+        .unwrap();
+    assert!(key.value.is_none());
+    assert_eq!(
+        key.value_from
+            .as_ref()
+            .and_then(|f| f.secret_key_ref.as_ref())
+            .map(|s| s.name.as_str()),
+        Some("s3-keys")
+    );
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(env.client.clone(), &env.ns);
+    let storage_events = events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("Storage"))
+        .count();
+    assert!(storage_events >= 1, "a Storage event for kubectl describe");
+}

@@ -8,6 +8,7 @@ mod model;
 mod optim;
 mod recipe;
 mod report;
+mod storage;
 mod train;
 
 use anyhow::{Context, Result, bail};
@@ -367,6 +368,64 @@ fn resolve(args: &mut TrainArgs, trial: Option<&TrialInput>) -> Result<Recipe> {
     Ok(r)
 }
 
+/// The bucket locations (`s3://`) among the checkpoint, resume and artifact locations,
+/// each mirrored in a local directory that the flags then name (storage.rs).
+struct Mirrors {
+    checkpoint: Option<Arc<storage::Remote>>,
+    artifact: Option<storage::Remote>,
+    used: bool,
+}
+
+impl Mirrors {
+    fn open(args: &mut TrainArgs) -> Result<Mirrors> {
+        let remote = |dir: &Option<PathBuf>| {
+            dir.as_deref()
+                .filter(|d| storage::is_remote(d))
+                .map(|d| d.to_string_lossy().into_owned())
+        };
+        let [weights, optimizer, state] = train::CHECKPOINT_FILES;
+        let mut mirrors = Mirrors {
+            checkpoint: None,
+            artifact: None,
+            used: false,
+        };
+        if let Some(url) = remote(&args.checkpoint_dir) {
+            let r = storage::Remote::open(&url, storage::scratch("checkpoint"))?;
+            // A bucket that refuses writes fails the trial now, not after an epoch.
+            r.probe()?;
+            if r.download(&[state, weights, optimizer])? {
+                eprintln!("nasop-trainer: checkpoint downloaded from {url}");
+            }
+            args.checkpoint_dir = Some(r.local.clone());
+            mirrors.checkpoint = Some(Arc::new(r));
+        }
+        if let Some(url) = remote(&args.resume_from) {
+            let r = storage::Remote::open(&url, storage::scratch("resume"))?;
+            anyhow::ensure!(
+                r.download(&[state, weights, optimizer])?,
+                "resuming from {url}: no checkpoint there (the parent trial left none)"
+            );
+            args.resume_from = Some(r.local.clone());
+            mirrors.used = true;
+        }
+        if let Some(url) = remote(&args.artifact_dir) {
+            let r = storage::Remote::open(&url, storage::scratch("artifact"))?;
+            r.probe()?;
+            args.artifact_dir = Some(r.local.clone());
+            mirrors.artifact = Some(r);
+        }
+        mirrors.used |= mirrors.checkpoint.is_some() || mirrors.artifact.is_some();
+        Ok(mirrors)
+    }
+
+    /// Removes the local mirrors once everything is uploaded.
+    fn clean_up(&self) {
+        if self.used {
+            let _ = std::fs::remove_dir_all(storage::scratch_root());
+        }
+    }
+}
+
 fn train(mut args: TrainArgs) -> Result<()> {
     let reporter = report::Reporter::from_env(args.termination_file.clone());
     // A run that cannot train says why where the operator and `nasop run` look: the
@@ -396,6 +455,7 @@ fn train_reporting(args: &mut TrainArgs, reporter: &report::Reporter) -> Result<
         .artifact_dir
         .take()
         .or_else(|| env_path(nasop_core::contract::ENV_ARTIFACT_DIR));
+    let mirrors = Mirrors::open(args)?;
     if args.threads.is_none() {
         args.threads = std::env::var(nasop_core::contract::ENV_THREADS)
             .ok()
@@ -471,6 +531,7 @@ fn train_reporting(args: &mut TrainArgs, reporter: &report::Reporter) -> Result<
                 max_batches: args.max_batches,
                 artifact_dir: args.artifact_dir.clone(),
                 recipe: recipe.to_json(data.augment, args.seed),
+                checkpoint_remote: mirrors.checkpoint.clone(),
             };
             train::train(&cfg, &data, reporter, &terminate)?
         }
@@ -501,6 +562,22 @@ fn train_reporting(args: &mut TrainArgs, reporter: &report::Reporter) -> Result<
         std::process::exit(143);
     }
     let mut info: BTreeMap<String, String> = outcome.info;
+    if let (Some(remote), Some(_)) = (
+        &mirrors.artifact,
+        info.get(nasop_core::contract::INFO_ARTIFACT),
+    ) {
+        remote.upload(&[
+            artifact::DESCRIPTION,
+            artifact::WEIGHTS,
+            artifact::TORCHSCRIPT,
+        ])?;
+        eprintln!("nasop-trainer: the model is uploaded to {}", remote.url());
+        info.insert(
+            nasop_core::contract::INFO_ARTIFACT.to_string(),
+            remote.url().to_string(),
+        );
+    }
+    mirrors.clean_up();
     info.insert("ending".into(), format!("{:?}", outcome.ending));
     if let Some(t) = &trial {
         info.insert("trial".into(), t.trial.clone());

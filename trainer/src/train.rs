@@ -39,7 +39,14 @@ pub struct TrainConfig {
     pub artifact_dir: Option<PathBuf>,
     /// The recipe as used, for the model's description.
     pub recipe: serde_json::Value,
+    /// The bucket prefix `checkpoint_dir` mirrors (crate::storage): each checkpoint saved is
+    /// uploaded there.
+    pub checkpoint_remote: Option<std::sync::Arc<crate::storage::Remote>>,
 }
+
+/// A checkpoint's files, in the order they are uploaded (the state, which says the
+/// checkpoint is complete, last).
+pub const CHECKPOINT_FILES: [&str; 3] = ["weights.ot", "optimizer.ot", "state.json"];
 
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -194,11 +201,8 @@ pub fn throughput(
 }
 
 fn paths(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    (
-        dir.join("weights.ot"),
-        dir.join("optimizer.ot"),
-        dir.join("state.json"),
-    )
+    let [w, o, s] = CHECKPOINT_FILES;
+    (dir.join(w), dir.join(o), dir.join(s))
 }
 
 fn save_checkpoint(
@@ -343,6 +347,9 @@ pub fn train(
                     epochs_done: epoch + 1,
                 },
             )?;
+            if let Some(remote) = &cfg.checkpoint_remote {
+                remote.upload(&CHECKPOINT_FILES)?;
+            }
         }
         if reporter.report(epoch + 1, &metrics) == ReportAction::Stop {
             ending = Ending::StoppedByRunner;

@@ -710,3 +710,180 @@ fn tempdir(name: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// moto's S3 server on a free loopback port (scripts/moto.sh installs it once), stopped
+/// when dropped.
+struct S3Server {
+    endpoint: String,
+    child: std::process::Child,
+}
+
+impl S3Server {
+    fn start() -> S3Server {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/moto.sh");
+        let out = Command::new(script).output().unwrap();
+        assert!(
+            out.status.success(),
+            "scripts/moto.sh: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let python = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(python)
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let started = std::time::Instant::now();
+        while ureq::get(&endpoint).call().is_err() {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(60),
+                "moto did not start on {endpoint}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        S3Server { endpoint, child }
+    }
+
+    /// A bucket whose objects the test reads back without signing (moto refuses anonymous
+    /// reads of a private bucket's objects).
+    fn create_bucket(&self, bucket: &str) {
+        ureq::put(&format!("{}/{bucket}", self.endpoint))
+            .header("x-amz-acl", "public-read")
+            .send_empty()
+            .unwrap();
+    }
+
+    /// An object's bytes, or None when it is not there.
+    fn get(&self, key: &str) -> Option<Vec<u8>> {
+        let mut res = ureq::get(&format!("{}/{key}", self.endpoint)).call().ok()?;
+        Some(res.body_mut().read_to_vec().unwrap())
+    }
+
+    /// The trainer's environment for this server.
+    fn env<'a>(&self, c: &'a mut Command) -> &'a mut Command {
+        c.env("AWS_ENDPOINT", &self.endpoint)
+            .env("AWS_ALLOW_HTTP", "true")
+            .env("AWS_ACCESS_KEY_ID", "nasop-test")
+            .env("AWS_SECRET_ACCESS_KEY", "nasop-test")
+            .env("AWS_REGION", "us-east-1")
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Checkpoints and models in an S3-compatible bucket: a run stopped after its first epoch
+/// leaves its checkpoint there, a promotion continues it (its first epoch is the one after
+/// its parent's last) and uploads its model; a bucket that is not there fails the trial
+/// before it trains, naming the refusal.
+#[test]
+fn checkpoints_and_models_go_to_an_s3_bucket_and_promotions_continue_from_it() {
+    let s3 = S3Server::start();
+    s3.create_bucket("nasop-test");
+    let url = |path: &str| format!("s3://nasop-test/exp/trials/{path}");
+    let server = ReportServer::start(1);
+    let first = s3
+        .env(quick(&mut trainer()))
+        .args(["--epochs", "3", "--seed", "5"])
+        .env("NASOP_CHECKPOINT_DIR", url("0/checkpoint"))
+        .env("NASOP_ARTIFACT_DIR", url("0/artifact"))
+        .env("NASOP_REPORT_URL", &server.url)
+        .output()
+        .unwrap();
+    let printed = lines(&first);
+    assert_eq!(
+        metric(printed.last().unwrap(), "epoch"),
+        1.0,
+        "stopped after epoch 1"
+    );
+    let state: serde_json::Value = serde_json::from_slice(
+        &s3.get("nasop-test/exp/trials/0/checkpoint/state.json")
+            .expect("the checkpoint's state is in the bucket"),
+    )
+    .unwrap();
+    assert_eq!(state["epochs_done"], 1);
+    assert!(
+        s3.get("nasop-test/exp/trials/0/checkpoint/weights.ot")
+            .is_some_and(|w| w.len() > 1000)
+    );
+    assert!(
+        s3.get("nasop-test/exp/trials/0/artifact/model.pt")
+            .is_none(),
+        "a stopped run leaves no model"
+    );
+
+    let promoted = s3
+        .env(quick(&mut trainer()))
+        .args(["--epochs", "3", "--seed", "5"])
+        .env("NASOP_CHECKPOINT_DIR", url("1/checkpoint"))
+        .env("NASOP_ARTIFACT_DIR", url("1/artifact"))
+        .env("NASOP_RESUME_FROM", url("0/checkpoint"))
+        .output()
+        .unwrap();
+    let printed = lines(&promoted);
+    assert_eq!(
+        printed.first().unwrap()["step"],
+        2,
+        "continues after its parent's epoch 1"
+    );
+    let last = printed.last().unwrap();
+    assert_eq!(metric(last, "epoch"), 3.0);
+    assert_eq!(last["info"]["artifact"], url("1/artifact"));
+    for file in ["model.safetensors", "model.pt", "model.json"] {
+        let size = s3
+            .get(&format!("nasop-test/exp/trials/1/artifact/{file}"))
+            .map_or(0, |b| b.len());
+        assert!(size > 100, "{file}: {size} bytes in the bucket");
+    }
+    let state: serde_json::Value = serde_json::from_slice(
+        &s3.get("nasop-test/exp/trials/1/checkpoint/state.json")
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(state["epochs_done"], 3);
+
+    // A bucket that refuses the write: the trial fails at once, saying so first.
+    let termination = tempdir("s3-refused").join("termination");
+    let started = std::time::Instant::now();
+    let refused = s3
+        .env(quick(&mut trainer()))
+        .args(["--epochs", "3"])
+        .env(
+            "NASOP_CHECKPOINT_DIR",
+            "s3://no-such-bucket/exp/trials/0/checkpoint",
+        )
+        .env("NASOP_TERMINATION_PATH", &termination)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let said = std::fs::read_to_string(&termination).unwrap();
+    assert!(
+        said.starts_with(
+            "nasop-trainer: error: StorageRefused: s3://no-such-bucket/exp/trials/0/checkpoint refused a write"
+        ) && said.contains("NoSuchBucket"),
+        "{said}"
+    );
+    assert!(
+        String::from_utf8_lossy(&refused.stdout).trim().is_empty(),
+        "nothing trained"
+    );
+    assert!(started.elapsed().as_secs() < 60);
+}

@@ -134,10 +134,11 @@ fn fidelity_and_budget_ranges_are_named() {
 #[test]
 fn storage_and_warm_start_are_checked_by_field() {
     let storage = |claim: &str, sub: Option<&str>| StorageSpec {
-        persistent_volume_claim: PvcStorageSpec {
+        persistent_volume_claim: Some(PvcStorageSpec {
             claim_name: claim.into(),
             sub_path: sub.map(String::from),
-        },
+        }),
+        s3: None,
     };
     let e = error_for(|s| s.storage = Some(storage("Bad_Claim", None)));
     assert_eq!(e.field, "spec.storage.persistentVolumeClaim.claimName");
@@ -151,6 +152,35 @@ fn storage_and_warm_start_are_checked_by_field() {
     let mut exp = parse(GOOD);
     exp.spec.storage = Some(storage("nas-ckpt", Some("runs/nb201")));
     validate("nb201", &exp.spec).unwrap();
+
+    let s3 = |yaml: &str| -> StorageSpec { serde_yaml::from_str(yaml).unwrap() };
+    exp.spec.storage = Some(s3(
+        "s3: {bucket: nas-models, prefix: runs/a, endpoint: 'http://s3.local:9000', credentialsSecret: s3-keys}",
+    ));
+    validate("nb201", &exp.spec).unwrap();
+    for (yaml, field) in [
+        ("s3: {bucket: No_Such}", "spec.storage.s3.bucket"),
+        (
+            "s3: {bucket: ok-bucket, prefix: /abs}",
+            "spec.storage.s3.prefix",
+        ),
+        (
+            "s3: {bucket: ok-bucket, endpoint: s3.local}",
+            "spec.storage.s3.endpoint",
+        ),
+        (
+            "s3: {bucket: ok-bucket, credentialsSecret: Bad}",
+            "spec.storage.s3.credentialsSecret",
+        ),
+        ("{}", "spec.storage"),
+        (
+            "{s3: {bucket: ok-bucket}, persistentVolumeClaim: {claimName: c}}",
+            "spec.storage",
+        ),
+    ] {
+        let e = error_for(|s| s.storage = Some(s3(yaml)));
+        assert_eq!(e.field, field, "{yaml}");
+    }
 
     let e = error_for(|s| {
         s.warm_start = Some(WarmStartSpec {

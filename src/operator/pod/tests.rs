@@ -263,16 +263,12 @@ fn a_pod_terminating_past_its_deletion_time_is_lost() {
     assert!(matches!(outcome_at(&pod, 1031.0, 30.0), Outcome::Lost(_)));
 }
 
-#[test]
-fn storage_mounts_the_claim_and_names_the_trials_directories() {
-    let t = template();
+/// Trial 3's pod with `storage`, continuing trial 1.
+fn promoted_pod(storage: &StorageSpec) -> Pod {
     let mut i = input();
     i.resume_from = Some(1);
-    let storage: StorageSpec =
-        serde_yaml::from_str("persistentVolumeClaim: {claimName: nas-ckpt, subPath: runs/e}")
-            .unwrap();
-    let pod = build(&PodInput {
-        template: &t,
+    build(&PodInput {
+        template: &template(),
         namespace: "ns",
         experiment: "e",
         trial: "e-3",
@@ -281,8 +277,16 @@ fn storage_mounts_the_claim_and_names_the_trials_directories() {
         input: &i,
         report_url: "http://op/v1/report",
         token: "tok",
-        storage: Some(&storage),
-    });
+        storage: Some(storage),
+    })
+}
+
+#[test]
+fn storage_mounts_the_claim_and_names_the_trials_directories() {
+    let storage: StorageSpec =
+        serde_yaml::from_str("persistentVolumeClaim: {claimName: nas-ckpt, subPath: runs/e}")
+            .unwrap();
+    let pod = promoted_pod(&storage);
     let spec = pod.spec.unwrap();
     let volumes = spec.volumes.unwrap();
     assert_eq!(volumes.len(), 2, "the template's volume is kept");
@@ -327,4 +331,61 @@ fn storage_mounts_the_claim_and_names_the_trials_directories() {
     // The default directory is the experiment's name.
     let plain: StorageSpec = serde_yaml::from_str("persistentVolumeClaim: {claimName: c}").unwrap();
     assert_eq!(trial_dir(&plain, "e", 3), "e/trials/3");
+}
+
+#[test]
+fn a_bucket_gives_urls_endpoint_and_secret_credentials_and_no_volume() {
+    let storage: StorageSpec = serde_yaml::from_str(
+        "s3: {bucket: nas-models, prefix: runs/e, endpoint: 'http://s3.local:9000', region: eu-west-1, credentialsSecret: s3-keys}",
+    )
+    .unwrap();
+    let pod = promoted_pod(&storage);
+    let spec = pod.spec.unwrap();
+    assert_eq!(spec.volumes.unwrap().len(), 1, "no volume for a bucket");
+    let c = &spec.containers[0];
+    assert_eq!(
+        c.volume_mounts.as_ref().unwrap().len(),
+        1,
+        "only the template's mount"
+    );
+    let env: BTreeMap<&str, &k8s_openapi::api::core::v1::EnvVar> = c
+        .env
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|e| (e.name.as_str(), e))
+        .collect();
+    let value = |k: &str| env[k].value.as_deref().unwrap();
+    assert_eq!(
+        value(contract::ENV_CHECKPOINT_DIR),
+        "s3://nas-models/runs/e/trials/3/checkpoint"
+    );
+    assert_eq!(
+        value(contract::ENV_ARTIFACT_DIR),
+        "s3://nas-models/runs/e/trials/3/artifact"
+    );
+    assert_eq!(
+        value(contract::ENV_RESUME_FROM),
+        "s3://nas-models/runs/e/trials/1/checkpoint"
+    );
+    assert_eq!(value("AWS_ENDPOINT"), "http://s3.local:9000");
+    assert_eq!(value("AWS_ALLOW_HTTP"), "true");
+    assert_eq!(value("AWS_REGION"), "eu-west-1");
+    for key in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"] {
+        let from = env[key].value_from.as_ref().unwrap();
+        let secret = from.secret_key_ref.as_ref().unwrap();
+        assert_eq!(
+            (secret.name.as_str(), secret.key.as_str()),
+            ("s3-keys", key)
+        );
+        assert!(
+            env[key].value.is_none(),
+            "credentials never in the pod spec"
+        );
+    }
+    // The trainer reports the bucket's URL, kept as it is.
+    assert_eq!(
+        storage_url(Some(&storage), "s3://nas-models/runs/e/trials/3/artifact"),
+        "s3://nas-models/runs/e/trials/3/artifact"
+    );
 }
