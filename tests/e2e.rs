@@ -420,6 +420,7 @@ fn a_cpu_search_runs_on_a_real_node_through_the_helm_installed_operator() {
     log(&format!("all done after {:?}", started.elapsed()));
 
     storage_continues_promotions_and_keeps_models(&images, &dir);
+    a_bucket_continues_promotions_and_keeps_models(&images);
 
     drop(prometheus);
     ok(helm().args(["uninstall", "nasop", "-n", SYSTEM, "--wait"]));
@@ -464,68 +465,13 @@ spec:
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let example = std::fs::read_to_string(repo("examples/k8s/fashion-mnist-storage.yaml")).unwrap();
-    let manifest = example.replace(EXAMPLE_IMAGE, &format!("{images}/nasop-trainer:0.1.0-cpu"));
-    let out = with_stdin(&mut kube(&["apply", "-n", NAMESPACE, "-f", "-"]), &manifest);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (experiment, trials, promoted) = run_to_success(
+        STORAGE_EXPERIMENT,
+        &std::fs::read_to_string(repo("examples/k8s/fashion-mnist-storage.yaml"))
+            .unwrap()
+            .replace(EXAMPLE_IMAGE, &format!("{images}/nasop-trainer:0.1.0-cpu")),
+        started,
     );
-    let mut last = String::new();
-    let experiment = loop {
-        assert!(
-            started.elapsed() < TIMEOUT,
-            "{STORAGE_EXPERIMENT} did not end within {TIMEOUT:?}"
-        );
-        let exp = json(&["get", "nasexp", STORAGE_EXPERIMENT, "-n", NAMESPACE]);
-        let status = &exp["status"];
-        let line = format!(
-            "{STORAGE_EXPERIMENT}: phase {} progress {} conditions {}",
-            status["phase"], status["progress"], status["conditions"]
-        );
-        if line != last {
-            log(&line);
-            last = line;
-        }
-        match status["phase"].as_str() {
-            Some("Succeeded") => break exp,
-            Some("Failed") => panic!("{STORAGE_EXPERIMENT} failed: {status}"),
-            _ => {}
-        }
-        std::thread::sleep(Duration::from_secs(3));
-    };
-    let trials = items(
-        "nastrials",
-        NAMESPACE,
-        &format!("nasop.dev/experiment={STORAGE_EXPERIMENT}"),
-    );
-    let by_index = |i: u64| {
-        trials
-            .iter()
-            .find(|t| t["spec"]["index"] == i)
-            .unwrap_or_else(|| panic!("no trial {i}"))
-    };
-    let mut promoted = 0;
-    for t in trials.iter().filter(|t| t["spec"]["resumeFrom"].is_u64()) {
-        let parent = by_index(t["spec"]["resumeFrom"].as_u64().unwrap());
-        let parent_last = parent["status"]["history"]
-            .as_array()
-            .and_then(|h| h.last())
-            .map(|r| r["step"].as_u64().unwrap())
-            .expect("the parent reported");
-        let first = t["status"]["history"][0]["step"].as_u64();
-        assert_eq!(
-            first,
-            Some(parent_last + 1),
-            "{} should continue {}'s checkpoint: {}",
-            t["metadata"]["name"],
-            parent["metadata"]["name"],
-            t["status"]
-        );
-        promoted += 1;
-    }
-    assert!(promoted >= 1, "no promotion: {trials:?}");
     // Every trial that completed its epochs left its model in the claim, named in status.
     let best = &experiment["status"]["bestTrial"];
     let artifact = best["artifact"]
@@ -568,5 +514,173 @@ spec:
         "pv",
         &format!("nasop-e2e-{}", std::process::id()),
         "--wait=false",
+    ]));
+}
+
+/// Applies `manifest` (an experiment `name` with storage) and waits for it to succeed; every
+/// promoted trial's first report must be the epoch after its parent's last (it continued the
+/// parent's checkpoint from the storage). Returns the experiment, its trials and how many
+/// were promotions (at least one).
+fn run_to_success(name: &str, manifest: &str, started: Instant) -> (Value, Vec<Value>, usize) {
+    let out = with_stdin(&mut kube(&["apply", "-n", NAMESPACE, "-f", "-"]), &manifest);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut last = String::new();
+    let experiment = loop {
+        assert!(
+            started.elapsed() < TIMEOUT,
+            "{name} did not end within {TIMEOUT:?}"
+        );
+        let exp = json(&["get", "nasexp", name, "-n", NAMESPACE]);
+        let status = &exp["status"];
+        let line = format!(
+            "{name}: phase {} progress {} conditions {}",
+            status["phase"], status["progress"], status["conditions"]
+        );
+        if line != last {
+            log(&line);
+            last = line;
+        }
+        match status["phase"].as_str() {
+            Some("Succeeded") => break exp,
+            Some("Failed") => panic!("{name} failed: {status}"),
+            _ => {}
+        }
+        std::thread::sleep(Duration::from_secs(3));
+    };
+    let trials = items(
+        "nastrials",
+        NAMESPACE,
+        &format!("nasop.dev/experiment={name}"),
+    );
+    let by_index = |i: u64| {
+        trials
+            .iter()
+            .find(|t| t["spec"]["index"] == i)
+            .unwrap_or_else(|| panic!("no trial {i}"))
+    };
+    let mut promoted = 0;
+    for t in trials.iter().filter(|t| t["spec"]["resumeFrom"].is_u64()) {
+        let parent = by_index(t["spec"]["resumeFrom"].as_u64().unwrap());
+        let parent_last = parent["status"]["history"]
+            .as_array()
+            .and_then(|h| h.last())
+            .map(|r| r["step"].as_u64().unwrap())
+            .expect("the parent reported");
+        let first = t["status"]["history"][0]["step"].as_u64();
+        assert_eq!(
+            first,
+            Some(parent_last + 1),
+            "{} should continue {}'s checkpoint: {}",
+            t["metadata"]["name"],
+            parent["metadata"]["name"],
+            t["status"]
+        );
+        promoted += 1;
+    }
+    assert!(promoted >= 1, "no promotion: {trials:?}");
+    (experiment, trials, promoted)
+}
+
+/// The node's address, where pods reach services of the host (tools/testenv/node.sh).
+const NODE_IP: &str = "10.244.0.1";
+
+/// examples/k8s/s3-storage.yaml against moto's S3 server on the host (scripts/moto.sh):
+/// trial pods on the real node read and write their checkpoints in the bucket through the
+/// trainer's object_store client, promotions continue them, and the models are uploaded.
+fn a_bucket_continues_promotions_and_keeps_models(images: &str) {
+    const BUCKET_EXPERIMENT: &str = "s3-storage";
+    let started = Instant::now();
+    let out = Command::new(repo("scripts/moto.sh")).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let python = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let port = std::net::TcpListener::bind((NODE_IP, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let endpoint = format!("http://{NODE_IP}:{port}");
+    // Stopped when the test ends, whichever way.
+    struct Stop(std::process::Child);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _moto = Stop(
+        Command::new(python)
+            .args(["-m", "moto.server", "-H", NODE_IP, "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    while ureq::get(&endpoint).call().is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "moto did not start"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Public-read, so that the test reads the objects back without signing.
+    ureq::put(&format!("{endpoint}/nasop-models"))
+        .header("x-amz-acl", "public-read")
+        .send_empty()
+        .unwrap();
+    ok(&mut kube(&[
+        "create",
+        "secret",
+        "generic",
+        "nasop-s3",
+        "-n",
+        NAMESPACE,
+        "--from-literal=AWS_ACCESS_KEY_ID=e2e",
+        "--from-literal=AWS_SECRET_ACCESS_KEY=e2e",
+    ]));
+    let manifest = std::fs::read_to_string(repo("examples/k8s/s3-storage.yaml"))
+        .unwrap()
+        .replace(EXAMPLE_IMAGE, &format!("{images}/nasop-trainer:0.1.0-cpu"))
+        .replace("http://s3.storage.svc:9000", &endpoint);
+    let (experiment, trials, promoted) = run_to_success(BUCKET_EXPERIMENT, &manifest, started);
+    let best = &experiment["status"]["bestTrial"];
+    let index = best["index"].as_u64().unwrap();
+    assert_eq!(
+        best["artifact"],
+        format!("s3://nasop-models/{BUCKET_EXPERIMENT}/trials/{index}/artifact"),
+        "{best}"
+    );
+    for t in trials
+        .iter()
+        .filter(|t| t["status"]["phase"] == "Succeeded")
+    {
+        let index = t["spec"]["index"].as_u64().unwrap();
+        for file in ["model.safetensors", "model.json", "model.pt"] {
+            let key = format!("{BUCKET_EXPERIMENT}/trials/{index}/artifact/{file}");
+            let size = ureq::get(&format!("{endpoint}/nasop-models/{key}"))
+                .call()
+                .ok()
+                .and_then(|mut r| r.body_mut().read_to_vec().ok())
+                .map_or(0, |b| b.len());
+            assert!(size > 100, "{key}: {size} bytes in the bucket");
+        }
+    }
+    log(&format!(
+        "{BUCKET_EXPERIMENT}: {promoted} promotion(s) continued their parents from the bucket; {:?}",
+        started.elapsed()
+    ));
+    ok(&mut kube(&[
+        "delete",
+        "nasexp",
+        BUCKET_EXPERIMENT,
+        "-n",
+        NAMESPACE,
     ]));
 }

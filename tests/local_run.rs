@@ -532,7 +532,7 @@ fn final_training_trains_the_best_again_with_seeds_and_picks_by_validation() {
     assert_eq!(candidates.len(), 3);
     for c in candidates {
         assert_eq!(c["trials"].as_array().unwrap().len(), 2);
-        assert_eq!(c["metrics"]["val_accuracy"]["n"], 2);
+        assert_eq!(c["metrics"]["val_accuracy"]["count"], 2);
     }
     // The winner has the best mean validation accuracy (here: the search's worst of the
     // three), not the best test accuracy.

@@ -570,7 +570,7 @@ pub struct FinalCandidateStatus {
 pub struct MetricSpread {
     pub mean: f64,
     pub std: f64,
-    pub n: u32,
+    pub count: u32,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]

@@ -14,7 +14,7 @@ pub struct Spread {
     /// The sample standard deviation (0 for one trial).
     pub std: f64,
     /// Trials it is over.
-    pub n: u32,
+    pub count: u32,
 }
 
 impl Spread {
@@ -32,7 +32,7 @@ impl Spread {
         Some(Spread {
             mean,
             std: var.sqrt(),
-            n: values.len() as u32,
+            count: values.len() as u32,
         })
     }
 }

@@ -299,7 +299,13 @@ impl Engine {
                     reason: FinishReason::FinalTrainingDone,
                     message: format!(
                         "final training: the search's #{} ({}) won with {} {:.4} ± {:.4} over {} seed(s) of {} epochs",
-                        w.rank, w.search_trial.candidate, o.metric, s.mean, s.std, s.n, plan.epochs
+                        w.rank,
+                        w.search_trial.candidate,
+                        o.metric,
+                        s.mean,
+                        s.std,
+                        s.count,
+                        plan.epochs
                     ),
                 }
             }

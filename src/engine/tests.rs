@@ -623,7 +623,7 @@ mod final_training_tests {
         let w = final_training::winner(&exp, &finalists).unwrap();
         assert_eq!(w.rank, 2);
         let spread = w.metrics["val_accuracy"];
-        assert_eq!(spread.n, 3);
+        assert_eq!(spread.count, 3);
         assert!(spread.std > 0.0 && (spread.mean - 0.8).abs() < 0.01);
         // The trial to ship is the winner's best final-training trial.
         let best = best_trial(&exp, &trials).unwrap();

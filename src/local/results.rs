@@ -190,7 +190,7 @@ fn finalist_json(f: &Finalist) -> serde_json::Value {
         "candidate": f.search_trial.candidate,
         "search_trial": f.search_trial.index,
         "trials": f.trials.iter().map(|t| t.index).collect::<Vec<_>>(),
-        "metrics": f.metrics.iter().map(|(k, s)| (k.clone(), serde_json::json!({"mean": s.mean, "std": s.std, "n": s.n}))).collect::<serde_json::Map<_, _>>(),
+        "metrics": f.metrics.iter().map(|(k, s)| (k.clone(), serde_json::json!({"mean": s.mean, "std": s.std, "count": s.count}))).collect::<serde_json::Map<_, _>>(),
     })
 }
 

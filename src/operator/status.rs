@@ -340,7 +340,7 @@ fn final_training_status(input: &StatusInput, trials: &[TrialRecord]) -> FinalTr
                         let spread = MetricSpread {
                             mean: s.mean,
                             std: s.std,
-                            n: s.n,
+                            count: s.count,
                         };
                         (k.clone(), spread)
                     })

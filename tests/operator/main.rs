@@ -814,7 +814,7 @@ async fn final_training_trains_the_best_candidates_again_and_picks_by_validation
     for c in &ft.candidates {
         assert_eq!((c.trials, c.succeeded), (2, 2));
         let val = c.metrics["val_accuracy"];
-        assert_eq!(val.n, 2);
+        assert_eq!(val.count, 2);
         assert!((val.mean - (200.0 - value_of(&c.candidate))).abs() < 0.1);
         assert!(val.std < 0.1);
         assert_eq!(c.metrics["test_accuracy"].mean, value_of(&c.candidate));
