@@ -522,7 +522,7 @@ spec:
 /// parent's checkpoint from the storage). Returns the experiment, its trials and how many
 /// were promotions (at least one).
 fn run_to_success(name: &str, manifest: &str, started: Instant) -> (Value, Vec<Value>, usize) {
-    let out = with_stdin(&mut kube(&["apply", "-n", NAMESPACE, "-f", "-"]), &manifest);
+    let out = with_stdin(&mut kube(&["apply", "-n", NAMESPACE, "-f", "-"]), manifest);
     assert!(
         out.status.success(),
         "{}",
