@@ -20,6 +20,7 @@ pub mod pod;
 pub mod status;
 pub mod token;
 mod trial;
+mod warm;
 mod watch;
 
 use crate::api::{NasExperiment, NasTrial};
