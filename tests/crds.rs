@@ -51,3 +51,26 @@ fn chart_crds_are_the_plain_crds_behind_the_install_switch() {
         assert_eq!(spec(&plain), spec(&chart), "{name}");
     }
 }
+
+/// kubectl and Helm read YAML 1.1, where a bare key such as `n`, `y`, `on` or `no` is a
+/// boolean: the API server then refuses the CRD. serde_yaml writes YAML 1.2 and leaves such
+/// keys bare, so no field may be named like that.
+#[test]
+fn no_key_of_the_crds_reads_as_a_boolean_in_yaml_1_1() {
+    const BOOLEANS: [&str; 22] = [
+        "y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO", "true", "True", "TRUE", "false",
+        "False", "FALSE", "on", "On", "ON", "off", "Off", "OFF",
+    ];
+    for (name, yaml) in nasop::api::crd_files() {
+        for (number, line) in yaml.lines().enumerate() {
+            let Some((key, _)) = line.trim_start().trim_start_matches("- ").split_once(':') else {
+                continue;
+            };
+            assert!(
+                !BOOLEANS.contains(&key),
+                "{name}:{}: the key {key:?} is a boolean to kubectl (YAML 1.1); rename the field",
+                number + 1
+            );
+        }
+    }
+}
