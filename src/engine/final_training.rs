@@ -51,6 +51,14 @@ pub struct Finalist<'a> {
 }
 
 impl Finalist<'_> {
+    /// Its final-training trials that succeeded.
+    pub fn succeeded(&self) -> usize {
+        self.trials
+            .iter()
+            .filter(|t| t.phase == TrialPhase::Succeeded)
+            .count()
+    }
+
     /// The first objective's mean, oriented so that larger is better, if any trial succeeded
     /// and the means meet the constraints.
     fn score(&self, exp: &Experiment) -> Option<f64> {

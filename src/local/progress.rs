@@ -45,7 +45,9 @@ fn eta(exp: &Experiment, trials: &[TrialRecord], started_at: Seconds, now: Secon
         Stage::Search => search,
         Stage::Final => final_mean.or(search),
     };
-    expected(Stage::Search).or(final_mean)?;
+    if search.is_none() && final_mean.is_none() {
+        return None;
+    }
     let running: Vec<f64> = trials
         .iter()
         .filter(|t| t.phase == TrialPhase::Running)

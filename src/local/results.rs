@@ -152,11 +152,7 @@ fn print_final_training(exp: &Experiment, trials: &[TrialRecord], cols: &[String
     header.push_str("  candidate");
     println!("{header}");
     for f in &finalists {
-        let succeeded = f
-            .trials
-            .iter()
-            .filter(|t| t.phase == TrialPhase::Succeeded)
-            .count();
+        let succeeded = f.succeeded();
         let mut row = format!(
             "{:>5} {:>6}",
             if winner == Some(f.rank) {

@@ -327,11 +327,7 @@ fn final_training_status(input: &StatusInput, trials: &[TrialRecord]) -> FinalTr
                 candidate: f.search_trial.candidate.clone(),
                 search_trial: trial_name(input.name, f.search_trial.index),
                 trials: f.trials.len() as u32,
-                succeeded: f
-                    .trials
-                    .iter()
-                    .filter(|t| t.phase == TrialPhase::Succeeded)
-                    .count() as u32,
+                succeeded: f.succeeded() as u32,
                 // A trial's metrics are bounded (sanitize_metrics), and so these.
                 metrics: f
                     .metrics

@@ -373,7 +373,6 @@ fn resolve(args: &mut TrainArgs, trial: Option<&TrialInput>) -> Result<Recipe> {
 struct Mirrors {
     checkpoint: Option<Arc<storage::Remote>>,
     artifact: Option<storage::Remote>,
-    used: bool,
 }
 
 impl Mirrors {
@@ -383,17 +382,18 @@ impl Mirrors {
                 .filter(|d| storage::is_remote(d))
                 .map(|d| d.to_string_lossy().into_owned())
         };
+        // The state first: a checkpoint is complete only once its state is there.
         let [weights, optimizer, state] = train::CHECKPOINT_FILES;
+        let checkpoint_files = [state, weights, optimizer];
         let mut mirrors = Mirrors {
             checkpoint: None,
             artifact: None,
-            used: false,
         };
         if let Some(url) = remote(&args.checkpoint_dir) {
             let r = storage::Remote::open(&url, storage::scratch("checkpoint"))?;
             // A bucket that refuses writes fails the trial now, not after an epoch.
             r.probe()?;
-            if r.download(&[state, weights, optimizer])? {
+            if r.download(&checkpoint_files)? {
                 eprintln!("nasop-trainer: checkpoint downloaded from {url}");
             }
             args.checkpoint_dir = Some(r.local.clone());
@@ -402,11 +402,10 @@ impl Mirrors {
         if let Some(url) = remote(&args.resume_from) {
             let r = storage::Remote::open(&url, storage::scratch("resume"))?;
             anyhow::ensure!(
-                r.download(&[state, weights, optimizer])?,
+                r.download(&checkpoint_files)?,
                 "resuming from {url}: no checkpoint there (the parent trial left none)"
             );
             args.resume_from = Some(r.local.clone());
-            mirrors.used = true;
         }
         if let Some(url) = remote(&args.artifact_dir) {
             let r = storage::Remote::open(&url, storage::scratch("artifact"))?;
@@ -414,15 +413,7 @@ impl Mirrors {
             args.artifact_dir = Some(r.local.clone());
             mirrors.artifact = Some(r);
         }
-        mirrors.used |= mirrors.checkpoint.is_some() || mirrors.artifact.is_some();
         Ok(mirrors)
-    }
-
-    /// Removes the local mirrors once everything is uploaded.
-    fn clean_up(&self) {
-        if self.used {
-            let _ = std::fs::remove_dir_all(storage::scratch_root());
-        }
     }
 }
 
@@ -430,7 +421,12 @@ fn train(mut args: TrainArgs) -> Result<()> {
     let reporter = report::Reporter::from_env(args.termination_file.clone());
     // A run that cannot train says why where the operator and `nasop run` look: the
     // termination message (a Failed trial's reason), besides stderr.
-    train_reporting(&mut args, &reporter).inspect_err(|e| reporter.fail(&format!("{e:#}")))
+    let result =
+        train_reporting(&mut args, &reporter).inspect_err(|e| reporter.fail(&format!("{e:#}")));
+    // The local mirrors of bucket locations (storage.rs), whether the run succeeded or not:
+    // what mattered is uploaded by now.
+    let _ = std::fs::remove_dir_all(storage::scratch_root());
+    result
 }
 
 fn train_reporting(args: &mut TrainArgs, reporter: &report::Reporter) -> Result<()> {
@@ -577,7 +573,6 @@ fn train_reporting(args: &mut TrainArgs, reporter: &report::Reporter) -> Result<
             remote.url().to_string(),
         );
     }
-    mirrors.clean_up();
     info.insert("ending".into(), format!("{:?}", outcome.ending));
     if let Some(t) = &trial {
         info.insert("trial".into(), t.trial.clone());
