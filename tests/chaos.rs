@@ -71,6 +71,30 @@ async fn current(env: &Env) -> Option<NasExperiment> {
         .ok()
 }
 
+/// What a failure message needs to say why the run stalled: the status, the pods by phase,
+/// whether the operator still runs, and its log.
+async fn diagnose(env: &mut Env, op: usize) -> String {
+    let status = current(env).await.and_then(|e| e.status);
+    let mut phases = std::collections::BTreeMap::<String, u32>::new();
+    if let Ok(pods) = env.pods().list(&Default::default()).await {
+        for p in pods.items {
+            let phase = p.status.and_then(|s| s.phase).unwrap_or_default();
+            let deleting = if p.metadata.deletion_timestamp.is_some() {
+                " (deleting)"
+            } else {
+                ""
+            };
+            *phases.entry(format!("{phase}{deleting}")).or_default() += 1;
+        }
+    }
+    let exit = env.operator_exit(op);
+    format!(
+        "status {status:?}\npods by phase {phases:?}\noperator {}\noperator log:\n{}",
+        exit.map_or("running".to_string(), |s| format!("exited: {s}")),
+        harness::tail(&env.operator_log(op), 40)
+    )
+}
+
 const TAINT: &str = "chaos.nasop.dev/hold";
 
 async fn set_taint(client: &kube::Client, on: bool) {
@@ -185,7 +209,8 @@ async fn an_experiment_survives_operator_kills_api_server_and_etcd_outages_and_l
                 break;
             }
             if Instant::now() > deadline {
-                fail(format!("waiting to inject {fault:?} at {at} trials"));
+                let why = diagnose(&mut env, op).await;
+                fail(format!("waiting to inject {fault:?} at {at} trials\n{why}"));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -245,11 +270,8 @@ async fn an_experiment_survives_operator_kills_api_server_and_etcd_outages_and_l
             break e;
         }
         if Instant::now() > deadline {
-            fail(format!(
-                "the experiment did not succeed; status {:?}\noperator log:\n{}",
-                current(&env).await.and_then(|e| e.status),
-                harness::tail(&env.operator_log(op), 40)
-            ));
+            let why = diagnose(&mut env, op).await;
+            fail(format!("the experiment did not succeed\n{why}"));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };

@@ -168,6 +168,11 @@ impl Env {
         let _ = c.wait();
     }
 
+    /// How operator `i` exited, or None while it runs.
+    pub fn operator_exit(&mut self, i: usize) -> Option<std::process::ExitStatus> {
+        self.operators[i].try_wait().ok().flatten()
+    }
+
     /// The process id of operator `i`.
     pub fn operator_pid(&self, i: usize) -> u32 {
         self.operators[i].id()
