@@ -382,6 +382,9 @@ fn a_cpu_search_runs_on_a_real_node_through_the_helm_installed_operator() {
             "get", "pod", "-n", NAMESPACE, pod, "-o", "json",
         ]));
         if !out.status.success() {
+            // Deleted is the one failure allowed: anything else is kubectl's error.
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains("NotFound"), "kubectl get pod {pod}: {err}");
             log(&format!(
                 "{name} stopped after {steps} epoch(s); pod {pod} deleted after the grace period"
             ));
