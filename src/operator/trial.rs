@@ -378,12 +378,14 @@ pub async fn start_pod(
                 )));
             }
         }
-        Err(kube::Error::Api(s)) if s.is_forbidden() && is_quota(&s.message) => {
-            // A ResourceQuota is full: not the template's fault. The trial waits, says
-            // why, and tries again (with backoff) as other pods end.
-            info!(namespace = %ns, experiment = %trial.spec.experiment, trial = %name, message = %s.message, "pod refused by a quota; waiting");
+        Err(kube::Error::Api(s)) if s.is_forbidden() && waits(&s.message).is_some() => {
+            let reason = waits(&s.message).expect("the guard matched");
+            // A full ResourceQuota, or a service account not there yet (a namespace created
+            // moments ago has no `default` until the controller manager makes it): not the
+            // template's fault. The trial waits, says why, and tries again (with backoff).
+            info!(namespace = %ns, experiment = %trial.spec.experiment, trial = %name, message = %s.message, reason, "pod refused for now; waiting");
             next.phase = Some(TrialPhaseName::Pending);
-            next.reason = Some("QuotaExceeded".into());
+            next.reason = Some(reason.into());
             next.message = Some(status::bounded(s.message.clone(), status::MESSAGE_LIMIT));
             return Ok(Some(ctx.backoff(&format!("quota/{uid}"))));
         }
@@ -400,7 +402,11 @@ pub async fn start_pod(
     next.attempts = attempt;
     next.pod = Some(pod::pod_name(&name, attempt));
     next.phase = Some(TrialPhaseName::Pending);
-    if next.reason.as_deref() == Some("QuotaExceeded") {
+    if next
+        .reason
+        .as_deref()
+        .is_some_and(|r| WAIT_REASONS.contains(&r))
+    {
         next.reason = None;
         next.message = None;
     }
@@ -411,6 +417,22 @@ pub async fn start_pod(
 /// Whether an API refusal is a ResourceQuota's (admission says "exceeded quota").
 pub fn is_quota(message: &str) -> bool {
     message.contains("exceeded quota")
+}
+
+/// The reasons a trial waits with for a pod the API server refused for now.
+const WAIT_REASONS: [&str; 2] = ["QuotaExceeded", "ServiceAccountMissing"];
+
+/// Why a pod refused with this message is worth trying again, if it is: a full quota, or a
+/// service account that does not exist (yet); admission says "error looking up service
+/// account <ns>/<name>: serviceaccount \"<name>\" not found".
+fn waits(message: &str) -> Option<&'static str> {
+    if is_quota(message) {
+        Some(WAIT_REASONS[0])
+    } else if message.contains("error looking up service account") {
+        Some(WAIT_REASONS[1])
+    } else {
+        None
+    }
 }
 
 /// What is counted once a trial's end is recorded.

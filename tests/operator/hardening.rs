@@ -1,11 +1,12 @@
 //! The operator's edges as a cluster meets them: a manifest nasop cannot read, restarts,
-//! a name taken by another object's trial, pods that never start, a full quota, a node that
-//! stops answering, hostile reports, and a trainer that reports as much as it may.
+//! a name taken by another object's trial, pods that never start, a full quota, a missing
+//! service account, a node that stops answering, hostile reports, and a trainer that
+//! reports as much as it may.
 
 use crate::harness::{Env, Plan, manifest, post_report, report_json, value_of};
 use crate::{LONG, completes, phase_is};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, ResourceQuota};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, ResourceQuota, ServiceAccount};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
@@ -343,6 +344,52 @@ async fn a_full_quota_makes_trials_wait_not_fail() {
             t.metadata.name.unwrap()
         );
     }
+}
+
+/// A pod refused because its service account does not exist (yet: a namespace created a
+/// moment ago has no `default` until the controller manager makes it) waits and is tried
+/// again; it does not fail the trial as an invalid template.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_service_account_makes_trials_wait_not_fail() {
+    let mut env = Env::new("op-sa").await;
+    env.start_operator(&[]);
+    env.start_trainer(Arc::new(|input, _| completes(value_of(&input.candidate))));
+    let with_account = manifest(
+        "sa",
+        "{algorithm: random, seed: 3}",
+        "{maxTrials: 2, parallelism: 2, trialEpochs: 12, maxFailedTrials: 0}",
+        "",
+    )
+    .replace(
+        "    spec:\n      tolerations",
+        "    spec:\n      serviceAccountName: trainer\n      tolerations",
+    );
+    assert!(with_account.contains("serviceAccountName"));
+    env.apply(&with_account).await.unwrap();
+    let waiting = env
+        .wait_for("sa", LONG, |e| {
+            condition(e, "TrialsPending").is_some_and(|c| c.reason == "ServiceAccountMissing")
+        })
+        .await;
+    let message = &condition(&waiting, "TrialsPending").unwrap().message;
+    assert!(
+        message.contains("serviceaccount \"trainer\" not found"),
+        "{message}"
+    );
+    assert_eq!(waiting.status.unwrap().trials.failed, 0);
+
+    let accounts: Api<ServiceAccount> = Api::namespaced(env.client.clone(), &env.ns);
+    let account: ServiceAccount =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "trainer"}})).unwrap();
+    accounts
+        .create(&PostParams::default(), &account)
+        .await
+        .unwrap();
+    let exp = env
+        .wait_for("sa", LONG, phase_is(ExperimentPhase::Succeeded))
+        .await;
+    let status = exp.status.unwrap();
+    assert_eq!((status.trials.succeeded, status.trials.failed), (2, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
