@@ -34,6 +34,9 @@ pub struct Engine {
     taken_for: Vec<u32>,
     /// Results of earlier searches over the same space (`spec.warmStart`).
     prior: Vec<Observation>,
+    /// Indices no new trial takes: their names are held by another object (see
+    /// [`Engine::skip_index`]).
+    skipped: std::collections::BTreeSet<u32>,
 }
 
 impl Engine {
@@ -46,7 +49,15 @@ impl Engine {
             taken: Default::default(),
             taken_for: Vec::new(),
             prior: Vec::new(),
+            skipped: Default::default(),
         }
+    }
+
+    /// Gives no new trial this index: the operator found its name held by another object
+    /// (a trial of an earlier experiment of the same name that garbage collection has not
+    /// removed yet), which it leaves alone.
+    pub fn skip_index(&mut self, index: u32) {
+        self.skipped.insert(index);
     }
 
     /// An engine whose strategy starts from the finished trials of earlier searches over the
@@ -260,7 +271,7 @@ impl Engine {
         let Some(plan) = self.experiment.final_training else {
             return Vec::new();
         };
-        let mut next_index = trials.iter().map(|t| t.index + 1).max().unwrap_or(0);
+        let mut indices = free_indices(trials, &self.skipped);
         let mut create = Vec::new();
         for finalist in final_training::finalists(&self.experiment, &plan, trials) {
             let missing = plan.seeds.saturating_sub(finalist.trials.len() as u32);
@@ -269,17 +280,17 @@ impl Engine {
                     return create;
                 }
                 let t = finalist.search_trial;
+                let index = indices.next().expect("free indices never end");
                 create.push(NewTrial {
-                    index: next_index,
+                    index,
                     candidate: t.candidate.clone(),
                     key: t.key.clone(),
                     point: t.point.clone(),
                     epochs: plan.epochs,
-                    seed: self.trial_seed(next_index),
+                    seed: self.trial_seed(index),
                     resume_from: None,
                     stage: Stage::Final,
                 });
-                next_index += 1;
             }
         }
         create
@@ -425,7 +436,7 @@ impl Engine {
             pending: &pending,
         };
         let proposals = self.strategy.propose(&mut ctx, n);
-        let next_index = trials.iter().map(|t| t.index + 1).max().unwrap_or(0);
+        let mut indices = free_indices(trials, &self.skipped);
         // Succeeded (budget, index) of each key, in trial order: what a promotion resumes.
         let mut done: HashMap<&str, Vec<(u32, u32)>> = HashMap::new();
         if self.experiment.strategy.fidelity.is_some() {
@@ -438,9 +449,8 @@ impl Engine {
         proposals
             .into_iter()
             .take(n)
-            .enumerate()
-            .map(|(k, p)| {
-                let index = next_index + k as u32;
+            .map(|p| {
+                let index = indices.next().expect("free indices never end");
                 let resume_from = done
                     .get(p.key.as_str())
                     .and_then(|runs| {
@@ -530,3 +540,26 @@ pub fn pareto_front<'a>(
 
 #[cfg(test)]
 mod tests;
+
+/// The indices new trials take, lowest first: those below the highest index that no trial
+/// has (and that is not skipped), then those after it. A gap is a trial that was decided but
+/// never created (the operator died between its parallel creates, or one create failed and
+/// the decision was made again); filling it keeps a run's trials numbered 0..n, as its
+/// budget counts them.
+fn free_indices(
+    trials: &[TrialRecord],
+    skipped: &std::collections::BTreeSet<u32>,
+) -> impl Iterator<Item = u32> + use<> {
+    let mut used: Vec<u32> = trials
+        .iter()
+        .map(|t| t.index)
+        .chain(skipped.iter().copied())
+        .collect();
+    used.sort_unstable();
+    used.dedup();
+    let mut used = used.into_iter().peekable();
+    (0..).filter(move |i| {
+        while used.next_if(|u| u < i).is_some() {}
+        used.next_if_eq(i).is_none()
+    })
+}

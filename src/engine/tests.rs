@@ -109,6 +109,48 @@ fn first_decision_fills_the_parallel_slots() {
     assert!(d.finish.is_none() && d.stop.is_empty());
 }
 
+/// A trial decided but never created (its creator died between parallel creates) leaves
+/// a gap in the indices; the next decision fills it before numbering on.
+#[test]
+fn new_trials_fill_the_gaps_in_the_indices_first() {
+    let exp = experiment(Algorithm::Random, 10, 4);
+    let mut trials = started(&exp);
+    trials.retain(|t| t.index != 1 && t.index != 2);
+    let d = decide(&exp, &trials, clock(1.0));
+    let indices: Vec<u32> = d.create.iter().map(|t| t.index).collect();
+    assert_eq!(indices, [1, 2]);
+    finish(
+        &mut trials,
+        0,
+        TrialPhase::Succeeded,
+        2.0,
+        &[("val_accuracy", 60.0)],
+    );
+    trials.extend(d.create.iter().map(|t| record(t, TrialPhase::Running, 2.0)));
+    let d = decide(&exp, &trials, clock(2.0));
+    assert_eq!(d.create.iter().map(|t| t.index).collect::<Vec<_>>(), [4]);
+    assert_eq!(
+        free_indices(&trials, &Default::default())
+            .take(3)
+            .collect::<Vec<_>>(),
+        [4, 5, 6],
+        "no gap below 4"
+    );
+    // An index whose name another object holds is not tried again.
+    let mut engine = Engine::new(exp.clone());
+    engine.skip_index(4);
+    finish(
+        &mut trials,
+        1,
+        TrialPhase::Succeeded,
+        3.0,
+        &[("val_accuracy", 61.0)],
+    );
+    let d = engine.decide(&trials, clock(3.0));
+    // Trials 0 and 1 are done: two slots, 4 skipped.
+    assert_eq!(d.create.iter().map(|t| t.index).collect::<Vec<_>>(), [5, 6]);
+}
+
 #[test]
 fn never_creates_past_max_trials() {
     let exp = experiment(Algorithm::Random, 4, 3);

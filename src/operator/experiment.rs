@@ -195,8 +195,8 @@ fn read(
 
 /// Why a trial could not be created.
 enum Blocked {
-    /// Its name is taken by a trial another object owns.
-    Conflict(String),
+    /// Its name (of this index) is taken by a trial another object owns.
+    Conflict(u32, String),
     /// A ResourceQuota refused it.
     Quota(String),
 }
@@ -302,6 +302,7 @@ pub async fn reconcile(object: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Acti
     let mut plan = decide(&ctx, &world, experiment)?;
     stop_trials(&ctx, &world, &plan.decision.stop).await?;
     let blocked = create_trials(&ctx, &world, &plan).await?;
+    skip_taken_names(&ctx, &world.key, &blocked);
     set_conditions(&ctx, &world, &mut plan.status, &blocked);
     clean_up_pods(&ctx, &world.key, &world.trials);
     let flush = write(&ctx, &world, &plan.status).await?;
@@ -312,6 +313,21 @@ pub async fn reconcile(object: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Acti
         ));
     }
     Ok(next_action(&ctx, &world, &plan, flush, !blocked.is_empty()))
+}
+
+/// No later trial takes an index whose name another object holds: the engine fills gaps in
+/// the indices, and would otherwise try that one at every decision.
+fn skip_taken_names(ctx: &Ctx, key: &ExpKey, blocked: &[Blocked]) {
+    let state = ctx.state_of(key);
+    let mut state = lock(&state);
+    let Some(cached) = state.engine.as_mut() else {
+        return;
+    };
+    for b in blocked {
+        if let Blocked::Conflict(index, _) = b {
+            cached.engine.skip_index(*index);
+        }
+    }
 }
 
 /// Fails an experiment nasop cannot run: a Failed status naming the field, and an event
@@ -603,8 +619,8 @@ async fn create_trials(ctx: &Arc<Ctx>, world: &World, plan: &Plan) -> Result<Vec
                                 .map_or("no owner".to_string(), |o| {
                                     format!("{} {} ({})", o.kind, o.name, o.uid)
                                 });
-                            Blocked::Conflict(format!(
-                                "trial {} already exists and belongs to another object: {owner}; nasop leaves it alone and waits for it to go (garbage collection of an earlier experiment of this name), or delete it",
+                            Blocked::Conflict(t.spec.index, format!(
+                                "trial {} already exists and belongs to another object: {owner}; nasop leaves it alone and numbers its trials past it (it is likely a trial of an earlier experiment of this name that garbage collection has not removed yet)",
                                 t.name_any(),
                             ))
                         }))
@@ -634,7 +650,7 @@ async fn create_trials(ctx: &Arc<Ctx>, world: &World, plan: &Plan) -> Result<Vec
 /// a quota, pods that do not start.
 fn set_conditions(ctx: &Ctx, world: &World, status: &mut NasExperimentStatus, blocked: &[Blocked]) {
     let conflict = blocked.iter().find_map(|b| match b {
-        Blocked::Conflict(m) => Some(m),
+        Blocked::Conflict(_, m) => Some(m),
         _ => None,
     });
     let quota = blocked.iter().find_map(|b| match b {
