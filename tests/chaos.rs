@@ -63,6 +63,14 @@ fn signal(name: &str, sig: &str) {
     assert!(ok, "kill {sig} {name}");
 }
 
+/// The trial a pod runs.
+fn trial_of(pod: &Pod) -> String {
+    pod.labels()
+        .get("nasop.dev/trial")
+        .cloned()
+        .unwrap_or_default()
+}
+
 /// The experiment as the API server has it now, or None while it does not answer.
 async fn current(env: &Env) -> Option<NasExperiment> {
     tokio::time::timeout(Duration::from_secs(5), env.experiments().get("chaos"))
@@ -199,14 +207,23 @@ async fn an_experiment_survives_operator_kills_api_server_and_etcd_outages_and_l
 
     let deadline = Instant::now() + Duration::from_secs(400);
     let fail = |why: String| -> ! { panic!("chaos seed {seed}: {why}") };
+    // Trials whose pod was deleted: each deletion takes a different trial's pod, since three
+    // lost pods of one trial fail it (the operator's --max-attempts is 3), as they should.
+    let mut hit = BTreeSet::new();
     for (at, fault) in &plan {
         loop {
-            if current(&env)
-                .await
-                .and_then(|e| e.status)
-                .is_some_and(|s| s.trials.created >= *at)
-            {
+            let status = current(&env).await.and_then(|e| e.status);
+            if status.as_ref().is_some_and(|s| s.trials.created >= *at) {
                 break;
+            }
+            if let Some(phase) = status
+                .and_then(|s| s.phase)
+                .filter(|p| matches!(p, ExperimentPhase::Succeeded | ExperimentPhase::Failed))
+            {
+                let why = diagnose(&mut env, op).await;
+                fail(format!(
+                    "ended {phase:?} before {fault:?} at {at} trials\n{why}"
+                ));
             }
             if Instant::now() > deadline {
                 let why = diagnose(&mut env, op).await;
@@ -251,8 +268,10 @@ async fn an_experiment_survives_operator_kills_api_server_and_etcd_outages_and_l
                     .find(|p| {
                         p.metadata.deletion_timestamp.is_none()
                             && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+                            && !hit.contains(&trial_of(p))
                     });
                 if let Some(p) = running {
+                    hit.insert(trial_of(&p));
                     let _ = pods.delete(&p.name_any(), &DeleteParams::default()).await;
                 }
             }
