@@ -550,15 +550,22 @@ fn free_indices(
     trials: &[TrialRecord],
     skipped: &std::collections::BTreeSet<u32>,
 ) -> impl Iterator<Item = u32> + use<> {
-    let mut used: Vec<u32> = trials
-        .iter()
-        .map(|t| t.index)
-        .chain(skipped.iter().copied())
-        .collect();
+    // The usual case, no gap (indices are distinct): one pass, nothing sorted.
+    let next = trials.iter().map(|t| t.index + 1).max().unwrap_or(0);
+    let mut used: Vec<u32> = if next as usize == trials.len() && skipped.is_empty() {
+        Vec::new()
+    } else {
+        trials
+            .iter()
+            .map(|t| t.index)
+            .chain(skipped.iter().copied())
+            .collect()
+    };
+    let first = if used.is_empty() { next } else { 0 };
     used.sort_unstable();
     used.dedup();
     let mut used = used.into_iter().peekable();
-    (0..).filter(move |i| {
+    (first..).filter(move |i| {
         while used.next_if(|u| u < i).is_some() {}
         used.next_if_eq(i).is_none()
     })
