@@ -10,7 +10,7 @@ VERSION ?= $(shell sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}/\1/p' chart
 # tch finds libtorch through these; scripts/libtorch.sh installs it once into ~/.cache/nasop.
 TORCH = LIBTORCH="$$(scripts/libtorch.sh)" LIBTORCH_CXX11_ABI=1
 
-.PHONY: all build test lint crds bench bench-trainer bench-operator demo toolchain data testenv-build testenv-up testenv-down static images push test-images pytest examples
+.PHONY: all build test lint crds bench bench-trainer bench-operator bench-katib demo toolchain data testenv-build testenv-up testenv-down static images push test-images pytest examples
 
 all: build
 
@@ -72,6 +72,15 @@ demo: build data
 # at parallelism 200, a 10,000-trial experiment, 120 experiments x 30 trials (about 15 minutes).
 bench-operator: build testenv-build
 	tools/testenv/with.sh $(NASOP) bench operator
+
+# nasop and Kubeflow Katib side by side on one fresh test control plane: the same random
+# searches on simulated GPU nodes, 3 runs of each shape (see BENCHMARKS.md for its time).
+# Katib v0.19.0 is built from its Go module, its database is Debian's PostgreSQL, its Python
+# services come from its module with their requirements from PyPI (tools/katib/).
+KATIB_BENCH_ARGS ?=
+bench-katib: build testenv-build
+	tools/katib/build.sh >/dev/null
+	tools/testenv/with.sh tools/katib/with.sh $(NASOP) bench operators $(KATIB_BENCH_ARGS)
 
 # nasop-trainer against PyTorch eager on the same network (installs a Python torch once).
 bench-trainer: build data

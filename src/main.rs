@@ -88,6 +88,9 @@ enum Bench {
     /// The operator at scale on the test control plane (needs KUBECONFIG from
     /// `make testenv-up`): pod turnaround, CPU, memory, API requests, long experiments.
     Operator(nasop::bench::operator::OperatorBenchArgs),
+    /// nasop and Kubeflow Katib side by side on the test control plane (needs KUBECONFIG
+    /// from `make testenv-up` and KATIB_STATE from tools/katib/up.sh; `make bench-katib`).
+    Operators(nasop::bench::versus::VersusArgs),
 }
 
 fn main() {
@@ -178,6 +181,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
                 nasop::bench::operator::print(&report);
+            }
+            Ok(())
+        }
+        Command::Bench(Bench::Operators(args)) => {
+            let runs = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(nasop::bench::versus::run(&args))?;
+            if !args.json {
+                nasop::bench::versus::print(&args, &runs);
             }
             Ok(())
         }

@@ -6,6 +6,7 @@ pub mod command;
 pub mod nb201;
 pub mod operator;
 pub mod proposal;
+pub mod versus;
 
 use crate::strategy::{self, Context, Observation, StrategyConfig, Taken, pareto};
 use nasop_core::{Point, Rng};

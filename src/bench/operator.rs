@@ -216,7 +216,7 @@ fn metric_sum(text: &str, prefix: &str) -> f64 {
         .sum()
 }
 
-async fn install_crds(client: &Client) -> Result<()> {
+pub async fn install_crds(client: &Client) -> Result<()> {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     for (_, yaml) in api::crd_files() {
         let crd: CustomResourceDefinition = serde_yaml::from_str(&yaml)?;
@@ -231,7 +231,7 @@ async fn install_crds(client: &Client) -> Result<()> {
     Ok(())
 }
 
-async fn add_nodes(client: &Client, n: u32) -> Result<()> {
+pub async fn add_nodes(client: &Client, n: u32) -> Result<()> {
     let nodes: Api<Node> = Api::all(client.clone());
     for i in 0..n {
         let node: Node = serde_json::from_value(serde_json::json!({

@@ -24,6 +24,14 @@ pub struct Tabular {
 }
 
 impl Tabular {
+    /// The CIFAR-10 table built into nasop.
+    pub fn built_in() -> Result<Tabular> {
+        Ok(Tabular {
+            table: Table::load(None, Dataset::Cifar10, None)?,
+            space: SearchSpace::nas_bench_201(),
+        })
+    }
+
     pub fn evaluate(&self, candidate: &str, epochs: u32) -> Result<BTreeMap<String, f64>> {
         let arch = candidate.split(';').next().unwrap_or_default();
         let point = self
