@@ -23,6 +23,13 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     Some(f.get(11..15)?.iter().sum::<f64>() / ticks)
 }
 
+/// A process's command name (/proc/PID/comm), or "?".
+fn command(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|c| c.trim().to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
 /// A process's resident memory in bytes now.
 pub fn rss_bytes(pid: u32) -> Option<f64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -44,6 +51,8 @@ pub fn rss_bytes(pid: u32) -> Option<f64> {
 struct Samples {
     /// pid -> (CPU-seconds at the first sample, at the last).
     cpu: HashMap<u32, (f64, f64)>,
+    /// pid -> its command name.
+    names: HashMap<u32, String>,
     peak_rss: f64,
 }
 
@@ -81,6 +90,7 @@ impl Sampler {
                     let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
                     for (pid, c) in cpu {
                         s.cpu.entry(pid).or_insert((0.0, c)).1 = c;
+                        s.names.entry(pid).or_insert_with(|| command(pid));
                     }
                     s.peak_rss = s.peak_rss.max(rss);
                 }
@@ -90,14 +100,19 @@ impl Sampler {
         Sampler { samples, task }
     }
 
-    /// CPU-seconds used and peak MiB, and stops sampling.
-    pub async fn finish(self) -> (f64, f64) {
+    /// CPU-seconds used (in all, and by command name), peak MiB; stops sampling.
+    pub async fn finish(self) -> (f64, BTreeMap<String, f64>, f64) {
         // One last sample's worth of time, so the final moments count.
         tokio::time::sleep(Duration::from_millis(250)).await;
         self.task.abort();
         let s = self.samples.lock().unwrap_or_else(|e| e.into_inner());
-        let cpu = s.cpu.values().map(|(a, b)| (b - a).max(0.0)).sum();
-        (cpu, s.peak_rss / (1024.0 * 1024.0))
+        let mut by_name: BTreeMap<String, f64> = BTreeMap::new();
+        for (pid, (a, b)) in &s.cpu {
+            let name = s.names.get(pid).cloned().unwrap_or_else(|| "?".into());
+            *by_name.entry(name).or_default() += (b - a).max(0.0);
+        }
+        let cpu = by_name.values().sum();
+        (cpu, by_name, s.peak_rss / (1024.0 * 1024.0))
     }
 }
 
@@ -105,7 +120,11 @@ impl Sampler {
 /// account), read from an offset: requests by verb and resource made by one user.
 pub struct Audit {
     path: PathBuf,
+    /// The log file as it was at the start (kept open: the API server renames it when it
+    /// rotates the log at 100 MB), and where the run's requests begin in it.
+    start: std::fs::File,
     offset: u64,
+    started: std::time::SystemTime,
 }
 
 impl Audit {
@@ -117,21 +136,68 @@ impl Audit {
             .parent()
             .map(|d| d.join("logs/audit.log"))
             .unwrap_or_default();
-        let offset = std::fs::metadata(&path).map(|m| m.len()).map_err(|e| {
+        Self::at(path)
+    }
+
+    fn at(path: PathBuf) -> anyhow::Result<Audit> {
+        let start = std::fs::File::open(&path).map_err(|e| {
             anyhow::anyhow!(
                 "no audit log at {} ({e}): the benchmark needs tools/testenv's API server",
                 path.display()
             )
         })?;
-        Ok(Audit { path, offset })
+        let offset = start.metadata()?.len();
+        Ok(Audit {
+            path,
+            start,
+            offset,
+            started: std::time::SystemTime::now(),
+        })
+    }
+
+    /// The run's part of the log: the start file from the offset, then every file the API
+    /// server began after it (rotated ones, then the current one), oldest first.
+    fn files(&self) -> anyhow::Result<Vec<(std::fs::File, u64)>> {
+        use std::os::unix::fs::MetadataExt;
+        let first = self.start.metadata()?.ino();
+        let dir = self.path.parent().unwrap_or(std::path::Path::new("."));
+        let mut later = Vec::new();
+        for entry in std::fs::read_dir(dir)?.flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            let meta = entry.metadata()?;
+            if !name.starts_with("audit") || !name.ends_with(".log") || meta.ino() == first {
+                continue;
+            }
+            if meta.modified()? >= self.started {
+                later.push((meta.modified()?, entry.path()));
+            }
+        }
+        later.sort();
+        let mut out = vec![(self.start.try_clone()?, self.offset)];
+        for (_, path) in later {
+            out.push((std::fs::File::open(path)?, 0));
+        }
+        Ok(out)
     }
 
     /// `verb resource[/subresource]` -> count, for requests by `user` since the offset.
     pub fn count(&self, user: &str) -> anyhow::Result<BTreeMap<String, u64>> {
-        let mut file = std::fs::File::open(&self.path)?;
-        file.seek(SeekFrom::Start(self.offset))?;
         let mut out = BTreeMap::new();
-        for line in std::io::BufReader::new(file).lines() {
+        for (mut file, offset) in self.files()? {
+            file.seek(SeekFrom::Start(offset))?;
+            count_lines(std::io::BufReader::new(file), user, &mut out)?;
+        }
+        Ok(out)
+    }
+}
+
+fn count_lines(
+    input: impl BufRead,
+    user: &str,
+    out: &mut BTreeMap<String, u64>,
+) -> anyhow::Result<()> {
+    {
+        for line in input.lines() {
             let line = line?;
             if !line.contains(user) {
                 continue;
@@ -150,8 +216,8 @@ impl Audit {
             let verb = event["verb"].as_str().unwrap_or("?");
             *out.entry(format!("{verb} {resource}")).or_default() += 1;
         }
-        Ok(out)
     }
+    Ok(())
 }
 
 /// Trial pods as a watch sees them: when each appeared and ended, per experiment.
@@ -239,13 +305,13 @@ impl Timeline {
         per.values().filter(|n| **n > 1).count()
     }
 
-    /// The first pod created after `t`.
-    pub fn first_created_after(&self, t: Instant) -> Option<Instant> {
+    /// When a pod last appeared or ended.
+    pub fn last_change(&self) -> Option<Instant> {
         self.pods
             .values()
-            .map(|p| p.created)
-            .filter(|c| *c > t)
-            .min()
+            .flat_map(|p| [Some(p.created), p.ended])
+            .flatten()
+            .max()
     }
 
     pub fn ended_count(&self) -> usize {
@@ -289,8 +355,8 @@ mod tests {
             );
         }
         assert_eq!(t.end_to_next_pod_ms(), vec![10.0, 10.0]);
-        assert_eq!(t.first_created_after(ms(100)), Some(ms(110)));
         assert_eq!(t.ended_count(), 3);
+        assert_eq!(t.last_change(), Some(ms(270)));
     }
 
     #[test]
@@ -308,7 +374,8 @@ mod tests {
     }
 
     #[test]
-    fn audit_counts_one_users_requests_by_verb_and_resource() {
+    fn audit_counts_one_users_requests_by_verb_and_resource_across_a_rotation() {
+        use std::io::Write;
         let dir = std::env::temp_dir().join(format!("nasop-audit-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("audit.log");
@@ -317,18 +384,28 @@ mod tests {
             "{\"user\":{\"username\":\"old\"},\"verb\":\"get\"}\n",
         )
         .unwrap();
-        let audit = Audit {
-            offset: std::fs::metadata(&path).unwrap().len(),
-            path: path.clone(),
-        };
+        let audit = Audit::at(path.clone()).unwrap();
         let lines = [
             r#"{"user":{"username":"me"},"verb":"create","objectRef":{"resource":"pods"}}"#,
             r#"{"user":{"username":"me"},"verb":"patch","objectRef":{"resource":"trials","subresource":"status"}}"#,
             r#"{"user":{"username":"me"},"verb":"create","objectRef":{"resource":"pods"}}"#,
             r#"{"user":{"username":"me-too"},"verb":"create","objectRef":{"resource":"pods"}}"#,
         ];
-        let mut text = std::fs::read_to_string(&path).unwrap();
-        for l in lines {
+        let mut text = String::new();
+        for l in &lines[..2] {
+            text.push_str(l);
+            text.push('\n');
+        }
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        // The API server rotates the log: the old file is renamed, a new one begun.
+        std::fs::rename(&path, dir.join("audit-2026-12-06T10-00-00.000.log")).unwrap();
+        let mut text = String::new();
+        for l in &lines[2..] {
             text.push_str(l);
             text.push('\n');
         }

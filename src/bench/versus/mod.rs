@@ -92,6 +92,9 @@ pub struct VersusArgs {
     /// Give up on a run after this many seconds (its row says so).
     #[arg(long, default_value_t = 3600)]
     pub timeout: u64,
+    /// Give up on a run when no trial pod was created or ended for this many seconds.
+    #[arg(long, default_value_t = 180)]
+    pub stall: u64,
     /// Print every run as JSON lines instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -110,6 +113,8 @@ pub struct Run {
     pub end_to_next_pod_ms_p99: f64,
     pub max_running_pods: usize,
     pub cpu_seconds: f64,
+    /// CPU-seconds by process name (Katib: controller, DB manager, PostgreSQL, suggestions).
+    pub cpu_seconds_by_process: BTreeMap<String, f64>,
     pub peak_rss_mib: f64,
     pub api_requests_per_trial: f64,
     /// `verb resource` -> requests per trial.
@@ -119,7 +124,7 @@ pub struct Run {
     /// Trials that did not succeed, and trials that had more than one pod.
     pub trials_lost: u32,
     pub trials_run_twice: usize,
-    /// Seconds from each controller restart to the next trial pod.
+    /// Seconds from each controller restart to the first trial object it created.
     pub resume_seconds: Vec<f64>,
     /// Why the run did not finish, if it did not.
     pub error: Option<String>,
@@ -466,7 +471,16 @@ async fn shape_run(
         &pods,
     )
     .await;
+    // The next run starts once this one's objects are gone: their deletion (and, for Katib,
+    // its finalizers) would otherwise load the machine during the next operator's run.
     let _ = namespaces.delete(&ns, &DeleteParams::background()).await;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while Instant::now() < deadline {
+        match namespaces.get_opt(&ns).await {
+            Ok(None) => break,
+            _ => tokio::time::sleep(Duration::from_secs(1)).await,
+        }
+    }
     result
 }
 
@@ -530,6 +544,7 @@ async fn measure_shape(
         timeline.clone(),
         failures.clone(),
     );
+    let trials_seen = watch_trials(client, side, ns);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let audit = Audit::from_now()?;
     let started = Instant::now();
@@ -603,13 +618,26 @@ async fn measure_shape(
             ));
             break;
         }
+        let last = timeline
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .last_change()
+            .unwrap_or(started);
+        if last.elapsed() > Duration::from_secs(args.stall) {
+            error = Some(format!(
+                "stalled: no trial pod created or ended for {} s, after {ended} ended",
+                args.stall
+            ));
+            break;
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let wall = started.elapsed().as_secs_f64();
     // Requests until the last experiment ended (no more from here).
     let requests = audit.count(&user)?;
     trainer.abort();
-    let (cpu, peak) = sampler.finish().await;
+    trials_seen.0.abort();
+    let (cpu, cpu_by_process, peak) = sampler.finish().await;
     let (largest, counts) = match side {
         Side::Nasop => (
             nasop_largest(client, ns).await?,
@@ -640,6 +668,7 @@ async fn measure_shape(
         end_to_next_pod_ms_p99: quantile(&latency, 0.99),
         max_running_pods: t.max_active,
         cpu_seconds: cpu,
+        cpu_seconds_by_process: cpu_by_process,
         peak_rss_mib: peak,
         api_requests_per_trial: total_requests as f64 / total_trials as f64,
         requests_per_trial: requests
@@ -649,13 +678,18 @@ async fn measure_shape(
         largest_objects: largest,
         trials_lost: total_trials.saturating_sub(succeeded),
         trials_run_twice: t.trials_with_several_pods(),
-        resume_seconds: restarts
-            .iter()
-            .map(|r| {
-                t.first_created_after(*r)
-                    .map_or(f64::NAN, |c| (c - *r).as_secs_f64())
-            })
-            .collect(),
+        resume_seconds: {
+            let seen = trials_seen.1.lock().unwrap_or_else(|e| e.into_inner());
+            restarts
+                .iter()
+                .map(|r| {
+                    seen.values()
+                        .filter(|c| *c > r)
+                        .min()
+                        .map_or(f64::NAN, |c| (*c - *r).as_secs_f64())
+                })
+                .collect()
+        },
         error,
         ..Run::default()
     };
@@ -664,6 +698,43 @@ async fn measure_shape(
         k.stop_suggestions(ns);
     }
     Ok(run)
+}
+
+/// When a watch first saw each trial object (NasTrial, or Katib's Trial) of the namespace:
+/// the fault rows' time to resume is a restart to the first trial the new controller made.
+type TrialsSeen = Arc<Mutex<std::collections::HashMap<String, Instant>>>;
+
+fn watch_trials(
+    client: &Client,
+    side: Side,
+    ns: &str,
+) -> (tokio::task::JoinHandle<()>, TrialsSeen) {
+    let resource = match side {
+        Side::Nasop => kube::api::ApiResource::from_gvk_with_plural(
+            &kube::api::GroupVersionKind::gvk("nasop.dev", "v1alpha1", "NasTrial"),
+            "nastrials",
+        ),
+        Side::Katib => katib::resource("Trial", "trials"),
+    };
+    let api: Api<kube::api::DynamicObject> = Api::namespaced_with(client.clone(), ns, &resource);
+    let seen: TrialsSeen = Arc::default();
+    let shared = seen.clone();
+    let task = tokio::spawn(async move {
+        let mut events = watcher(api, watcher::Config::default())
+            .default_backoff()
+            .applied_objects()
+            .boxed();
+        while let Some(event) = events.next().await {
+            if let Ok(trial) = event {
+                shared
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(trial.name_any())
+                    .or_insert_with(Instant::now);
+            }
+        }
+    });
+    (task, seen)
 }
 
 /// Whether every experiment of the run has ended.
@@ -833,30 +904,23 @@ pub fn print(args: &VersusArgs, runs: &[Run]) {
                 })
                 .collect();
             println!(
-                "| {shape} | restart → next trial pod, s | {} |",
+                "| {shape} | controller restart → its first new trial, s | {} |",
                 resume.join(" | ")
             );
         }
-        let requests: Vec<String> = sides
-            .iter()
-            .map(|side| {
-                let rs = of(side);
-                let mut keys: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-                for r in &rs {
-                    for (k, v) in &r.requests_per_trial {
-                        keys.entry(k.clone()).or_default().push(*v);
-                    }
-                }
-                keys.iter()
-                    .filter(|(_, v)| quantile_of(v) >= 0.01)
-                    .map(|(k, v)| format!("{k} {:.2}", quantile_of(v)))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            })
-            .collect();
+        let by_key = |get: fn(&Run) -> &BTreeMap<String, f64>, digits: usize| -> Vec<String> {
+            sides
+                .iter()
+                .map(|side| medians(&of(side), get, digits))
+                .collect()
+        };
+        println!(
+            "| {shape} | operator CPU-seconds by process (median) | {} |",
+            by_key(|r| &r.cpu_seconds_by_process, 1).join(" | ")
+        );
         println!(
             "| {shape} | requests per trial by verb and resource (median) | {} |",
-            requests.join(" | ")
+            by_key(|r| &r.requests_per_trial, 2).join(" | ")
         );
         for side in &sides {
             for r in of(side) {
@@ -866,6 +930,22 @@ pub fn print(args: &VersusArgs, runs: &[Run]) {
             }
         }
     }
+}
+
+/// "key median, ..." over runs of a figure kept by key, leaving out medians below 0.01.
+fn medians(runs: &[&Run], get: fn(&Run) -> &BTreeMap<String, f64>, digits: usize) -> String {
+    let mut keys: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for r in runs {
+        for (k, v) in get(r) {
+            keys.entry(k.clone()).or_default().push(*v);
+        }
+    }
+    keys.iter()
+        .map(|(k, v)| (k, quantile_of(v)))
+        .filter(|(_, m)| *m >= 0.01)
+        .map(|(k, m)| format!("{k} {m:.digits$}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn quantile_of(v: &[f64]) -> f64 {
