@@ -27,22 +27,29 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// The experiments both operator benchmarks run (`bench operator`, `bench operators`).
 #[derive(clap::Args, Debug, Clone)]
-pub struct OperatorBenchArgs {
+pub struct Sizes {
     /// Trials of the latency experiment.
     #[arg(long, default_value_t = 2000)]
     pub trials: u32,
-    /// Its parallelism.
+    /// Its parallelism (and the long experiment's).
     #[arg(long, default_value_t = 200)]
     pub parallelism: u32,
     /// Trials of the long experiment (reconcile time and status size as it grows); 0 skips it.
     #[arg(long, default_value_t = 10000)]
     pub long_trials: u32,
-    /// Experiments × parallelism of the concurrency run (trials that never end); 0 skips it.
+    /// Experiments × parallelism of the concurrency run; 0 skips it.
     #[arg(long, default_value_t = 120)]
     pub experiments: u32,
     #[arg(long, default_value_t = 30)]
     pub experiment_parallelism: u32,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct OperatorBenchArgs {
+    #[command(flatten)]
+    pub sizes: Sizes,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -412,8 +419,9 @@ pub async fn run(args: &OperatorBenchArgs) -> Result<Report> {
         .context("nasop bench operator needs the test control plane: `make testenv-up`, then export the KUBECONFIG it prints")?;
     install_crds(&client).await?;
     let gpus_needed = args
+        .sizes
         .parallelism
-        .max(args.experiments * args.experiment_parallelism);
+        .max(args.sizes.experiments * args.sizes.experiment_parallelism);
     add_nodes(&client, gpus_needed.div_ceil(8) + 1).await?;
     let ns = format!("nasop-bench-{}", std::process::id());
     let nss: Api<Namespace> = Api::all(client.clone());
@@ -427,7 +435,7 @@ pub async fn run(args: &OperatorBenchArgs) -> Result<Report> {
     let mut report = Report::default();
 
     // 1. Latency, CPU, memory and requests per trial.
-    if args.trials > 0 {
+    if args.sizes.trials > 0 {
         let op = Operator::start(&ns, &logs)?;
         let timeline: Arc<Mutex<Timeline>> = Arc::default();
         let trainer = play_trainer(pods.clone(), timeline.clone(), Arc::default());
@@ -438,7 +446,7 @@ pub async fn run(args: &OperatorBenchArgs) -> Result<Report> {
         let started = Instant::now();
         exps.create(
             &PostParams::default(),
-            &manifest("latency", args.trials, args.parallelism),
+            &manifest("latency", args.sizes.trials, args.sizes.parallelism),
         )
         .await?;
         wait_phase(&exps, "latency", Duration::from_secs(3600)).await?;
@@ -467,7 +475,7 @@ pub async fn run(args: &OperatorBenchArgs) -> Result<Report> {
             let creates: Vec<Instant> = t
                 .created
                 .iter()
-                .skip(args.parallelism as usize)
+                .skip(args.sizes.parallelism as usize)
                 .copied()
                 .collect();
             let mut lat: Vec<f64> = creates
@@ -477,16 +485,16 @@ pub async fn run(args: &OperatorBenchArgs) -> Result<Report> {
                 .collect();
             lat.sort_by(f64::total_cmp);
             Some(LatencyRun {
-                trials: args.trials,
-                parallelism: args.parallelism,
+                trials: args.sizes.trials,
+                parallelism: args.sizes.parallelism,
                 seconds,
-                trials_per_second: args.trials as f64 / seconds,
+                trials_per_second: args.sizes.trials as f64 / seconds,
                 end_to_next_pod_ms_p50: quantile(&lat, 0.5),
                 end_to_next_pod_ms_p99: quantile(&lat, 0.99),
                 end_to_next_pod_ms_max: lat.last().copied().unwrap_or(f64::NAN),
                 operator_cpu_seconds: op.cpu_seconds(),
                 operator_peak_mib: op.peak_mib(),
-                api_requests_per_trial: requests / args.trials as f64,
+                api_requests_per_trial: requests / args.sizes.trials as f64,
                 max_active_pods: t.max_active,
                 control_plane_cpu_seconds: cpu,
                 reconcile_errors_per_trial: (metric_sum(
@@ -495,12 +503,13 @@ pub async fn run(args: &OperatorBenchArgs) -> Result<Report> {
                 ) - metric_sum(
                     &m0,
                     "controller_runtime_reconcile_errors_total",
-                )) / args.trials as f64,
+                )) / args.sizes.trials as f64,
                 requests_per_trial_by_method: ["GET", "POST", "PATCH", "DELETE", "PUT"]
                     .iter()
                     .map(|verb| {
                         let p = format!("nasop_kube_requests_total{{method=\"{verb}\"}}");
-                        let n = (metric_sum(&m, &p) - metric_sum(&m0, &p)) / args.trials as f64;
+                        let n =
+                            (metric_sum(&m, &p) - metric_sum(&m0, &p)) / args.sizes.trials as f64;
                         (verb.to_string(), n)
                     })
                     .filter(|(_, n)| *n > 0.0)
@@ -514,16 +523,16 @@ pub async fn run(args: &OperatorBenchArgs) -> Result<Report> {
     }
 
     // 2. A long experiment: reconcile time and status size per window of trials.
-    if args.long_trials > 0 {
+    if args.sizes.long_trials > 0 {
         let op = Operator::start(&ns, &logs.with_extension("long.log"))?;
         let trainer = play_trainer(pods.clone(), Arc::default(), Arc::default());
         tokio::time::sleep(Duration::from_secs(2)).await;
         exps.create(
             &PostParams::default(),
-            &manifest("long", args.long_trials, args.parallelism),
+            &manifest("long", args.sizes.long_trials, args.sizes.parallelism),
         )
         .await?;
-        let step = (args.long_trials / 10).max(1);
+        let step = (args.sizes.long_trials / 10).max(1);
         let mut next = step;
         let (mut sum0, mut count0, mut dsum0, mut dcount0) = (0.0, 0.0, 0.0, 0.0);
         let prefix_sum =
@@ -569,11 +578,11 @@ pub async fn run(args: &OperatorBenchArgs) -> Result<Report> {
     }
 
     // 3. Many experiments whose trials never end: how many run at once.
-    if args.experiments > 0 {
+    if args.sizes.experiments > 0 {
         let op = Operator::start(&ns, &logs.with_extension("many.log"))?;
         let timeline: Arc<Mutex<Timeline>> = Arc::default();
         let hang: Arc<Mutex<HashSet<String>>> = Arc::default();
-        for i in 0..args.experiments {
+        for i in 0..args.sizes.experiments {
             hang.lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(format!("many-{i}"));
@@ -581,18 +590,18 @@ pub async fn run(args: &OperatorBenchArgs) -> Result<Report> {
         let trainer = play_trainer(pods.clone(), timeline.clone(), hang);
         tokio::time::sleep(Duration::from_secs(2)).await;
         let started = Instant::now();
-        for i in 0..args.experiments {
+        for i in 0..args.sizes.experiments {
             exps.create(
                 &PostParams::default(),
                 &manifest(
                     &format!("many-{i}"),
-                    args.experiment_parallelism * 2,
-                    args.experiment_parallelism,
+                    args.sizes.experiment_parallelism * 2,
+                    args.sizes.experiment_parallelism,
                 ),
             )
             .await?;
         }
-        let want = (args.experiments * args.experiment_parallelism) as usize;
+        let want = (args.sizes.experiments * args.sizes.experiment_parallelism) as usize;
         let mut running = 0;
         while started.elapsed() < Duration::from_secs(600) {
             let list = pods.list(&ListParams::default()).await?;
@@ -614,8 +623,8 @@ pub async fn run(args: &OperatorBenchArgs) -> Result<Report> {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
         report.concurrent_trials = Some((
-            args.experiments,
-            args.experiment_parallelism,
+            args.sizes.experiments,
+            args.sizes.experiment_parallelism,
             running,
             started.elapsed().as_secs_f64(),
         ));

@@ -69,16 +69,8 @@ pub struct VersusArgs {
     /// Runs of each shape for each operator (the table shows the median and spread).
     #[arg(long, default_value_t = 3)]
     pub runs: u32,
-    #[arg(long, default_value_t = 2000)]
-    pub trials: u32,
-    #[arg(long, default_value_t = 200)]
-    pub parallelism: u32,
-    #[arg(long, default_value_t = 10000)]
-    pub long_trials: u32,
-    #[arg(long, default_value_t = 120)]
-    pub experiments: u32,
-    #[arg(long, default_value_t = 30)]
-    pub experiment_parallelism: u32,
+    #[command(flatten)]
+    pub sizes: super::operator::Sizes,
     /// Trials of each experiment of the `many` shape.
     #[arg(long, default_value_t = 60)]
     pub experiment_trials: u32,
@@ -138,8 +130,9 @@ pub async fn run(args: &VersusArgs) -> Result<Vec<Run>> {
     let table = Arc::new(Tabular::built_in()?);
     super::operator::install_crds(&client).await?;
     let gpus = args
+        .sizes
         .parallelism
-        .max(args.experiments * args.experiment_parallelism);
+        .max(args.sizes.experiments * args.sizes.experiment_parallelism);
     super::operator::add_nodes(&client, gpus.div_ceil(8) + 1).await?;
     // Restarted controllers stay up after the benchmark; tools/katib/down.sh stops them.
     let katib = if args.operators.contains(&Side::Katib) {
@@ -432,12 +425,12 @@ async fn shape_run(
     katib: Option<Arc<katib::Katib>>,
 ) -> Result<Run> {
     let (experiments, trials, parallelism) = match shape {
-        Shape::Latency | Shape::Faults => (1, args.trials, args.parallelism),
-        Shape::Long => (1, args.long_trials, args.parallelism),
+        Shape::Latency | Shape::Faults => (1, args.sizes.trials, args.sizes.parallelism),
+        Shape::Long => (1, args.sizes.long_trials, args.sizes.parallelism),
         Shape::Many => (
-            args.experiments,
+            args.sizes.experiments,
             args.experiment_trials,
-            args.experiment_parallelism,
+            args.sizes.experiment_parallelism,
         ),
     };
     let names: Vec<String> = (0..experiments).map(|i| format!("e{i}")).collect();
