@@ -294,6 +294,17 @@ pub const GPU_TRIAL_TEMPLATE: &str = r#"  trialTemplate:
 "#;
 
 fn manifest(name: &str, trials: u32, parallelism: u32) -> NasExperiment {
+    random_search(
+        name,
+        trials,
+        parallelism,
+        "    hyperparameters: [{name: lr, float: {min: 0.001, max: 1.0, log: true}}]\n",
+    )
+}
+
+/// A random search over the NAS-Bench-201 cell (plus `space`, further lines of the search
+/// space) on the simulated GPU nodes: both operator benchmarks' experiment.
+pub fn random_search(name: &str, trials: u32, parallelism: u32, space: &str) -> NasExperiment {
     let yaml = format!(
         r#"
 apiVersion: nasop.dev/v1alpha1
@@ -303,8 +314,7 @@ spec:
   objectives: [{{metric: val_accuracy, goal: maximize}}]
   searchSpace:
     cell: {{nodes: 4, operations: [none, skip_connect, nor_conv_1x1, nor_conv_3x3, avg_pool_3x3]}}
-    hyperparameters: [{{name: lr, float: {{min: 0.001, max: 1.0, log: true}}}}]
-  strategy: {{algorithm: random, seed: 1}}
+{space}  strategy: {{algorithm: random, seed: 1}}
   budget: {{maxTrials: {trials}, parallelism: {parallelism}, trialEpochs: 12}}
 {GPU_TRIAL_TEMPLATE}"#
     );
@@ -700,5 +710,24 @@ pub fn print(report: &Report) {
         println!(
             "concurrency: {e} experiments x {p} parallel trials: {running} trials running at once after {s:.0} s"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_benchmarks_search_the_cell_at_random_and_only_this_one_tunes_lr() {
+        let own = manifest("a", 20, 5);
+        let plain = random_search("b", 30, 6, "");
+        for (e, trials, parallelism) in [(&own, 20, 5), (&plain, 30, 6)] {
+            assert_eq!(e.spec.budget.max_trials, trials);
+            assert_eq!(e.spec.budget.parallelism, parallelism);
+            assert!(e.spec.search_space.cell.is_some());
+            assert!(e.spec.trial_template.is_some());
+        }
+        assert_eq!(own.spec.search_space.hyperparameters.len(), 1);
+        assert!(plain.spec.search_space.hyperparameters.is_empty());
     }
 }

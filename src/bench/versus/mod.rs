@@ -290,24 +290,6 @@ impl Drop for NasopOperator {
     }
 }
 
-fn nasop_manifest(name: &str, trials: u32, parallelism: u32) -> Result<NasExperiment> {
-    let yaml = format!(
-        r#"
-apiVersion: nasop.dev/v1alpha1
-kind: NasExperiment
-metadata: {{name: {name}}}
-spec:
-  objectives: [{{metric: val_accuracy, goal: maximize}}]
-  searchSpace:
-    cell: {{nodes: 4, operations: [none, skip_connect, nor_conv_1x1, nor_conv_3x3, avg_pool_3x3]}}
-  strategy: {{algorithm: random, seed: 1}}
-  budget: {{maxTrials: {trials}, parallelism: {parallelism}, trialEpochs: 12}}
-{}"#,
-        super::operator::GPU_TRIAL_TEMPLATE
-    );
-    Ok(serde_yaml::from_str(&yaml)?)
-}
-
 /// What the simulated trainer needs of a trial pod: its experiment, trial and candidate.
 fn pod_trial(side: Side, pod: &Pod) -> Option<(String, String, Option<String>)> {
     let labels = pod.labels();
@@ -548,7 +530,7 @@ async fn measure_shape(
             for name in names {
                 api.create(
                     &PostParams::default(),
-                    &nasop_manifest(name, trials, parallelism)?,
+                    &super::operator::random_search(name, trials, parallelism, ""),
                 )
                 .await?;
             }
