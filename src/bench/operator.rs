@@ -293,13 +293,14 @@ pub const GPU_TRIAL_TEMPLATE: &str = r#"  trialTemplate:
           resources: {limits: {nvidia.com/gpu: "1"}}
 "#;
 
+/// A learning rate beside the cell, which the simulated trainer ignores: the cell alone has
+/// 4,914 distinct candidates (nasop's random search ends when every one was tried), so
+/// experiments of more trials search this too.
+pub const LEARNING_RATE_SPACE: &str =
+    "    hyperparameters: [{name: lr, float: {min: 0.001, max: 1.0, log: true}}]\n";
+
 fn manifest(name: &str, trials: u32, parallelism: u32) -> NasExperiment {
-    random_search(
-        name,
-        trials,
-        parallelism,
-        "    hyperparameters: [{name: lr, float: {min: 0.001, max: 1.0, log: true}}]\n",
-    )
+    random_search(name, trials, parallelism, LEARNING_RATE_SPACE)
 }
 
 /// A random search over the NAS-Bench-201 cell (plus `space`, further lines of the search

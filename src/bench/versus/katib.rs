@@ -4,7 +4,7 @@
 //! manager as Katib's SDK does (tools/katib/report.py).
 
 use anyhow::{Context, Result, bail};
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams};
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::{Api, Client};
 use std::collections::HashMap;
 use std::io::{BufRead, Write};
@@ -42,19 +42,33 @@ pub fn resource(kind: &str, plural: &str) -> ApiResource {
 
 /// A random search over the NAS-Bench-201 cell as a Katib Experiment: one categorical
 /// parameter per edge, the trainer a Job whose pod asks for one GPU on the simulated GPU nodes
-/// (as nasop's trial pods do), metrics pushed by the trainer.
-pub fn experiment(name: &str, trials: u32, parallelism: u32) -> Result<DynamicObject> {
-    let parameters: Vec<serde_json::Value> = (0..6)
+/// (as nasop's trial pods do), metrics pushed by the trainer. With `learning_rate`, also a
+/// log-uniform learning rate in [0.001, 1] (the trainer's `--lr`), as
+/// [`crate::bench::operator::LEARNING_RATE_SPACE`] adds to nasop's.
+pub fn experiment(
+    name: &str,
+    trials: u32,
+    parallelism: u32,
+    learning_rate: bool,
+) -> Result<DynamicObject> {
+    let mut parameters: Vec<serde_json::Value> = (0..6)
         .map(|i| {
             serde_json::json!({"name": format!("e{i}"), "parameterType": "categorical",
                 "feasibleSpace": {"list": OPERATIONS}})
         })
         .collect();
-    let trial_parameters: Vec<serde_json::Value> = (0..6)
+    let mut trial_parameters: Vec<serde_json::Value> = (0..6)
         .map(|i| serde_json::json!({"name": format!("e{i}"), "reference": format!("e{i}")}))
         .collect();
     // The cell in NAS-Bench-201's string: node 1 <- 0; node 2 <- 0, 1; node 3 <- 0, 1, 2.
     let arch = "--arch=|${trialParameters.e0}~0|+|${trialParameters.e1}~0|${trialParameters.e2}~1|+|${trialParameters.e3}~0|${trialParameters.e4}~1|${trialParameters.e5}~2|";
+    let mut args = vec![arch.to_string()];
+    if learning_rate {
+        parameters.push(serde_json::json!({"name": "lr", "parameterType": "double",
+            "feasibleSpace": {"min": "0.001", "max": "1.0", "distribution": "logUniform"}}));
+        trial_parameters.push(serde_json::json!({"name": "lr", "reference": "lr"}));
+        args.push("--lr=${trialParameters.lr}".to_string());
+    }
     let value = serde_json::json!({
         "apiVersion": "kubeflow.org/v1beta1",
         "kind": "Experiment",
@@ -80,7 +94,7 @@ pub fn experiment(name: &str, trials: u32, parallelism: u32) -> Result<DynamicOb
                             "containers": [{
                                 "name": "trainer",
                                 "image": "ghcr.io/nasop/nasop-trainer:dev",
-                                "args": [arch],
+                                "args": args,
                                 "resources": {"limits": {"nvidia.com/gpu": "1"}}
                             }]
                         }
@@ -234,6 +248,18 @@ impl Katib {
         Ok(())
     }
 
+    /// What the controller logged as failing for a namespace's objects since `since`
+    /// (a stalled run: its last `--stall` seconds): a failed run's row quotes it, so that a
+    /// shape Katib cannot do says why in Katib's own words.
+    pub fn errors_since(
+        &self,
+        namespace: &str,
+        since: k8s_openapi::jiff::Timestamp,
+    ) -> Option<String> {
+        let log = std::fs::read_to_string(self.state.join("logs/katib-controller.log")).ok()?;
+        errors_since(&log, namespace, since)
+    }
+
     /// Stops the suggestion services of a namespace's experiments.
     pub fn stop_suggestions(&self, namespace: &str) {
         let path = self.state.join("suggestions");
@@ -264,50 +290,6 @@ impl Katib {
     pub fn experiments(client: &Client, namespace: &str) -> Api<DynamicObject> {
         let r = resource("Experiment", "experiments");
         Api::namespaced_with(client.clone(), namespace, &r)
-    }
-
-    /// The largest object of each of Katib's kinds in the namespace, in bytes of JSON.
-    pub async fn largest_objects(client: &Client, namespace: &str) -> Result<Vec<(String, usize)>> {
-        let mut out = Vec::new();
-        for (kind, plural) in [
-            ("Experiment", "experiments"),
-            ("Suggestion", "suggestions"),
-            ("Trial", "trials"),
-        ] {
-            let api: Api<DynamicObject> =
-                Api::namespaced_with(client.clone(), namespace, &resource(kind, plural));
-            let list = api.list(&ListParams::default()).await?;
-            let largest = list
-                .items
-                .iter()
-                .map(|o| serde_json::to_string(o).map_or(0, |s| s.len()))
-                .max()
-                .unwrap_or(0);
-            out.push((kind.to_string(), largest));
-        }
-        Ok(out)
-    }
-
-    /// Trials of each experiment, and how many of them succeeded.
-    pub async fn trials(client: &Client, namespace: &str) -> Result<HashMap<String, (u32, u32)>> {
-        let api: Api<DynamicObject> =
-            Api::namespaced_with(client.clone(), namespace, &resource("Trial", "trials"));
-        let mut out: HashMap<String, (u32, u32)> = HashMap::new();
-        for t in api.list(&ListParams::default()).await?.items {
-            let experiment = t
-                .metadata
-                .owner_references
-                .as_ref()
-                .and_then(|o| o.first())
-                .map(|o| o.name.clone())
-                .unwrap_or_default();
-            let e = out.entry(experiment).or_default();
-            e.0 += 1;
-            if ended(&t) == Some("Succeeded") {
-                e.1 += 1;
-            }
-        }
-        Ok(out)
     }
 }
 
@@ -390,13 +372,64 @@ impl Drop for Reporter {
     }
 }
 
+/// The failures a controller-runtime JSON log records for a namespace's objects from `since`
+/// on, most frequent first (object names masked, at most three), with their counts. Update
+/// conflicts ("the object has been modified") and objects already gone ("not found") are
+/// left out: the controller meets both as a matter of course (it deletes each trial's Job
+/// and then reconciles it once more). Katib logs some failures at info with an `err` (a status update that
+/// etcd refused, for one).
+fn errors_since(log: &str, namespace: &str, since: k8s_openapi::jiff::Timestamp) -> Option<String> {
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    let quoted = format!("\"namespace\":\"{namespace}\"");
+    for line in log.lines().filter(|l| l.contains(&quoted)) {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let err = v["error"].as_str().or(v["err"].as_str());
+        let at = v["ts"]
+            .as_str()
+            .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok());
+        if (v["level"] != "error" && err.is_none())
+            || at.is_none_or(|at| at < since)
+            || err.is_some_and(|e| {
+                e.contains("the object has been modified") || e.ends_with(" not found")
+            })
+        {
+            continue;
+        }
+        let text = format!(
+            "{}: {}",
+            v["msg"].as_str().unwrap_or_default(),
+            err.unwrap_or_default()
+        );
+        let masked: String = text
+            .split('"')
+            .enumerate()
+            .map(|(i, part)| if i % 2 == 1 { "…" } else { part })
+            .collect::<Vec<_>>()
+            .join("\"");
+        *counts.entry(masked).or_default() += 1;
+    }
+    let mut counts: Vec<(String, usize)> = counts.into_iter().collect();
+    counts.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    if counts.is_empty() {
+        return None;
+    }
+    let quoted: Vec<String> = counts
+        .iter()
+        .take(3)
+        .map(|(text, n)| format!("{n}× \"{}\"", text.chars().take(200).collect::<String>()))
+        .collect();
+    Some(format!("Katib's controller logged {}", quoted.join(", ")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn the_experiment_searches_the_nb201_cell_with_pushed_metrics() {
-        let e = experiment("x", 2000, 200).unwrap();
+        let e = experiment("x", 2000, 200, false).unwrap();
         let spec = &e.data["spec"];
         assert_eq!(spec["maxTrialCount"], 2000);
         assert_eq!(spec["parallelTrialCount"], 200);
@@ -416,6 +449,24 @@ mod tests {
     }
 
     #[test]
+    fn the_long_shape_adds_a_log_uniform_learning_rate() {
+        let e = experiment("x", 10000, 200, true).unwrap();
+        let spec = &e.data["spec"];
+        let lr = &spec["parameters"][6];
+        assert_eq!(lr["name"], "lr");
+        assert_eq!(lr["feasibleSpace"]["distribution"], "logUniform");
+        let pod = &spec["trialTemplate"]["trialSpec"]["spec"]["template"];
+        assert_eq!(
+            pod["spec"]["containers"][0]["args"][1],
+            "--lr=${trialParameters.lr}"
+        );
+        assert_eq!(
+            spec["trialTemplate"]["trialParameters"][6]["reference"],
+            "lr"
+        );
+    }
+
+    #[test]
     fn ended_reads_the_conditions() {
         let mut o: DynamicObject =
             serde_json::from_value(serde_json::json!({"apiVersion": "kubeflow.org/v1beta1",
@@ -426,5 +477,33 @@ mod tests {
         assert_eq!(ended(&o), Some("Succeeded"));
         o.data["status"]["conditions"][1]["status"] = "False".into();
         assert_eq!(ended(&o), None);
+    }
+
+    #[test]
+    fn errors_since_leave_out_conflicts_and_earlier_lines() {
+        let line = |ts: &str, ns: &str, key: &str, err: &str| {
+            serde_json::json!({"level": "info", "ts": ts, "msg": "Update failed",
+                "namespace": ns, key: err})
+            .to_string()
+        };
+        let log = [
+            line("2026-12-06T12:40:00Z", "a", "err", "etcdserver: request is too large"),
+            line("2026-12-06T12:46:33Z", "a", "err", "etcdserver: request is too large"),
+            line("2026-12-06T12:46:40Z", "a", "error", "jobs.batch \"e0-1\" not found"),
+            line("2026-12-06T12:47:00Z", "a", "err", "etcdserver: request is too large"),
+            line("2026-12-06T12:47:01Z", "a", "error", "Operation cannot be fulfilled on suggestions.kubeflow.org \"e0\": the object has been modified"),
+            line("2026-12-06T12:47:01Z", "a", "error", "Operation cannot be fulfilled on suggestions.kubeflow.org \"e0\": the object has been modified"),
+            line("2026-12-06T12:47:02Z", "b", "err", "other"),
+            r#"{"level":"info","ts":"2026-12-06T12:47:03Z","namespace":"a","msg":"fine"}"#.to_string(),
+            "not json".to_string(),
+        ]
+        .join("\n");
+        let since: k8s_openapi::jiff::Timestamp = "2026-12-06T12:46:00Z".parse().unwrap();
+        let e = errors_since(&log, "a", since).unwrap();
+        assert_eq!(
+            e,
+            "Katib's controller logged 2× \"Update failed: etcdserver: request is too large\""
+        );
+        assert_eq!(errors_since(&log, "c", since), None);
     }
 }

@@ -16,20 +16,27 @@
 
 pub mod katib;
 pub mod measure;
+pub mod nasop;
+pub mod table;
 
-use crate::api::{self, NasExperiment};
+pub use table::print;
+
+use crate::api::{ExperimentPhase, NasExperiment, TrialPhaseName};
 use crate::local::executor::Tabular;
 use crate::operator::pod::{LABEL_ATTEMPT, LABEL_EXPERIMENT, LABEL_TRIAL};
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{
+    ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
+    PostParams,
+};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use measure::{Audit, Sampler, Timeline, quantile};
-use serde::Serialize;
+use nasop::NasopOperator;
+use serde::{Deserialize, Deserializer, Serialize};
 use std::collections::{BTreeMap, HashSet};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -51,6 +58,11 @@ pub enum Shape {
     Long,
     /// The latency shape with the operator's controller killed --kills times.
     Faults,
+}
+
+/// An operator's or a shape's name in the table and the JSON: "nasop", "latency".
+pub fn name(v: impl std::fmt::Debug) -> String {
+    format!("{v:?}").to_lowercase()
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -84,30 +96,48 @@ pub struct VersusArgs {
     /// Give up on a run after this many seconds (its row says so).
     #[arg(long, default_value_t = 3600)]
     pub timeout: u64,
-    /// Give up on a run when no trial pod was created or ended for this many seconds.
+    /// Give up on a run when no trial pod and no trial object changed for this many seconds.
     #[arg(long, default_value_t = 180)]
     pub stall: u64,
     /// Print every run as JSON lines instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// Append every run, as it ends, to this file of JSON lines (for `--from`).
+    #[arg(long)]
+    pub save: Option<std::path::PathBuf>,
+    /// Measure nothing: print the table of the runs saved in these files (`--save`, `--json`,
+    /// or the benchmark's progress lines), e.g. runs of one matrix measured on several days.
+    #[arg(long, value_delimiter = ',')]
+    pub from: Vec<std::path::PathBuf>,
 }
 
-/// One run of one shape by one operator.
-#[derive(Serialize, Debug, Default, Clone)]
+/// One run of one shape by one operator. Figures that could not be measured are NaN (null
+/// in JSON).
+#[derive(Serialize, Deserialize, Debug, Default, Clone)]
+#[serde(default)]
 pub struct Run {
     pub operator: String,
+    /// The operator's flags other than its defaults (`--nasop-args`); empty at defaults.
+    pub settings: String,
     pub shape: String,
     pub run: u32,
     pub trials: u32,
+    #[serde(deserialize_with = "nan_if_null")]
     pub wall_seconds: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub trials_per_second: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub end_to_next_pod_ms_p50: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub end_to_next_pod_ms_p99: f64,
     pub max_running_pods: usize,
+    #[serde(deserialize_with = "nan_if_null")]
     pub cpu_seconds: f64,
     /// CPU-seconds by process name (Katib: controller, DB manager, PostgreSQL, suggestions).
     pub cpu_seconds_by_process: BTreeMap<String, f64>,
+    #[serde(deserialize_with = "nan_if_null")]
     pub peak_rss_mib: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub api_requests_per_trial: f64,
     /// `verb resource` -> requests per trial.
     pub requests_per_trial: BTreeMap<String, f64>,
@@ -117,12 +147,35 @@ pub struct Run {
     pub trials_lost: u32,
     pub trials_run_twice: usize,
     /// Seconds from each controller restart to the first trial object it created.
+    #[serde(deserialize_with = "nans_if_null")]
     pub resume_seconds: Vec<f64>,
     /// Why the run did not finish, if it did not.
     pub error: Option<String>,
 }
 
+fn nan_if_null<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
+fn nans_if_null<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f64>, D::Error> {
+    Ok(Vec::<Option<f64>>::deserialize(d)?
+        .into_iter()
+        .map(|v| v.unwrap_or(f64::NAN))
+        .collect())
+}
+
+/// Measures every shape for every operator `--runs` times, or, with `--from`, reads runs
+/// measured before.
 pub async fn run(args: &VersusArgs) -> Result<Vec<Run>> {
+    if !args.from.is_empty() {
+        return Ok(table::load(&args.from)?
+            .into_iter()
+            .filter(|r| {
+                args.operators.iter().any(|s| name(*s) == r.operator)
+                    && args.shapes.iter().any(|s| name(*s) == r.shape)
+            })
+            .collect());
+    }
     let _ = rustls::crypto::ring::default_provider().install_default();
     let client = Client::try_default().await.context(
         "nasop bench operators needs the test control plane: `make testenv-up`, then export the KUBECONFIG it prints",
@@ -155,12 +208,18 @@ pub async fn run(args: &VersusArgs) -> Result<Vec<Run>> {
                             ..Run::default()
                         },
                     };
-                r.operator = format!("{side:?}").to_lowercase();
-                r.shape = format!("{shape:?}").to_lowercase();
+                r.operator = name(side);
+                if side == Side::Nasop {
+                    r.settings = args.nasop_args.trim().to_string();
+                }
+                r.shape = name(shape);
                 r.run = run;
                 eprintln!("{label}: {}", serde_json::to_string(&r)?);
                 if args.json {
                     println!("{}", serde_json::to_string(&r)?);
+                }
+                if let Some(path) = &args.save {
+                    table::save(path, &r)?;
                 }
                 runs.push(r);
             }
@@ -169,125 +228,76 @@ pub async fn run(args: &VersusArgs) -> Result<Vec<Run>> {
     Ok(runs)
 }
 
-/// The nasop operator as a child process, running as a service account of its own.
-struct NasopOperator {
-    child: Child,
-    namespace: String,
-    kubeconfig: std::path::PathBuf,
-    flags: Vec<String>,
-}
+impl Side {
+    /// The operator's kinds: its trial kind first, its experiment kind second.
+    fn kinds(self) -> Vec<(&'static str, ApiResource)> {
+        match self {
+            Side::Nasop => [
+                ("NasTrial", "nastrials"),
+                ("NasExperiment", "nasexperiments"),
+            ]
+            .map(|(kind, plural)| {
+                let gvk = GroupVersionKind::gvk("nasop.dev", "v1alpha1", kind);
+                (kind, ApiResource::from_gvk_with_plural(&gvk, plural))
+            })
+            .to_vec(),
+            Side::Katib => [
+                ("Trial", "trials"),
+                ("Experiment", "experiments"),
+                ("Suggestion", "suggestions"),
+            ]
+            .map(|(kind, plural)| (kind, katib::resource(kind, plural)))
+            .to_vec(),
+        }
+    }
 
-const NASOP_ACCOUNT: &str = "nasop-bench-operator";
-
-impl NasopOperator {
-    /// A service account bound to cluster-admin (RBAC does not change what it requests), and
-    /// a kubeconfig with its token.
-    fn start(namespace: &str, flags: &str) -> Result<NasopOperator> {
-        let kubectl = |args: &[&str]| -> Result<String> {
-            let out = Command::new("kubectl").args(args).output()?;
-            if !out.status.success() {
-                bail!(
-                    "kubectl {}: {}",
-                    args.join(" "),
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-        };
-        kubectl(&["create", "serviceaccount", "-n", namespace, NASOP_ACCOUNT])?;
-        kubectl(&[
-            "create",
-            "clusterrolebinding",
-            &format!("{NASOP_ACCOUNT}-{namespace}"),
-            "--clusterrole=cluster-admin",
-            &format!("--serviceaccount={namespace}:{NASOP_ACCOUNT}"),
-        ])?;
-        let token = kubectl(&[
-            "create",
-            "token",
-            "-n",
-            namespace,
-            NASOP_ACCOUNT,
-            "--duration",
-            "24h",
-        ])?;
-        let server = kubectl(&[
-            "config",
-            "view",
-            "--minify",
-            "-o",
-            "jsonpath={.clusters[0].cluster.server}",
-        ])?;
-        let dir = std::env::temp_dir().join(format!("nasop-versus-{namespace}"));
-        std::fs::create_dir_all(&dir)?;
-        let kubeconfig = dir.join("kubeconfig");
-        std::fs::write(
-            &kubeconfig,
-            format!(
-                "apiVersion: v1\nkind: Config\nclusters: [{{name: t, cluster: {{server: \"{server}\", insecure-skip-tls-verify: true}}}}]\nusers: [{{name: u, user: {{token: \"{token}\"}}}}]\ncontexts: [{{name: c, context: {{cluster: t, user: u, namespace: {namespace}}}}}]\ncurrent-context: c\n"
+    /// Whether an experiment object says it ended, succeeded or failed.
+    fn ended(self, experiment: &DynamicObject) -> bool {
+        match self {
+            Side::Nasop => matches!(
+                serde_json::from_value(experiment.data["status"]["phase"].clone()),
+                Ok(ExperimentPhase::Succeeded | ExperimentPhase::Failed)
             ),
-        )?;
-        std::fs::write(
-            dir.join("key"),
-            "bench-report-key-0123456789abcdef0123456789",
-        )?;
-        let flags: Vec<String> = flags.split_whitespace().map(String::from).collect();
-        let child = Self::spawn(namespace, &kubeconfig, &flags)?;
-        Ok(NasopOperator {
-            child,
-            namespace: namespace.to_string(),
-            kubeconfig,
-            flags,
-        })
+            Side::Katib => katib::ended(experiment).is_some(),
+        }
     }
 
-    fn spawn(namespace: &str, kubeconfig: &std::path::Path, flags: &[String]) -> Result<Child> {
-        let dir = kubeconfig.parent().unwrap_or(std::path::Path::new("."));
-        let log = std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(dir.join("operator.log"))?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        Command::new(std::env::current_exe()?)
-            .args(["operator", "--namespace", namespace, "--listen"])
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--report-key-file")
-            .arg(dir.join("key"))
-            .args(flags)
-            .env("KUBECONFIG", kubeconfig)
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .stdin(Stdio::null())
-            .spawn()
-            .context("starting nasop operator")
-    }
-
-    fn restart(&mut self) -> Result<()> {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.child = Self::spawn(&self.namespace, &self.kubeconfig, &self.flags)?;
-        Ok(())
-    }
-
-    fn user(&self) -> String {
-        format!("system:serviceaccount:{}:{NASOP_ACCOUNT}", self.namespace)
+    /// Whether a trial object (NasTrial, or Katib's Trial) says it succeeded.
+    fn succeeded(self, trial: &DynamicObject) -> bool {
+        match self {
+            Side::Nasop => matches!(
+                serde_json::from_value(trial.data["status"]["phase"].clone()),
+                Ok(TrialPhaseName::Succeeded)
+            ),
+            Side::Katib => katib::ended(trial) == Some("Succeeded"),
+        }
     }
 }
 
-impl Drop for NasopOperator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = Command::new("kubectl")
-            .args([
-                "delete",
-                "clusterrolebinding",
-                &format!("{NASOP_ACCOUNT}-{}", self.namespace),
-            ])
-            .output();
+/// The largest object of each of the operator's kinds in the namespace, in bytes of JSON as
+/// the API server returns it.
+async fn largest_objects(client: &Client, side: Side, ns: &str) -> Result<Vec<(String, usize)>> {
+    let mut out = Vec::new();
+    for (kind, resource) in side.kinds() {
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &resource);
+        let largest = api
+            .list(&ListParams::default())
+            .await?
+            .items
+            .iter()
+            .map(|o| serde_json::to_string(o).map_or(0, |s| s.len()))
+            .max()
+            .unwrap_or(0);
+        out.push((kind.to_string(), largest));
     }
+    Ok(out)
+}
+
+/// How many of the namespace's trials succeeded.
+async fn succeeded_trials(client: &Client, side: Side, ns: &str) -> Result<u32> {
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &side.kinds()[0].1);
+    let trials = api.list(&ListParams::default()).await?.items;
+    Ok(trials.iter().filter(|t| side.succeeded(t)).count() as u32)
 }
 
 /// What the simulated trainer needs of a trial pod: its experiment, trial and candidate.
@@ -418,8 +428,8 @@ async fn shape_run(
     let names: Vec<String> = (0..experiments).map(|i| format!("e{i}")).collect();
     let ns = format!(
         "versus-{}-{}-{run}-{}",
-        format!("{side:?}").to_lowercase(),
-        format!("{shape:?}").to_lowercase(),
+        name(side),
+        name(shape),
         std::process::id()
     );
     let namespaces: Api<Namespace> = Api::all(client.clone());
@@ -442,10 +452,14 @@ async fn shape_run(
         &names,
         trials,
         parallelism,
-        katib,
+        katib.clone(),
         &pods,
     )
     .await;
+    // Also when the run failed half-way: the suggestion services are this run's.
+    if let Some(k) = &katib {
+        k.stop_suggestions(&ns);
+    }
     // The next run starts once this one's objects are gone: their deletion (and, for Katib,
     // its finalizers) would otherwise load the machine during the next operator's run.
     let _ = namespaces.delete(&ns, &DeleteParams::background()).await;
@@ -523,14 +537,25 @@ async fn measure_shape(
     tokio::time::sleep(Duration::from_secs(2)).await;
     let audit = Audit::from_now()?;
     let started = Instant::now();
-    // Create every experiment.
+    // Create every experiment. The long shape searches a learning rate too: the cell alone has
+    // fewer distinct candidates than its trials (see LEARNING_RATE_SPACE).
+    let learning_rate = shape == Shape::Long;
     match side {
         Side::Nasop => {
             let api: Api<NasExperiment> = Api::namespaced(client.clone(), ns);
             for name in names {
                 api.create(
                     &PostParams::default(),
-                    &super::operator::random_search(name, trials, parallelism, ""),
+                    &super::operator::random_search(
+                        name,
+                        trials,
+                        parallelism,
+                        if learning_rate {
+                            super::operator::LEARNING_RATE_SPACE
+                        } else {
+                            ""
+                        },
+                    ),
                 )
                 .await?;
             }
@@ -540,7 +565,7 @@ async fn measure_shape(
             for name in names {
                 api.create(
                     &PostParams::default(),
-                    &katib::experiment(name, trials, parallelism)?,
+                    &katib::experiment(name, trials, parallelism, learning_rate)?,
                 )
                 .await
                 .with_context(|| format!("creating Katib experiment {ns}/{name}"))?;
@@ -593,14 +618,19 @@ async fn measure_shape(
             ));
             break;
         }
-        let last = timeline
+        let pods_changed = timeline
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .last_change()
-            .unwrap_or(started);
+            .last_change();
+        let trials_changed = trials_seen
+            .1
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .last_change;
+        let last = pods_changed.max(trials_changed).unwrap_or(started);
         if last.elapsed() > Duration::from_secs(args.stall) {
             error = Some(format!(
-                "stalled: no trial pod created or ended for {} s, after {ended} ended",
+                "stalled: no trial pod or trial object changed for {} s, after {ended} trial pods ended",
                 args.stall
             ));
             break;
@@ -608,25 +638,28 @@ async fn measure_shape(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let wall = started.elapsed().as_secs_f64();
+    // What went wrong is in what the operator logged while nothing moved.
+    let gave_up_window = k8s_openapi::jiff::Timestamp::now()
+        - k8s_openapi::jiff::SignedDuration::from_secs(args.stall as i64);
     // Requests until the last experiment ended (no more from here).
     let requests = audit.count(&user)?;
     trainer.abort();
     trials_seen.0.abort();
     let (cpu, cpu_by_process, peak) = sampler.finish().await;
-    let (largest, counts) = match side {
-        Side::Nasop => (
-            nasop_largest(client, ns).await?,
-            nasop_trials(client, ns).await?,
-        ),
-        Side::Katib => (
-            katib::Katib::largest_objects(client, ns).await?,
-            katib::Katib::trials(client, ns).await?,
-        ),
-    };
-    let succeeded: u32 = counts.values().map(|c| c.1).sum();
+    let largest = largest_objects(client, side, ns).await?;
+    let succeeded = succeeded_trials(client, side, ns).await?;
     let t = timeline.lock().unwrap_or_else(|e| e.into_inner());
     let latency = t.end_to_next_pod_ms();
     let total_requests: u64 = requests.values().sum();
+    // Per trial made: the same as per trial of the shape when the run finished, and still
+    // a per-trial figure when it did not.
+    let made = (trials_seen
+        .1
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .first_seen
+        .len() as f64)
+        .max(1.0);
     let failures = failures.lock().unwrap_or_else(|e| e.into_inner()).clone();
     if error.is_none() && !failures.is_empty() {
         error = Some(format!(
@@ -634,6 +667,12 @@ async fn measure_shape(
             failures.len(),
             failures[0]
         ));
+    }
+    if let (Some(e), Some(k)) = (error.as_mut(), &katib)
+        && let Some(why) = k.errors_since(ns, gave_up_window)
+    {
+        e.push_str("; ");
+        e.push_str(&why);
     }
     let run = Run {
         trials: total_trials,
@@ -645,10 +684,10 @@ async fn measure_shape(
         cpu_seconds: cpu,
         cpu_seconds_by_process: cpu_by_process,
         peak_rss_mib: peak,
-        api_requests_per_trial: total_requests as f64 / total_trials as f64,
+        api_requests_per_trial: total_requests as f64 / made,
         requests_per_trial: requests
             .iter()
-            .map(|(k, v)| (k.clone(), *v as f64 / total_trials as f64))
+            .map(|(k, v)| (k.clone(), *v as f64 / made))
             .collect(),
         largest_objects: largest,
         trials_lost: total_trials.saturating_sub(succeeded),
@@ -658,7 +697,8 @@ async fn measure_shape(
             restarts
                 .iter()
                 .map(|r| {
-                    seen.values()
+                    seen.first_seen
+                        .values()
                         .filter(|c| *c > r)
                         .min()
                         .map_or(f64::NAN, |c| (*c - *r).as_secs_f64())
@@ -669,29 +709,28 @@ async fn measure_shape(
         ..Run::default()
     };
     drop(t);
-    if let Some(k) = &katib {
-        k.stop_suggestions(ns);
-    }
     Ok(run)
 }
 
-/// When a watch first saw each trial object (NasTrial, or Katib's Trial) of the namespace:
-/// the fault rows' time to resume is a restart to the first trial the new controller made.
-type TrialsSeen = Arc<Mutex<std::collections::HashMap<String, Instant>>>;
+/// When a watch first saw each trial object (NasTrial, or Katib's Trial) of the namespace,
+/// and when one last changed: the fault rows' time to resume is a restart to the first trial
+/// the new controller made, and a run whose trial objects still change (an operator behind
+/// on its bookkeeping after the last pod ended) has not stalled.
+#[derive(Default)]
+struct Trials {
+    first_seen: std::collections::HashMap<String, Instant>,
+    last_change: Option<Instant>,
+}
+
+type TrialsSeen = Arc<Mutex<Trials>>;
 
 fn watch_trials(
     client: &Client,
     side: Side,
     ns: &str,
 ) -> (tokio::task::JoinHandle<()>, TrialsSeen) {
-    let resource = match side {
-        Side::Nasop => kube::api::ApiResource::from_gvk_with_plural(
-            &kube::api::GroupVersionKind::gvk("nasop.dev", "v1alpha1", "NasTrial"),
-            "nastrials",
-        ),
-        Side::Katib => katib::resource("Trial", "trials"),
-    };
-    let api: Api<kube::api::DynamicObject> = Api::namespaced_with(client.clone(), ns, &resource);
+    let resource = side.kinds()[0].1.clone();
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &resource);
     let seen: TrialsSeen = Arc::default();
     let shared = seen.clone();
     let task = tokio::spawn(async move {
@@ -701,11 +740,10 @@ fn watch_trials(
             .boxed();
         while let Some(event) = events.next().await {
             if let Ok(trial) = event {
-                shared
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .entry(trial.name_any())
-                    .or_insert_with(Instant::now);
+                let mut trials = shared.lock().unwrap_or_else(|e| e.into_inner());
+                let now = Instant::now();
+                trials.first_seen.entry(trial.name_any()).or_insert(now);
+                trials.last_change = Some(now);
             }
         }
     });
@@ -714,217 +752,42 @@ fn watch_trials(
 
 /// Whether every experiment of the run has ended.
 async fn all_ended(client: &Client, side: Side, ns: &str, names: &[String]) -> Result<bool> {
-    let ended: usize = match side {
-        Side::Nasop => {
-            let api: Api<NasExperiment> = Api::namespaced(client.clone(), ns);
-            api.list(&ListParams::default())
-                .await?
-                .items
-                .iter()
-                .filter(|e| {
-                    matches!(
-                        e.status.as_ref().and_then(|s| s.phase),
-                        Some(api::ExperimentPhase::Succeeded | api::ExperimentPhase::Failed)
-                    )
-                })
-                .count()
-        }
-        Side::Katib => katib::Katib::experiments(client, ns)
-            .list(&ListParams::default())
-            .await?
-            .items
-            .iter()
-            .filter(|e| katib::ended(e).is_some())
-            .count(),
-    };
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &side.kinds()[1].1);
+    let experiments = api.list(&ListParams::default()).await?.items;
+    let ended = experiments.iter().filter(|e| side.ended(e)).count();
     Ok(ended >= names.len())
 }
 
-async fn nasop_largest(client: &Client, ns: &str) -> Result<Vec<(String, usize)>> {
-    let size = |s: serde_json::Result<String>| s.map_or(0, |s| s.len());
-    let exps: Api<NasExperiment> = Api::namespaced(client.clone(), ns);
-    let trials: Api<api::NasTrial> = Api::namespaced(client.clone(), ns);
-    let e = exps.list(&ListParams::default()).await?.items;
-    let t = trials.list(&ListParams::default()).await?.items;
-    Ok(vec![
-        (
-            "NasExperiment".into(),
-            e.iter()
-                .map(|o| size(serde_json::to_string(o)))
-                .max()
-                .unwrap_or(0),
-        ),
-        (
-            "NasTrial".into(),
-            t.iter()
-                .map(|o| size(serde_json::to_string(o)))
-                .max()
-                .unwrap_or(0),
-        ),
-    ])
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Trials of each experiment, and how many succeeded.
-async fn nasop_trials(
-    client: &Client,
-    ns: &str,
-) -> Result<std::collections::HashMap<String, (u32, u32)>> {
-    let trials: Api<api::NasTrial> = Api::namespaced(client.clone(), ns);
-    let mut out: std::collections::HashMap<String, (u32, u32)> = Default::default();
-    for t in trials.list(&ListParams::default()).await?.items {
-        let e = out.entry(t.spec.experiment.clone()).or_default();
-        e.0 += 1;
-        if t.status.as_ref().and_then(|s| s.phase) == Some(api::TrialPhaseName::Succeeded) {
-            e.1 += 1;
-        }
+    fn object(kind: &str, status: serde_json::Value) -> DynamicObject {
+        serde_json::from_value(serde_json::json!({"apiVersion": "v1", "kind": kind,
+            "metadata": {"name": "x"}, "status": status}))
+        .unwrap()
     }
-    Ok(out)
-}
 
-/// Median and spread of one figure over runs.
-fn spread(values: &[f64], digits: usize) -> String {
-    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
-    if v.is_empty() {
-        return "–".into();
-    }
-    v.sort_by(f64::total_cmp);
-    let median = quantile(&v, 0.5);
-    if v.len() == 1 || v[0] == v[v.len() - 1] {
-        return format!("{median:.digits$}");
-    }
-    format!(
-        "{median:.digits$} ({:.digits$}–{:.digits$})",
-        v[0],
-        v[v.len() - 1]
-    )
-}
-
-/// The side-by-side table: one row per shape and figure, a column per operator, medians
-/// over runs with the spread.
-pub fn print(args: &VersusArgs, runs: &[Run]) {
-    let sides: Vec<String> = args
-        .operators
-        .iter()
-        .map(|s| format!("{s:?}").to_lowercase())
-        .collect();
-    println!("| shape | figure | {} |", sides.join(" | "));
-    println!("|---|---|{}", "---|".repeat(sides.len()));
-    for shape in &args.shapes {
-        let shape = format!("{shape:?}").to_lowercase();
-        let of = |side: &str| -> Vec<&Run> {
-            runs.iter()
-                .filter(|r| r.shape == shape && r.operator == side)
-                .collect()
+    #[test]
+    fn both_operators_objects_are_read_the_same_way() {
+        let nasop = |phase: &str| object("NasTrial", serde_json::json!({"phase": phase}));
+        assert!(Side::Nasop.succeeded(&nasop("Succeeded")));
+        assert!(!Side::Nasop.succeeded(&nasop("Failed")));
+        assert!(Side::Nasop.ended(&nasop("Failed")));
+        assert!(!Side::Nasop.ended(&nasop("Training")));
+        assert!(!Side::Nasop.ended(&object("NasExperiment", serde_json::json!({}))));
+        let katib = |kind: &str| {
+            object(
+                "Trial",
+                serde_json::json!({"conditions": [{"type": kind, "status": "True"}]}),
+            )
         };
-        type Figure = (&'static str, usize, fn(&Run) -> f64);
-        let figures: [Figure; 10] = [
-            ("wall time, s", 1, |r| r.wall_seconds),
-            ("trials per second", 1, |r| r.trials_per_second),
-            ("trial end → next pod, p50 ms", 0, |r| {
-                r.end_to_next_pod_ms_p50
-            }),
-            ("trial end → next pod, p99 ms", 0, |r| {
-                r.end_to_next_pod_ms_p99
-            }),
-            ("most trial pods running", 0, |r| r.max_running_pods as f64),
-            ("operator CPU-seconds", 1, |r| r.cpu_seconds),
-            ("operator peak RSS, MiB", 1, |r| r.peak_rss_mib),
-            ("API requests per trial", 2, |r| r.api_requests_per_trial),
-            ("trials lost", 0, |r| r.trials_lost as f64),
-            ("trials run twice", 0, |r| r.trials_run_twice as f64),
-        ];
-        for (figure, digits, get) in figures {
-            let cells: Vec<String> = sides
-                .iter()
-                .map(|side| {
-                    let rs: Vec<f64> = of(side)
-                        .iter()
-                        .filter(|r| r.error.is_none())
-                        .map(|r| get(r))
-                        .collect();
-                    spread(&rs, digits)
-                })
-                .collect();
-            println!("| {shape} | {figure} | {} |", cells.join(" | "));
-        }
-        let largest: Vec<String> = sides
-            .iter()
-            .map(|side| {
-                let mut best: BTreeMap<String, usize> = BTreeMap::new();
-                for r in of(side) {
-                    for (kind, bytes) in &r.largest_objects {
-                        let b = best.entry(kind.clone()).or_default();
-                        *b = (*b).max(*bytes);
-                    }
-                }
-                best.iter()
-                    .map(|(k, b)| format!("{k} {b}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            })
-            .collect();
-        println!(
-            "| {shape} | largest object, bytes | {} |",
-            largest.join(" | ")
-        );
-        if shape == "faults" {
-            let resume: Vec<String> = sides
-                .iter()
-                .map(|side| {
-                    let all: Vec<f64> = of(side)
-                        .iter()
-                        .flat_map(|r| r.resume_seconds.clone())
-                        .collect();
-                    spread(&all, 2)
-                })
-                .collect();
-            println!(
-                "| {shape} | controller restart → its first new trial, s | {} |",
-                resume.join(" | ")
-            );
-        }
-        let by_key = |get: fn(&Run) -> &BTreeMap<String, f64>, digits: usize| -> Vec<String> {
-            sides
-                .iter()
-                .map(|side| medians(&of(side), get, digits))
-                .collect()
-        };
-        println!(
-            "| {shape} | operator CPU-seconds by process (median) | {} |",
-            by_key(|r| &r.cpu_seconds_by_process, 1).join(" | ")
-        );
-        println!(
-            "| {shape} | requests per trial by verb and resource (median) | {} |",
-            by_key(|r| &r.requests_per_trial, 2).join(" | ")
-        );
-        for side in &sides {
-            for r in of(side) {
-                if let Some(e) = &r.error {
-                    println!("| {shape} | {side} run {} did not finish | {e} |", r.run);
-                }
-            }
+        assert!(Side::Katib.succeeded(&katib("Succeeded")));
+        assert!(!Side::Katib.succeeded(&katib("Running")));
+        assert!(Side::Katib.ended(&katib("Failed")));
+        for side in [Side::Nasop, Side::Katib] {
+            let kinds: Vec<&str> = side.kinds().iter().map(|k| k.0).collect();
+            assert!(kinds[0].ends_with("Trial") && kinds[1].ends_with("Experiment"));
         }
     }
-}
-
-/// "key median, ..." over runs of a figure kept by key, leaving out medians below 0.01.
-fn medians(runs: &[&Run], get: fn(&Run) -> &BTreeMap<String, f64>, digits: usize) -> String {
-    let mut keys: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-    for r in runs {
-        for (k, v) in get(r) {
-            keys.entry(k.clone()).or_default().push(*v);
-        }
-    }
-    keys.iter()
-        .map(|(k, v)| (k, quantile_of(v)))
-        .filter(|(_, m)| *m >= 0.01)
-        .map(|(k, m)| format!("{k} {m:.digits$}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-fn quantile_of(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    quantile(&v, 0.5)
 }

@@ -1,0 +1,300 @@
+//! The side-by-side table: one row per shape and figure, a column per operator, medians over
+//! runs with the spread; and the runs saved as JSON lines (`--save`), read back (`--from`) so
+//! that a matrix measured over several sessions prints as one table.
+
+use super::{Run, VersusArgs};
+use crate::bench::versus::measure::quantile;
+use anyhow::{Context, Result};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Appends one run to a file of JSON lines (each run as it ends: a later failure keeps it).
+pub fn save(path: &Path, run: &Run) -> Result<()> {
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("--save {}", path.display()))?;
+    writeln!(file, "{}", serde_json::to_string(run)?)?;
+    Ok(())
+}
+
+/// Runs saved by `--save` or `--json`, or the progress lines the benchmark writes to stderr
+/// (`nasop latency run 1: {...}`); other lines are skipped.
+pub fn load(paths: &[PathBuf]) -> Result<Vec<Run>> {
+    let mut runs = Vec::new();
+    for path in paths {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("--from {}", path.display()))?;
+        for (n, line) in text.lines().enumerate() {
+            let Some(start) = line.find('{') else {
+                continue;
+            };
+            if !line[start..].starts_with("{\"operator\"") {
+                continue;
+            }
+            let run: Run = serde_json::from_str(&line[start..])
+                .with_context(|| format!("--from {} line {}", path.display(), n + 1))?;
+            runs.push(run);
+        }
+    }
+    Ok(runs)
+}
+
+/// Median and spread of one figure over runs.
+fn spread(values: &[f64], digits: usize) -> String {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return "–".into();
+    }
+    v.sort_by(f64::total_cmp);
+    let median = quantile(&v, 0.5);
+    if v.len() == 1 || v[0] == v[v.len() - 1] {
+        return format!("{median:.digits$}");
+    }
+    format!(
+        "{median:.digits$} ({:.digits$}–{:.digits$})",
+        v[0],
+        v[v.len() - 1]
+    )
+}
+
+/// The table's columns: each operator of `--operators` at its defaults, then at each other
+/// setting the runs were measured with, in the order first seen.
+fn columns(args: &VersusArgs, runs: &[Run]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for side in &args.operators {
+        let side = super::name(*side);
+        out.push((side.clone(), String::new()));
+        for r in runs.iter().filter(|r| r.operator == side) {
+            let column = (side.clone(), r.settings.clone());
+            if !out.contains(&column) {
+                out.push(column);
+            }
+        }
+    }
+    out
+}
+
+/// The side-by-side table: one row per shape and figure, a column per operator, medians
+/// over runs with the spread.
+pub fn print(args: &VersusArgs, runs: &[Run]) {
+    let sides = columns(args, runs);
+    let labels: Vec<String> = sides
+        .iter()
+        .map(|(operator, settings)| match settings.as_str() {
+            "" => operator.clone(),
+            s => format!("{operator} `{s}`"),
+        })
+        .collect();
+    println!("| shape | figure | {} |", labels.join(" | "));
+    println!("|---|---|{}", "---|".repeat(sides.len()));
+    for shape in &args.shapes {
+        let shape = super::name(shape);
+        let of = |side: &(String, String)| -> Vec<&Run> {
+            runs.iter()
+                .filter(|r| r.shape == shape && r.operator == side.0 && r.settings == side.1)
+                .collect()
+        };
+        type Figure = (&'static str, usize, fn(&Run) -> f64);
+        let figures: [Figure; 10] = [
+            ("wall time, s", 1, |r| r.wall_seconds),
+            ("trials per second", 1, |r| r.trials_per_second),
+            ("trial end → next pod, p50 ms", 0, |r| {
+                r.end_to_next_pod_ms_p50
+            }),
+            ("trial end → next pod, p99 ms", 0, |r| {
+                r.end_to_next_pod_ms_p99
+            }),
+            ("most trial pods running", 0, |r| r.max_running_pods as f64),
+            ("operator CPU-seconds", 1, |r| r.cpu_seconds),
+            ("operator peak RSS, MiB", 1, |r| r.peak_rss_mib),
+            ("API requests per trial", 2, |r| r.api_requests_per_trial),
+            ("trials lost", 0, |r| r.trials_lost as f64),
+            ("trials run twice", 0, |r| r.trials_run_twice as f64),
+        ];
+        for (figure, digits, get) in figures {
+            let cells: Vec<String> = sides
+                .iter()
+                .map(|side| {
+                    let rs: Vec<f64> = of(side)
+                        .iter()
+                        .filter(|r| r.error.is_none())
+                        .map(|r| get(r))
+                        .collect();
+                    spread(&rs, digits)
+                })
+                .collect();
+            println!("| {shape} | {figure} | {} |", cells.join(" | "));
+        }
+        let largest: Vec<String> = sides
+            .iter()
+            .map(|side| {
+                let mut best: BTreeMap<String, usize> = BTreeMap::new();
+                for r in of(side) {
+                    for (kind, bytes) in &r.largest_objects {
+                        let b = best.entry(kind.clone()).or_default();
+                        *b = (*b).max(*bytes);
+                    }
+                }
+                best.iter()
+                    .map(|(k, b)| format!("{k} {b}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .collect();
+        println!(
+            "| {shape} | largest object, bytes | {} |",
+            largest.join(" | ")
+        );
+        if shape == "faults" {
+            let resume: Vec<String> = sides
+                .iter()
+                .map(|side| {
+                    let all: Vec<f64> = of(side)
+                        .iter()
+                        .flat_map(|r| r.resume_seconds.clone())
+                        .collect();
+                    spread(&all, 2)
+                })
+                .collect();
+            println!(
+                "| {shape} | controller restart → its first new trial, s | {} |",
+                resume.join(" | ")
+            );
+        }
+        let by_key = |get: fn(&Run) -> &BTreeMap<String, f64>, digits: usize| -> Vec<String> {
+            sides
+                .iter()
+                .map(|side| medians(&of(side), get, digits))
+                .collect()
+        };
+        println!(
+            "| {shape} | operator CPU-seconds by process (median) | {} |",
+            by_key(|r| &r.cpu_seconds_by_process, 1).join(" | ")
+        );
+        println!(
+            "| {shape} | requests per trial by verb and resource (median) | {} |",
+            by_key(|r| &r.requests_per_trial, 2).join(" | ")
+        );
+        for (i, side) in sides.iter().enumerate() {
+            for r in of(side) {
+                if let Some(e) = &r.error {
+                    // The error in its operator's column.
+                    let cells: Vec<&str> = (0..sides.len())
+                        .map(|j| if i == j { e.as_str() } else { "" })
+                        .collect();
+                    println!(
+                        "| {shape} | {} run {} did not finish | {} |",
+                        labels[i],
+                        r.run,
+                        cells.join(" | ")
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// "key median, ..." over runs of a figure kept by key, leaving out medians below 0.01.
+fn medians(runs: &[&Run], get: fn(&Run) -> &BTreeMap<String, f64>, digits: usize) -> String {
+    let mut keys: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for r in runs {
+        for (k, v) in get(r) {
+            keys.entry(k.clone()).or_default().push(*v);
+        }
+    }
+    keys.iter()
+        .map(|(k, v)| (k, quantile_of(v)))
+        .filter(|(_, m)| *m >= 0.01)
+        .map(|(k, m)| format!("{k} {m:.digits$}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn quantile_of(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    quantile(&v, 0.5)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn saved_runs_read_back_with_their_unmeasured_figures() {
+        let dir = std::env::temp_dir().join(format!("nasop-versus-table-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let saved = dir.join("runs.jsonl");
+        let _ = std::fs::remove_file(&saved);
+        let run = Run {
+            operator: "katib".into(),
+            shape: "long".into(),
+            run: 2,
+            wall_seconds: 12.5,
+            end_to_next_pod_ms_p99: f64::NAN,
+            resume_seconds: vec![0.5, f64::NAN],
+            error: Some("stalled".into()),
+            ..Run::default()
+        };
+        save(&saved, &run).unwrap();
+        save(&saved, &run).unwrap();
+        // The progress lines on stderr, from a run before `--save` existed (fewer fields).
+        let progress = dir.join("progress.log");
+        std::fs::write(
+            &progress,
+            "nasop latency run 1 ...\nnasop latency run 1: {\"operator\":\"nasop\",\"shape\":\"latency\",\"run\":1,\"wall_seconds\":73.4}\nkubectl noise {\"kind\":\"x\"}\n",
+        )
+        .unwrap();
+        let runs = load(&[saved, progress]).unwrap();
+        assert_eq!(runs.len(), 3);
+        assert_eq!(runs[0].wall_seconds, 12.5);
+        assert!(runs[0].end_to_next_pod_ms_p99.is_nan());
+        assert_eq!(runs[0].resume_seconds[0], 0.5);
+        assert!(runs[0].resume_seconds[1].is_nan());
+        assert_eq!(runs[0].error.as_deref(), Some("stalled"));
+        assert_eq!(
+            (runs[2].operator.as_str(), runs[2].wall_seconds),
+            ("nasop", 73.4)
+        );
+        assert!(runs[2].cpu_seconds_by_process.is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn runs_at_other_settings_get_columns_of_their_own() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: VersusArgs,
+        }
+        let args = Cli::parse_from(["x"]).args;
+        let run = |operator: &str, settings: &str| Run {
+            operator: operator.into(),
+            settings: settings.into(),
+            ..Run::default()
+        };
+        let runs = [
+            run("katib", ""),
+            run("nasop", "--concurrency 32"),
+            run("nasop", ""),
+            run("nasop", "--concurrency 32"),
+        ];
+        let columns: Vec<(String, String)> = columns(&args, &runs);
+        let expected = [("nasop", ""), ("nasop", "--concurrency 32"), ("katib", "")];
+        assert_eq!(
+            columns,
+            expected.map(|(o, s)| (o.to_string(), s.to_string()))
+        );
+    }
+
+    #[test]
+    fn spread_is_the_median_and_range_of_the_finite_values() {
+        assert_eq!(spread(&[3.0, 1.0, 2.0], 1), "2.0 (1.0–3.0)");
+        assert_eq!(spread(&[f64::NAN, 4.0], 0), "4");
+        assert_eq!(spread(&[], 0), "–");
+    }
+}
