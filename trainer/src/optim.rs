@@ -18,6 +18,14 @@ pub enum OptimizerKind {
 pub struct Optimizer {
     kind: OptimizerKind,
     params: Vec<Tensor>,
+    /// libtorch's own optimizer over the same parameters, used only for its `zero_grad`, which
+    /// resets gradients to undefined as PyTorch's does by default (tch has no other way to):
+    /// the next backward then writes each gradient instead of zeroing it and adding to it.
+    resetter: Option<tch::COptimizer>,
+    /// Weight decay, momentum and the step's -lr as 0-dim tensors on the parameters' device,
+    /// so that each SGD term is one `addcmul_` (PyTorch's `add_(x, alpha=a)`), not a product
+    /// and a sum: 5 operations per parameter, as in PyTorch's loop.
+    scalars: Option<[Tensor; 3]>,
     first: Vec<Tensor>,
     second: Vec<Tensor>,
     steps: i64,
@@ -41,9 +49,23 @@ impl Optimizer {
         } else {
             Vec::new()
         };
+        let resetter = tch::COptimizer::sgd(0.0, 0.0, 0.0, 0.0, false)
+            .and_then(|mut o| {
+                for p in &params {
+                    o.add_parameters(p, 0)?;
+                }
+                Ok(o)
+            })
+            .ok();
+        let scalars = params.first().map(|p| {
+            [weight_decay, momentum, 0.0]
+                .map(|v| Tensor::from(v).to_kind(p.kind()).to_device(p.device()))
+        });
         Optimizer {
             kind,
             params,
+            resetter,
+            scalars,
             first,
             second,
             steps: 0,
@@ -54,8 +76,13 @@ impl Optimizer {
     }
 
     pub fn zero_grad(&mut self) {
-        for p in &mut self.params {
-            p.zero_grad();
+        match &self.resetter {
+            Some(o) if o.zero_grad().is_ok() => {}
+            _ => {
+                for p in &mut self.params {
+                    p.zero_grad();
+                }
+            }
         }
     }
 
@@ -86,26 +113,32 @@ impl Optimizer {
         self.steps += 1;
         let t = self.steps as f64;
         tch::no_grad(|| {
+            if let Some([_, _, neg_lr]) = &mut self.scalars {
+                let _ = neg_lr.fill_(-lr);
+            }
             for (i, p) in self.params.iter_mut().enumerate() {
                 let g = p.grad();
                 if !g.defined() {
                     continue;
                 }
                 // The gradient is ours until the next zero_grad, so the decay and momentum
-                // terms are added to it in place; each product (`p * wd`, `m * momentum`,
-                // `g * lr`) is still a temporary, as in PyTorch's single-tensor loop.
+                // terms are added to it in place.
                 let mut g = g;
-                if self.weight_decay > 0.0 {
-                    g += &*p * self.weight_decay;
-                }
-                match self.kind {
-                    OptimizerKind::Sgd => {
+                match (self.kind, &mut self.scalars) {
+                    (OptimizerKind::Sgd, Some([wd, momentum, neg_lr])) => {
+                        if self.weight_decay > 0.0 {
+                            let _ = g.addcmul_(p, wd);
+                        }
                         self.first[i] *= self.momentum;
                         self.first[i] += &g;
-                        g += &self.first[i] * self.momentum;
-                        *p -= g * lr;
+                        let _ = g.addcmul_(&self.first[i], momentum);
+                        let _ = p.addcmul_(&g, neg_lr);
                     }
-                    OptimizerKind::Adam => {
+                    (OptimizerKind::Sgd, None) => {}
+                    (OptimizerKind::Adam, _) => {
+                        if self.weight_decay > 0.0 {
+                            g += &*p * self.weight_decay;
+                        }
                         let (b1, b2) = self.betas;
                         self.first[i] *= b1;
                         self.first[i] += &g * (1.0 - b1);
@@ -157,5 +190,59 @@ impl Optimizer {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Kind, Tensor};
+
+    /// One SGD step by hand, as PyTorch's `_single_tensor_sgd` writes it (Nesterov).
+    fn by_hand(p: &[f64], g: &[f64], m: &[f64], lr: f64, wd: f64, mu: f64) -> (Vec<f64>, Vec<f64>) {
+        let mut np = Vec::new();
+        let mut nm = Vec::new();
+        for i in 0..p.len() {
+            let g = g[i] + wd * p[i];
+            let m = mu * m[i] + g;
+            let d = g + mu * m;
+            np.push(p[i] - lr * d);
+            nm.push(m);
+        }
+        (np, nm)
+    }
+
+    #[test]
+    fn sgd_steps_as_pytorch_does_and_zero_grad_unsets_the_gradients() {
+        let p = Tensor::from_slice(&[1.0f32, -2.0, 0.5]).set_requires_grad(true);
+        let mut opt = Optimizer::new(
+            OptimizerKind::Sgd,
+            vec![p.shallow_clone()],
+            5e-4,
+            0.9,
+            (0.9, 0.999),
+        );
+        let (mut want_p, mut want_m) = (vec![1.0, -2.0, 0.5], vec![0.0; 3]);
+        for (step, lr) in [(1.0, 0.1), (2.0, 0.05)] {
+            // loss = step * sum(p^2): gradient 2 * step * p.
+            let loss = (&p * &p).sum(Kind::Float) * step;
+            opt.zero_grad();
+            assert!(
+                !p.grad().defined(),
+                "zero_grad sets gradients to none, as PyTorch's does"
+            );
+            loss.backward();
+            let g: Vec<f64> = want_p.iter().map(|x| 2.0 * step * x).collect();
+            (want_p, want_m) = by_hand(&want_p, &g, &want_m, lr, 5e-4, 0.9);
+            opt.step(lr);
+            let got = Vec::<f32>::try_from(p.detach()).unwrap();
+            for (a, b) in got.iter().zip(&want_p) {
+                assert!((*a as f64 - b).abs() < 1e-6, "{got:?} vs {want_p:?}");
+            }
+            let m = Vec::<f32>::try_from(&opt.first[0]).unwrap();
+            for (a, b) in m.iter().zip(&want_m) {
+                assert!((*a as f64 - b).abs() < 1e-6, "{m:?} vs {want_m:?}");
+            }
+        }
     }
 }
