@@ -25,7 +25,7 @@ pub struct Optimizer {
     /// Weight decay, momentum and the step's -lr as 0-dim tensors on the parameters' device,
     /// so that each SGD term is one `addcmul_` (PyTorch's `add_(x, alpha=a)`), not a product
     /// and a sum: 5 operations per parameter, as in PyTorch's loop.
-    scalars: Option<[Tensor; 3]>,
+    scalars: [Tensor; 3],
     first: Vec<Tensor>,
     second: Vec<Tensor>,
     steps: i64,
@@ -57,10 +57,13 @@ impl Optimizer {
                 Ok(o)
             })
             .ok();
-        let scalars = params.first().map(|p| {
-            [weight_decay, momentum, 0.0]
-                .map(|v| Tensor::from(v).to_kind(p.kind()).to_device(p.device()))
-        });
+        let (dtype, device) = params
+            .first()
+            .map_or((tch::Kind::Float, tch::Device::Cpu), |p| {
+                (p.kind(), p.device())
+            });
+        let scalars =
+            [weight_decay, momentum, 0.0].map(|v| Tensor::from(v).to_kind(dtype).to_device(device));
         Optimizer {
             kind,
             params,
@@ -113,9 +116,7 @@ impl Optimizer {
         self.steps += 1;
         let t = self.steps as f64;
         tch::no_grad(|| {
-            if let Some([_, _, neg_lr]) = &mut self.scalars {
-                let _ = neg_lr.fill_(-lr);
-            }
+            let _ = self.scalars[2].fill_(-lr);
             for (i, p) in self.params.iter_mut().enumerate() {
                 let g = p.grad();
                 if !g.defined() {
@@ -124,8 +125,9 @@ impl Optimizer {
                 // The gradient is ours until the next zero_grad, so the decay and momentum
                 // terms are added to it in place.
                 let mut g = g;
-                match (self.kind, &mut self.scalars) {
-                    (OptimizerKind::Sgd, Some([wd, momentum, neg_lr])) => {
+                match self.kind {
+                    OptimizerKind::Sgd => {
+                        let [wd, momentum, neg_lr] = &self.scalars;
                         if self.weight_decay > 0.0 {
                             let _ = g.addcmul_(p, wd);
                         }
@@ -134,8 +136,7 @@ impl Optimizer {
                         let _ = g.addcmul_(&self.first[i], momentum);
                         let _ = p.addcmul_(&g, neg_lr);
                     }
-                    (OptimizerKind::Sgd, None) => {}
-                    (OptimizerKind::Adam, _) => {
+                    OptimizerKind::Adam => {
                         if self.weight_decay > 0.0 {
                             g += &*p * self.weight_decay;
                         }

@@ -114,69 +114,46 @@ pub fn print(args: &VersusArgs, runs: &[Run]) {
             ("trials lost", 0, |r| r.trials_lost as f64),
             ("trials run twice", 0, |r| r.trials_run_twice as f64),
         ];
-        for (figure, digits, get) in figures {
-            let cells: Vec<String> = sides
-                .iter()
-                .map(|side| {
-                    let rs: Vec<f64> = of(side)
-                        .iter()
-                        .filter(|r| r.error.is_none())
-                        .map(|r| get(r))
-                        .collect();
-                    spread(&rs, digits)
-                })
-                .collect();
+        // One row: a cell per column, each from that column's runs of this shape.
+        let row = |figure: &str, cell: &dyn Fn(&[&Run]) -> String| {
+            let cells: Vec<String> = sides.iter().map(|side| cell(&of(side))).collect();
             println!("| {shape} | {figure} | {} |", cells.join(" | "));
-        }
-        let largest: Vec<String> = sides
-            .iter()
-            .map(|side| {
-                let mut best: BTreeMap<String, usize> = BTreeMap::new();
-                for r in of(side) {
-                    for (kind, bytes) in &r.largest_objects {
-                        let b = best.entry(kind.clone()).or_default();
-                        *b = (*b).max(*bytes);
-                    }
-                }
-                best.iter()
-                    .map(|(k, b)| format!("{k} {b}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            })
-            .collect();
-        println!(
-            "| {shape} | largest object, bytes | {} |",
-            largest.join(" | ")
-        );
-        if shape == "faults" {
-            let resume: Vec<String> = sides
-                .iter()
-                .map(|side| {
-                    let all: Vec<f64> = of(side)
-                        .iter()
-                        .flat_map(|r| r.resume_seconds.clone())
-                        .collect();
-                    spread(&all, 2)
-                })
-                .collect();
-            println!(
-                "| {shape} | controller restart → its first new trial, s | {} |",
-                resume.join(" | ")
-            );
-        }
-        let by_key = |get: fn(&Run) -> &BTreeMap<String, f64>, digits: usize| -> Vec<String> {
-            sides
-                .iter()
-                .map(|side| medians(&of(side), get, digits))
-                .collect()
         };
-        println!(
-            "| {shape} | operator CPU-seconds by process (median) | {} |",
-            by_key(|r| &r.cpu_seconds_by_process, 1).join(" | ")
-        );
-        println!(
-            "| {shape} | requests per trial by verb and resource (median) | {} |",
-            by_key(|r| &r.requests_per_trial, 2).join(" | ")
+        for (figure, digits, get) in figures {
+            row(figure, &|runs| {
+                let finished: Vec<f64> = runs
+                    .iter()
+                    .filter(|r| r.error.is_none())
+                    .map(|r| get(r))
+                    .collect();
+                spread(&finished, digits)
+            });
+        }
+        row("largest object, bytes", &|runs| {
+            let mut best: BTreeMap<String, usize> = BTreeMap::new();
+            for r in runs {
+                for (kind, bytes) in &r.largest_objects {
+                    let b = best.entry(kind.clone()).or_default();
+                    *b = (*b).max(*bytes);
+                }
+            }
+            best.iter()
+                .map(|(k, b)| format!("{k} {b}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        });
+        if shape == "faults" {
+            row("controller restart → its first new trial, s", &|runs| {
+                let all: Vec<f64> = runs.iter().flat_map(|r| r.resume_seconds.clone()).collect();
+                spread(&all, 2)
+            });
+        }
+        row("operator CPU-seconds by process (median)", &|runs| {
+            medians(runs, |r| &r.cpu_seconds_by_process, 1)
+        });
+        row(
+            "requests per trial by verb and resource (median)",
+            &|runs| medians(runs, |r| &r.requests_per_trial, 2),
         );
         for (i, side) in sides.iter().enumerate() {
             for r in of(side) {
