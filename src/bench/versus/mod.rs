@@ -17,28 +17,24 @@
 pub mod katib;
 pub mod measure;
 pub mod nasop;
+pub mod shape;
 pub mod table;
 
 pub use table::print;
 
-use crate::api::{ExperimentPhase, NasExperiment, TrialPhaseName};
+use crate::api::{ExperimentPhase, TrialPhaseName};
 use crate::local::executor::Tabular;
 use crate::operator::pod::{LABEL_ATTEMPT, LABEL_EXPERIMENT, LABEL_TRIAL};
 use anyhow::{Context, Result};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
-use kube::api::{
-    ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
-    PostParams,
-};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
-use measure::{Audit, Sampler, Timeline, quantile};
-use nasop::NasopOperator;
+use measure::Timeline;
 use serde::{Deserialize, Deserializer, Serialize};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -201,7 +197,9 @@ pub async fn run(args: &VersusArgs) -> Result<Vec<Run>> {
                 let label = format!("{side:?} {shape:?} run {run}").to_lowercase();
                 eprintln!("{label} ...");
                 let mut r =
-                    match shape_run(&client, &table, args, side, shape, run, katib.clone()).await {
+                    match shape::shape_run(&client, &table, args, side, shape, run, katib.clone())
+                        .await
+                    {
                         Ok(r) => r,
                         Err(e) => Run {
                             error: Some(format!("{e:#}")),
@@ -404,358 +402,6 @@ fn play_trainer(
             });
         }
     })
-}
-
-/// Creates the shape's experiments, waits for them to end, and measures.
-async fn shape_run(
-    client: &Client,
-    table: &Arc<Tabular>,
-    args: &VersusArgs,
-    side: Side,
-    shape: Shape,
-    run: u32,
-    katib: Option<Arc<katib::Katib>>,
-) -> Result<Run> {
-    let (experiments, trials, parallelism) = match shape {
-        Shape::Latency | Shape::Faults => (1, args.sizes.trials, args.sizes.parallelism),
-        Shape::Long => (1, args.sizes.long_trials, args.sizes.parallelism),
-        Shape::Many => (
-            args.sizes.experiments,
-            args.experiment_trials,
-            args.sizes.experiment_parallelism,
-        ),
-    };
-    let names: Vec<String> = (0..experiments).map(|i| format!("e{i}")).collect();
-    let ns = format!(
-        "versus-{}-{}-{run}-{}",
-        name(side),
-        name(shape),
-        std::process::id()
-    );
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let mut n = Namespace::default();
-    n.metadata.name = Some(ns.clone());
-    if side == Side::Katib {
-        // Katib's validating webhook refuses experiments in a namespace without it.
-        n.metadata.labels =
-            Some([(katib::NAMESPACE_LABEL.to_string(), "enabled".to_string())].into());
-    }
-    namespaces.create(&PostParams::default(), &n).await?;
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    let result = measure_shape(
-        client,
-        table,
-        args,
-        side,
-        shape,
-        &ns,
-        &names,
-        trials,
-        parallelism,
-        katib.clone(),
-        &pods,
-    )
-    .await;
-    // Also when the run failed half-way: the suggestion services are this run's.
-    if let Some(k) = &katib {
-        k.stop_suggestions(&ns);
-    }
-    // The next run starts once this one's objects are gone: their deletion (and, for Katib,
-    // its finalizers) would otherwise load the machine during the next operator's run.
-    let _ = namespaces.delete(&ns, &DeleteParams::background()).await;
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while Instant::now() < deadline {
-        match namespaces.get_opt(&ns).await {
-            Ok(None) => break,
-            _ => tokio::time::sleep(Duration::from_secs(1)).await,
-        }
-    }
-    result
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn measure_shape(
-    client: &Client,
-    table: &Arc<Tabular>,
-    args: &VersusArgs,
-    side: Side,
-    shape: Shape,
-    ns: &str,
-    names: &[String],
-    trials: u32,
-    parallelism: u32,
-    katib: Option<Arc<katib::Katib>>,
-    pods: &Api<Pod>,
-) -> Result<Run> {
-    let total_trials = trials * names.len() as u32;
-    let timeline: Arc<Mutex<Timeline>> = Arc::default();
-    let failures: Arc<Mutex<Vec<String>>> = Arc::default();
-    // The operator under test: its processes, its user, how to restart its controller.
-    let mut nasop = None;
-    if side == Side::Nasop {
-        nasop = Some(NasopOperator::start(ns, &args.nasop_args)?);
-    }
-    let katib = match side {
-        Side::Nasop => None,
-        Side::Katib => Some(katib.context("Katib is not attached")?),
-    };
-    let user = match &nasop {
-        Some(op) => op.user(),
-        None => katib::USER.to_string(),
-    };
-    // Processes already running count from here; Katib's suggestion services, started
-    // next, count from their start (in a cluster, each experiment's suggestion pod).
-    let existing: Vec<u32> = match (&nasop, &katib) {
-        (Some(op), _) => vec![op.child.id()],
-        (_, Some(k)) => k.pids(),
-        _ => vec![],
-    };
-    let pid_source: Arc<Mutex<Vec<u32>>> = Arc::new(Mutex::new(existing.clone()));
-    let sampler = {
-        let katib_pids = katib.clone();
-        let pid_source = pid_source.clone();
-        Sampler::start(
-            move || match &katib_pids {
-                Some(k) => k.pids(),
-                None => pid_source.lock().unwrap_or_else(|e| e.into_inner()).clone(),
-            },
-            &existing,
-        )
-    };
-    if let Some(k) = &katib {
-        k.start_suggestions(ns, names)?;
-    }
-    let trainer = play_trainer(
-        side,
-        pods.clone(),
-        table.clone(),
-        katib.clone(),
-        timeline.clone(),
-        failures.clone(),
-    );
-    let trials_seen = watch_trials(client, side, ns);
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let audit = Audit::from_now()?;
-    let started = Instant::now();
-    // Create every experiment. The long shape searches a learning rate too: the cell alone has
-    // fewer distinct candidates than its trials (see LEARNING_RATE_SPACE).
-    let learning_rate = shape == Shape::Long;
-    match side {
-        Side::Nasop => {
-            let api: Api<NasExperiment> = Api::namespaced(client.clone(), ns);
-            for name in names {
-                api.create(
-                    &PostParams::default(),
-                    &super::operator::random_search(
-                        name,
-                        trials,
-                        parallelism,
-                        if learning_rate {
-                            super::operator::LEARNING_RATE_SPACE
-                        } else {
-                            ""
-                        },
-                    ),
-                )
-                .await?;
-            }
-        }
-        Side::Katib => {
-            let api = katib::Katib::experiments(client, ns);
-            for name in names {
-                api.create(
-                    &PostParams::default(),
-                    &katib::experiment(name, trials, parallelism, learning_rate)?,
-                )
-                .await
-                .with_context(|| format!("creating Katib experiment {ns}/{name}"))?;
-            }
-        }
-    }
-    // Wait for all to end; in the fault rows, kill the controller at even steps.
-    let kills = if shape == Shape::Faults {
-        args.kills
-    } else {
-        0
-    };
-    let mut kill_at: Vec<usize> = (1..=kills)
-        .map(|k| (total_trials as usize * k as usize) / (kills as usize + 1))
-        .collect();
-    let mut restarts: Vec<Instant> = Vec::new();
-    let mut error = None;
-    loop {
-        let ended = timeline
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .ended_count();
-        if kill_at.first().is_some_and(|k| ended >= *k) {
-            kill_at.remove(0);
-            restarts.push(Instant::now());
-            match side {
-                Side::Nasop => {
-                    if let Some(op) = nasop.as_mut() {
-                        op.restart()?;
-                        pid_source
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .push(op.child.id());
-                    }
-                }
-                Side::Katib => {
-                    if let Some(k) = &katib {
-                        k.restart_controller()?;
-                    }
-                }
-            }
-        }
-        if all_ended(client, side, ns, names).await? {
-            break;
-        }
-        if started.elapsed() > Duration::from_secs(args.timeout) {
-            error = Some(format!(
-                "not ended after {} s ({ended} trial pods ended)",
-                args.timeout
-            ));
-            break;
-        }
-        let pods_changed = timeline
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .last_change();
-        let trials_changed = trials_seen
-            .1
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .last_change;
-        let last = pods_changed.max(trials_changed).unwrap_or(started);
-        if last.elapsed() > Duration::from_secs(args.stall) {
-            error = Some(format!(
-                "stalled: no trial pod or trial object changed for {} s, after {ended} trial pods ended",
-                args.stall
-            ));
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let wall = started.elapsed().as_secs_f64();
-    // What went wrong is in what the operator logged while nothing moved.
-    let gave_up_window = k8s_openapi::jiff::Timestamp::now()
-        - k8s_openapi::jiff::SignedDuration::from_secs(args.stall as i64);
-    // Requests until the last experiment ended (no more from here).
-    let requests = audit.count(&user)?;
-    trainer.abort();
-    trials_seen.0.abort();
-    let (cpu, cpu_by_process, peak) = sampler.finish().await;
-    let largest = largest_objects(client, side, ns).await?;
-    let succeeded = succeeded_trials(client, side, ns).await?;
-    let t = timeline.lock().unwrap_or_else(|e| e.into_inner());
-    let latency = t.end_to_next_pod_ms();
-    let total_requests: u64 = requests.values().sum();
-    // Per trial made: the same as per trial of the shape when the run finished, and still
-    // a per-trial figure when it did not.
-    let made = (trials_seen
-        .1
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .first_seen
-        .len() as f64)
-        .max(1.0);
-    let failures = failures.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    if error.is_none() && !failures.is_empty() {
-        error = Some(format!(
-            "{} trainer failures, first: {}",
-            failures.len(),
-            failures[0]
-        ));
-    }
-    if let (Some(e), Some(k)) = (error.as_mut(), &katib)
-        && let Some(why) = k.errors_since(ns, gave_up_window)
-    {
-        e.push_str("; ");
-        e.push_str(&why);
-    }
-    let run = Run {
-        trials: total_trials,
-        wall_seconds: wall,
-        trials_per_second: succeeded as f64 / wall,
-        end_to_next_pod_ms_p50: quantile(&latency, 0.5),
-        end_to_next_pod_ms_p99: quantile(&latency, 0.99),
-        max_running_pods: t.max_active,
-        cpu_seconds: cpu,
-        cpu_seconds_by_process: cpu_by_process,
-        peak_rss_mib: peak,
-        api_requests_per_trial: total_requests as f64 / made,
-        requests_per_trial: requests
-            .iter()
-            .map(|(k, v)| (k.clone(), *v as f64 / made))
-            .collect(),
-        largest_objects: largest,
-        trials_lost: total_trials.saturating_sub(succeeded),
-        trials_run_twice: t.trials_with_several_pods(),
-        resume_seconds: {
-            let seen = trials_seen.1.lock().unwrap_or_else(|e| e.into_inner());
-            restarts
-                .iter()
-                .map(|r| {
-                    seen.first_seen
-                        .values()
-                        .filter(|c| *c > r)
-                        .min()
-                        .map_or(f64::NAN, |c| (*c - *r).as_secs_f64())
-                })
-                .collect()
-        },
-        error,
-        ..Run::default()
-    };
-    drop(t);
-    Ok(run)
-}
-
-/// When a watch first saw each trial object (NasTrial, or Katib's Trial) of the namespace,
-/// and when one last changed: the fault rows' time to resume is a restart to the first trial
-/// the new controller made, and a run whose trial objects still change (an operator behind
-/// on its bookkeeping after the last pod ended) has not stalled.
-#[derive(Default)]
-struct Trials {
-    first_seen: std::collections::HashMap<String, Instant>,
-    last_change: Option<Instant>,
-}
-
-type TrialsSeen = Arc<Mutex<Trials>>;
-
-fn watch_trials(
-    client: &Client,
-    side: Side,
-    ns: &str,
-) -> (tokio::task::JoinHandle<()>, TrialsSeen) {
-    let resource = side.kinds()[0].1.clone();
-    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &resource);
-    let seen: TrialsSeen = Arc::default();
-    let shared = seen.clone();
-    let task = tokio::spawn(async move {
-        let mut events = watcher(api, watcher::Config::default())
-            .default_backoff()
-            .applied_objects()
-            .boxed();
-        while let Some(event) = events.next().await {
-            if let Ok(trial) = event {
-                let mut trials = shared.lock().unwrap_or_else(|e| e.into_inner());
-                let now = Instant::now();
-                trials.first_seen.entry(trial.name_any()).or_insert(now);
-                trials.last_change = Some(now);
-            }
-        }
-    });
-    (task, seen)
-}
-
-/// Whether every experiment of the run has ended.
-async fn all_ended(client: &Client, side: Side, ns: &str, names: &[String]) -> Result<bool> {
-    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &side.kinds()[1].1);
-    let experiments = api.list(&ListParams::default()).await?.items;
-    let ended = experiments.iter().filter(|e| side.ended(e)).count();
-    Ok(ended >= names.len())
 }
 
 #[cfg(test)]
