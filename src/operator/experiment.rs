@@ -114,6 +114,35 @@ pub fn error_policy(object: Arc<DynamicObject>, err: &Error, ctx: Arc<Ctx>) -> A
     Action::requeue(ctx.backoff(&object.uid().unwrap_or_default()))
 }
 
+/// How long a trial this process created counts as created while the store does not show
+/// it: far longer than a watch event takes, even on a loaded API server.
+const CREATED_GRACE: Duration = Duration::from_secs(30);
+
+/// The experiment's trials as the store shows them, and those this process created that the
+/// store does not show yet (its watch lags under load): a reconcile in between would
+/// otherwise take their indices for gaps and propose them again, each a refused create and a
+/// read. A created trial leaves `created` once the store has it, or after [`CREATED_GRACE`]
+/// (deleted before the store saw it).
+pub(super) fn with_created(
+    mut trials: Vec<Arc<NasTrial>>,
+    created: &mut std::collections::BTreeMap<u32, (Instant, Arc<NasTrial>)>,
+    uid: &str,
+    now: Instant,
+) -> Vec<Arc<NasTrial>> {
+    let stored: std::collections::HashSet<u32> = trials.iter().map(|t| t.spec.index).collect();
+    created.retain(|index, (at, trial)| {
+        !stored.contains(index)
+            && now.duration_since(*at) < CREATED_GRACE
+            && index::owner_uid(trial) == Some(uid)
+    });
+    if created.is_empty() {
+        return trials;
+    }
+    trials.extend(created.values().map(|(_, t)| t.clone()));
+    trials.sort_by_key(|t| t.spec.index);
+    trials
+}
+
 /// The experiment's trials, by index: those its UID owns (see [`index`]).
 pub(super) fn trials_of(ctx: &Ctx, namespace: &str, uid: &str) -> Vec<Arc<NasTrial>> {
     let mut trials: Vec<Arc<NasTrial>> = ctx
@@ -390,7 +419,12 @@ async fn read_world(
             reporting.remove(&key);
         }
     }
-    let trials = trials_of(ctx, &key.0, &uid);
+    let trials = with_created(
+        trials_of(ctx, &key.0, &uid),
+        &mut lock(&ctx.state_of(&key)).created,
+        &uid,
+        Instant::now(),
+    );
     let rebuild = {
         let state = ctx.state_of(&key);
         let state = lock(&state);
@@ -581,17 +615,23 @@ async fn create_trials(ctx: &Arc<Ctx>, world: &World, plan: &Plan) -> Result<Vec
             trial
         })
         .collect();
+    let state = ctx.state_of(&world.key);
     let creates = jobs.into_iter().map(|trial| {
         let trial_api = trial_api.clone();
-        let (ctx, exp, experiment, uid) = (
+        let (ctx, exp, experiment, uid, state) = (
             ctx.clone(),
             world.exp.clone(),
             plan.experiment.clone(),
             world.uid.clone(),
+            state.clone(),
         );
         async move {
             match trial_api.create(&PostParams::default(), &trial).await {
                 Ok(created) => {
+                    lock(&state).created.insert(
+                        created.spec.index,
+                        (Instant::now(), Arc::new(created.clone())),
+                    );
                     info!(namespace = %trial.metadata.namespace.as_deref().unwrap_or_default(), experiment = %trial.spec.experiment, trial = %trial.name_any(), candidate = %trial.spec.candidate, epochs = trial.spec.epochs, "created trial");
                     // The first pod right away (the trial controller would create it one
                     // watch event later; it finds this one and records it).
@@ -933,4 +973,48 @@ pub fn forget(ctx: &Ctx, key: &ExpKey) {
     }
     recount_experiments(ctx);
     ctx.metrics.forget(&key.0, &key.1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::operator::index::tests::trial;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn created_trials_count_until_the_store_shows_them() {
+        let t0 = Instant::now();
+        let stored = vec![
+            Arc::new(trial("e-0", 0, "u")),
+            Arc::new(trial("e-2", 2, "u")),
+        ];
+        let mut created: BTreeMap<u32, (Instant, Arc<NasTrial>)> = [
+            // The store has it already: dropped.
+            (2, t0, "u"),
+            // Not in the store yet: counted, in index order.
+            (1, t0, "u"),
+            (3, t0 + Duration::from_secs(10), "u"),
+            // An earlier experiment's of the same name: not this one's.
+            (4, t0, "old"),
+        ]
+        .into_iter()
+        .map(|(i, at, owner)| (i, (at, Arc::new(trial(&format!("e-{i}"), i, owner)))))
+        .collect();
+        let seen = |trials: Vec<Arc<NasTrial>>| -> Vec<u32> {
+            trials.iter().map(|t| t.spec.index).collect()
+        };
+        let now = t0 + Duration::from_secs(1);
+        assert_eq!(
+            seen(with_created(stored.clone(), &mut created, "u", now)),
+            vec![0, 1, 2, 3]
+        );
+        assert_eq!(created.keys().copied().collect::<Vec<_>>(), vec![1, 3]);
+        // Past the grace, a trial the store never showed (deleted at once) no longer counts.
+        let later = t0 + CREATED_GRACE + Duration::from_secs(1);
+        assert_eq!(
+            seen(with_created(stored, &mut created, "u", later)),
+            vec![0, 2, 3]
+        );
+        assert_eq!(created.keys().copied().collect::<Vec<_>>(), vec![3]);
+    }
 }

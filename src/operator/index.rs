@@ -94,12 +94,13 @@ impl TrialIndex {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::api::NasTrialSpec;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 
-    fn trial(name: &str, index: u32, owner: &str) -> NasTrial {
+    /// A trial of index `index` whose controller is the experiment of UID `owner`.
+    pub(in crate::operator) fn trial(name: &str, index: u32, owner: &str) -> NasTrial {
         let mut t = NasTrial::new(
             name,
             NasTrialSpec {

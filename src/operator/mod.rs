@@ -117,6 +117,9 @@ pub struct ExperimentState {
     pub finished: VecDeque<(f64, String, u32)>,
     /// Every finished trial already placed in `finished` (or cleaned up).
     pub seen_finished: std::collections::HashSet<String>,
+    /// Trials this process created that the trial store may not show yet, by index, with
+    /// when (see [`experiment::with_created`]).
+    pub created: std::collections::BTreeMap<u32, (Instant, Arc<crate::api::NasTrial>)>,
 }
 
 /// What the controllers and the report endpoint share.
