@@ -92,6 +92,10 @@ pub fn print(args: &VersusArgs, runs: &[Run]) {
     println!("|---|---|{}", "---|".repeat(sides.len()));
     for shape in &args.shapes {
         let shape = super::name(shape);
+        // A shape no run measured (`--from` files of other shapes) has no rows.
+        if !runs.iter().any(|r| r.shape == shape) {
+            continue;
+        }
         let of = |side: &(String, String)| -> Vec<&Run> {
             runs.iter()
                 .filter(|r| r.shape == shape && r.operator == side.0 && r.settings == side.1)
