@@ -4,7 +4,7 @@
 use super::metrics::{ExperimentLabels, ExperimentPhaseLabels, PhaseLabels};
 use super::status::{self, StatusInput, trial_name};
 use super::warm::{Prior, prior_trials};
-use super::{Ctx, Error, ExpKey, MANAGER, index, lock, now, pod, trial};
+use super::{CREATED_GRACE, Ctx, Error, ExpKey, MANAGER, index, lock, now, pod, trial};
 use crate::api::{
     self, NasExperiment, NasExperimentSpec, NasExperimentStatus, NasTrial, NasTrialSpec,
 };
@@ -113,10 +113,6 @@ pub fn error_policy(object: Arc<DynamicObject>, err: &Error, ctx: Arc<Ctx>) -> A
     );
     Action::requeue(ctx.backoff(&object.uid().unwrap_or_default()))
 }
-
-/// How long a trial this process created counts as created while the store does not show
-/// it: far longer than a watch event takes, even on a loaded API server.
-const CREATED_GRACE: Duration = Duration::from_secs(30);
 
 /// The experiment's trials as the store shows them, and those this process created that the
 /// store does not show yet (its watch lags under load): a reconcile in between would

@@ -154,9 +154,61 @@ pub struct Ctx {
     /// Trials we wrote whose new version the store may not have yet: (namespace, name) ->
     /// (the version the write replaced, the written object).
     pub fresh: Mutex<HashMap<(String, String), Written>>,
+    /// Pods this process created that the pod store may not show yet (see [`Ctx::pod`]).
+    pub created_pods: Mutex<CreatedPods>,
+}
+
+/// How long an object this process created counts as there while its store does not show it:
+/// far longer than a watch event takes, even on a loaded API server.
+pub const CREATED_GRACE: Duration = Duration::from_secs(30);
+
+/// Pods this process created, by (namespace, name), with when: under load the pod watch lags
+/// the operator's own creates, and a trial reconcile in between would create the pod again
+/// (refused, then read back).
+#[derive(Default)]
+pub struct CreatedPods(HashMap<(String, String), (Instant, Arc<Pod>)>);
+
+impl CreatedPods {
+    pub fn insert(&mut self, pod: Pod, now: Instant) {
+        self.0
+            .retain(|_, (at, _)| now.duration_since(*at) < CREATED_GRACE);
+        let key = (pod.namespace().unwrap_or_default(), pod.name_any());
+        self.0.insert(key, (now, Arc::new(pod)));
+    }
+
+    /// The pod as the store shows it (then it is no longer kept here), or as created here
+    /// within [`CREATED_GRACE`].
+    pub fn get(
+        &mut self,
+        ns: &str,
+        name: &str,
+        stored: Option<Arc<Pod>>,
+        now: Instant,
+    ) -> Option<Arc<Pod>> {
+        let key = (ns.to_string(), name.to_string());
+        if stored.is_some() {
+            self.0.remove(&key);
+            return stored;
+        }
+        match self.0.get(&key) {
+            Some((at, pod)) if now.duration_since(*at) < CREATED_GRACE => Some(pod.clone()),
+            Some(_) => {
+                self.0.remove(&key);
+                None
+            }
+            None => None,
+        }
+    }
 }
 
 impl Ctx {
+    /// A pod from the store, or one this process created moments ago that the store does not
+    /// show yet.
+    pub fn pod(&self, ns: &str, name: &str) -> Option<Arc<Pod>> {
+        let stored = self.pods.get(&ObjectRef::new(name).within(ns));
+        lock(&self.created_pods).get(ns, name, stored, Instant::now())
+    }
+
     /// The state of one experiment (created empty on first use).
     pub fn state_of(&self, key: &ExpKey) -> Arc<Mutex<ExperimentState>> {
         lock(&self.state).entry(key.clone()).or_default().clone()
@@ -399,6 +451,7 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
         reporting: w.reporting,
         ready: false.into(),
         fresh: Mutex::default(),
+        created_pods: Mutex::default(),
     });
 
     let server = tokio::spawn(http::serve(
@@ -595,6 +648,40 @@ async fn shutdown_signal() {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn a_created_pod_counts_until_the_store_shows_it_or_the_grace_ends() {
+        let t0 = Instant::now();
+        let pod = |name: &str| {
+            let mut p = Pod::default();
+            p.metadata.namespace = Some("ns".into());
+            p.metadata.name = Some(name.into());
+            p
+        };
+        let mut created = CreatedPods::default();
+        created.insert(pod("a"), t0);
+        created.insert(pod("b"), t0);
+        let soon = t0 + Duration::from_secs(1);
+        assert_eq!(
+            created.get("ns", "a", None, soon).map(|p| p.name_any()),
+            Some("a".into())
+        );
+        assert!(created.get("other", "a", None, soon).is_none());
+        // Once the store has it, the store's object, and it is no longer kept.
+        let mut stored = pod("a");
+        stored.metadata.resource_version = Some("7".into());
+        let got = created.get("ns", "a", Some(Arc::new(stored)), soon);
+        assert_eq!(got.and_then(|p| p.resource_version()), Some("7".into()));
+        assert!(created.get("ns", "a", None, soon).is_none());
+        // Past the grace (deleted before the store saw it): gone.
+        let late = t0 + CREATED_GRACE + Duration::from_secs(1);
+        assert!(created.get("ns", "b", None, late).is_none());
+        // Old entries go as new ones come.
+        created.insert(pod("b"), t0);
+        created.insert(pod("c"), late);
+        assert_eq!(created.0.len(), 1);
+    }
     use super::backoff_delay;
     use std::time::Duration;
 

@@ -4,17 +4,16 @@ use super::decide::{self, Ending, Step};
 use super::metrics::{ExperimentLabels, OnlyResult, ResultLabels};
 use super::pod::{self, PodInput};
 use super::status::{self, micro};
-use super::{Ctx, Error, ExpKey, MANAGER, index, now};
+use super::{Ctx, Error, ExpKey, MANAGER, index, lock, now};
 use crate::api::{self, NasExperiment, NasTrial, NasTrialStatus, ReportEntry, TrialPhaseName};
 use crate::engine::Experiment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 pub fn error_policy(trial: Arc<NasTrial>, err: &Error, ctx: Arc<Ctx>) -> Action {
@@ -116,7 +115,7 @@ pub fn freshest(ctx: &Ctx, trial: Arc<NasTrial>) -> Arc<NasTrial> {
 /// The pod of this attempt: from the store, or, when the store does not have it, from the
 /// API server (a pod we just created may not have reached the store yet).
 async fn find_pod(ctx: &Ctx, ns: &str, name: &str) -> Result<Option<Arc<Pod>>, Error> {
-    if let Some(p) = ctx.pods.get(&ObjectRef::new(name).within(ns)) {
+    if let Some(p) = ctx.pod(ns, name) {
         return Ok(Some(p));
     }
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
@@ -173,7 +172,7 @@ pub async fn reconcile(trial: Arc<NasTrial>, ctx: Arc<Ctx>) -> Result<Action, Er
     let (attempt, pod) = if current.attempts > 0 {
         let pod = find_pod(&ctx, &ns, &pod::pod_name(&name, current.attempts)).await?;
         (current.attempts, pod)
-    } else if let Some(p) = ctx.pods.get(&ObjectRef::new(&first_pod).within(&ns)) {
+    } else if let Some(p) = ctx.pod(&ns, &first_pod) {
         // The experiment controller created the first pod with the trial: record it.
         next.attempts = 1;
         next.pod = Some(first_pod);
@@ -348,7 +347,8 @@ pub async fn start_pod(
     });
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     match api.create(&PostParams::default(), &pod).await {
-        Ok(_) => {
+        Ok(created) => {
+            lock(&ctx.created_pods).insert(created, Instant::now());
             info!(namespace = %ns, experiment = %trial.spec.experiment, trial = %name, attempt, "created pod");
             if attempt == 1 {
                 ctx.slot_taken(&(ns.clone(), trial.spec.experiment.clone()));
