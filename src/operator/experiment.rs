@@ -624,10 +624,12 @@ async fn create_trials(ctx: &Arc<Ctx>, world: &World, plan: &Plan) -> Result<Vec
         async move {
             match trial_api.create(&PostParams::default(), &trial).await {
                 Ok(created) => {
-                    lock(&state).created.insert(
-                        created.spec.index,
-                        (Instant::now(), Arc::new(created.clone())),
-                    );
+                    let mut kept = created.clone();
+                    // As the store keeps trials.
+                    kept.managed_fields_mut().clear();
+                    lock(&state)
+                        .created
+                        .insert(created.spec.index, (Instant::now(), Arc::new(kept)));
                     info!(namespace = %trial.metadata.namespace.as_deref().unwrap_or_default(), experiment = %trial.spec.experiment, trial = %trial.name_any(), candidate = %trial.spec.candidate, epochs = trial.spec.epochs, "created trial");
                     // The first pod right away (the trial controller would create it one
                     // watch event later; it finds this one and records it).

@@ -169,7 +169,9 @@ pub const CREATED_GRACE: Duration = Duration::from_secs(30);
 pub struct CreatedPods(HashMap<(String, String), (Instant, Arc<Pod>)>);
 
 impl CreatedPods {
-    pub fn insert(&mut self, pod: Pod, now: Instant) {
+    /// Keeps the pod as the store would (stripped: thousands created at once stay cheap).
+    pub fn insert(&mut self, mut pod: Pod, now: Instant) {
+        pod::strip(&mut pod);
         self.0
             .retain(|_, (at, _)| now.duration_since(*at) < CREATED_GRACE);
         let key = (pod.namespace().unwrap_or_default(), pod.name_any());
