@@ -293,6 +293,37 @@ impl Env {
         }
     }
 
+    /// Waits until the experiment's trials (by index) satisfy `done`, failing after
+    /// `timeout` with their phases and the operator's log.
+    pub async fn wait_for_trials(
+        &self,
+        experiment: &str,
+        timeout: Duration,
+        done: impl Fn(&[NasTrial]) -> bool,
+    ) -> Vec<NasTrial> {
+        let started = Instant::now();
+        loop {
+            let trials = self.all_trials(experiment).await;
+            if done(&trials) {
+                return trials;
+            }
+            if started.elapsed() > timeout {
+                let phases: Vec<_> = trials
+                    .iter()
+                    .map(|t| (t.spec.index, t.status.as_ref().and_then(|s| s.phase)))
+                    .collect();
+                panic!(
+                    "timed out; trial phases: {phases:?}\noperator log tail:\n{}",
+                    tail(
+                        &self.operator_log(self.operators.len().saturating_sub(1)),
+                        30
+                    )
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub async fn all_trials(&self, experiment: &str) -> Vec<NasTrial> {
         let mut trials: Vec<NasTrial> = self
             .trials()

@@ -10,7 +10,7 @@ use harness::{Env, Plan, manifest, post_report, report_json, value_of};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
-use nasop::api::{ExperimentPhase, TrialPhaseName};
+use nasop::api::{ExperimentPhase, NasTrial, TrialPhaseName};
 use nasop_core::contract::{self, ReportAction};
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -701,12 +701,23 @@ async fn a_missing_storage_claim_is_named_and_trial_pods_carry_the_storage() {
             "{volumes:?}"
         );
     }
+    // The trial controller records each pod a moment after the scheduler refused it (the
+    // condition above can come first); then the trials wait, and none fails.
+    let pending = |trials: &[NasTrial]| {
+        trials.len() == 2
+            && trials.iter().all(|t| {
+                t.status
+                    .as_ref()
+                    .is_some_and(|s| s.phase == Some(TrialPhaseName::Pending) && s.attempts == 1)
+            })
+    };
+    env.wait_for_trials("stored", LONG, pending).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let trials = env.all_trials("stored").await;
     assert!(
-        env.all_trials("stored")
-            .await
-            .iter()
-            .all(|t| t.status.as_ref().and_then(|s| s.phase) == Some(TrialPhaseName::Pending)),
-        "no trial is lost while the claim is missing"
+        pending(&trials),
+        "no trial is lost while the claim is missing: {:?}",
+        trials.iter().map(|t| &t.status).collect::<Vec<_>>()
     );
 }
 
