@@ -4,7 +4,8 @@
 use super::metrics::{ExperimentLabels, ExperimentPhaseLabels, PhaseLabels};
 use super::status::{self, StatusInput, trial_name};
 use super::warm::{Prior, prior_trials};
-use super::{CREATED_GRACE, Ctx, Error, ExpKey, MANAGER, index, lock, now, pod, trial};
+use super::written::Written;
+use super::{Ctx, Error, ExpKey, MANAGER, index, lock, now, pod, trial};
 use crate::api::{
     self, NasExperiment, NasExperimentSpec, NasExperimentStatus, NasTrial, NasTrialSpec,
 };
@@ -117,24 +118,24 @@ pub fn error_policy(object: Arc<DynamicObject>, err: &Error, ctx: Arc<Ctx>) -> A
 /// The experiment's trials as the store shows them, and those this process created that the
 /// store does not show yet (its watch lags under load): a reconcile in between would
 /// otherwise take their indices for gaps and propose them again, each a refused create and a
-/// read. A created trial leaves `created` once the store has it, or after [`CREATED_GRACE`]
-/// (deleted before the store saw it).
+/// read (see [`written`](super::written)).
 pub(super) fn with_created(
     mut trials: Vec<Arc<NasTrial>>,
-    created: &mut std::collections::BTreeMap<u32, (Instant, Arc<NasTrial>)>,
+    created: &mut Written<NasTrial>,
     uid: &str,
     now: Instant,
 ) -> Vec<Arc<NasTrial>> {
-    let stored: std::collections::HashSet<u32> = trials.iter().map(|t| t.spec.index).collect();
-    created.retain(|index, (at, trial)| {
-        !stored.contains(index)
-            && now.duration_since(*at) < CREATED_GRACE
-            && index::owner_uid(trial) == Some(uid)
-    });
-    if created.is_empty() {
+    let stored: std::collections::HashSet<String> = trials.iter().map(|t| t.name_any()).collect();
+    let unseen = created.unseen(now, |name| stored.contains(name));
+    if unseen.is_empty() {
         return trials;
     }
-    trials.extend(created.values().map(|(_, t)| t.clone()));
+    // A trial of an earlier experiment of this name is not this one's.
+    trials.extend(
+        unseen
+            .into_iter()
+            .filter(|t| index::owner_uid(t) == Some(uid)),
+    );
     trials.sort_by_key(|t| t.spec.index);
     trials
 }
@@ -624,12 +625,7 @@ async fn create_trials(ctx: &Arc<Ctx>, world: &World, plan: &Plan) -> Result<Vec
         async move {
             match trial_api.create(&PostParams::default(), &trial).await {
                 Ok(created) => {
-                    let mut kept = created.clone();
-                    // As the store keeps trials.
-                    kept.managed_fields_mut().clear();
-                    lock(&state)
-                        .created
-                        .insert(created.spec.index, (Instant::now(), Arc::new(kept)));
+                    lock(&state).created.created(created.clone(), Instant::now());
                     info!(namespace = %trial.metadata.namespace.as_deref().unwrap_or_default(), experiment = %trial.spec.experiment, trial = %trial.name_any(), candidate = %trial.spec.candidate, epochs = trial.spec.epochs, "created trial");
                     // The first pod right away (the trial controller would create it one
                     // watch event later; it finds this one and records it).
@@ -977,7 +973,6 @@ pub fn forget(ctx: &Ctx, key: &ExpKey) {
 mod tests {
     use super::*;
     use crate::operator::index::tests::trial;
-    use std::collections::BTreeMap;
 
     #[test]
     fn created_trials_count_until_the_store_shows_them() {
@@ -986,7 +981,8 @@ mod tests {
             Arc::new(trial("e-0", 0, "u")),
             Arc::new(trial("e-2", 2, "u")),
         ];
-        let mut created: BTreeMap<u32, (Instant, Arc<NasTrial>)> = [
+        let mut created = Written::default();
+        for (i, at, owner) in [
             // The store has it already: dropped.
             (2, t0, "u"),
             // Not in the store yet: counted, in index order.
@@ -994,10 +990,9 @@ mod tests {
             (3, t0 + Duration::from_secs(10), "u"),
             // An earlier experiment's of the same name: not this one's.
             (4, t0, "old"),
-        ]
-        .into_iter()
-        .map(|(i, at, owner)| (i, (at, Arc::new(trial(&format!("e-{i}"), i, owner)))))
-        .collect();
+        ] {
+            created.created(trial(&format!("e-{i}"), i, owner), at);
+        }
         let seen = |trials: Vec<Arc<NasTrial>>| -> Vec<u32> {
             trials.iter().map(|t| t.spec.index).collect()
         };
@@ -1006,13 +1001,15 @@ mod tests {
             seen(with_created(stored.clone(), &mut created, "u", now)),
             vec![0, 1, 2, 3]
         );
-        assert_eq!(created.keys().copied().collect::<Vec<_>>(), vec![1, 3]);
         // Past the grace, a trial the store never showed (deleted at once) no longer counts.
-        let later = t0 + CREATED_GRACE + Duration::from_secs(1);
+        let later = t0 + super::super::written::GRACE + Duration::from_secs(1);
         assert_eq!(
             seen(with_created(stored, &mut created, "u", later)),
             vec![0, 2, 3]
         );
-        assert_eq!(created.keys().copied().collect::<Vec<_>>(), vec![3]);
+        assert_eq!(
+            seen(with_created(Vec::new(), &mut created, "u", later)),
+            vec![3]
+        );
     }
 }

@@ -22,6 +22,7 @@ pub mod token;
 mod trial;
 mod warm;
 mod watch;
+pub mod written;
 
 use crate::api::{NasExperiment, NasTrial};
 use anyhow::{Context, Result};
@@ -39,6 +40,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use token::TokenKey;
 use tracing::{info, warn};
+use written::Written;
 
 /// The field manager of everything the operator writes with server-side apply.
 pub const MANAGER: &str = "nasop";
@@ -91,9 +93,6 @@ pub struct OperatorArgs {
     pub log_format: String,
 }
 
-/// A trial status we wrote: the version it replaced, and the written object.
-pub type Written = (String, Arc<NasTrial>);
-
 /// An experiment's identity in the caches.
 pub type ExpKey = (String, String);
 
@@ -117,9 +116,9 @@ pub struct ExperimentState {
     pub finished: VecDeque<(f64, String, u32)>,
     /// Every finished trial already placed in `finished` (or cleaned up).
     pub seen_finished: std::collections::HashSet<String>,
-    /// Trials this process created that the trial store may not show yet, by index, with
-    /// when (see [`experiment::with_created`]).
-    pub created: std::collections::BTreeMap<u32, (Instant, Arc<crate::api::NasTrial>)>,
+    /// Trials this process created that the trial store may not show yet (see
+    /// [`experiment::with_created`]).
+    pub created: Written<NasTrial>,
 }
 
 /// What the controllers and the report endpoint share.
@@ -151,56 +150,11 @@ pub struct Ctx {
     /// Consecutive failed reconciles per object, for the error backoff.
     pub failures: Mutex<HashMap<String, u32>>,
     pub ready: std::sync::atomic::AtomicBool,
-    /// Trials we wrote whose new version the store may not have yet: (namespace, name) ->
-    /// (the version the write replaced, the written object).
-    pub fresh: Mutex<HashMap<(String, String), Written>>,
+    /// Trial statuses we wrote whose new version the store may not have yet (see
+    /// [`trial::freshest`]).
+    pub written_trials: Mutex<Written<NasTrial>>,
     /// Pods this process created that the pod store may not show yet (see [`Ctx::pod`]).
-    pub created_pods: Mutex<CreatedPods>,
-}
-
-/// How long an object this process created counts as there while its store does not show it:
-/// far longer than a watch event takes, even on a loaded API server.
-pub const CREATED_GRACE: Duration = Duration::from_secs(30);
-
-/// Pods this process created, by (namespace, name), with when: under load the pod watch lags
-/// the operator's own creates, and a trial reconcile in between would create the pod again
-/// (refused, then read back).
-#[derive(Default)]
-pub struct CreatedPods(HashMap<(String, String), (Instant, Arc<Pod>)>);
-
-impl CreatedPods {
-    /// Keeps the pod as the store would (stripped: thousands created at once stay cheap).
-    pub fn insert(&mut self, mut pod: Pod, now: Instant) {
-        pod::strip(&mut pod);
-        self.0
-            .retain(|_, (at, _)| now.duration_since(*at) < CREATED_GRACE);
-        let key = (pod.namespace().unwrap_or_default(), pod.name_any());
-        self.0.insert(key, (now, Arc::new(pod)));
-    }
-
-    /// The pod as the store shows it (then it is no longer kept here), or as created here
-    /// within [`CREATED_GRACE`].
-    pub fn get(
-        &mut self,
-        ns: &str,
-        name: &str,
-        stored: Option<Arc<Pod>>,
-        now: Instant,
-    ) -> Option<Arc<Pod>> {
-        let key = (ns.to_string(), name.to_string());
-        if stored.is_some() {
-            self.0.remove(&key);
-            return stored;
-        }
-        match self.0.get(&key) {
-            Some((at, pod)) if now.duration_since(*at) < CREATED_GRACE => Some(pod.clone()),
-            Some(_) => {
-                self.0.remove(&key);
-                None
-            }
-            None => None,
-        }
-    }
+    pub written_pods: Mutex<Written<Pod>>,
 }
 
 impl Ctx {
@@ -208,7 +162,7 @@ impl Ctx {
     /// show yet.
     pub fn pod(&self, ns: &str, name: &str) -> Option<Arc<Pod>> {
         let stored = self.pods.get(&ObjectRef::new(name).within(ns));
-        lock(&self.created_pods).get(ns, name, stored, Instant::now())
+        lock(&self.written_pods).newest(ns, name, stored, Instant::now())
     }
 
     /// The state of one experiment (created empty on first use).
@@ -452,8 +406,8 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
         reports: Default::default(),
         reporting: w.reporting,
         ready: false.into(),
-        fresh: Mutex::default(),
-        created_pods: Mutex::default(),
+        written_trials: Mutex::default(),
+        written_pods: Mutex::default(),
     });
 
     let server = tokio::spawn(http::serve(
@@ -571,10 +525,12 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
 async fn sweep(ctx: Arc<Ctx>) {
     loop {
         tokio::time::sleep(Duration::from_secs(15)).await;
-        lock(&ctx.fresh).retain(|(ns, name), (replaced, _)| {
-            ctx.trials
-                .get(&ObjectRef::new(name).within(ns))
-                .is_some_and(|t| t.resource_version().as_deref() == Some(replaced.as_str()))
+        let now = Instant::now();
+        lock(&ctx.written_trials).sweep(now, |ns, name| {
+            ctx.trials.get(&ObjectRef::new(name).within(ns))
+        });
+        lock(&ctx.written_pods).sweep(now, |ns, name| {
+            ctx.pods.get(&ObjectRef::new(name).within(ns))
         });
         let known: Vec<ExpKey> = lock(&ctx.state).keys().cloned().collect();
         for k in known {
@@ -650,40 +606,6 @@ async fn shutdown_signal() {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
-    #[test]
-    fn a_created_pod_counts_until_the_store_shows_it_or_the_grace_ends() {
-        let t0 = Instant::now();
-        let pod = |name: &str| {
-            let mut p = Pod::default();
-            p.metadata.namespace = Some("ns".into());
-            p.metadata.name = Some(name.into());
-            p
-        };
-        let mut created = CreatedPods::default();
-        created.insert(pod("a"), t0);
-        created.insert(pod("b"), t0);
-        let soon = t0 + Duration::from_secs(1);
-        assert_eq!(
-            created.get("ns", "a", None, soon).map(|p| p.name_any()),
-            Some("a".into())
-        );
-        assert!(created.get("other", "a", None, soon).is_none());
-        // Once the store has it, the store's object, and it is no longer kept.
-        let mut stored = pod("a");
-        stored.metadata.resource_version = Some("7".into());
-        let got = created.get("ns", "a", Some(Arc::new(stored)), soon);
-        assert_eq!(got.and_then(|p| p.resource_version()), Some("7".into()));
-        assert!(created.get("ns", "a", None, soon).is_none());
-        // Past the grace (deleted before the store saw it): gone.
-        let late = t0 + CREATED_GRACE + Duration::from_secs(1);
-        assert!(created.get("ns", "b", None, late).is_none());
-        // Old entries go as new ones come.
-        created.insert(pod("b"), t0);
-        created.insert(pod("c"), late);
-        assert_eq!(created.0.len(), 1);
-    }
     use super::backoff_delay;
     use std::time::Duration;
 

@@ -70,7 +70,7 @@ pub async fn write_status(
         "metadata": {"resourceVersion": trial.resource_version()},
         "status": status,
     });
-    let mut written = api
+    let written = api
         .patch_status(
             &trial.name_any(),
             &PatchParams::apply(MANAGER).force(),
@@ -78,38 +78,17 @@ pub async fn write_status(
         )
         .await?;
     // Until the store has this version, reconciles and reports start from it.
-    written.managed_fields_mut().clear();
-    super::lock(&ctx.fresh).insert(
-        key_of(trial),
-        (
-            trial.resource_version().unwrap_or_default(),
-            Arc::new(written),
-        ),
-    );
+    super::lock(&ctx.written_trials).updated(trial.resource_version(), written, Instant::now());
     Ok(())
-}
-
-fn key_of(trial: &NasTrial) -> (String, String) {
-    (trial.namespace().unwrap_or_default(), trial.name_any())
 }
 
 /// The newest copy of a trial: the store's, or the one we just wrote if the store still
 /// holds the version it replaced (a watch event is on its way).
 pub fn freshest(ctx: &Ctx, trial: Arc<NasTrial>) -> Arc<NasTrial> {
-    let mut fresh = super::lock(&ctx.fresh);
-    let key = key_of(&trial);
-    match fresh.get(&key) {
-        Some((replaced, newer))
-            if trial.resource_version().as_deref() == Some(replaced.as_str()) =>
-        {
-            newer.clone()
-        }
-        Some(_) => {
-            fresh.remove(&key);
-            trial
-        }
-        None => trial,
-    }
+    let (ns, name) = (trial.namespace().unwrap_or_default(), trial.name_any());
+    super::lock(&ctx.written_trials)
+        .newest(&ns, &name, Some(trial.clone()), Instant::now())
+        .unwrap_or(trial)
 }
 
 /// The pod of this attempt: from the store, or, when the store does not have it, from the
@@ -348,7 +327,9 @@ pub async fn start_pod(
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     match api.create(&PostParams::default(), &pod).await {
         Ok(created) => {
-            lock(&ctx.created_pods).insert(created, Instant::now());
+            let mut kept = created;
+            pod::strip(&mut kept);
+            lock(&ctx.written_pods).created(kept, Instant::now());
             info!(namespace = %ns, experiment = %trial.spec.experiment, trial = %name, attempt, "created pod");
             if attempt == 1 {
                 ctx.slot_taken(&(ns.clone(), trial.spec.experiment.clone()));
