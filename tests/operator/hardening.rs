@@ -3,7 +3,7 @@
 //! service account, a node that stops answering, hostile reports, and a trainer that
 //! reports as much as it may.
 
-use crate::harness::{Env, Plan, manifest, post_report, report_json, value_of};
+use crate::harness::{self, Env, Plan, manifest, post_report, report_json, value_of};
 use crate::{LONG, completes, phase_is};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, ResourceQuota, ServiceAccount};
@@ -14,7 +14,7 @@ use nasop::api::{ExperimentPhase, NasExperiment, NasTrial, NasTrialSpec, TrialPh
 use nasop_core::contract::{self, ReportAction};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn condition<'a>(
     exp: &'a NasExperiment,
@@ -295,18 +295,13 @@ async fn a_full_quota_makes_trials_wait_not_fail() {
     let quotas: Api<ResourceQuota> = Api::namespaced(env.client.clone(), &env.ns);
     quotas.create(&PostParams::default(), &quota).await.unwrap();
     // The quota controller must have counted the namespace before it admits anything.
-    let started = Instant::now();
-    while quotas
-        .get("one-pod")
-        .await
-        .unwrap()
-        .status
-        .and_then(|s| s.hard)
-        .is_none()
-    {
-        assert!(started.elapsed() < LONG, "the quota was never counted");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    harness::poll(
+        LONG,
+        async || quotas.get("one-pod").await.unwrap(),
+        |q| q.status.as_ref().is_some_and(|s| s.hard.is_some()),
+        |q| format!("the quota was never counted: {:?}", q.status),
+    )
+    .await;
     env.start_operator(&[]);
     // Each trial runs a little while, so that the others meet the full quota.
     env.start_trainer(Arc::new(|input, _| {
@@ -412,21 +407,7 @@ async fn a_pod_left_terminating_by_a_lost_node_is_replaced() {
     .await
     .unwrap();
     let pods = env.pods();
-    let started = Instant::now();
-    loop {
-        let running = pods
-            .get_opt("lost-0-1")
-            .await
-            .unwrap()
-            .and_then(|p| p.status)
-            .and_then(|s| s.phase)
-            .is_some_and(|p| p == "Running");
-        if running {
-            break;
-        }
-        assert!(started.elapsed() < LONG, "the first pod never ran");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_running(&pods, "lost-0-1").await;
     // A node that stops answering never confirms the deletion (KWOK leaves such pods).
     let lost =
         serde_json::json!({"metadata": {"annotations": {"testenv.nasop.dev/node-lost": "true"}}});
@@ -637,16 +618,7 @@ async fn the_most_metrics_every_step_for_ten_thousand_steps_keeps_statuses_bound
     .await
     .unwrap();
     let pods: Api<Pod> = env.pods();
-    let started = Instant::now();
-    let pod = loop {
-        if let Some(p) = pods.get_opt("size-0-1").await.unwrap()
-            && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
-        {
-            break p;
-        }
-        assert!(started.elapsed() < LONG, "the pod never ran");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let pod = wait_running(&pods, "size-0-1").await;
     let penv = crate::harness::pod_env(&pod);
     let (url, token) = (
         penv[contract::ENV_REPORT_URL].clone(),
@@ -699,4 +671,21 @@ async fn the_most_metrics_every_step_for_ten_thousand_steps_keeps_statuses_bound
     assert!(size < 512 * 1024, "the experiment is {size} bytes");
     let trial = env.trials().get("size-0").await.unwrap();
     assert!(trial.status.unwrap().history.len() <= nasop::operator::status::HISTORY_LIMIT);
+}
+
+/// Waits until the pod `name` runs, failing after `LONG` with its last status.
+async fn wait_running(pods: &Api<Pod>, name: &str) -> Pod {
+    let phase = |p: &Option<Pod>| {
+        p.as_ref()
+            .and_then(|p| p.status.as_ref())
+            .and_then(|s| s.phase.clone())
+    };
+    harness::poll(
+        LONG,
+        async || pods.get_opt(name).await.unwrap(),
+        |p| phase(p).as_deref() == Some("Running"),
+        |p| format!("pod {name} never ran; phase {:?}", phase(p)),
+    )
+    .await
+    .unwrap()
 }

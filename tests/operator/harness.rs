@@ -201,18 +201,13 @@ impl Env {
         let resource = kube::api::ApiResource::erase::<NasExperiment>(&());
         let api: Api<kube::api::DynamicObject> =
             Api::namespaced_with(self.client.clone(), &self.ns, &resource);
-        let started = Instant::now();
-        loop {
-            let status = api.get(name).await.unwrap().data["status"].clone();
-            if done(&status) {
-                return status;
-            }
-            assert!(
-                started.elapsed() < timeout,
-                "timed out; status of {name}: {status}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        poll(
+            timeout,
+            async || api.get(name).await.unwrap().data["status"].clone(),
+            done,
+            |status| format!("status of {name}: {status}"),
+        )
+        .await
     }
 
     pub fn operator_log(&self, i: usize) -> String {
@@ -273,24 +268,19 @@ impl Env {
         timeout: Duration,
         done: impl Fn(&NasExperiment) -> bool,
     ) -> NasExperiment {
-        let started = Instant::now();
-        loop {
-            let exp = self.experiments().get(name).await.unwrap();
-            if done(&exp) {
-                return exp;
-            }
-            if started.elapsed() > timeout {
-                panic!(
-                    "timed out; status: {}\noperator log tail:\n{}",
+        poll(
+            timeout,
+            async || self.experiments().get(name).await.unwrap(),
+            done,
+            |exp| {
+                format!(
+                    "status: {}\n{}",
                     serde_json::to_string_pretty(&exp.status).unwrap(),
-                    tail(
-                        &self.operator_log(self.operators.len().saturating_sub(1)),
-                        30
-                    )
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+                    self.log_tail()
+                )
+            },
+        )
+        .await
     }
 
     /// Waits until the experiment's trials (by index) satisfy `done`, failing after
@@ -301,27 +291,30 @@ impl Env {
         timeout: Duration,
         done: impl Fn(&[NasTrial]) -> bool,
     ) -> Vec<NasTrial> {
-        let started = Instant::now();
-        loop {
-            let trials = self.all_trials(experiment).await;
-            if done(&trials) {
-                return trials;
-            }
-            if started.elapsed() > timeout {
+        poll(
+            timeout,
+            async || self.all_trials(experiment).await,
+            |trials: &Vec<NasTrial>| done(trials),
+            |trials| {
                 let phases: Vec<_> = trials
                     .iter()
                     .map(|t| (t.spec.index, t.status.as_ref().and_then(|s| s.phase)))
                     .collect();
-                panic!(
-                    "timed out; trial phases: {phases:?}\noperator log tail:\n{}",
-                    tail(
-                        &self.operator_log(self.operators.len().saturating_sub(1)),
-                        30
-                    )
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+                format!("trial phases: {phases:?}\n{}", self.log_tail())
+            },
+        )
+        .await
+    }
+
+    /// The last 30 lines of the newest operator's log, for a failure message.
+    fn log_tail(&self) -> String {
+        format!(
+            "operator log tail:\n{}",
+            tail(
+                &self.operator_log(self.operators.len().saturating_sub(1)),
+                30
+            )
+        )
     }
 
     pub async fn all_trials(&self, experiment: &str) -> Vec<NasTrial> {
@@ -562,4 +555,25 @@ spec:
 {extra}
 {GPU_TRIAL_TEMPLATE}"#
     )
+}
+
+/// Polls `fetch` every 100 ms until `done` holds of what it returns; after `timeout`,
+/// panics with `describe` of the last value.
+pub async fn poll<T>(
+    timeout: Duration,
+    mut fetch: impl AsyncFnMut() -> T,
+    done: impl Fn(&T) -> bool,
+    describe: impl Fn(&T) -> String,
+) -> T {
+    let started = Instant::now();
+    loop {
+        let value = fetch().await;
+        if done(&value) {
+            return value;
+        }
+        if started.elapsed() > timeout {
+            panic!("timed out; {}", describe(&value));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -138,31 +138,17 @@ async fn an_experiment_runs_to_the_right_best_trial_within_its_parallelism() {
         .delete("full", &Default::default())
         .await
         .unwrap();
-    let started = std::time::Instant::now();
-    loop {
-        let trials = env
-            .trials()
-            .list(&Default::default())
-            .await
-            .unwrap()
-            .items
-            .len();
-        let pods = env
-            .pods()
-            .list(&Default::default())
-            .await
-            .unwrap()
-            .items
-            .len();
-        if trials == 0 && pods == 0 {
-            break;
-        }
-        assert!(
-            started.elapsed() < LONG,
-            "{trials} trials and {pods} pods left after deletion"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    harness::poll(
+        LONG,
+        async || {
+            let trials = env.trials().list(&Default::default()).await.unwrap();
+            let pods = env.pods().list(&Default::default()).await.unwrap();
+            (trials.items.len(), pods.items.len())
+        },
+        |&left| left == (0, 0),
+        |(trials, pods)| format!("{trials} trials and {pods} pods left after deletion"),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
