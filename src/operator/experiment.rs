@@ -1,7 +1,9 @@
 //! The NasExperiment controller: engine decisions become NasTrials and stop requests, and
 //! the trials become the experiment's status.
 
-use super::metrics::{ExperimentLabels, ExperimentPhaseLabels, PhaseLabels};
+mod conditions;
+mod upkeep;
+
 use super::status::{self, StatusInput, trial_name};
 use super::warm::{Prior, prior_trials};
 use super::written::Written;
@@ -10,6 +12,7 @@ use crate::api::{
     self, NasExperiment, NasExperimentSpec, NasExperimentStatus, NasTrial, NasTrialSpec,
 };
 use crate::engine::{Clock, Engine, Experiment, TrialRecord};
+use conditions::{Blocked, set_conditions};
 use futures::StreamExt;
 use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
@@ -20,6 +23,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
+pub use upkeep::forget;
+use upkeep::{clean_up_pods, update_metrics};
 
 /// Longest experiment name: trial and pod names (`<name>-<index>-<attempt>`) must stay
 /// valid label values (63 characters).
@@ -217,83 +222,6 @@ fn read(
     pod::check_template(exp.spec.trial_template.as_ref())?;
     let experiment = api::validate(&name, &exp.spec).map_err(|e| e.to_string())?;
     Ok((exp, experiment))
-}
-
-/// Why a trial could not be created.
-enum Blocked {
-    /// Its name (of this index) is taken by a trial another object owns.
-    Conflict(u32, String),
-    /// A ResourceQuota refused it.
-    Quota(String),
-}
-
-/// Trials waiting for their pods to start with a reason (Unschedulable, ImagePullBackOff,
-/// QuotaExceeded): the most common reason, and a message naming one such trial.
-fn pending_trials(trials: &[Arc<NasTrial>]) -> Option<(String, String)> {
-    let waiting: Vec<(&str, &str, &str)> = trials
-        .iter()
-        .filter_map(|t| {
-            let s = t.status.as_ref()?;
-            if s.phase != Some(api::TrialPhaseName::Pending) {
-                return None;
-            }
-            Some((
-                s.reason.as_deref()?,
-                t.metadata.name.as_deref().unwrap_or_default(),
-                s.message.as_deref().unwrap_or_default(),
-            ))
-        })
-        .collect();
-    let mut counts: HashMap<&str, usize> = HashMap::new();
-    for (reason, _, _) in &waiting {
-        *counts.entry(reason).or_default() += 1;
-    }
-    let (reason, n) = counts
-        .into_iter()
-        .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(a.0)))?;
-    let (_, trial, message) = waiting.iter().find(|w| w.0 == reason)?;
-    Some((
-        reason.to_string(),
-        status::bounded(
-            format!("{n} trial(s) waiting to start ({reason}); {trial}: {message}"),
-            status::MESSAGE_LIMIT,
-        ),
-    ))
-}
-
-/// Sets a condition on the status, with a warning event when it first appears.
-fn raise(
-    ctx: &Ctx,
-    world: &World,
-    status: &mut NasExperimentStatus,
-    type_: &str,
-    reason: &str,
-    message: &str,
-) {
-    let had = world
-        .previous
-        .conditions
-        .iter()
-        .any(|c| c.type_ == type_ && c.reason == reason);
-    if !had {
-        warn!(namespace = %world.key.0, experiment = %world.key.1, condition = type_, %reason, %message, "experiment condition");
-        publish(
-            ctx,
-            &world.object,
-            EventType::Warning,
-            type_,
-            message.to_string(),
-        );
-    }
-    status::set_condition(
-        status,
-        &world.previous,
-        type_,
-        reason,
-        message,
-        world.generation,
-        world.now,
-    );
 }
 
 /// What one reconcile sees: the experiment as stored, read, and its trials.
@@ -680,84 +608,6 @@ async fn create_trials(ctx: &Arc<Ctx>, world: &World, plan: &Plan) -> Result<Vec
     Ok(blocked)
 }
 
-/// Conditions for what holds the experiment up: trial names taken by another object,
-/// a quota, pods that do not start.
-fn set_conditions(ctx: &Ctx, world: &World, status: &mut NasExperimentStatus, blocked: &[Blocked]) {
-    let conflict = blocked.iter().find_map(|b| match b {
-        Blocked::Conflict(_, m) => Some(m),
-        _ => None,
-    });
-    let quota = blocked.iter().find_map(|b| match b {
-        Blocked::Quota(m) => Some(m),
-        _ => None,
-    });
-    let mut raise = |type_: &str, reason: &str, message: &str| {
-        let message = status::bounded(message.to_string(), status::MESSAGE_LIMIT);
-        raise(ctx, world, status, type_, reason, &message);
-    };
-    if let Some(m) = conflict {
-        raise("TrialNameConflict", "OwnedByAnother", m);
-    }
-    if let Some(Prior::Missing(m)) = &world.prior {
-        raise("WarmStart", "ExperimentNotFound", m);
-    }
-    let s3 = world.exp.spec.storage.as_ref().and_then(|s| s.s3.as_ref());
-    if let Some(s3) = s3
-        && let Some(refused) = world.trials.iter().find_map(|t| {
-            let s = t.status.as_ref()?;
-            (s.reason.as_deref() == Some(nasop_core::contract::STORAGE_REFUSED))
-                .then(|| s.message.clone().unwrap_or_default())
-        })
-    {
-        raise(
-            "Storage",
-            "WriteRefused",
-            &format!(
-                "spec.storage.s3: bucket {:?} refused the trainer (trials fail with reason StorageRefused): check the bucket, spec.storage.s3.endpoint and the credentials in spec.storage.s3.credentialsSecret; the trainer said: {refused}",
-                s3.bucket
-            ),
-        );
-    }
-    if let Some(m) = quota {
-        raise("TrialsPending", "QuotaExceeded", m);
-    } else if let Some((reason, message)) = pending_trials(&world.trials) {
-        // A credentials Secret that does not exist holds the pods: say which field.
-        if let Some(secret) = s3
-            .and_then(|s| s.credentials_secret.as_ref())
-            .filter(|name| message.contains(&format!("secret \"{name}\" not found")))
-        {
-            raise(
-                "Storage",
-                "SecretNotFound",
-                &format!(
-                    "spec.storage.s3.credentialsSecret: there is no Secret {secret:?} in namespace {}; trials wait for it (and fail after their pending timeout): create it with keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
-                    world.key.0
-                ),
-            );
-        }
-        // The scheduler holds pods whose storage claim is missing: say which field.
-        if let Some(claim) = world
-            .exp
-            .spec
-            .storage
-            .as_ref()
-            .and_then(|s| s.persistent_volume_claim.as_ref())
-            .map(|s| &s.claim_name)
-            .filter(|c| message.contains(&format!("persistentvolumeclaim \"{c}\" not found")))
-        {
-            raise(
-                "Storage",
-                "ClaimNotFound",
-                &format!(
-                    "spec.storage.persistentVolumeClaim.claimName: there is no PersistentVolumeClaim {claim:?} in namespace {}; trials wait for it (and fail after their pending timeout): create it",
-                    world.key.0
-                ),
-            );
-        }
-        raise("TrialsPending", &reason, &message);
-    }
-}
-
 /// Events for an experiment that just ended, the metrics, and the status: phase,
 /// conditions, the best trial and the front at once, counts at most once per
 /// [`STATUS_INTERVAL`]. Returns how long until the held-back counts are due.
@@ -838,135 +688,6 @@ fn next_action(
     } else {
         Action::await_change()
     }
-}
-
-/// Deletes the pods of finished trials beyond the newest `--keep-finished-pods`: their
-/// results are in the trials' status, and thousands of finished pods cost the API server
-/// and every watch of pods. Each trial is looked at once when it ends (a restarted operator
-/// looks at each once more); the deletes run in the background.
-fn clean_up_pods(ctx: &Arc<Ctx>, key: &ExpKey, trials: &[Arc<NasTrial>]) {
-    let state = ctx.state_of(key);
-    let mut state = lock(&state);
-    let mut ended: Vec<(f64, String, u32)> = trials
-        .iter()
-        .filter_map(|t| {
-            let s = t.status.as_ref()?;
-            let done = matches!(
-                s.phase,
-                Some(
-                    api::TrialPhaseName::Succeeded
-                        | api::TrialPhaseName::Failed
-                        | api::TrialPhaseName::Stopped
-                )
-            );
-            let name = t.metadata.name.as_deref()?;
-            if !done || state.seen_finished.contains(name) {
-                return None;
-            }
-            let at = s.completion_time.as_ref().map(|c| status::seconds(&c.0))?;
-            Some((at, name.to_string(), s.attempts.max(1)))
-        })
-        .collect();
-    if ended.is_empty() {
-        return;
-    }
-    ended.sort_by(|a, b| a.0.total_cmp(&b.0));
-    for (at, name, attempts) in ended {
-        state.seen_finished.insert(name.clone());
-        state.finished.push_back((at, name, attempts));
-    }
-    let mut doomed = Vec::new();
-    while state.finished.len() > ctx.keep_finished_pods {
-        let (_, name, attempts) = state
-            .finished
-            .pop_front()
-            .expect("longer than the keep count");
-        doomed.extend(
-            (1..=attempts)
-                .map(|a| pod::pod_name(&name, a))
-                .filter(|p| ctx.pods.get(&ObjectRef::new(p).within(&key.0)).is_some()),
-        );
-    }
-    drop(state);
-    if doomed.is_empty() {
-        return;
-    }
-    let api: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(ctx.client.clone(), &key.0);
-    tokio::spawn(async move {
-        for name in doomed {
-            if let Err(e) = api.delete(&name, &Default::default()).await {
-                tracing::debug!(pod = %name, error = %e, "could not delete a finished trial's pod");
-            }
-        }
-    });
-}
-
-fn update_metrics(ctx: &Ctx, key: &ExpKey, status: &api::NasExperimentStatus) {
-    let m = &ctx.metrics;
-    let (ns, name) = key;
-    let c = &status.trials;
-    for (phase, n) in [
-        ("Pending", c.pending),
-        ("Running", c.running),
-        ("Succeeded", c.succeeded),
-        ("Failed", c.failed),
-        ("Stopped", c.stopped),
-    ] {
-        m.trials
-            .get_or_create(&PhaseLabels {
-                namespace: ns.clone(),
-                experiment: name.clone(),
-                phase: phase.into(),
-            })
-            .set(n as i64);
-    }
-    if let Some(v) = status.best_value {
-        m.best_objective
-            .get_or_create(&ExperimentLabels {
-                namespace: ns.clone(),
-                experiment: name.clone(),
-            })
-            .set(v);
-    }
-    let phase = status
-        .phase
-        .map_or("Pending".to_string(), |p| format!("{p:?}"));
-    let first = lock(&ctx.state_of(key)).phase.replace(phase).is_none();
-    if first {
-        m.experiment_seen(ns, name);
-    }
-    recount_experiments(ctx);
-}
-
-/// The experiments-by-phase gauges, counted over every experiment's state.
-fn recount_experiments(ctx: &Ctx) {
-    let phases: Vec<Option<String>> = lock(&ctx.state)
-        .values()
-        .map(|s| lock(s).phase.clone())
-        .collect();
-    for phase in ["Pending", "Running", "Training", "Succeeded", "Failed"] {
-        let n = phases
-            .iter()
-            .filter(|p| p.as_deref() == Some(phase))
-            .count();
-        ctx.metrics
-            .experiments
-            .get_or_create(&ExperimentPhaseLabels {
-                phase: phase.into(),
-            })
-            .set(n as i64);
-    }
-}
-
-/// Forgets a deleted experiment's caches and metric series.
-pub fn forget(ctx: &Ctx, key: &ExpKey) {
-    lock(&ctx.reporting).remove(key);
-    let removed = lock(&ctx.state).remove(key);
-    if let Some(uid) = removed.and_then(|s| lock(&s).engine.as_ref().map(|c| c.uid.clone())) {
-        ctx.index.forget(&uid);
-    }
-    recount_experiments(ctx);
-    ctx.metrics.forget(&key.0, &key.1);
 }
 
 #[cfg(test)]
