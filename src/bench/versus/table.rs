@@ -3,7 +3,6 @@
 //! that a matrix measured over several sessions prints as one table.
 
 use super::{Run, VersusArgs};
-use crate::bench::versus::measure::quantile;
 use anyhow::{Context, Result};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -49,7 +48,7 @@ fn spread(values: &[f64], digits: usize) -> String {
         return "–".into();
     }
     v.sort_by(f64::total_cmp);
-    let median = quantile(&v, 0.5);
+    let median = median(&v);
     if v.len() == 1 || v[0] == v[v.len() - 1] {
         return format!("{median:.digits$}");
     }
@@ -187,22 +186,44 @@ fn medians(runs: &[&Run], get: fn(&Run) -> &BTreeMap<String, f64>, digits: usize
         }
     }
     keys.iter()
-        .map(|(k, v)| (k, quantile_of(v)))
+        .map(|(k, v)| (k, median_of(v)))
         .filter(|(_, m)| *m >= 0.01)
         .map(|(k, m)| format!("{k} {m:.digits$}"))
         .collect::<Vec<_>>()
         .join(", ")
 }
 
-fn quantile_of(v: &[f64]) -> f64 {
+fn median_of(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
-    quantile(&v, 0.5)
+    median(&v)
+}
+
+/// The median of sorted values: the middle one, or the mean of the two middle ones (an
+/// even number of runs).
+fn median(sorted: &[f64]) -> f64 {
+    let n = sorted.len();
+    match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => sorted[n / 2],
+        _ => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_median_of_an_even_number_of_runs_is_the_mean_of_the_middle_two() {
+        assert_eq!(
+            spread(&[356.0, 280.3, 375.6, 340.7], 1),
+            "348.4 (280.3–375.6)"
+        );
+        assert_eq!(spread(&[3.0, 1.0, 2.0], 0), "2 (1–3)");
+        assert_eq!(spread(&[f64::NAN, 5.0], 1), "5.0");
+        assert_eq!(spread(&[], 1), "–");
+    }
 
     #[test]
     fn saved_runs_read_back_with_their_unmeasured_figures() {
