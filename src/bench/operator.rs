@@ -12,6 +12,7 @@
 //! - how many trials run at once across many experiments (Katib's users report about 160
 //!   for 120 experiments of 30).
 
+use super::versus::measure::{command, cpu_seconds, quantile};
 use crate::api::{self, NasExperiment};
 use crate::operator::pod::{LABEL_ATTEMPT, LABEL_EXPERIMENT};
 use anyhow::{Context, Result, bail};
@@ -97,12 +98,16 @@ pub struct Report {
 
 /// CPU-seconds used so far by each process of the test control plane.
 fn control_plane_cpu() -> Vec<(String, f64)> {
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     let mut out: Vec<(String, f64)> = Vec::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let path = entry.path();
-        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
-        let comm = comm.trim();
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let comm = command(pid);
         if ![
             "kube-apiserver",
             "etcd",
@@ -115,26 +120,10 @@ fn control_plane_cpu() -> Vec<(String, f64)> {
         {
             continue;
         }
-        let stat = std::fs::read_to_string(path.join("stat")).unwrap_or_default();
-        let f: Vec<f64> = stat
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .split_whitespace()
-            .map(|x| x.parse().unwrap_or(0.0))
-            .collect();
-        let cpu = (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / ticks;
-        out.push((comm.to_string(), cpu));
+        out.push((comm, cpu_seconds(pid).unwrap_or(0.0)));
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     out
-}
-
-fn quantile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
 
 /// The operator child process and what /proc says of it.
@@ -180,16 +169,7 @@ impl Operator {
     }
 
     fn cpu_seconds(&self) -> f64 {
-        let text =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        // Fields after the command name: utime is the 14th field, stime the 15th.
-        let after = text.rsplit(')').next().unwrap_or("");
-        let f: Vec<f64> = after
-            .split_whitespace()
-            .map(|x| x.parse().unwrap_or(0.0))
-            .collect();
-        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-        (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / ticks
+        cpu_seconds(self.child.id()).unwrap_or(0.0)
     }
 
     async fn metrics(&self) -> String {

@@ -24,7 +24,7 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
 }
 
 /// A process's command name (/proc/PID/comm), or "?".
-fn command(pid: u32) -> String {
+pub fn command(pid: u32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .map(|c| c.trim().to_string())
         .unwrap_or_else(|_| "?".into())
