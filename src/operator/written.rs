@@ -103,7 +103,8 @@ impl<K: Resource> Written<K> {
     }
 
     /// The objects created here that the store does not show yet (`in_store` says whether it
-    /// does, by name); the others are dropped.
+    /// does, by name); the others are dropped, updates among them: a record read this way
+    /// should hold creates only.
     pub fn unseen(&mut self, now: Instant, in_store: impl Fn(&str) -> bool) -> Vec<Arc<K>> {
         self.entries.retain(|(_, name), e| {
             e.created && now.duration_since(e.at) < GRACE && !in_store(name)
