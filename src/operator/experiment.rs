@@ -130,7 +130,13 @@ pub(super) fn with_created(
     uid: &str,
     now: Instant,
 ) -> Vec<Arc<NasTrial>> {
-    let stored: std::collections::HashSet<String> = trials.iter().map(|t| t.name_any()).collect();
+    if created.is_empty() {
+        return trials;
+    }
+    let stored: std::collections::HashSet<&str> = trials
+        .iter()
+        .filter_map(|t| t.metadata.name.as_deref())
+        .collect();
     let unseen = created.unseen(now, |name| stored.contains(name));
     if unseen.is_empty() {
         return trials;

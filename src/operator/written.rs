@@ -102,6 +102,11 @@ impl<K: Resource> Written<K> {
         stored
     }
 
+    /// Whether nothing is kept.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
     /// The objects created here that the store does not show yet (`in_store` says whether it
     /// does, by name); the others are dropped, updates among them: a record read this way
     /// should hold creates only.
