@@ -7,7 +7,7 @@ use crate::data::{Dataset, Split};
 use crate::model::{CELL_OPERATIONS, NetConfig, Op, Skeleton, sum_or_zeros};
 use crate::optim::{Optimizer, OptimizerKind};
 use crate::report::Reporter;
-use crate::train::{Ending, Outcome, cosine, evaluate, finite_loss};
+use crate::train::{Ending, Outcome, batches_per_epoch, cosine, evaluate, finite_loss};
 use anyhow::{Result, bail};
 use nasop_core::arch::{Architecture, Edge, cell_edges};
 use nasop_core::contract::{Report, ReportAction};
@@ -73,6 +73,48 @@ enum Mixing {
 }
 
 impl Supernet {
+    /// Every operation on every edge of every cell (weights under `root`), and the shared
+    /// architecture parameters (under `arch_root`), near zero: a uniform start.
+    fn new(root: &nn::Path, arch_root: &nn::Path, cfg: &SearchConfig) -> Self {
+        let skeleton = Skeleton::new(root, cfg.net);
+        let edges = cell_edges(cfg.nodes);
+        let mut cells = Vec::new();
+        for stage in 0..3 {
+            let c = skeleton.stage_channels(stage);
+            for k in 0..cfg.net.cells_per_stage {
+                let cp = root / format!("cell{stage}_{k}");
+                let cell: Vec<Vec<Op>> = edges
+                    .iter()
+                    .map(|(i, j)| {
+                        cfg.operations
+                            .iter()
+                            .map(|name| {
+                                Op::new(&cp / format!("edge{i}_{j}_{name}"), name, c)
+                                    .expect("search checked the operations")
+                            })
+                            .collect()
+                    })
+                    .collect();
+                cells.push(cell);
+            }
+        }
+        let alpha = arch_root.var(
+            "alpha",
+            &[edges.len() as i64, cfg.operations.len() as i64],
+            nn::Init::Randn {
+                mean: 0.0,
+                stdev: 1e-3,
+            },
+        );
+        Supernet {
+            skeleton,
+            cells,
+            edges,
+            nodes: cfg.nodes,
+            alpha,
+        }
+    }
+
     fn forward(&self, x: &Tensor, train: bool, mixing: &Mixing) -> Tensor {
         let per_stage = self.skeleton.config.cells_per_stage as usize;
         self.skeleton.forward_with(x, train, |stage, k, h| {
@@ -161,144 +203,27 @@ pub fn search(
     reporter: &Reporter,
     terminate: &AtomicBool,
 ) -> Result<Outcome> {
-    for op in &cfg.operations {
-        if !CELL_OPERATIONS.contains(&op.as_str()) {
-            bail!(
-                "operation {op:?} is unknown; the trainer knows {}",
-                CELL_OPERATIONS.join(", ")
-            );
-        }
-    }
-    tch::manual_seed(cfg.seed as i64);
-    let vs = nn::VarStore::new(cfg.device);
-    let arch_vs = nn::VarStore::new(cfg.device);
-    let root = vs.root();
-    let skeleton = Skeleton::new(&root, cfg.net);
-    let edges = cell_edges(cfg.nodes);
-    let mut cells = Vec::new();
-    for stage in 0..3 {
-        let c = skeleton.stage_channels(stage);
-        for k in 0..cfg.net.cells_per_stage {
-            let cp = &root / format!("cell{stage}_{k}");
-            let cell: Vec<Vec<Op>> = edges
-                .iter()
-                .map(|(i, j)| {
-                    cfg.operations
-                        .iter()
-                        .map(|name| {
-                            Op::new(&cp / format!("edge{i}_{j}_{name}"), name, c)
-                                .expect("checked above")
-                        })
-                        .collect()
-                })
-                .collect();
-            cells.push(cell);
-        }
-    }
-    let alpha = arch_vs.root().var(
-        "alpha",
-        &[edges.len() as i64, cfg.operations.len() as i64],
-        nn::Init::Randn {
-            mean: 0.0,
-            stdev: 1e-3,
-        },
-    );
-    let net = Supernet {
-        skeleton,
-        cells,
-        edges,
-        nodes: cfg.nodes,
-        alpha,
-    };
-    let mut w_opt = Optimizer::new(
-        OptimizerKind::Sgd,
-        vs.trainable_variables(),
-        cfg.weight_decay,
-        cfg.momentum,
-        (0.9, 0.999),
-    );
-    let mut a_opt = Optimizer::new(
-        OptimizerKind::Adam,
-        arch_vs.trainable_variables(),
-        1e-3,
-        0.0,
-        (0.5, 0.999),
-    );
-    // Half the training split for the weights, half for the architecture.
-    let n = data.train.len();
-    let half = n / 2;
-    let batch = cfg.batch_size as usize; // validated: 1 or more (recipe::validate)
-    let mut batches = (half as usize).div_ceil(batch);
-    if cfg.max_batches > 0 {
-        batches = batches.min(cfg.max_batches);
-    }
-    let total = batches * cfg.epochs as usize;
+    check_operations(&cfg.operations)?;
+    let mut search = Search::new(cfg, data);
     let mut metrics = BTreeMap::new();
     let mut ending = Ending::Completed;
-    let slice = |split: &Split, idx: &[i64]| {
-        let i = Tensor::from_slice(idx);
-        (
-            split.images.index_select(0, &i).to_device(cfg.device),
-            split.labels.index_select(0, &i).to_device(cfg.device),
-        )
-    };
     for epoch in 0..cfg.epochs {
         let started = Instant::now();
-        let (order, _) = crate::data::epoch_order(cfg.seed, epoch, n);
-        let (w_part, a_part) = order.split_at(half as usize);
-        let tau = gdas_temperature(epoch, cfg.epochs);
-        let mut train_loss = 0.0;
-        for b in 0..batches {
-            if terminate.load(Ordering::Relaxed) {
-                return Ok(Outcome::terminated(metrics));
-            }
-            let range = |part: &[i64]| {
-                part[(b * batch).min(part.len())..((b + 1) * batch).min(part.len())].to_vec()
-            };
-            let mixing = |net: &Supernet| match cfg.method {
-                OneShot::Darts => net.soft(),
-                OneShot::Gdas => net.hard(tau),
-            };
-            // Architecture step on its half (first-order).
-            let (xa, ya) = slice(&data.train, &range(a_part));
-            if xa.size()[0] > 0 {
-                let loss = net
-                    .forward(&xa, true, &mixing(&net))
-                    .cross_entropy_for_logits(&ya);
-                a_opt.zero_grad();
-                w_opt.zero_grad();
-                loss.backward();
-                a_opt.step(3e-4);
-            }
-            // Weight step on the other half.
-            let (xw, yw) = slice(&data.train, &range(w_part));
-            let loss = net
-                .forward(&xw, true, &mixing(&net))
-                .cross_entropy_for_logits(&yw);
-            w_opt.zero_grad();
-            a_opt.zero_grad();
-            loss.backward();
-            w_opt.clip_grad_norm(GRAD_CLIP);
-            let lr = cosine(cfg.learning_rate, epoch as usize * batches + b, total);
-            w_opt.step(lr);
-            train_loss += finite_loss(loss.double_value(&[]), epoch, b, lr)?;
-        }
-        let (val_loss, val_accuracy) = evaluate(
-            |x| net.forward(x, false, &net.soft()),
-            &data.valid,
-            cfg.device,
-        );
+        let Some(train_loss) = search.epoch(epoch, terminate)? else {
+            return Ok(Outcome::terminated(metrics));
+        };
+        let (val_loss, val_accuracy) = search.evaluate(&data.valid);
         metrics = BTreeMap::from([
             ("epoch".to_string(), (epoch + 1) as f64),
-            ("train_loss".to_string(), train_loss / batches.max(1) as f64),
+            ("train_loss".to_string(), train_loss),
             ("val_loss".to_string(), val_loss),
             ("val_accuracy".to_string(), val_accuracy),
-            ("entropy".to_string(), net.entropy()),
+            ("entropy".to_string(), search.net.entropy()),
             ("epoch_seconds".to_string(), started.elapsed().as_secs_f64()),
         ]);
         let info = BTreeMap::from([(
             "derived_architecture".to_string(),
-            net.derived(&cfg.operations).to_string(),
+            search.net.derived(&cfg.operations).to_string(),
         )]);
         if reporter.send(&Report {
             step: epoch + 1,
@@ -310,21 +235,169 @@ pub fn search(
             break;
         }
     }
-    let derived = net.derived(&cfg.operations);
-    let (test_loss, test_accuracy) = evaluate(
-        |x| net.forward(x, false, &net.soft()),
-        &data.test,
-        cfg.device,
-    );
-    metrics.insert("supernet_test_loss".into(), test_loss);
-    metrics.insert("supernet_test_accuracy".into(), test_accuracy);
-    metrics.insert("entropy".into(), net.entropy());
-    let info = BTreeMap::from([("derived_architecture".to_string(), derived.to_string())]);
-    Ok(Outcome {
-        ending,
-        metrics,
-        info,
-    })
+    Ok(search.finish(ending, metrics))
+}
+
+fn check_operations(operations: &[String]) -> Result<()> {
+    for op in operations {
+        if !CELL_OPERATIONS.contains(&op.as_str()) {
+            bail!(
+                "operation {op:?} is unknown; the trainer knows {}",
+                CELL_OPERATIONS.join(", ")
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A search in progress: the supernet, the weights' SGD and the architecture's Adam.
+struct Search<'a> {
+    cfg: &'a SearchConfig,
+    data: &'a Dataset,
+    net: Supernet,
+    w_opt: Optimizer,
+    a_opt: Optimizer,
+    /// Batches per epoch, in each half of the training split.
+    batches: usize,
+    // The stores own the supernet's variables: kept for as long as the supernet.
+    _weights: nn::VarStore,
+    _architecture: nn::VarStore,
+}
+
+impl<'a> Search<'a> {
+    /// The freshly initialised (seeded) supernet and its optimisers.
+    fn new(cfg: &'a SearchConfig, data: &'a Dataset) -> Self {
+        tch::manual_seed(cfg.seed as i64);
+        let vs = nn::VarStore::new(cfg.device);
+        let arch_vs = nn::VarStore::new(cfg.device);
+        let net = Supernet::new(&vs.root(), &arch_vs.root(), cfg);
+        let w_opt = Optimizer::new(
+            OptimizerKind::Sgd,
+            vs.trainable_variables(),
+            cfg.weight_decay,
+            cfg.momentum,
+            (0.9, 0.999),
+        );
+        let a_opt = Optimizer::new(
+            OptimizerKind::Adam,
+            arch_vs.trainable_variables(),
+            1e-3,
+            0.0,
+            (0.5, 0.999),
+        );
+        // Half the training split for the weights, half for the architecture.
+        let half = data.train.len() / 2;
+        Search {
+            cfg,
+            data,
+            net,
+            w_opt,
+            a_opt,
+            batches: batches_per_epoch(half as usize, cfg.batch_size, cfg.max_batches),
+            _weights: vs,
+            _architecture: arch_vs,
+        }
+    }
+
+    /// One epoch of alternating architecture and weight steps: the mean weight-step loss,
+    /// or `None` when SIGTERM arrived before the epoch's end.
+    fn epoch(&mut self, epoch: u32, terminate: &AtomicBool) -> Result<Option<f64>> {
+        let cfg = self.cfg;
+        let n = self.data.train.len();
+        let (order, _) = crate::data::epoch_order(cfg.seed, epoch, n);
+        let (w_part, a_part) = order.split_at((n / 2) as usize);
+        let tau = gdas_temperature(epoch, cfg.epochs);
+        let batch = cfg.batch_size as usize; // validated: 1 or more (recipe::validate)
+        let total = self.batches * cfg.epochs as usize;
+        let mut train_loss = 0.0;
+        for b in 0..self.batches {
+            if terminate.load(Ordering::Relaxed) {
+                return Ok(None);
+            }
+            self.architecture_step(batch_of(a_part, b, batch), tau);
+            let lr = cosine(cfg.learning_rate, epoch as usize * self.batches + b, total);
+            let loss = self.weight_step(batch_of(w_part, b, batch), tau, lr);
+            train_loss += finite_loss(loss, epoch, b, lr)?;
+        }
+        Ok(Some(train_loss / self.batches.max(1) as f64))
+    }
+
+    /// How this search mixes operations in a training pass at temperature `tau`.
+    fn mixing(&self, tau: f64) -> Mixing {
+        match self.cfg.method {
+            OneShot::Darts => self.net.soft(),
+            OneShot::Gdas => self.net.hard(tau),
+        }
+    }
+
+    /// A first-order step of the architecture parameters on `idx` (none when it is empty).
+    fn architecture_step(&mut self, idx: &[i64], tau: f64) {
+        let (x, y) = self.batch(idx);
+        if x.size()[0] > 0 {
+            let loss = self
+                .net
+                .forward(&x, true, &self.mixing(tau))
+                .cross_entropy_for_logits(&y);
+            self.a_opt.zero_grad();
+            self.w_opt.zero_grad();
+            loss.backward();
+            self.a_opt.step(3e-4);
+        }
+    }
+
+    /// A step of the weights on `idx` at learning rate `lr`; its loss.
+    fn weight_step(&mut self, idx: &[i64], tau: f64, lr: f64) -> f64 {
+        let (x, y) = self.batch(idx);
+        let loss = self
+            .net
+            .forward(&x, true, &self.mixing(tau))
+            .cross_entropy_for_logits(&y);
+        self.w_opt.zero_grad();
+        self.a_opt.zero_grad();
+        loss.backward();
+        self.w_opt.clip_grad_norm(GRAD_CLIP);
+        self.w_opt.step(lr);
+        loss.double_value(&[])
+    }
+
+    /// The training images and labels at `idx`, on the search's device.
+    fn batch(&self, idx: &[i64]) -> (Tensor, Tensor) {
+        let split = &self.data.train;
+        let i = Tensor::from_slice(idx);
+        (
+            split.images.index_select(0, &i).to_device(self.cfg.device),
+            split.labels.index_select(0, &i).to_device(self.cfg.device),
+        )
+    }
+
+    /// (mean loss, accuracy) of the supernet on `split`, with softmax mixing.
+    fn evaluate(&self, split: &Split) -> (f64, f64) {
+        evaluate(
+            |x| self.net.forward(x, false, &self.net.soft()),
+            split,
+            self.cfg.device,
+        )
+    }
+
+    /// The outcome: the derived cell, and the supernet's test results added to `metrics`.
+    fn finish(self, ending: Ending, mut metrics: BTreeMap<String, f64>) -> Outcome {
+        let derived = self.net.derived(&self.cfg.operations);
+        let (test_loss, test_accuracy) = self.evaluate(&self.data.test);
+        metrics.insert("supernet_test_loss".into(), test_loss);
+        metrics.insert("supernet_test_accuracy".into(), test_accuracy);
+        metrics.insert("entropy".into(), self.net.entropy());
+        let info = BTreeMap::from([("derived_architecture".to_string(), derived.to_string())]);
+        Outcome {
+            ending,
+            metrics,
+            info,
+        }
+    }
+}
+
+/// Batch `b` of `part`: empty, or short at the end, when `part` runs out.
+fn batch_of(part: &[i64], b: usize, batch: usize) -> &[i64] {
+    &part[(b * batch).min(part.len())..((b + 1) * batch).min(part.len())]
 }
 
 #[cfg(test)]

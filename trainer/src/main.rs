@@ -20,7 +20,7 @@ use nasop_core::contract::{ENV_TRIAL, Report, TrialInput};
 use optim::OptimizerKind;
 use recipe::{Origins, Recipe, RecipeName};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use tch::Device;
@@ -433,7 +433,57 @@ fn train_reporting(args: &mut TrainArgs, reporter: &report::Reporter) -> Result<
     let trial = read_trial()?;
     let recipe = resolve(args, trial.as_ref())?;
     eprintln!("nasop-trainer: {recipe}");
-    // The optional parts of the contract fill flags that were not given.
+    locations_from_env(args);
+    let mirrors = Mirrors::open(args)?;
+    set_threads(args);
+    let device = parse_device(&args.device)?;
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(args.dataset.default_dir()));
+    let terminate = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, Arc::clone(&terminate))
+        .context("installing the SIGTERM handler")?;
+    // Check the architecture before the (slow) data load.
+    let arch = match args.mode {
+        Mode::Train => Some(checked_architecture(args, &recipe)?),
+        Mode::Darts | Mode::Gdas => None,
+    };
+    let data = load_data(args, &recipe, &data_dir)?;
+    let net = NetConfig {
+        channels: recipe.channels,
+        cells_per_stage: recipe.cells_per_stage,
+        input_channels: data.channels,
+        classes: data.classes,
+    };
+    let outcome = match arch {
+        Some(arch) => {
+            let cfg = train_config(args, &recipe, arch, net, device, data.augment, &mirrors);
+            train::train(&cfg, &data, reporter, &terminate)?
+        }
+        None => {
+            let cfg = search_config(args, &recipe, net, device);
+            darts::search(&cfg, &data, reporter, &terminate)?
+        }
+    };
+    if outcome.ending == train::Ending::Terminated {
+        eprintln!("nasop-trainer: terminated; the last completed epoch is checkpointed");
+        std::process::exit(143);
+    }
+    let info = final_info(outcome.info, &outcome.ending, &mirrors, trial.as_ref())?;
+    let step = outcome.metrics.get("epoch").copied().unwrap_or_default() as u32;
+    let last = Report {
+        step,
+        metrics: outcome.metrics,
+        info,
+    };
+    reporter.send(&last);
+    reporter.finish(&last);
+    Ok(())
+}
+
+/// The optional parts of the contract fill the location flags that were not given.
+fn locations_from_env(args: &mut TrainArgs) {
     let env_path = |name: &str| {
         std::env::var_os(name)
             .filter(|v| !v.is_empty())
@@ -451,7 +501,10 @@ fn train_reporting(args: &mut TrainArgs, reporter: &report::Reporter) -> Result<
         .artifact_dir
         .take()
         .or_else(|| env_path(nasop_core::contract::ENV_ARTIFACT_DIR));
-    let mirrors = Mirrors::open(args)?;
+}
+
+/// Sets libtorch's CPU threads: the flag, else the contract's, else all cores.
+fn set_threads(args: &mut TrainArgs) {
     if args.threads.is_none() {
         args.threads = std::env::var(nasop_core::contract::ENV_THREADS)
             .ok()
@@ -461,38 +514,33 @@ fn train_reporting(args: &mut TrainArgs, reporter: &report::Reporter) -> Result<
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     tch::set_num_threads(threads as i32);
-    let device = parse_device(&args.device)?;
-    let data_dir = args
-        .data_dir
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(args.dataset.default_dir()));
-    let terminate = Arc::new(AtomicBool::new(false));
-    signal_hook::flag::register(signal_hook::consts::SIGTERM, Arc::clone(&terminate))
-        .context("installing the SIGTERM handler")?;
-    // Check the architecture before the (slow) data load.
-    let arch = match args.mode {
-        Mode::Train => {
-            let text = args
-                .arch
-                .as_deref()
-                .context("--arch is required (or NASOP_TRIAL with an architecture)")?;
-            let arch = Architecture::parse(text)?;
-            model::Network::new(
-                &tch::nn::VarStore::new(Device::Cpu).root(),
-                &arch,
-                NetConfig {
-                    channels: recipe.channels.min(16),
-                    cells_per_stage: 1,
-                    ..NetConfig::default()
-                },
-            )?;
-            Some(arch)
-        }
-        Mode::Darts | Mode::Gdas => None,
-    };
+}
+
+/// The architecture to train, parsed and built once as a small CPU network: one the
+/// trainer cannot build fails here, not after the data load.
+fn checked_architecture(args: &TrainArgs, recipe: &Recipe) -> Result<Architecture> {
+    let text = args
+        .arch
+        .as_deref()
+        .context("--arch is required (or NASOP_TRIAL with an architecture)")?;
+    let arch = Architecture::parse(text)?;
+    model::Network::new(
+        &tch::nn::VarStore::new(Device::Cpu).root(),
+        &arch,
+        NetConfig {
+            channels: recipe.channels.min(16),
+            cells_per_stage: 1,
+            ..NetConfig::default()
+        },
+    )?;
+    Ok(arch)
+}
+
+/// The dataset, split as the recipe says.
+fn load_data(args: &TrainArgs, recipe: &Recipe, data_dir: &Path) -> Result<data::Dataset> {
     let mut data = data::load(
         args.dataset,
-        &data_dir,
+        data_dir,
         &LoadOptions {
             valid_fraction: recipe.valid_fraction,
             limit: args.limit,
@@ -503,61 +551,74 @@ fn train_reporting(args: &mut TrainArgs, reporter: &report::Reporter) -> Result<
     if let Some(augment) = recipe.augment {
         data.augment = augment;
     }
-    let net = NetConfig {
-        channels: recipe.channels,
-        cells_per_stage: recipe.cells_per_stage,
-        input_channels: data.channels,
-        classes: data.classes,
-    };
-    let outcome = match arch {
-        Some(arch) => {
-            let cfg = train::TrainConfig {
-                arch,
-                net,
-                epochs: recipe.epochs,
-                seed: args.seed,
-                batch_size: recipe.batch_size,
-                learning_rate: recipe.learning_rate,
-                momentum: recipe.momentum,
-                weight_decay: recipe.weight_decay,
-                optimizer: recipe.optimizer,
-                device,
-                checkpoint_dir: args.checkpoint_dir.clone(),
-                resume_from: args.resume_from.clone(),
-                max_batches: args.max_batches,
-                artifact_dir: args.artifact_dir.clone(),
-                recipe: recipe.to_json(data.augment, args.seed),
-                checkpoint_remote: mirrors.checkpoint.clone(),
-            };
-            train::train(&cfg, &data, reporter, &terminate)?
-        }
-        None => {
-            let cfg = darts::SearchConfig {
-                method: if args.mode == Mode::Darts {
-                    darts::OneShot::Darts
-                } else {
-                    darts::OneShot::Gdas
-                },
-                nodes: args.nodes,
-                operations: args.operations.clone(),
-                net,
-                epochs: recipe.epochs,
-                seed: args.seed,
-                batch_size: recipe.batch_size,
-                learning_rate: recipe.learning_rate,
-                momentum: recipe.momentum,
-                weight_decay: recipe.weight_decay,
-                device,
-                max_batches: args.max_batches,
-            };
-            darts::search(&cfg, &data, reporter, &terminate)?
-        }
-    };
-    if outcome.ending == train::Ending::Terminated {
-        eprintln!("nasop-trainer: terminated; the last completed epoch is checkpointed");
-        std::process::exit(143);
+    Ok(data)
+}
+
+/// The settings of a training run (`--mode train`).
+fn train_config(
+    args: &TrainArgs,
+    recipe: &Recipe,
+    arch: Architecture,
+    net: NetConfig,
+    device: Device,
+    augment: bool,
+    mirrors: &Mirrors,
+) -> train::TrainConfig {
+    train::TrainConfig {
+        arch,
+        net,
+        epochs: recipe.epochs,
+        seed: args.seed,
+        batch_size: recipe.batch_size,
+        learning_rate: recipe.learning_rate,
+        momentum: recipe.momentum,
+        weight_decay: recipe.weight_decay,
+        optimizer: recipe.optimizer,
+        device,
+        checkpoint_dir: args.checkpoint_dir.clone(),
+        resume_from: args.resume_from.clone(),
+        max_batches: args.max_batches,
+        artifact_dir: args.artifact_dir.clone(),
+        recipe: recipe.to_json(augment, args.seed),
+        checkpoint_remote: mirrors.checkpoint.clone(),
     }
-    let mut info: BTreeMap<String, String> = outcome.info;
+}
+
+/// The settings of a one-shot search (`--mode darts|gdas`).
+fn search_config(
+    args: &TrainArgs,
+    recipe: &Recipe,
+    net: NetConfig,
+    device: Device,
+) -> darts::SearchConfig {
+    darts::SearchConfig {
+        method: if args.mode == Mode::Darts {
+            darts::OneShot::Darts
+        } else {
+            darts::OneShot::Gdas
+        },
+        nodes: args.nodes,
+        operations: args.operations.clone(),
+        net,
+        epochs: recipe.epochs,
+        seed: args.seed,
+        batch_size: recipe.batch_size,
+        learning_rate: recipe.learning_rate,
+        momentum: recipe.momentum,
+        weight_decay: recipe.weight_decay,
+        device,
+        max_batches: args.max_batches,
+    }
+}
+
+/// The final report's info: the run's own, with the model's bucket location once it is
+/// uploaded there, how the run ended and the trial.
+fn final_info(
+    mut info: BTreeMap<String, String>,
+    ending: &train::Ending,
+    mirrors: &Mirrors,
+    trial: Option<&TrialInput>,
+) -> Result<BTreeMap<String, String>> {
     if let (Some(remote), Some(_)) = (
         &mirrors.artifact,
         info.get(nasop_core::contract::INFO_ARTIFACT),
@@ -573,17 +634,9 @@ fn train_reporting(args: &mut TrainArgs, reporter: &report::Reporter) -> Result<
             remote.url().to_string(),
         );
     }
-    info.insert("ending".into(), format!("{:?}", outcome.ending));
-    if let Some(t) = &trial {
+    info.insert("ending".into(), format!("{ending:?}"));
+    if let Some(t) = trial {
         info.insert("trial".into(), t.trial.clone());
     }
-    let step = outcome.metrics.get("epoch").copied().unwrap_or_default() as u32;
-    let last = Report {
-        step,
-        metrics: outcome.metrics,
-        info,
-    };
-    reporter.send(&last);
-    reporter.finish(&last);
-    Ok(())
+    Ok(info)
 }

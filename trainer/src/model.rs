@@ -7,7 +7,7 @@
 //! global average pool, linear classifier. C = 16 and N = 5 is the benchmark's network.
 
 use anyhow::{Result, bail};
-use nasop_core::arch::{Architecture, IDENTITY_OPS, ZERO_OPS};
+use nasop_core::arch::{Architecture, Edge, IDENTITY_OPS, Layer, ZERO_OPS};
 use tch::Tensor;
 use tch::nn::{self, ModuleT};
 
@@ -169,6 +169,25 @@ pub struct Cell {
 }
 
 impl Cell {
+    /// A cell of `c` channels under `cp` with one operation per edge.
+    fn new(cp: &nn::Path, nodes: usize, edges: &[Edge], c: i64) -> Result<Self> {
+        let mut ops = Vec::new();
+        for e in edges {
+            let path = cp / format!("edge{}_{}", e.from, e.to);
+            let op = Op::new(path, &e.op, c).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "operation {:?} (edge {}->{}) is unknown; the trainer knows {}",
+                    e.op,
+                    e.from,
+                    e.to,
+                    CELL_OPERATIONS.join(", ")
+                )
+            })?;
+            ops.push((e.from, e.to, op));
+        }
+        Ok(Cell { nodes, edges: ops })
+    }
+
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
         let mut states: Vec<Tensor> = vec![x.shallow_clone()];
         for j in 1..self.nodes {
@@ -310,109 +329,85 @@ pub struct LayerModule {
 impl Network {
     pub fn new(p: &nn::Path, arch: &Architecture, config: NetConfig) -> Result<Self> {
         match arch {
-            Architecture::Cell { nodes, edges } => {
-                let skeleton = Skeleton::new(p, config);
-                let mut cells = Vec::new();
-                for stage in 0..3 {
-                    let c = skeleton.stage_channels(stage);
-                    for k in 0..config.cells_per_stage {
-                        let cp = p / format!("cell{stage}_{k}");
-                        let mut ops = Vec::new();
-                        for e in edges {
-                            let op = Op::new(&cp / format!("edge{}_{}", e.from, e.to), &e.op, c)
-                                .ok_or_else(|| anyhow::anyhow!("operation {:?} (edge {}->{}) is unknown; the trainer knows {}", e.op, e.from, e.to, CELL_OPERATIONS.join(", ")))?;
-                            ops.push((e.from, e.to, op));
-                        }
-                        cells.push(Cell {
-                            nodes: *nodes,
-                            edges: ops,
-                        });
-                    }
-                }
-                Ok(Network::Cells {
-                    skeleton: Box::new(skeleton),
-                    cells,
-                })
+            Architecture::Cell { nodes, edges } => Self::cells(p, *nodes, edges, config),
+            Architecture::Layers { layers } => Self::layers(p, layers, config),
+        }
+    }
+
+    /// The skeleton with every cell of every stage built from the same edges.
+    fn cells(p: &nn::Path, nodes: usize, edges: &[Edge], config: NetConfig) -> Result<Self> {
+        let skeleton = Skeleton::new(p, config);
+        let mut cells = Vec::new();
+        for stage in 0..3 {
+            let c = skeleton.stage_channels(stage);
+            for k in 0..config.cells_per_stage {
+                let cp = p / format!("cell{stage}_{k}");
+                cells.push(Cell::new(&cp, nodes, edges, c)?);
             }
-            Architecture::Layers { layers } => {
-                let mut modules = Vec::new();
-                let mut cin = config.input_channels;
-                for (k, l) in layers.iter().enumerate() {
-                    let lp = p / format!("layer{k}");
-                    // Halve the resolution every third layer.
-                    let stride = if k % 3 == 2 { 2 } else { 1 };
-                    let conv_cfg = |pad| nn::ConvConfig {
-                        stride,
-                        padding: pad,
+        }
+        Ok(Network::Cells {
+            skeleton: Box::new(skeleton),
+            cells,
+        })
+    }
+
+    /// The layers in order, each taking the previous one's width, then the classifier.
+    fn layers(p: &nn::Path, layers: &[Layer], config: NetConfig) -> Result<Self> {
+        let mut modules = Vec::new();
+        let mut cin = config.input_channels;
+        for (k, layer) in layers.iter().enumerate() {
+            let lp = p / format!("layer{k}");
+            modules.push(LayerModule::new(&lp, k, layer, cin)?);
+            cin = layer.width as i64;
+        }
+        let classifier = torch_init::linear(p / "classifier", cin, config.classes);
+        Ok(Network::Layers {
+            layers: modules,
+            classifier,
+        })
+    }
+}
+
+impl LayerModule {
+    /// Layer `k` of a layer-wise network, taking `cin` channels.
+    fn new(lp: &nn::Path, k: usize, layer: &Layer, cin: i64) -> Result<Self> {
+        // Halve the resolution every third layer.
+        let stride = if k % 3 == 2 { 2 } else { 1 };
+        let width = layer.width as i64;
+        let conv = |size, padding| {
+            let cfg = nn::ConvConfig {
+                stride,
+                padding,
+                bias: false,
+                ..Default::default()
+            };
+            Some(torch_init::conv2d(lp / "conv", cin, width, size, cfg))
+        };
+        let (conv, project) = match layer.op.as_str() {
+            "conv_3x3" => (conv(3, 1), None),
+            "conv_5x5" => (conv(5, 2), None),
+            "conv_1x1" => (conv(1, 0), None),
+            "avg_pool_3x3" => (
+                None,
+                (cin != width).then(|| {
+                    let cfg = nn::ConvConfig {
                         bias: false,
                         ..Default::default()
                     };
-                    let (conv, project) = match l.op.as_str() {
-                        "conv_3x3" => (
-                            Some(torch_init::conv2d(
-                                &lp / "conv",
-                                cin,
-                                l.width as i64,
-                                3,
-                                conv_cfg(1),
-                            )),
-                            None,
-                        ),
-                        "conv_5x5" => (
-                            Some(torch_init::conv2d(
-                                &lp / "conv",
-                                cin,
-                                l.width as i64,
-                                5,
-                                conv_cfg(2),
-                            )),
-                            None,
-                        ),
-                        "conv_1x1" => (
-                            Some(torch_init::conv2d(
-                                &lp / "conv",
-                                cin,
-                                l.width as i64,
-                                1,
-                                conv_cfg(0),
-                            )),
-                            None,
-                        ),
-                        "avg_pool_3x3" => (
-                            None,
-                            (cin != l.width as i64).then(|| {
-                                torch_init::conv2d(
-                                    &lp / "project",
-                                    cin,
-                                    l.width as i64,
-                                    1,
-                                    nn::ConvConfig {
-                                        bias: false,
-                                        ..Default::default()
-                                    },
-                                )
-                            }),
-                        ),
-                        other => bail!(
-                            "layer {k}: operation {other:?} is unknown; the trainer knows {}",
-                            LAYER_OPERATIONS.join(", ")
-                        ),
-                    };
-                    modules.push(LayerModule {
-                        conv,
-                        bn: torch_init::batch_norm2d(&lp / "bn", l.width as i64),
-                        project,
-                        stride,
-                    });
-                    cin = l.width as i64;
-                }
-                let classifier = torch_init::linear(p / "classifier", cin, config.classes);
-                Ok(Network::Layers {
-                    layers: modules,
-                    classifier,
-                })
-            }
-        }
+                    torch_init::conv2d(lp / "project", cin, width, 1, cfg)
+                }),
+            ),
+            other => bail!(
+                "layer {k}: operation {other:?} is unknown; the trainer knows {}",
+                LAYER_OPERATIONS.join(", ")
+            ),
+        };
+        Ok(LayerModule {
+            conv,
+            bn: torch_init::batch_norm2d(lp / "bn", width),
+            project,
+            stride,
+        })
     }
 }
 

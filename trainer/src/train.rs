@@ -100,6 +100,18 @@ pub fn cosine(lr: f64, step: usize, total: usize) -> f64 {
     0.5 * lr * (1.0 + (std::f64::consts::PI * step as f64 / total.max(1) as f64).cos())
 }
 
+/// Batches in an epoch over `images` images: all of them, or at most `max_batches` (0: no
+/// limit).
+pub fn batches_per_epoch(images: usize, batch_size: i64, max_batches: usize) -> usize {
+    let batch = batch_size as usize; // validated: 1 or more (recipe::validate)
+    let batches = images.div_ceil(batch);
+    if max_batches > 0 {
+        batches.min(max_batches)
+    } else {
+        batches
+    }
+}
+
 /// (mean loss, accuracy) on a split, with `forward` in evaluation mode.
 pub fn evaluate(forward: impl Fn(&Tensor) -> Tensor, split: &Split, device: Device) -> (f64, f64) {
     tch::no_grad(|| {
@@ -248,64 +260,149 @@ pub fn train(
     reporter: &Reporter,
     terminate: &AtomicBool,
 ) -> Result<Outcome> {
-    tch::manual_seed(cfg.seed as i64);
-    let mut vs = nn::VarStore::new(cfg.device);
-    let net = Network::new(&vs.root(), &cfg.arch, cfg.net)?;
-    let mut opt = Optimizer::new(
-        cfg.optimizer,
-        vs.trainable_variables(),
-        cfg.weight_decay,
-        cfg.momentum,
-        (0.9, 0.999),
-    );
-    let arch_string = cfg.arch.to_string();
-    let mut start_epoch = 0;
-    if let Some(dir) = &cfg.checkpoint_dir
-        && let Some(state) = load_checkpoint(dir, &mut vs, &mut opt)?
-    {
-        anyhow::ensure!(
-            state.architecture == arch_string && state.seed == cfg.seed,
-            "the checkpoint in {} belongs to another trial ({} seed {}); use another --checkpoint-dir",
-            dir.display(),
-            state.architecture,
-            state.seed
-        );
-        start_epoch = state.epochs_done;
-        eprintln!(
-            "nasop-trainer: resuming after epoch {start_epoch} from {}",
-            dir.display()
-        );
-    } else if let Some(parent) = &cfg.resume_from {
-        let state = load_checkpoint(parent, &mut vs, &mut opt)?
-            .with_context(|| format!("--resume-from {}: no checkpoint there", parent.display()))?;
-        anyhow::ensure!(
-            state.architecture == arch_string,
-            "--resume-from {} holds {}, not this architecture",
-            parent.display(),
-            state.architecture
-        );
-        start_epoch = state.epochs_done;
-        eprintln!(
-            "nasop-trainer: continuing {}'s {start_epoch} epochs",
-            parent.display()
-        );
-    }
-    let n = data.train.len() as usize;
-    let batch = cfg.batch_size as usize; // validated: 1 or more (recipe::validate)
-    let mut batches = n.div_ceil(batch);
-    if cfg.max_batches > 0 {
-        batches = batches.min(cfg.max_batches);
-    }
-    let total_steps = batches * cfg.epochs as usize;
+    let mut run = Training::new(cfg, data)?;
+    let start_epoch = run.resume()?;
     let mut metrics = BTreeMap::new();
     let mut ending = Ending::Completed;
     for epoch in start_epoch..cfg.epochs {
         let started = Instant::now();
+        let Some(train_loss) = run.epoch(epoch, terminate)? else {
+            return Ok(Outcome::terminated(metrics));
+        };
+        let (val_loss, val_accuracy) = run.evaluate(&data.valid);
+        metrics = BTreeMap::from([
+            ("epoch".to_string(), (epoch + 1) as f64),
+            ("train_loss".to_string(), train_loss),
+            ("val_loss".to_string(), val_loss),
+            ("val_accuracy".to_string(), val_accuracy),
+            ("epoch_seconds".to_string(), started.elapsed().as_secs_f64()),
+        ]);
+        run.checkpoint(epoch + 1)?;
+        if reporter.report(epoch + 1, &metrics) == ReportAction::Stop {
+            ending = Ending::StoppedByRunner;
+            break;
+        }
+    }
+    if !metrics.contains_key("val_accuracy") {
+        // Resumed after the last epoch: the result is the checkpoint's.
+        let (val_loss, val_accuracy) = run.evaluate(&data.valid);
+        metrics.insert("epoch".into(), start_epoch as f64);
+        metrics.insert("val_loss".into(), val_loss);
+        metrics.insert("val_accuracy".into(), val_accuracy);
+    }
+    run.measure_final(&mut metrics);
+    let mut info = BTreeMap::new();
+    if ending == Ending::Completed
+        && let Some(dir) = &cfg.artifact_dir
+    {
+        let saved = run.export(dir, &metrics)?;
+        info.insert(
+            nasop_core::contract::INFO_ARTIFACT.to_string(),
+            saved.display().to_string(),
+        );
+    }
+    Ok(Outcome {
+        ending,
+        metrics,
+        info,
+    })
+}
+
+/// A training run's network and optimiser, with the settings every epoch needs.
+struct Training<'a> {
+    cfg: &'a TrainConfig,
+    data: &'a Dataset,
+    vs: nn::VarStore,
+    net: Network,
+    opt: Optimizer,
+    /// The architecture as checkpoints name it.
+    arch_string: String,
+    batches_per_epoch: usize,
+}
+
+impl<'a> Training<'a> {
+    /// The freshly initialised network (seeded) and its optimiser.
+    fn new(cfg: &'a TrainConfig, data: &'a Dataset) -> Result<Self> {
+        tch::manual_seed(cfg.seed as i64);
+        let vs = nn::VarStore::new(cfg.device);
+        let net = Network::new(&vs.root(), &cfg.arch, cfg.net)?;
+        let opt = Optimizer::new(
+            cfg.optimizer,
+            vs.trainable_variables(),
+            cfg.weight_decay,
+            cfg.momentum,
+            (0.9, 0.999),
+        );
+        Ok(Training {
+            cfg,
+            data,
+            vs,
+            net,
+            opt,
+            arch_string: cfg.arch.to_string(),
+            batches_per_epoch: batches_per_epoch(
+                data.train.len() as usize,
+                cfg.batch_size,
+                cfg.max_batches,
+            ),
+        })
+    }
+
+    /// Loads the trial's own checkpoint (a restarted trial), else the parent trial's (a
+    /// promotion), and returns the epochs it holds; 0 without either.
+    fn resume(&mut self) -> Result<u32> {
+        let cfg = self.cfg;
+        if let Some(dir) = &cfg.checkpoint_dir
+            && let Some(state) = load_checkpoint(dir, &mut self.vs, &mut self.opt)?
+        {
+            anyhow::ensure!(
+                state.architecture == self.arch_string && state.seed == cfg.seed,
+                "the checkpoint in {} belongs to another trial ({} seed {}); use another --checkpoint-dir",
+                dir.display(),
+                state.architecture,
+                state.seed
+            );
+            let start_epoch = state.epochs_done;
+            eprintln!(
+                "nasop-trainer: resuming after epoch {start_epoch} from {}",
+                dir.display()
+            );
+            return Ok(start_epoch);
+        }
+        if let Some(parent) = &cfg.resume_from {
+            let state =
+                load_checkpoint(parent, &mut self.vs, &mut self.opt)?.with_context(|| {
+                    format!("--resume-from {}: no checkpoint there", parent.display())
+                })?;
+            anyhow::ensure!(
+                state.architecture == self.arch_string,
+                "--resume-from {} holds {}, not this architecture",
+                parent.display(),
+                state.architecture
+            );
+            let start_epoch = state.epochs_done;
+            eprintln!(
+                "nasop-trainer: continuing {}'s {start_epoch} epochs",
+                parent.display()
+            );
+            return Ok(start_epoch);
+        }
+        Ok(0)
+    }
+
+    /// One epoch of training steps: the mean training loss, or `None` when SIGTERM arrived
+    /// before the epoch's end.
+    fn epoch(&mut self, epoch: u32, terminate: &AtomicBool) -> Result<Option<f64>> {
+        let (cfg, data) = (self.cfg, self.data);
+        let n = data.train.len() as usize;
+        let batch = cfg.batch_size as usize; // validated: 1 or more (recipe::validate)
+        let batches = self.batches_per_epoch;
+        let total_steps = batches * cfg.epochs as usize;
         let (order, mut rng) = crate::data::epoch_order(cfg.seed, epoch, n as i64);
         let mut train_loss = 0.0;
         for b in 0..batches {
             if terminate.load(Ordering::Relaxed) {
-                return Ok(Outcome::terminated(metrics));
+                return Ok(None);
             }
             let idx = Tensor::from_slice(&order[b * batch..((b + 1) * batch).min(n)]);
             let mut x = data.train.images.index_select(0, &idx);
@@ -319,69 +416,65 @@ pub fn train(
                 .index_select(0, &idx)
                 .to_device(cfg.device);
             let loss = tch::autocast(cfg.device.is_cuda(), || {
-                net.forward_t(&x, true).cross_entropy_for_logits(&y)
+                self.net.forward_t(&x, true).cross_entropy_for_logits(&y)
             });
-            opt.zero_grad();
+            self.opt.zero_grad();
             loss.backward();
             let lr = cosine(cfg.learning_rate, epoch as usize * batches + b, total_steps);
-            opt.step(lr);
+            self.opt.step(lr);
             train_loss += finite_loss(loss.double_value(&[]), epoch, b, lr)?;
         }
-        let (val_loss, val_accuracy) =
-            evaluate(|x| net.forward_t(x, false), &data.valid, cfg.device);
-        metrics = BTreeMap::from([
-            ("epoch".to_string(), (epoch + 1) as f64),
-            ("train_loss".to_string(), train_loss / batches as f64),
-            ("val_loss".to_string(), val_loss),
-            ("val_accuracy".to_string(), val_accuracy),
-            ("epoch_seconds".to_string(), started.elapsed().as_secs_f64()),
-        ]);
-        if let Some(dir) = &cfg.checkpoint_dir {
-            save_checkpoint(
-                dir,
-                &vs,
-                &opt,
-                &CheckpointState {
-                    architecture: arch_string.clone(),
-                    seed: cfg.seed,
-                    epochs_done: epoch + 1,
-                },
-            )?;
-            if let Some(remote) = &cfg.checkpoint_remote {
-                remote.upload(&CHECKPOINT_FILES)?;
-            }
-        }
-        if reporter.report(epoch + 1, &metrics) == ReportAction::Stop {
-            ending = Ending::StoppedByRunner;
-            break;
-        }
+        Ok(Some(train_loss / batches as f64))
     }
-    if !metrics.contains_key("val_accuracy") {
-        // Resumed after the last epoch: the result is the checkpoint's.
-        let (val_loss, val_accuracy) =
-            evaluate(|x| net.forward_t(x, false), &data.valid, cfg.device);
-        metrics.insert("epoch".into(), start_epoch as f64);
-        metrics.insert("val_loss".into(), val_loss);
-        metrics.insert("val_accuracy".into(), val_accuracy);
+
+    /// (mean loss, accuracy) of the network on `split`.
+    fn evaluate(&self, split: &Split) -> (f64, f64) {
+        evaluate(|x| self.net.forward_t(x, false), split, self.cfg.device)
     }
-    let (test_loss, test_accuracy) = evaluate(|x| net.forward_t(x, false), &data.test, cfg.device);
-    let hw = data.train.images.size()[2];
-    metrics.insert("test_loss".into(), test_loss);
-    metrics.insert("test_accuracy".into(), test_accuracy);
-    metrics.insert("params".into(), parameter_count(&vs) as f64);
-    metrics.insert("flops".into(), mflops(&cfg.arch, cfg.net, hw));
-    metrics.insert(
-        "latency_ms".into(),
-        latency_ms(&net, &data.test.images, cfg.device),
-    );
-    let mut info = BTreeMap::new();
-    if ending == Ending::Completed
-        && let Some(dir) = &cfg.artifact_dir
-    {
+
+    /// Saves (and mirrors) the checkpoint after `epochs_done` epochs, when the run keeps one.
+    fn checkpoint(&self, epochs_done: u32) -> Result<()> {
+        let Some(dir) = &self.cfg.checkpoint_dir else {
+            return Ok(());
+        };
+        save_checkpoint(
+            dir,
+            &self.vs,
+            &self.opt,
+            &CheckpointState {
+                architecture: self.arch_string.clone(),
+                seed: self.cfg.seed,
+                epochs_done,
+            },
+        )?;
+        if let Some(remote) = &self.cfg.checkpoint_remote {
+            remote.upload(&CHECKPOINT_FILES)?;
+        }
+        Ok(())
+    }
+
+    /// Adds the test results and the network's size, cost and latency to `metrics`.
+    fn measure_final(&self, metrics: &mut BTreeMap<String, f64>) {
+        let (cfg, data) = (self.cfg, self.data);
+        let (test_loss, test_accuracy) = self.evaluate(&data.test);
+        let hw = data.train.images.size()[2];
+        metrics.insert("test_loss".into(), test_loss);
+        metrics.insert("test_accuracy".into(), test_accuracy);
+        metrics.insert("params".into(), parameter_count(&self.vs) as f64);
+        metrics.insert("flops".into(), mflops(&cfg.arch, cfg.net, hw));
+        metrics.insert(
+            "latency_ms".into(),
+            latency_ms(&self.net, &data.test.images, cfg.device),
+        );
+    }
+
+    /// Saves the final model in `dir` (crate::artifact) and returns where it is.
+    fn export(&self, dir: &Path, metrics: &BTreeMap<String, f64>) -> Result<PathBuf> {
+        let (cfg, data) = (self.cfg, self.data);
         let size = data.train.images.size();
         let saved = crate::artifact::save(
             dir,
-            &vs,
+            &self.vs,
             &crate::artifact::Export {
                 arch: &cfg.arch,
                 net: cfg.net,
@@ -389,7 +482,7 @@ pub fn train(
                 std: &data.std,
                 size: (size[2], size[3]),
                 recipe: cfg.recipe.clone(),
-                metrics: &metrics,
+                metrics,
             },
         )
         .with_context(|| format!("saving the model to {}", dir.display()))?;
@@ -400,14 +493,6 @@ pub fn train(
             crate::artifact::TORCHSCRIPT,
             crate::artifact::DESCRIPTION
         );
-        info.insert(
-            nasop_core::contract::INFO_ARTIFACT.to_string(),
-            saved.display().to_string(),
-        );
+        Ok(saved)
     }
-    Ok(Outcome {
-        ending,
-        metrics,
-        info,
-    })
 }

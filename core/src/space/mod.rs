@@ -119,127 +119,155 @@ pub const GRID_POINTS: usize = 5;
 /// Int ranges up to this size are enumerated whole by grid and neighbours.
 pub(crate) const SMALL_INT_RANGE: i64 = 16;
 
+/// A cell space's decisions, checked: one operation choice per edge.
+fn cell_decisions(cell: &CellSpace) -> Result<Vec<Decision>, SpaceError> {
+    if cell.nodes < 2 || cell.nodes > 12 {
+        return Err(err(
+            "cell.nodes",
+            format!(
+                "{} is out of range; use 2..=12 (NAS-Bench-201 uses 4)",
+                cell.nodes
+            ),
+        ));
+    }
+    if cell.operations.is_empty() {
+        return Err(err(
+            "cell.operations",
+            "must list at least one operation, e.g. [none, skip_connect, nor_conv_1x1, nor_conv_3x3, avg_pool_3x3]",
+        ));
+    }
+    for (i, op) in cell.operations.iter().enumerate() {
+        check_name(&format!("cell.operations[{i}]"), op)?;
+    }
+    check_unique("cell.operations", &cell.operations)?;
+    Ok(cell_edges(cell.nodes)
+        .into_iter()
+        .map(|(i, j)| Decision {
+            name: format!("edge_{i}_{j}"),
+            domain: Domain::Choice {
+                options: cell.operations.clone(),
+            },
+        })
+        .collect())
+}
+
+/// A layer-wise space's decisions, checked: an operation and a width per layer.
+fn layer_decisions(layers: &[LayerOptions]) -> Result<Vec<Decision>, SpaceError> {
+    if layers.is_empty() {
+        return Err(err("layers", "must list at least one layer"));
+    }
+    let mut decisions = Vec::new();
+    for (k, layer) in layers.iter().enumerate() {
+        check_layer(k, layer)?;
+        decisions.push(Decision {
+            name: format!("layer_{k}_op"),
+            domain: Domain::Choice {
+                options: layer.operations.clone(),
+            },
+        });
+        decisions.push(Decision {
+            name: format!("layer_{k}_width"),
+            domain: Domain::Choice {
+                options: layer.widths.iter().map(|w| w.to_string()).collect(),
+            },
+        });
+    }
+    Ok(decisions)
+}
+
+fn check_layer(k: usize, layer: &LayerOptions) -> Result<(), SpaceError> {
+    if layer.operations.is_empty() {
+        return Err(err(
+            format!("layers[{k}].operations"),
+            "must list at least one operation",
+        ));
+    }
+    for (i, op) in layer.operations.iter().enumerate() {
+        check_name(&format!("layers[{k}].operations[{i}]"), op)?;
+    }
+    check_unique(&format!("layers[{k}].operations"), &layer.operations)?;
+    if layer.widths.is_empty() || layer.widths.contains(&0) {
+        return Err(err(
+            format!("layers[{k}].widths"),
+            "must list at least one width, all positive",
+        ));
+    }
+    Ok(())
+}
+
+/// The hyperparameters' decisions, checked: one per hyperparameter, in order.
+fn hyperparameter_decisions(
+    hyperparameters: &[Hyperparameter],
+) -> Result<Vec<Decision>, SpaceError> {
+    let names: Vec<String> = hyperparameters.iter().map(|h| h.name.clone()).collect();
+    check_unique("hyperparameters", &names)?;
+    let mut decisions = Vec::new();
+    for (i, hp) in hyperparameters.iter().enumerate() {
+        let field = format!("hyperparameters[{i}]");
+        check_name(&format!("{field}.name"), &hp.name)?;
+        check_domain(&field, &hp.domain)?;
+        decisions.push(Decision {
+            name: hp.name.clone(),
+            domain: hp.domain.clone(),
+        });
+    }
+    Ok(decisions)
+}
+
+/// Checks a hyperparameter's domain; `field` is the hyperparameter's path.
+fn check_domain(field: &str, domain: &Domain) -> Result<(), SpaceError> {
+    match domain {
+        Domain::Choice { options } => {
+            if options.is_empty() {
+                return Err(err(
+                    format!("{field}.categorical"),
+                    "must list at least one value",
+                ));
+            }
+            for (k, o) in options.iter().enumerate() {
+                check_name(&format!("{field}.categorical[{k}]"), o)?;
+            }
+            check_unique(&format!("{field}.categorical"), options)?;
+        }
+        Domain::Int { min, max } => {
+            if min > max {
+                return Err(err(
+                    format!("{field}.int"),
+                    format!("min {min} is above max {max}"),
+                ));
+            }
+        }
+        Domain::Real { min, max, log } => {
+            if !(min.is_finite() && max.is_finite()) || min > max {
+                return Err(err(
+                    format!("{field}.float"),
+                    format!("min {min} and max {max} must be finite with min <= max"),
+                ));
+            }
+            if *log && *min <= 0.0 {
+                return Err(err(
+                    format!("{field}.float.min"),
+                    format!("{min} must be above 0 for a log scale"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 impl SearchSpace {
     /// Builds and validates a space; field paths in errors are relative to `searchSpace`.
     pub fn new(
         architecture: Option<ArchitectureSpace>,
         hyperparameters: Vec<Hyperparameter>,
     ) -> Result<Self, SpaceError> {
-        let mut decisions = Vec::new();
-        match &architecture {
-            None => {}
-            Some(ArchitectureSpace::Cell(cell)) => {
-                if cell.nodes < 2 || cell.nodes > 12 {
-                    return Err(err(
-                        "cell.nodes",
-                        format!(
-                            "{} is out of range; use 2..=12 (NAS-Bench-201 uses 4)",
-                            cell.nodes
-                        ),
-                    ));
-                }
-                if cell.operations.is_empty() {
-                    return Err(err(
-                        "cell.operations",
-                        "must list at least one operation, e.g. [none, skip_connect, nor_conv_1x1, nor_conv_3x3, avg_pool_3x3]",
-                    ));
-                }
-                for (i, op) in cell.operations.iter().enumerate() {
-                    check_name(&format!("cell.operations[{i}]"), op)?;
-                }
-                check_unique("cell.operations", &cell.operations)?;
-                for (i, j) in cell_edges(cell.nodes) {
-                    decisions.push(Decision {
-                        name: format!("edge_{i}_{j}"),
-                        domain: Domain::Choice {
-                            options: cell.operations.clone(),
-                        },
-                    });
-                }
-            }
-            Some(ArchitectureSpace::Layers(layers)) => {
-                if layers.is_empty() {
-                    return Err(err("layers", "must list at least one layer"));
-                }
-                for (k, layer) in layers.iter().enumerate() {
-                    if layer.operations.is_empty() {
-                        return Err(err(
-                            format!("layers[{k}].operations"),
-                            "must list at least one operation",
-                        ));
-                    }
-                    for (i, op) in layer.operations.iter().enumerate() {
-                        check_name(&format!("layers[{k}].operations[{i}]"), op)?;
-                    }
-                    check_unique(&format!("layers[{k}].operations"), &layer.operations)?;
-                    if layer.widths.is_empty() || layer.widths.contains(&0) {
-                        return Err(err(
-                            format!("layers[{k}].widths"),
-                            "must list at least one width, all positive",
-                        ));
-                    }
-                    decisions.push(Decision {
-                        name: format!("layer_{k}_op"),
-                        domain: Domain::Choice {
-                            options: layer.operations.clone(),
-                        },
-                    });
-                    decisions.push(Decision {
-                        name: format!("layer_{k}_width"),
-                        domain: Domain::Choice {
-                            options: layer.widths.iter().map(|w| w.to_string()).collect(),
-                        },
-                    });
-                }
-            }
-        }
+        let mut decisions = match &architecture {
+            None => Vec::new(),
+            Some(ArchitectureSpace::Cell(cell)) => cell_decisions(cell)?,
+            Some(ArchitectureSpace::Layers(layers)) => layer_decisions(layers)?,
+        };
         let arch_decisions = decisions.len();
-        let names: Vec<String> = hyperparameters.iter().map(|h| h.name.clone()).collect();
-        check_unique("hyperparameters", &names)?;
-        for (i, hp) in hyperparameters.iter().enumerate() {
-            let field = format!("hyperparameters[{i}]");
-            check_name(&format!("{field}.name"), &hp.name)?;
-            match &hp.domain {
-                Domain::Choice { options } => {
-                    if options.is_empty() {
-                        return Err(err(
-                            format!("{field}.categorical"),
-                            "must list at least one value",
-                        ));
-                    }
-                    for (k, o) in options.iter().enumerate() {
-                        check_name(&format!("{field}.categorical[{k}]"), o)?;
-                    }
-                    check_unique(&format!("{field}.categorical"), options)?;
-                }
-                Domain::Int { min, max } => {
-                    if min > max {
-                        return Err(err(
-                            format!("{field}.int"),
-                            format!("min {min} is above max {max}"),
-                        ));
-                    }
-                }
-                Domain::Real { min, max, log } => {
-                    if !(min.is_finite() && max.is_finite()) || min > max {
-                        return Err(err(
-                            format!("{field}.float"),
-                            format!("min {min} and max {max} must be finite with min <= max"),
-                        ));
-                    }
-                    if *log && *min <= 0.0 {
-                        return Err(err(
-                            format!("{field}.float.min"),
-                            format!("{min} must be above 0 for a log scale"),
-                        ));
-                    }
-                }
-            }
-            decisions.push(Decision {
-                name: hp.name.clone(),
-                domain: hp.domain.clone(),
-            });
-        }
+        decisions.extend(hyperparameter_decisions(&hyperparameters)?);
         if decisions.is_empty() {
             return Err(err(
                 "",
