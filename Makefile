@@ -10,7 +10,7 @@ VERSION ?= $(shell sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}/\1/p' chart
 # tch finds libtorch through these; scripts/libtorch.sh installs it once into ~/.cache/nasop.
 TORCH = LIBTORCH="$$(scripts/libtorch.sh)" LIBTORCH_CXX11_ABI=1
 
-.PHONY: all build test lint crds bench bench-trainer bench-operator bench-katib demo toolchain data testenv-build testenv-up testenv-down static images push test-images pytest examples
+.PHONY: all build build-demo build-bench test lint crds bench bench-trainer bench-operator bench-katib demo toolchain data testenv-build testenv-up testenv-down static images push test-images pytest examples
 
 all: build
 
@@ -21,8 +21,19 @@ toolchain:
 data:
 	scripts/data.sh
 
+# The nasop binary (operator, local runner, plots) and the trainer (with S3 storage). The
+# cluster benchmarks build apart (build-bench).
 build: toolchain
-	$(TORCH) $(CARGO) build --release --workspace
+	$(TORCH) $(CARGO) build --release -p nasop -p nasop-trainer --bins
+
+# What `make demo` runs and nothing more, so that a newcomer's first build is short: nasop's
+# local runner (no operator, no plots) and the trainer without S3. `make build` adds the rest.
+build-demo: toolchain
+	$(TORCH) $(CARGO) build --release --no-default-features -p nasop -p nasop-trainer --bins
+
+# nasop-bench (bench/): the cluster benchmarks, and the nasop binary they run as the operator.
+build-bench: toolchain
+	$(CARGO) build --release -p nasop -p nasop-bench --bins
 
 # The Python helper for custom trainers (python/nasop_trial.py), with pytest from PyPI.
 pytest:
@@ -65,22 +76,22 @@ bench: build
 
 # A real architecture search on this machine: NAS-Bench-201-style cells trained on
 # Fashion-MNIST (examples/quickstart.yaml). Running it again resumes the run in nasop-runs/.
-demo: build data
+demo: build-demo data
 	$(NASOP) run examples/quickstart.yaml
 
 # The operator at scale on a fresh test control plane with simulated GPU nodes: 2,000 trials
 # at parallelism 200, a 10,000-trial experiment, 120 experiments x 30 trials (about 15 minutes).
-bench-operator: build testenv-build
-	tools/testenv/with.sh $(NASOP) bench operator
+bench-operator: build-bench testenv-build
+	tools/testenv/with.sh target/release/nasop-bench operator
 
 # nasop and Kubeflow Katib side by side on one fresh test control plane: the same random
 # searches on simulated GPU nodes, 3 runs of each shape (see BENCHMARKS.md for its time).
 # Katib v0.19.0 is built from its Go module, its database is Debian's PostgreSQL, its Python
 # services come from its module with their requirements from PyPI (tools/katib/).
 KATIB_BENCH_ARGS ?=
-bench-katib: build testenv-build
+bench-katib: build-bench testenv-build
 	tools/katib/build.sh >/dev/null
-	tools/testenv/with.sh tools/katib/with.sh $(NASOP) bench operators $(KATIB_BENCH_ARGS)
+	tools/testenv/with.sh tools/katib/with.sh target/release/nasop-bench operators $(KATIB_BENCH_ARGS)
 
 # nasop-trainer against PyTorch eager on the same network (installs a Python torch once).
 bench-trainer: build data

@@ -64,7 +64,14 @@ enum Command {
         latency: Option<String>,
     },
     /// Runs the Kubernetes operator: NasExperiments in the cluster become trial pods.
+    #[cfg(feature = "operator")]
     Operator(nasop::operator::OperatorArgs),
+    /// Runs the Kubernetes operator (not in this build of nasop: `make build` builds it).
+    #[cfg(not(feature = "operator"))]
+    Operator {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        args: Vec<String>,
+    },
     /// Writes the CRD YAML generated from the API types (crds/ by default), and the Helm
     /// chart's CRD templates.
     Crds {
@@ -85,12 +92,14 @@ enum Bench {
     Nb201(Box<nasop::bench::command::Nb201Args>),
     /// Times one proposal of every strategy after a long history.
     Proposal(nasop::bench::proposal::ProposalArgs),
-    /// The operator at scale on the test control plane (needs KUBECONFIG from
-    /// `make testenv-up`): pod turnaround, CPU, memory, API requests, long experiments.
-    Operator(nasop::bench::operator::OperatorBenchArgs),
-    /// nasop and Kubeflow Katib side by side on the test control plane (needs KUBECONFIG
-    /// from `make testenv-up` and KATIB_STATE from tools/katib/up.sh; `make bench-katib`).
-    Operators(nasop::bench::versus::VersusArgs),
+}
+
+/// A part this nasop was built without (`make demo` builds the local runner alone).
+#[cfg(not(all(feature = "operator", feature = "plot")))]
+fn not_built(part: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "this nasop was built without {part} (`make demo` builds only what a local search needs); `make build` builds all of nasop"
+    )
 }
 
 fn main() {
@@ -140,6 +149,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        #[cfg(not(feature = "plot"))]
+        Command::Plot { .. } => Err(not_built("`nasop plot`")),
+        #[cfg(feature = "plot")]
         Command::Plot { dir, out } => {
             let run = nasop::local::results::load(&dir)?;
             for path in nasop::local::plot::plot(&run, &out.unwrap_or_else(|| dir.join("plots")))? {
@@ -159,8 +171,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(l) = latency {
                 args.extend(["--latency".to_string(), l]);
             }
-            nasop::local::executor::nb201_trial(&args)
+            nasop::tabular::nb201_trial(&args)
         }
+        #[cfg(not(feature = "operator"))]
+        Command::Operator { .. } => Err(not_built("the operator")),
+        #[cfg(feature = "operator")]
         Command::Operator(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?
@@ -172,44 +187,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Bench(Bench::Operator(args)) => {
-            let report = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?
-                .block_on(nasop::bench::operator::run(&args))?;
-            if args.json {
-                println!("{}", serde_json::to_string(&report)?);
-            } else {
-                nasop::bench::operator::print(&report);
-            }
-            Ok(())
-        }
-        Command::Bench(Bench::Operators(args)) => {
-            let runs = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?
-                .block_on(nasop::bench::versus::run(&args))?;
-            if !args.json {
-                nasop::bench::versus::print(&args, &runs);
-            }
-            Ok(())
-        }
         Command::Bench(Bench::Nb201(args)) => nasop::bench::command::run(&args),
         Command::Bench(Bench::Proposal(args)) => {
             let timings = nasop::bench::proposal::run(&args);
             if args.json {
                 println!("{}", serde_json::to_string(&timings)?);
             } else {
-                println!(
-                    "{:<10} {:>8} {:>10} {:>10} {:>11}",
-                    "strategy", "history", "mean ms", "max ms", "rebuild ms"
-                );
-                for t in timings {
-                    println!(
-                        "{:<10} {:>8} {:>10.3} {:>10.3} {:>11.1}",
-                        t.strategy, t.history, t.mean_ms, t.max_ms, t.rebuild_ms
-                    );
-                }
+                nasop::bench::proposal::print(&timings);
             }
             Ok(())
         }

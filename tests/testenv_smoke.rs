@@ -133,8 +133,8 @@ kind: Pod
 metadata:
   name: NAME
   annotations:
-    testenv.nasop.dev/exit-code: "CODE"
-    testenv.nasop.dev/termination-message: '{"step":3,"metrics":{"val_accuracy":0.91}}'
+    EXIT_CODE: "CODE"
+    TERMINATION_MESSAGE: '{"step":3,"metrics":{"val_accuracy":0.91}}'
 spec:
   restartPolicy: Never
   tolerations: [{key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}]
@@ -145,7 +145,10 @@ spec:
 "#;
 
 fn gpu_pod(name: &str, code: &str, gpus: &str) -> String {
+    // The fake trainer's annotations, which tools/testenv/stages.yaml ends a pod on.
     GPU_POD
+        .replace("TERMINATION_MESSAGE", nasop_testkit::TERMINATION_MESSAGE)
+        .replace("EXIT_CODE", nasop_testkit::EXIT_CODE)
         .replace("NAME", name)
         .replace("CODE", code)
         .replace("GPUS", gpus)

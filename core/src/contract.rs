@@ -1,4 +1,4 @@
-//! The trial contract: what a trial receives and what it reports (DESIGN.md, "The trial
+//! The trial contract: what a trial receives and what it reports (ARCHITECTURE.md, "The trial
 //! contract"). Any container that honours it can be a trial.
 
 use crate::arch::Architecture;

@@ -80,16 +80,31 @@ pub fn write_crds(dir: &Path, chart_dir: Option<&Path>) -> std::io::Result<Vec<S
 /// nasop; the error names the field (`spec.trialTemplate.spec.containers[0].env[0].value:
 /// invalid type: integer `5`, expected a string`). The operator watches experiments
 /// untyped and parses each on its own, so one such object never stops the others.
-pub fn parse_experiment(object: serde_json::Value) -> Result<NasExperiment, String> {
+pub fn parse_experiment(object: serde_json::Value) -> Result<NasExperiment, ParseError> {
     serde_path_to_error::deserialize(object).map_err(|e| {
         let path = e.path().to_string();
-        let inner = e.into_inner();
+        let error = e.into_inner().to_string();
         if path == "." {
-            inner.to_string()
+            ParseError::Object(error)
         } else {
-            format!("{path}: {inner}; fix this field in the manifest and apply it again")
+            ParseError::Field { path, error }
         }
     })
+}
+
+/// Why a stored NasExperiment cannot be read as nasop's types.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ParseError {
+    #[error("{path}: {error}; fix this field in the manifest and apply it again")]
+    Field { path: String, error: String },
+    #[error("{0}")]
+    Object(String),
+}
+
+impl ParseError {
+    pub fn json(e: serde_json::Error) -> ParseError {
+        ParseError::Object(e.to_string())
+    }
 }
 
 /// The path of the first place where two JSON values differ, or None when they are equal.

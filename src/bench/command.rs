@@ -1,8 +1,8 @@
 //! `nasop bench nb201`: the command line around the harness.
 
-use super::nb201::{Dataset, Table};
-use super::{BenchConfig, Summary, run_many};
+use super::{BenchConfig, RunResult, Summary, run_many};
 use crate::strategy::{Algorithm, FidelityKind, FidelitySchedule, Settings, StrategyConfig};
+use crate::tabular::{Dataset, Table};
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -83,25 +83,85 @@ pub struct WarmStart {
 }
 
 pub fn run(args: &Nb201Args) -> anyhow::Result<()> {
-    let algorithms: Vec<Algorithm> = if args.strategy == "all" {
-        Algorithm::ALL
-            .into_iter()
-            .filter(|a| *a != Algorithm::Grid)
-            .collect()
-    } else {
-        vec![Algorithm::parse(&args.strategy).ok_or_else(|| {
-            let names: Vec<&str> = Algorithm::ALL.iter().map(|a| a.name()).collect();
-            anyhow::anyhow!(
-                "--strategy {:?} is unknown; use one of {} or all",
-                args.strategy,
-                names.join(", ")
-            )
-        })?]
-    };
+    let algorithms = algorithms(&args.strategy)?;
     anyhow::ensure!(args.runs > 0, "--runs must be at least 1");
     anyhow::ensure!(args.workers > 0, "--workers must be at least 1");
     anyhow::ensure!(args.eta > 1.0, "--eta must be above 1");
     let table = Table::load(args.data.as_deref(), args.dataset, args.latency.as_deref())?;
+    let mut summaries: Vec<Summary> = Vec::new();
+    let mut warm: Vec<WarmStart> = Vec::new();
+    let mut curve_out = match &args.curve {
+        Some(p) => {
+            let mut f = std::io::BufWriter::new(std::fs::File::create(p)?);
+            writeln!(f, "strategy,run,queries,seconds,test_accuracy")?;
+            Some(f)
+        }
+        None => None,
+    };
+    for algorithm in algorithms {
+        let cfg = config(args, algorithm);
+        if let Some(prior) = args.warm_start {
+            let w = warm_start(&table, &cfg, prior, args.seed);
+            if !args.json {
+                print_warm_start(&w, table.dataset.name(), warm.is_empty());
+            }
+            warm.push(w);
+            continue;
+        }
+        let (summary, results) = run_many(&table, &cfg, args.seed);
+        if let Some(f) = curve_out.as_mut() {
+            for (run, r) in results.iter().enumerate() {
+                for (q, t, acc) in &r.curve {
+                    writeln!(f, "{},{run},{q},{t:.1},{acc}", summary.strategy)?;
+                }
+            }
+        }
+        if let Some(path) = &args.runs_out {
+            append_runs(path, &summary, &results)?;
+        }
+        if !args.json {
+            print_row(&summary, summaries.is_empty());
+            if args.runs == 1
+                && let Some(r) = results.first()
+            {
+                print_pick(r);
+            }
+        }
+        summaries.push(summary);
+    }
+    if args.json && !warm.is_empty() {
+        println!("{}", serde_json::to_string(&warm)?);
+    } else if args.json {
+        let text = if summaries.len() == 1 {
+            serde_json::to_string(&summaries[0])?
+        } else {
+            serde_json::to_string(&summaries)?
+        };
+        println!("{text}");
+    }
+    Ok(())
+}
+
+/// The strategies `--strategy` names (`all`: every one but grid).
+fn algorithms(strategy: &str) -> anyhow::Result<Vec<Algorithm>> {
+    if strategy == "all" {
+        return Ok(Algorithm::ALL
+            .into_iter()
+            .filter(|a| *a != Algorithm::Grid)
+            .collect());
+    }
+    let one = Algorithm::parse(strategy).ok_or_else(|| {
+        let names: Vec<&str> = Algorithm::ALL.iter().map(|a| a.name()).collect();
+        anyhow::anyhow!(
+            "--strategy {strategy:?} is unknown; use one of {} or all",
+            names.join(", ")
+        )
+    })?;
+    Ok(vec![one])
+}
+
+/// The benchmark setting of one strategy from the command line.
+fn config(args: &Nb201Args, algorithm: Algorithm) -> BenchConfig {
     let mut settings = Settings::default();
     if let Some(v) = args.population {
         settings.population = v;
@@ -124,91 +184,55 @@ pub fn run(args: &Nb201Args) -> anyhow::Result<()> {
         rungs: vec![12, 200],
         eta: args.eta,
     });
-    let mut summaries: Vec<Summary> = Vec::new();
-    let mut warm: Vec<WarmStart> = Vec::new();
-    let mut curve_out = match &args.curve {
-        Some(p) => {
-            let mut f = std::io::BufWriter::new(std::fs::File::create(p)?);
-            writeln!(f, "strategy,run,queries,seconds,test_accuracy")?;
-            Some(f)
-        }
-        None => None,
-    };
-    for algorithm in algorithms {
-        let cfg = BenchConfig {
-            strategy: StrategyConfig {
-                algorithm,
-                seed: args.seed,
-                settings: settings.clone(),
-                fidelity: fidelity.clone(),
-            },
-            runs: args.runs,
-            budget_seconds: args.budget_seconds,
-            workers: args.workers,
-            epochs: if fidelity.is_some() { 12 } else { args.epochs },
-            latency_objective: args.latency.is_some(),
-            max_latency_ms: args.max_latency_ms,
-            warm_start: 0,
-        };
-        if let Some(prior) = args.warm_start {
-            let w = warm_start(&table, &cfg, prior, args.seed);
-            if !args.json {
-                print_warm_start(&w, table.dataset.name(), warm.is_empty());
-            }
-            warm.push(w);
-            continue;
-        }
-        let (summary, results) = run_many(&table, &cfg, args.seed);
-        if let Some(f) = curve_out.as_mut() {
-            for (run, r) in results.iter().enumerate() {
-                for (q, t, acc) in &r.curve {
-                    writeln!(f, "{},{run},{q},{t:.1},{acc}", summary.strategy)?;
-                }
-            }
-        }
-        if let Some(path) = &args.runs_out {
-            let mut f = std::io::BufWriter::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)?,
-            );
-            for r in &results {
-                writeln!(
-                    f,
-                    "{}",
-                    serde_json::json!({"strategy": summary.strategy, "run": r})
-                )?;
-            }
-        }
-        if !args.json {
-            print_row(&summary, summaries.is_empty());
-            if args.runs == 1
-                && let Some(r) = results.first()
-            {
-                println!(
-                    "  picked {} (NAS-Bench-201 index {}): 200-epoch valid {:.2}, test {:.2} after {} trials",
-                    r.picked_architecture.as_deref().unwrap_or("nothing"),
-                    r.picked_index.map_or("-".into(), |i| i.to_string()),
-                    r.picked_valid,
-                    r.picked_test,
-                    r.queries
-                );
-            }
-        }
-        summaries.push(summary);
+    BenchConfig {
+        strategy: StrategyConfig {
+            algorithm,
+            seed: args.seed,
+            settings,
+            fidelity: fidelity.clone(),
+        },
+        runs: args.runs,
+        budget_seconds: args.budget_seconds,
+        workers: args.workers,
+        epochs: if fidelity.is_some() { 12 } else { args.epochs },
+        latency_objective: args.latency.is_some(),
+        max_latency_ms: args.max_latency_ms,
+        warm_start: 0,
     }
-    if args.json && !warm.is_empty() {
-        println!("{}", serde_json::to_string(&warm)?);
-    } else if args.json {
-        let text = if summaries.len() == 1 {
-            serde_json::to_string(&summaries[0])?
-        } else {
-            serde_json::to_string(&summaries)?
-        };
-        println!("{text}");
+}
+
+/// Appends each run as a JSON line to `path`.
+fn append_runs(
+    path: &std::path::Path,
+    summary: &Summary,
+    results: &[RunResult],
+) -> anyhow::Result<()> {
+    let mut f = std::io::BufWriter::new(
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?,
+    );
+    for r in results {
+        writeln!(
+            f,
+            "{}",
+            serde_json::json!({"strategy": summary.strategy, "run": r})
+        )?;
     }
     Ok(())
+}
+
+/// What a single run picked.
+fn print_pick(r: &RunResult) {
+    println!(
+        "  picked {} (NAS-Bench-201 index {}): 200-epoch valid {:.2}, test {:.2} after {} trials",
+        r.picked_architecture.as_deref().unwrap_or("nothing"),
+        r.picked_index.map_or("-".into(), |i| i.to_string()),
+        r.picked_valid,
+        r.picked_test,
+        r.queries
+    );
 }
 
 /// The same strategy cold and started from `prior` random results, at the same budget.

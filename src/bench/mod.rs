@@ -3,14 +3,11 @@
 //! finally picks (the NAS-Bench-201 paper's protocol, Section 5).
 
 pub mod command;
-pub mod nb201;
-pub mod operator;
 pub mod proposal;
-pub mod versus;
 
 use crate::strategy::{self, Context, Observation, StrategyConfig, Taken, pareto};
+use crate::tabular::{Row, Table};
 use nasop_core::{Point, Rng};
-use nb201::{Row, Table};
 use serde::Serialize;
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};

@@ -100,3 +100,17 @@ pub fn run(args: &ProposalArgs) -> Vec<ProposalTiming> {
     }
     out
 }
+
+/// The timings as a table.
+pub fn print(timings: &[ProposalTiming]) {
+    println!(
+        "{:<10} {:>8} {:>10} {:>10} {:>11}",
+        "strategy", "history", "mean ms", "max ms", "rebuild ms"
+    );
+    for t in timings {
+        println!(
+            "{:<10} {:>8} {:>10.3} {:>10.3} {:>11.1}",
+            t.strategy, t.history, t.mean_ms, t.max_ms, t.rebuild_ms
+        );
+    }
+}

@@ -5,6 +5,7 @@
 pub mod executor;
 pub mod journal;
 pub mod manifest;
+#[cfg(feature = "plot")]
 pub mod plot;
 mod progress;
 pub mod results;

@@ -32,6 +32,69 @@ fn register_font() -> Result<()> {
 }
 
 /// Writes the charts into `out` and returns their paths.
+/// Best so far against finished trials (with every trial's value) and against time.
+fn progress_charts(
+    run: &Run,
+    values: &[f64],
+    best: &[f64],
+    by_time: Vec<(f64, f64)>,
+) -> Vec<(&'static str, Chart)> {
+    let name = &run.experiment.name;
+    let metric = &run.experiment.objectives[0].metric;
+    let by_trials: Vec<(f64, f64)> = (0..values.len())
+        .map(|i| ((i + 1) as f64, best[i]))
+        .collect();
+    let each: Vec<(f64, f64)> = (0..values.len())
+        .map(|i| ((i + 1) as f64, values[i]))
+        .collect();
+    vec![
+        (
+            "best_vs_trials",
+            Chart {
+                title: format!("{name}: best {metric} by finished trials"),
+                x: "finished trials".into(),
+                y: metric.clone(),
+                line: by_trials,
+                points: each,
+                front: Vec::new(),
+            },
+        ),
+        (
+            "best_vs_time",
+            Chart {
+                title: format!("{name}: best {metric} over time"),
+                x: "seconds since start".into(),
+                y: metric.clone(),
+                line: by_time,
+                points: Vec::new(),
+                front: Vec::new(),
+            },
+        ),
+    ]
+}
+
+/// The first objective against the second for every finished trial, the front drawn.
+fn pareto_chart(run: &Run, done: &[&TrialRecord]) -> Chart {
+    let name = &run.experiment.name;
+    let metric = &run.experiment.objectives[0].metric;
+    let second = &run.experiment.objectives[1].metric;
+    let pair = |t: &TrialRecord| Some((*t.metrics.get(second)?, *t.metrics.get(metric)?));
+    let all: Vec<(f64, f64)> = done.iter().filter_map(|t| pair(t)).collect();
+    let mut front: Vec<(f64, f64)> = pareto_front(&run.experiment, &run.trials)
+        .into_iter()
+        .filter_map(pair)
+        .collect();
+    front.sort_by(|a, b| a.0.total_cmp(&b.0));
+    Chart {
+        title: format!("{name}: Pareto front"),
+        x: second.clone(),
+        y: metric.clone(),
+        line: front.clone(),
+        points: all,
+        front,
+    }
+}
+
 pub fn plot(run: &Run, out: &Path) -> Result<Vec<PathBuf>> {
     register_font()?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
@@ -71,64 +134,12 @@ pub fn plot(run: &Run, out: &Path) -> Result<Vec<PathBuf>> {
         .iter()
         .map(|t| t.finished_at.unwrap_or(start) - start)
         .collect();
-    let name = &run.experiment.name;
-    let metric = &objective.metric;
-    let by_trials: Vec<(f64, f64)> = (0..values.len())
-        .map(|i| ((i + 1) as f64, best[i]))
-        .collect();
-    let each: Vec<(f64, f64)> = (0..values.len())
-        .map(|i| ((i + 1) as f64, values[i]))
-        .collect();
     let by_time: Vec<(f64, f64)> = times.iter().copied().zip(best.iter().copied()).collect();
+    let mut charts = progress_charts(run, &values, &best, by_time);
+    if run.experiment.objectives.len() > 1 {
+        charts.push(("pareto", pareto_chart(run, &done)));
+    }
     let mut written = Vec::new();
-    let charts: Vec<(&str, Chart)> = {
-        let mut c = vec![
-            (
-                "best_vs_trials",
-                Chart {
-                    title: format!("{name}: best {metric} by finished trials"),
-                    x: "finished trials".into(),
-                    y: metric.clone(),
-                    line: by_trials,
-                    points: each,
-                    front: Vec::new(),
-                },
-            ),
-            (
-                "best_vs_time",
-                Chart {
-                    title: format!("{name}: best {metric} over time"),
-                    x: "seconds since start".into(),
-                    y: metric.clone(),
-                    line: by_time,
-                    points: Vec::new(),
-                    front: Vec::new(),
-                },
-            ),
-        ];
-        if run.experiment.objectives.len() > 1 {
-            let second = &run.experiment.objectives[1].metric;
-            let pair = |t: &TrialRecord| Some((*t.metrics.get(second)?, *t.metrics.get(metric)?));
-            let all: Vec<(f64, f64)> = done.iter().filter_map(|t| pair(t)).collect();
-            let mut front: Vec<(f64, f64)> = pareto_front(&run.experiment, &run.trials)
-                .into_iter()
-                .filter_map(pair)
-                .collect();
-            front.sort_by(|a, b| a.0.total_cmp(&b.0));
-            c.push((
-                "pareto",
-                Chart {
-                    title: format!("{name}: Pareto front"),
-                    x: second.clone(),
-                    y: metric.clone(),
-                    line: front.clone(),
-                    points: all,
-                    front,
-                },
-            ));
-        }
-        c
-    };
     for (file, chart) in &charts {
         let png = out.join(format!("{file}.png"));
         draw(BitMapBackend::new(&png, SIZE).into_drawing_area(), chart)

@@ -1,7 +1,7 @@
 //! The operator's one HTTP server: `/metrics`, `/healthz`, `/readyz` and the trial report
 //! endpoint `POST /v1/report` (TLS when a certificate is mounted).
 
-use super::Ctx;
+use super::context::Ctx;
 use super::status;
 use super::token;
 use crate::api::{NasTrial, ReportEntry, TrialPhaseName};
@@ -137,7 +137,10 @@ fn unauthorized() -> (&'static str, Response) {
     )
 }
 
-async fn handle(ctx: &Ctx, headers: &HeaderMap, body: &[u8]) -> (&'static str, Response) {
+/// A report's answer, as a metric's result label and the response.
+type Answer = (&'static str, Response);
+
+async fn handle(ctx: &Ctx, headers: &HeaderMap, body: &[u8]) -> Answer {
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -146,7 +149,7 @@ async fn handle(ctx: &Ctx, headers: &HeaderMap, body: &[u8]) -> (&'static str, R
     let Some(claim) = bearer.and_then(token::claim) else {
         return unauthorized();
     };
-    if !ctx.key.verify(&claim) {
+    if !ctx.settings.key.verify(&claim) {
         return unauthorized();
     }
     if !ctx.reports.allow(claim.namespace, claim.trial) {
@@ -161,25 +164,28 @@ async fn handle(ctx: &Ctx, headers: &HeaderMap, body: &[u8]) -> (&'static str, R
             ),
         );
     }
-    let report: Report = match serde_json::from_slice(body) {
-        Ok(r) => r,
-        Err(e) => {
-            return (
-                "invalid",
-                refuse(
-                    StatusCode::BAD_REQUEST,
-                    &format!(
-                        "the body is not a report ({{\"step\": N, \"metrics\": {{...}}}}): {e}"
-                    ),
-                ),
-            );
-        }
-    };
-    if let Err(e) = nasop_core::contract::check_report(&report) {
-        return ("invalid", refuse(StatusCode::BAD_REQUEST, &e));
+    match read_report(body) {
+        Ok(report) => record(ctx, &claim, &report).await,
+        Err(why) => ("invalid", refuse(StatusCode::BAD_REQUEST, &why)),
     }
+}
+
+/// The report in the body, checked as the trial contract says; why not, for the reply.
+fn read_report(body: &[u8]) -> Result<Report, String> {
+    let report: Report = serde_json::from_slice(body).map_err(|e| {
+        format!("the body is not a report ({{\"step\": N, \"metrics\": {{...}}}}): {e}")
+    })?;
+    nasop_core::contract::check_report(&report)?;
+    Ok(report)
+}
+
+/// Records `report` on the trial `claim` names (retrying on a newer version) and answers
+/// whether the trainer goes on.
+async fn record(ctx: &Ctx, claim: &token::Claim<'_>, report: &Report) -> Answer {
+    let stop = || ("stop", reply(StatusCode::OK, ReportAction::Stop));
     let api: Api<NasTrial> = Api::namespaced(ctx.client.clone(), claim.namespace);
     let cached = ctx
+        .stores
         .trials
         .get(&ObjectRef::new(claim.trial).within(claim.namespace));
     let mut trial = match cached {
@@ -187,13 +193,13 @@ async fn handle(ctx: &Ctx, headers: &HeaderMap, body: &[u8]) -> (&'static str, R
         None => match api.get_opt(claim.trial).await {
             Ok(Some(t)) => Arc::new(t),
             // The trial is gone (its experiment was deleted): stop.
-            Ok(None) => return ("stop", reply(StatusCode::OK, ReportAction::Stop)),
+            Ok(None) => return stop(),
             Err(e) => return unavailable(&e),
         },
     };
     if trial.uid().as_deref() != Some(claim.uid) {
         // A trial of the same name was created again: this pod belongs to the old one.
-        return ("stop", reply(StatusCode::OK, ReportAction::Stop));
+        return stop();
     }
     // The history keeps whole only the newest report; older entries keep the metrics the
     // experiment decides by (all of them while the experiment cannot be read).
@@ -202,14 +208,13 @@ async fn handle(ctx: &Ctx, headers: &HeaderMap, body: &[u8]) -> (&'static str, R
         Some(Ok(exp)) => super::trial::experiment_of(ctx, &key, &exp),
         _ => None,
     };
-    // Record the report on the trial's status, retrying on a newer version.
     for _ in 0..8 {
         let ended = matches!(
             trial.status.as_ref().and_then(|s| s.phase),
             Some(TrialPhaseName::Succeeded | TrialPhaseName::Failed | TrialPhaseName::Stopped)
         );
         if ended {
-            return ("stop", reply(StatusCode::OK, ReportAction::Stop));
+            return stop();
         }
         let mut next = trial.status.clone().unwrap_or_default();
         status::push_report(
@@ -222,26 +227,20 @@ async fn handle(ctx: &Ctx, headers: &HeaderMap, body: &[u8]) -> (&'static str, R
         );
         match super::trial::write_status(ctx, &trial, &next).await {
             Ok(()) => {
-                let stop = trial.spec.stop.is_some()
+                let stopped = trial.spec.stop.is_some()
                     || (experiment
                         .as_ref()
                         .is_some_and(|e| falls_behind(ctx, e, &trial, &next))
                         && mark_early_stopped(&api, &trial).await);
-                let action = if stop {
-                    ReportAction::Stop
+                return if stopped {
+                    stop()
                 } else {
-                    ReportAction::Continue
+                    ("accepted", reply(StatusCode::OK, ReportAction::Continue))
                 };
-                let result = if action == ReportAction::Stop {
-                    "stop"
-                } else {
-                    "accepted"
-                };
-                return (result, reply(StatusCode::OK, action));
             }
             Err(kube::Error::Api(s)) if s.is_conflict() => match api.get_opt(claim.trial).await {
                 Ok(Some(t)) if t.uid().as_deref() == Some(claim.uid) => trial = Arc::new(t),
-                Ok(_) => return ("stop", reply(StatusCode::OK, ReportAction::Stop)),
+                Ok(_) => return stop(),
                 Err(e) => return unavailable(&e),
             },
             Err(e) => return unavailable(&e),
@@ -279,7 +278,9 @@ fn falls_behind(
         return false;
     };
     // The rule compares with finished trials only; the others need not be read.
-    let all: Vec<_> = super::experiment::trials_of(ctx, &namespace, uid)
+    let all: Vec<_> = ctx
+        .stores
+        .trials_of(&namespace, uid)
         .iter()
         .filter(|t| {
             t.status.as_ref().and_then(|s| s.phase) == Some(crate::api::TrialPhaseName::Succeeded)

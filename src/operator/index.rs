@@ -60,7 +60,7 @@ fn remove(map: &mut ByOwner, trial: &NasTrial) {
 impl TrialIndex {
     /// Follows one watch event (after the store has applied it).
     pub fn apply(&self, event: &Event<NasTrial>) {
-        let mut inner = super::lock(&self.inner);
+        let mut inner = crate::operator::sync::lock(&self.inner);
         match event {
             Event::Init => inner.relisting = Some(ByOwner::new()),
             Event::InitApply(t) => match inner.relisting.as_mut() {
@@ -79,7 +79,7 @@ impl TrialIndex {
 
     /// The names of the trials the experiment with this UID owns, by index.
     pub fn names(&self, owner: &str) -> Vec<String> {
-        super::lock(&self.inner)
+        crate::operator::sync::lock(&self.inner)
             .live
             .get(owner)
             .map(|m| m.values().cloned().collect())
@@ -89,7 +89,7 @@ impl TrialIndex {
     /// Forgets a deleted experiment's entry (its trials' delete events do the same, one by
     /// one, as garbage collection removes them).
     pub fn forget(&self, owner: &str) {
-        super::lock(&self.inner).live.remove(owner);
+        crate::operator::sync::lock(&self.inner).live.remove(owner);
     }
 }
 

@@ -26,7 +26,7 @@ impl ReportLimit {
     }
 
     fn allow_at(&self, namespace: &str, trial: &str, now: Instant) -> bool {
-        let mut buckets = super::lock(&self.buckets);
+        let mut buckets = crate::operator::sync::lock(&self.buckets);
         if buckets.len() >= MAX_BUCKETS {
             buckets.retain(|_, (_, at)| now.duration_since(*at).as_secs_f64() * RATE < BURST);
         }

@@ -1,4 +1,4 @@
-//! The operator's Prometheus metrics (DESIGN.md, "Metrics"): `nasop_`-prefixed, labels
+//! The operator's Prometheus metrics (ARCHITECTURE.md, "Metrics"): `nasop_`-prefixed, labels
 //! bounded (namespace, experiment, phase, result; never a trial name), plus the
 //! `controller_runtime_reconcile_*` family that stock operator dashboards read.
 
@@ -118,7 +118,28 @@ impl Metrics {
             leader: Gauge::default(),
             kube_requests: Family::default(),
         };
-        let r = &mut m.registry;
+        let mut registry = Registry::default();
+        m.register_nasop(&mut registry);
+        m.register_controller_runtime(&mut registry);
+        m.registry = registry;
+        // Series that are zero until something goes wrong exist from the start, so that a
+        // dashboard shows 0 rather than "no data" (controller-runtime does the same).
+        for controller in ["nasexperiment", "nastrial"] {
+            let _ = m.reconcile_errors.get_or_create(&ControllerLabels {
+                controller: controller.into(),
+            });
+        }
+        for result in ["accepted", "stop", "refused", "invalid", "error"] {
+            let _ = m.reports.get_or_create(&OnlyResult {
+                result: result.into(),
+            });
+        }
+        m
+    }
+
+    /// nasop's own series, `nasop_*`.
+    fn register_nasop(&self, r: &mut Registry) {
+        let m = self;
         r.register(
             "nasop_experiments",
             "NasExperiments by phase",
@@ -184,6 +205,11 @@ impl Metrics {
             "Requests the operator sent to the Kubernetes API server, by HTTP method (a watch counts once)",
             m.kube_requests.clone(),
         );
+    }
+
+    /// The `controller_runtime_reconcile_*` family, so that stock operator dashboards work.
+    fn register_controller_runtime(&self, r: &mut Registry) {
+        let m = self;
         r.register(
             "controller_runtime_reconcile",
             "Reconciliations per controller and result (success, error, requeue)",
@@ -199,19 +225,6 @@ impl Metrics {
             "Length of reconciliations per controller",
             m.reconcile_time.clone(),
         );
-        // Series that are zero until something goes wrong exist from the start, so that a
-        // dashboard shows 0 rather than "no data" (controller-runtime does the same).
-        for controller in ["nasexperiment", "nastrial"] {
-            let _ = m.reconcile_errors.get_or_create(&ControllerLabels {
-                controller: controller.into(),
-            });
-        }
-        for result in ["accepted", "stop", "refused", "invalid", "error"] {
-            let _ = m.reports.get_or_create(&OnlyResult {
-                result: result.into(),
-            });
-        }
-        m
     }
 
     /// Creates an experiment's counters at zero when it is first seen.

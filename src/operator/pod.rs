@@ -3,8 +3,9 @@
 
 use crate::api::StorageSpec;
 use k8s_openapi::api::core::v1::{
-    EnvVar, EnvVarSource, PersistentVolumeClaimVolumeSource, Pod, PodTemplateSpec,
-    SecretKeySelector, Volume, VolumeMount,
+    Container, ContainerStateTerminated, ContainerStatus, EnvVar, EnvVarSource,
+    PersistentVolumeClaimVolumeSource, Pod, PodSpec, PodStatus, PodTemplateSpec, SecretKeySelector,
+    Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use nasop_core::contract::{self, Report, TrialInput};
@@ -20,25 +21,38 @@ pub fn pod_name(trial: &str, attempt: u32) -> String {
     format!("{trial}-{attempt}")
 }
 
-/// Checks that a template can run trials; the error names the field and the fix.
-pub fn check_template(template: Option<&PodTemplateSpec>) -> Result<(), String> {
-    let spec = template.and_then(|t| t.spec.as_ref()).ok_or(
-        "spec.trialTemplate is required on Kubernetes: add a pod template whose first container runs the trainer (see examples/)",
-    )?;
-    let first = spec.containers.first().ok_or(
-        "spec.trialTemplate.spec.containers is empty: add the trial container (image and command)",
-    )?;
+/// Why a trial template cannot run trials; the message names the field and the fix.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum TemplateError {
+    #[error(
+        "spec.trialTemplate is required on Kubernetes: add a pod template whose first container runs the trainer (see examples/)"
+    )]
+    Missing,
+    #[error(
+        "spec.trialTemplate.spec.containers is empty: add the trial container (image and command)"
+    )]
+    NoContainer,
+    #[error("spec.trialTemplate.spec.containers[0].image is missing: name the trainer image")]
+    NoImage,
+    #[error(
+        "spec.trialTemplate.spec.restartPolicy is {0:?}: use \"Never\" (nasop retries lost pods itself and a failed trainer is a failed trial)"
+    )]
+    RestartPolicy(String),
+}
+
+/// Checks that a template can run trials.
+pub fn check_template(template: Option<&PodTemplateSpec>) -> Result<(), TemplateError> {
+    let spec = template
+        .and_then(|t| t.spec.as_ref())
+        .ok_or(TemplateError::Missing)?;
+    let first = spec.containers.first().ok_or(TemplateError::NoContainer)?;
     if first.image.as_deref().unwrap_or("").is_empty() {
-        return Err(
-            "spec.trialTemplate.spec.containers[0].image is missing: name the trainer image".into(),
-        );
+        return Err(TemplateError::NoImage);
     }
     if let Some(p) = spec.restart_policy.as_deref()
         && p != "Never"
     {
-        return Err(format!(
-            "spec.trialTemplate.spec.restartPolicy is {p:?}: use \"Never\" (nasop retries lost pods itself and a failed trainer is a failed trial)"
-        ));
+        return Err(TemplateError::RestartPolicy(p.to_string()));
     }
     Ok(())
 }
@@ -101,6 +115,30 @@ pub fn trial_dir(storage: &StorageSpec, experiment: &str, index: u32) -> String 
 enum Value {
     Plain(String),
     Secret { name: String, key: &'static str },
+}
+
+impl Value {
+    fn env_var(self, name: &str) -> EnvVar {
+        match self {
+            Value::Plain(value) => EnvVar {
+                name: name.into(),
+                value: Some(value),
+                value_from: None,
+            },
+            Value::Secret { name: secret, key } => EnvVar {
+                name: name.into(),
+                value: None,
+                value_from: Some(EnvVarSource {
+                    secret_key_ref: Some(SecretKeySelector {
+                        name: secret,
+                        key: key.into(),
+                        optional: None,
+                    }),
+                    ..EnvVarSource::default()
+                }),
+            },
+        }
+    }
 }
 
 /// The trial contract's storage variables for trial `index` (continuing `resume_from`):
@@ -185,91 +223,10 @@ pub fn build(p: &PodInput) -> Pod {
     spec.restart_policy = Some("Never".into());
     let claim = p.storage.and_then(|s| s.persistent_volume_claim.as_ref());
     if let Some(claim) = claim {
-        let mut volumes: Vec<Volume> = spec
-            .volumes
-            .take()
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|v| v.name != STORAGE_VOLUME)
-            .collect();
-        volumes.push(Volume {
-            name: STORAGE_VOLUME.into(),
-            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                claim_name: claim.claim_name.clone(),
-                read_only: None,
-            }),
-            ..Volume::default()
-        });
-        spec.volumes = Some(volumes);
+        mount_claim_volume(&mut spec, &claim.claim_name);
     }
     if let Some(c) = spec.containers.first_mut() {
-        let mut ours = vec![
-            (
-                contract::ENV_TRIAL,
-                Value::Plain(serde_json::to_string(p.input).expect("trial input serialises")),
-            ),
-            (
-                contract::ENV_REPORT_URL,
-                Value::Plain(p.report_url.to_string()),
-            ),
-            (
-                contract::ENV_REPORT_TOKEN,
-                Value::Plain(p.token.to_string()),
-            ),
-        ];
-        if let Some(storage) = p.storage {
-            ours.extend(storage_env(
-                storage,
-                p.experiment,
-                p.input.index,
-                p.input.resume_from,
-            ));
-        }
-        if claim.is_some() {
-            let mut mounts: Vec<VolumeMount> = c
-                .volume_mounts
-                .take()
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|m| m.name != STORAGE_VOLUME && m.mount_path != STORAGE_MOUNT)
-                .collect();
-            mounts.push(VolumeMount {
-                name: STORAGE_VOLUME.into(),
-                mount_path: STORAGE_MOUNT.into(),
-                ..VolumeMount::default()
-            });
-            c.volume_mounts = Some(mounts);
-        }
-        let mut env: Vec<EnvVar> = c
-            .env
-            .take()
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|e| !ours.iter().any(|(n, _)| *n == e.name))
-            .collect();
-        env.extend(ours.into_iter().map(|(name, value)| match value {
-            Value::Plain(value) => EnvVar {
-                name: name.into(),
-                value: Some(value),
-                value_from: None,
-            },
-            Value::Secret { name: secret, key } => EnvVar {
-                name: name.into(),
-                value: None,
-                value_from: Some(EnvVarSource {
-                    secret_key_ref: Some(SecretKeySelector {
-                        name: secret,
-                        key: key.into(),
-                        optional: None,
-                    }),
-                    ..EnvVarSource::default()
-                }),
-            },
-        }));
-        c.env = Some(env);
-        // A trainer that dies without writing its result still leaves a reason.
-        c.termination_message_policy
-            .get_or_insert_with(|| "FallbackToLogsOnError".into());
+        inject_contract(c, p, claim.is_some());
     }
     Pod {
         metadata: ObjectMeta {
@@ -290,6 +247,80 @@ pub fn build(p: &PodInput) -> Pod {
         spec: Some(spec),
         status: None,
     }
+}
+
+/// The storage claim as the pod's storage volume (replacing one of that name).
+fn mount_claim_volume(spec: &mut PodSpec, claim_name: &str) {
+    let mut volumes: Vec<Volume> = spec
+        .volumes
+        .take()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|v| v.name != STORAGE_VOLUME)
+        .collect();
+    volumes.push(Volume {
+        name: STORAGE_VOLUME.into(),
+        persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+            claim_name: claim_name.to_string(),
+            read_only: None,
+        }),
+        ..Volume::default()
+    });
+    spec.volumes = Some(volumes);
+}
+
+/// The trial contract into the trainer container: its environment (replacing variables of
+/// the same names), the storage mount when there is a claim, and a termination message
+/// policy that leaves a reason when the trainer dies without writing its result.
+fn inject_contract(c: &mut Container, p: &PodInput, mount_storage: bool) {
+    let mut ours = vec![
+        (
+            contract::ENV_TRIAL,
+            Value::Plain(serde_json::to_string(p.input).expect("trial input serialises")),
+        ),
+        (
+            contract::ENV_REPORT_URL,
+            Value::Plain(p.report_url.to_string()),
+        ),
+        (
+            contract::ENV_REPORT_TOKEN,
+            Value::Plain(p.token.to_string()),
+        ),
+    ];
+    if let Some(storage) = p.storage {
+        ours.extend(storage_env(
+            storage,
+            p.experiment,
+            p.input.index,
+            p.input.resume_from,
+        ));
+    }
+    if mount_storage {
+        let mut mounts: Vec<VolumeMount> = c
+            .volume_mounts
+            .take()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|m| m.name != STORAGE_VOLUME && m.mount_path != STORAGE_MOUNT)
+            .collect();
+        mounts.push(VolumeMount {
+            name: STORAGE_VOLUME.into(),
+            mount_path: STORAGE_MOUNT.into(),
+            ..VolumeMount::default()
+        });
+        c.volume_mounts = Some(mounts);
+    }
+    let mut env: Vec<EnvVar> = c
+        .env
+        .take()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| !ours.iter().any(|(n, _)| *n == e.name))
+        .collect();
+    env.extend(ours.into_iter().map(|(name, value)| value.env_var(name)));
+    c.env = Some(env);
+    c.termination_message_policy
+        .get_or_insert_with(|| "FallbackToLogsOnError".into());
 }
 
 /// What a trial's pod says about the trial.
@@ -435,85 +466,104 @@ pub fn outcome(pod: &Pod) -> Outcome {
             started_at,
             finished_at,
         },
-        "Failed" => {
-            let reason = status.reason.clone().unwrap_or_default();
-            if disrupted || LOST_REASONS.contains(&reason.as_str()) {
-                let why = status.message.clone().unwrap_or(reason);
-                return Outcome::Lost(if why.is_empty() {
-                    "the pod was disrupted".into()
-                } else {
-                    why
-                });
-            }
-            let message = match &terminated {
-                Some(t) => {
-                    let text = t.message.as_deref().unwrap_or("").trim();
-                    let tail: String = text
-                        .chars()
-                        .rev()
-                        .take(512)
-                        .collect::<Vec<_>>()
-                        .into_iter()
-                        .rev()
-                        .collect();
-                    format!(
-                        "the trainer exited with code {}{}",
-                        t.exit_code,
-                        if tail.is_empty() {
-                            String::new()
-                        } else {
-                            format!(": {tail}")
-                        }
-                    )
-                }
-                None => status
-                    .message
-                    .clone()
-                    .unwrap_or_else(|| "the pod failed".into()),
-            };
-            Outcome::Failed {
-                message,
-                started_at,
-                finished_at,
-            }
-        }
+        "Failed" => failed(
+            &status,
+            terminated.as_ref(),
+            disrupted,
+            started_at,
+            finished_at,
+        ),
         _ if pod.metadata.deletion_timestamp.is_some() => Outcome::Terminating(None),
         "Running" => Outcome::Running {
             started_at: started_at.or(pod_started),
         },
-        _ => {
-            let since = pod
-                .metadata
-                .creation_timestamp
-                .as_ref()
-                .map(|t| super::status::seconds(&t.0));
-            let container = first
-                .as_ref()
-                .and_then(|c| c.state.as_ref())
-                .and_then(|s| s.waiting.as_ref())
-                .filter(|w| !STARTING.contains(&w.reason.as_deref().unwrap_or("")));
-            let unscheduled = status
-                .conditions
-                .iter()
-                .flatten()
-                .find(|c| c.type_ == "PodScheduled" && c.status == "False");
-            Outcome::Waiting(match (container, unscheduled) {
-                (Some(w), _) => Waiting {
-                    reason: w.reason.clone(),
-                    message: w.message.clone(),
-                    since,
-                },
-                (None, Some(c)) => Waiting {
-                    reason: c.reason.clone().or(Some("Unschedulable".into())),
-                    message: c.message.clone(),
-                    since,
-                },
-                (None, None) => Waiting {
-                    since,
-                    ..Waiting::default()
-                },
-            })
+        _ => Outcome::Waiting(waiting(pod, &status, first.as_ref())),
+    }
+}
+
+/// A failed pod: lost when the cluster ended it, else failed with the trainer's exit code
+/// and the tail of what it said.
+fn failed(
+    status: &PodStatus,
+    terminated: Option<&ContainerStateTerminated>,
+    disrupted: bool,
+    started_at: Option<f64>,
+    finished_at: Option<f64>,
+) -> Outcome {
+    let reason = status.reason.clone().unwrap_or_default();
+    if disrupted || LOST_REASONS.contains(&reason.as_str()) {
+        let why = status.message.clone().unwrap_or(reason);
+        return Outcome::Lost(if why.is_empty() {
+            "the pod was disrupted".into()
+        } else {
+            why
+        });
+    }
+    let message = match terminated {
+        Some(t) => {
+            let text = t.message.as_deref().unwrap_or("").trim();
+            let tail: String = text
+                .chars()
+                .rev()
+                .take(512)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            format!(
+                "the trainer exited with code {}{}",
+                t.exit_code,
+                if tail.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {tail}")
+                }
+            )
         }
+        None => status
+            .message
+            .clone()
+            .unwrap_or_else(|| "the pod failed".into()),
+    };
+    Outcome::Failed {
+        message,
+        started_at,
+        finished_at,
+    }
+}
+
+/// Why a pod that has not started waits: its container's waiting reason (past the normal
+/// ones), else the scheduler's.
+fn waiting(pod: &Pod, status: &PodStatus, first: Option<&ContainerStatus>) -> Waiting {
+    let since = pod
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|t| super::status::seconds(&t.0));
+    let container = first
+        .and_then(|c| c.state.as_ref())
+        .and_then(|s| s.waiting.as_ref())
+        .filter(|w| !STARTING.contains(&w.reason.as_deref().unwrap_or("")));
+    let unscheduled = status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "PodScheduled" && c.status == "False");
+    match (container, unscheduled) {
+        (Some(w), _) => Waiting {
+            reason: w.reason.clone(),
+            message: w.message.clone(),
+            since,
+        },
+        (None, Some(c)) => Waiting {
+            reason: c.reason.clone().or(Some("Unschedulable".into())),
+            message: c.message.clone(),
+            since,
+        },
+        (None, None) => Waiting {
+            since,
+            ..Waiting::default()
+        },
     }
 }
 

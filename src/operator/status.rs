@@ -9,6 +9,7 @@ use crate::api::{
 use crate::engine::{self, Experiment, Finish, Report, Stage, TrialPhase, TrialRecord};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, Time};
 use k8s_openapi::jiff::Timestamp;
+use nasop_core::Point;
 use nasop_core::contract;
 use std::collections::{BTreeMap, HashMap};
 
@@ -93,12 +94,28 @@ pub fn stage_field(stage: Stage) -> Option<TrialStage> {
     }
 }
 
-/// The engine's view of a NasTrial.
-pub fn record(exp: &Experiment, trial: &NasTrial) -> Result<TrialRecord, String> {
-    let point = exp
-        .space
+/// A recorded trial whose candidate the experiment's search space cannot read (its spec was
+/// written by hand, or by another version).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("trial {index}: {error}")]
+pub struct RecordError {
+    pub index: u32,
+    pub error: String,
+}
+
+/// The trial's candidate as a point of the experiment's search space.
+pub fn point(exp: &Experiment, trial: &NasTrial) -> Result<Point, RecordError> {
+    exp.space
         .parse(&trial.spec.candidate)
-        .map_err(|e| format!("trial {}: {e}", trial.spec.index))?;
+        .map_err(|e| RecordError {
+            index: trial.spec.index,
+            error: e.to_string(),
+        })
+}
+
+/// The engine's view of a NasTrial.
+pub fn record(exp: &Experiment, trial: &NasTrial) -> Result<TrialRecord, RecordError> {
+    let point = point(exp, trial)?;
     let status = trial.status.clone().unwrap_or_default();
     Ok(TrialRecord {
         index: trial.spec.index,
@@ -209,8 +226,8 @@ fn condition(
 
 /// The experiment's status for these trials: counts, best trial, Pareto front, phase and
 /// conditions. Its size does not grow with the number of trials.
-pub fn experiment_status(input: &StatusInput, trials: &[TrialRecord]) -> NasExperimentStatus {
-    let exp = input.experiment;
+/// The trials by phase.
+fn count(trials: &[TrialRecord]) -> TrialCounts {
     let mut counts = TrialCounts {
         created: trials.len() as u32,
         ..TrialCounts::default()
@@ -224,55 +241,52 @@ pub fn experiment_status(input: &StatusInput, trials: &[TrialRecord]) -> NasExpe
             TrialPhase::Stopped => counts.stopped += 1,
         }
     }
-    let active = counts.pending + counts.running;
-    let done = counts.created - active;
-    let best = engine::best_trial(exp, trials);
-    let pareto_front = if exp.objectives.len() > 1 {
-        let mut front: Vec<&TrialRecord> = engine::pareto_front(exp, trials);
-        let o = &exp.objectives[0];
-        front.sort_by(|a, b| {
-            let v = |t: &TrialRecord| {
-                t.metrics
-                    .get(&o.metric)
-                    .map_or(f64::MIN, |v| o.oriented(*v))
-            };
-            v(b).total_cmp(&v(a)).then(a.index.cmp(&b.index))
-        });
-        front
-            .into_iter()
-            .take(PARETO_LIMIT)
-            .map(|t| summary(input, t))
-            .collect()
-    } else {
-        Vec::new()
-    };
-    // The experiment has ended when the engine says so and its stopped trials are gone.
-    let ended = input.finish.filter(|_| active == 0);
-    let training = engine::final_training::in_final_training(trials);
-    let phase = match ended {
-        Some(f) if f.succeeded => ExperimentPhase::Succeeded,
-        Some(_) => ExperimentPhase::Failed,
-        None if counts.created == 0 => ExperimentPhase::Pending,
-        None if training => ExperimentPhase::Training,
-        None => ExperimentPhase::Running,
-    };
-    let total = exp.total_trials();
+    counts
+}
+
+/// The Pareto front of a multi-objective experiment, best first by the first objective, at
+/// most [`PARETO_LIMIT`] trials (none with one objective).
+fn pareto_summaries(input: &StatusInput, trials: &[TrialRecord]) -> Vec<TrialSummary> {
+    let exp = input.experiment;
+    if exp.objectives.len() < 2 {
+        return Vec::new();
+    }
+    let mut front: Vec<&TrialRecord> = engine::pareto_front(exp, trials);
+    let o = &exp.objectives[0];
+    front.sort_by(|a, b| {
+        let v = |t: &TrialRecord| {
+            t.metrics
+                .get(&o.metric)
+                .map_or(f64::MIN, |v| o.oriented(*v))
+        };
+        v(b).total_cmp(&v(a)).then(a.index.cmp(&b.index))
+    });
+    front
+        .into_iter()
+        .take(PARETO_LIMIT)
+        .map(|t| summary(input, t))
+        .collect()
+}
+
+/// `Running` (with the progress), and `Succeeded` or `Failed` once the experiment ended.
+fn experiment_conditions(
+    input: &StatusInput,
+    ended: Option<&Finish>,
+    progress: &str,
+) -> Vec<Condition> {
     let prev = &input.previous.conditions;
     let g = input.generation;
+    let reason = if ended.is_some() {
+        "Ended"
+    } else {
+        "TrialsRunning"
+    };
     let mut conditions = vec![condition(
         prev,
         "Running",
         ended.is_none(),
-        if ended.is_some() {
-            "Ended"
-        } else {
-            "TrialsRunning"
-        },
-        &if training && ended.is_none() {
-            format!("final training: {done} of {total} trials done, {active} running")
-        } else {
-            format!("{done} of {total} trials done, {active} running")
-        },
+        reason,
+        progress,
         g,
         input.now,
     )];
@@ -287,6 +301,34 @@ pub fn experiment_status(input: &StatusInput, trials: &[TrialRecord]) -> NasExpe
             input.now,
         ));
     }
+    conditions
+}
+
+pub fn experiment_status(input: &StatusInput, trials: &[TrialRecord]) -> NasExperimentStatus {
+    let exp = input.experiment;
+    let counts = count(trials);
+    let active = counts.pending + counts.running;
+    let done = counts.created - active;
+    let best = engine::best_trial(exp, trials);
+    let pareto_front = pareto_summaries(input, trials);
+    // The experiment has ended when the engine says so and its stopped trials are gone.
+    let ended = input.finish.filter(|_| active == 0);
+    let training = engine::final_training::in_final_training(trials);
+    let phase = match ended {
+        Some(f) if f.succeeded => ExperimentPhase::Succeeded,
+        Some(_) => ExperimentPhase::Failed,
+        None if counts.created == 0 => ExperimentPhase::Pending,
+        None if training => ExperimentPhase::Training,
+        None => ExperimentPhase::Running,
+    };
+    let total = exp.total_trials();
+    let g = input.generation;
+    let progress = if training && ended.is_none() {
+        format!("final training: {done} of {total} trials done, {active} running")
+    } else {
+        format!("{done} of {total} trials done, {active} running")
+    };
+    let conditions = experiment_conditions(input, ended, &progress);
     let completion_time = ended.map(|_| {
         input
             .previous

@@ -2,11 +2,14 @@
 //! running in a task of its own, so that the caches fill, and are waited for before anything
 //! is decided, whatever the controllers are doing. The controllers read them from channels.
 
-use super::{ExpKey, index, lock, pod, scoped};
+use super::context::lock;
+use super::experiment::ExpKey;
+use super::{index, pod};
 use crate::api::{NasTrial, TrialPhaseName};
 use futures::StreamExt;
 use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender, unbounded};
 use k8s_openapi::api::core::v1::Pod;
+use kube::Resource;
 use kube::api::{ApiResource, DynamicObject};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -170,6 +173,18 @@ impl Wake {
         let key = (ns, trial.spec.experiment.clone());
         (changed || trial.spec.stop.is_some() || lock(&self.reporting).contains(&key))
             .then_some(key)
+    }
+}
+
+/// An API over `namespace`, or over all namespaces.
+fn scoped<K>(client: &Client, namespace: &Option<String>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    <K as Resource>::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
     }
 }
 

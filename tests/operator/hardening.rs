@@ -409,8 +409,7 @@ async fn a_pod_left_terminating_by_a_lost_node_is_replaced() {
     let pods = env.pods();
     wait_running(&pods, "lost-0-1").await;
     // A node that stops answering never confirms the deletion (KWOK leaves such pods).
-    let lost =
-        serde_json::json!({"metadata": {"annotations": {"testenv.nasop.dev/node-lost": "true"}}});
+    let lost = serde_json::json!({"metadata": {"annotations": {nasop_testkit::NODE_LOST: "true"}}});
     pods.patch("lost-0-1", &PatchParams::default(), &Patch::Merge(&lost))
         .await
         .unwrap();

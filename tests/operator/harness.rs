@@ -5,13 +5,16 @@
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::PostParams;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use nasop::api::{NasExperiment, NasTrial, TrialPhaseName};
-use nasop::bench::operator::GPU_TRIAL_TEMPLATE;
-use nasop_core::contract::{self, ReportAction, ReportReply, TrialInput};
-use std::collections::{BTreeMap, HashSet};
+use nasop_core::contract::{self, ReportAction, TrialInput};
+use nasop_testkit::{FakeTrainer, GPU_TRIAL_TEMPLATE, Player};
+// Not every test that includes the harness uses all of it.
+#[allow(unused_imports)]
+pub use nasop_testkit::{Plan, pod_env, post_report, report_json};
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -27,25 +30,7 @@ pub fn value_of(candidate: &str) -> f64 {
     50.0 + 6.0 * c3 + 2.0 * c1 + 0.5 * skip
 }
 
-/// What the fake trainer does with one pod.
-#[derive(Clone, Debug)]
-pub enum Plan {
-    /// Post these values as steps 1.. (pausing between), then end with the last one, or
-    /// end early when a reply says stop.
-    Report(Vec<f64>),
-    /// End at once with this exit code and termination message.
-    Exit(i32, String),
-    /// Delete the pod (a node lost it).
-    Lose,
-    /// Do nothing: the pod runs until someone stops it.
-    Hang,
-}
-
 pub type Policy = Arc<dyn Fn(&TrialInput, u32) -> Plan + Send + Sync>;
-
-pub fn report_json(step: u32, metric: &str, value: f64) -> String {
-    serde_json::json!({"step": step, "metrics": {metric: value}}).to_string()
-}
 
 pub struct Env {
     pub client: Client,
@@ -56,7 +41,7 @@ pub struct Env {
     pub logs: PathBuf,
     operators: Vec<Child>,
     pub replies: Arc<Mutex<Vec<(String, u32, ReportAction)>>>,
-    trainer: Option<tokio::task::JoinHandle<()>>,
+    trainer: Option<FakeTrainer>,
 }
 
 pub fn free_port() -> u16 {
@@ -235,29 +220,11 @@ impl Env {
 
     /// Plays the trainer for every pod of this namespace, as `policy` says.
     pub fn start_trainer(&mut self, policy: Policy) {
-        let pods = self.pods();
-        let replies = self.replies.clone();
-        self.trainer = Some(tokio::spawn(async move {
-            let handled: Arc<Mutex<HashSet<String>>> = Arc::default();
-            let mut events = watcher(pods.clone(), watcher::Config::default())
-                .default_backoff()
-                .applied_objects()
-                .boxed();
-            // A watch error (the API server restarting) is retried by the watcher.
-            while let Some(event) = events.next().await {
-                let Ok(pod) = event else { continue };
-                let running =
-                    pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
-                if !running || pod.metadata.deletion_timestamp.is_some() {
-                    continue;
-                }
-                if !handled.lock().unwrap().insert(pod.name_any()) {
-                    continue;
-                }
-                let (pods, policy, replies) = (pods.clone(), policy.clone(), replies.clone());
-                tokio::spawn(async move { play(pods, pod, policy, replies).await });
-            }
-        }));
+        let player = PolicyPlayer {
+            policy,
+            replies: self.replies.clone(),
+        };
+        self.trainer = Some(FakeTrainer::start(self.pods(), Arc::new(player)));
     }
 
     /// Waits until the experiment's status satisfies `done`, failing after `timeout` with
@@ -413,9 +380,7 @@ impl Drop for Env {
             let _ = c.kill();
             let _ = c.wait();
         }
-        if let Some(t) = &self.trainer {
-            t.abort();
-        }
+        self.trainer.take();
         // Leave the namespace for post-mortems only when the test failed.
         if !std::thread::panicking() {
             let _ = Command::new("kubectl")
@@ -430,111 +395,34 @@ pub fn tail(text: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-pub fn pod_env(pod: &Pod) -> BTreeMap<String, String> {
-    pod.spec
-        .as_ref()
-        .and_then(|s| s.containers.first())
-        .and_then(|c| c.env.clone())
-        .unwrap_or_default()
-        .into_iter()
-        .map(|e| (e.name, e.value.unwrap_or_default()))
-        .collect()
-}
-
-/// Posts one report; the operator's answer, or the HTTP status when it refused.
-pub async fn post_report(
-    url: &str,
-    token: Option<&str>,
-    body: String,
-) -> Result<ReportAction, u16> {
-    let (url, token) = (url.to_string(), token.map(str::to_string));
-    tokio::task::spawn_blocking(move || {
-        let mut req = ureq::post(&url)
-            .config()
-            .http_status_as_error(false)
-            .build();
-        if let Some(t) = token {
-            req = req.header("Authorization", format!("Bearer {t}"));
-        }
-        let mut resp = req
-            .header("Content-Type", "application/json")
-            .send(body)
-            .map_err(|_| 0u16)?;
-        if resp.status() != 200 {
-            return Err(resp.status().as_u16());
-        }
-        let reply: ReportReply = resp.body_mut().read_json().map_err(|_| 1u16)?;
-        Ok(reply.action)
-    })
-    .await
-    .unwrap()
-}
-
+/// Ends the running pod `name` as the trainer would, with `exit` and `message`.
 pub async fn end_pod(pods: &Api<Pod>, name: &str, exit: i32, message: &str) {
-    let patch = serde_json::json!({"metadata": {"annotations": {
-        "testenv.nasop.dev/exit-code": exit.to_string(),
-        "testenv.nasop.dev/termination-message": message,
-    }}});
-    // Retried while the API server is away; a pod that is gone needs no ending.
-    for _ in 0..300 {
-        match pods
-            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
-            Ok(_) => return,
-            Err(kube::Error::Api(s)) if s.code == 404 => return,
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
+    nasop_testkit::end_pod(pods, name, exit, message)
+        .await
+        .unwrap_or_else(|e| panic!("ending pod {name}: {e}"));
 }
 
-async fn play(
-    pods: Api<Pod>,
-    pod: Pod,
+/// The test's policy as the fake trainer's player: the plan from the trial contract and the
+/// attempt, and every reply kept.
+struct PolicyPlayer {
     policy: Policy,
     replies: Arc<Mutex<Vec<(String, u32, ReportAction)>>>,
-) {
-    let env = pod_env(&pod);
-    let input: TrialInput =
-        serde_json::from_str(&env[contract::ENV_TRIAL]).expect("NASOP_TRIAL is injected");
-    let attempt: u32 = pod.labels()["nasop.dev/attempt"].parse().unwrap();
-    let name = pod.name_any();
-    let metric = input.metrics[0].clone();
-    match policy(&input, attempt) {
-        Plan::Exit(code, message) => end_pod(&pods, &name, code, &message).await,
-        Plan::Lose => {
-            let _ = pods.delete(&name, &DeleteParams::default()).await;
-        }
-        Plan::Hang => {}
-        Plan::Report(values) => {
-            let url = &env[contract::ENV_REPORT_URL];
-            let token = &env[contract::ENV_REPORT_TOKEN];
-            let mut last = (0, 0.0);
-            for (i, v) in values.iter().enumerate() {
-                let step = i as u32 + 1;
-                last = (step, *v);
-                let mut answer =
-                    post_report(url, Some(token), report_json(step, &metric, *v)).await;
-                // The operator may be restarting: try again for a while.
-                for _ in 0..100 {
-                    if answer != Err(0) {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    answer = post_report(url, Some(token), report_json(step, &metric, *v)).await;
-                }
-                let action = answer.unwrap_or(ReportAction::Continue);
-                replies
-                    .lock()
-                    .unwrap()
-                    .push((input.trial.clone(), step, action));
-                if action == ReportAction::Stop {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(150)).await;
-            }
-            end_pod(&pods, &name, 0, &report_json(last.0, &metric, last.1)).await;
-        }
+}
+
+impl Player for PolicyPlayer {
+    fn plan(&self, pod: &Pod) -> Option<Plan> {
+        let env = pod_env(pod);
+        let input: TrialInput =
+            serde_json::from_str(&env[contract::ENV_TRIAL]).expect("NASOP_TRIAL is injected");
+        let attempt: u32 = pod.labels()["nasop.dev/attempt"].parse().unwrap();
+        Some((self.policy)(&input, attempt))
+    }
+
+    fn replied(&self, trial: &str, step: u32, action: ReportAction) {
+        self.replies
+            .lock()
+            .unwrap()
+            .push((trial.to_string(), step, action));
     }
 }
 

@@ -479,7 +479,7 @@ async fn two_replicas_elect_one_leader_and_the_other_takes_over() {
     let exp = loop {
         for p in env.pods().list(&Default::default()).await.unwrap().items {
             let running = p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
-            if running && !p.annotations().contains_key("testenv.nasop.dev/exit-code") {
+            if running && !p.annotations().contains_key(nasop_testkit::EXIT_CODE) {
                 harness::end_pod(
                     &env.pods(),
                     &p.name_any(),

@@ -1,12 +1,13 @@
 //! The experiment's conditions: what holds it up (trial names taken by another object, a
 //! quota, pods that do not start, missing storage, a missing warm-start experiment).
 
-use super::World;
-use super::publish;
+use super::state::Prior;
+use super::world::World;
 use crate::api::{self, NasExperimentStatus, NasTrial};
-use crate::operator::Ctx;
+use crate::operator::context::{Ctx, publish_event};
 use crate::operator::status;
-use crate::operator::warm::Prior;
+use kube::Resource;
+use kube::api::DynamicObject;
 use kube::runtime::events::EventType;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -170,4 +171,21 @@ pub(super) fn set_conditions(
         }
         raise("TrialsPending", &reason, &message);
     }
+}
+
+/// An event about the experiment.
+pub(super) fn publish(
+    ctx: &Ctx,
+    object: &DynamicObject,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    publish_event(
+        ctx,
+        object.object_ref(&ctx.stores.experiment_resource),
+        type_,
+        reason,
+        note,
+    );
 }

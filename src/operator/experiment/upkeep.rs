@@ -1,9 +1,11 @@
 //! Upkeep after a reconcile: finished trials' pods deleted beyond the keep count, the
 //! metrics, and what a deleted experiment leaves behind.
 
+use super::state::ExpKey;
 use crate::api::{self, NasTrial};
+use crate::operator::context::{Ctx, lock};
 use crate::operator::metrics::{ExperimentLabels, ExperimentPhaseLabels, PhaseLabels};
-use crate::operator::{Ctx, ExpKey, lock, pod, status};
+use crate::operator::{pod, status};
 use kube::Api;
 use kube::runtime::reflector::ObjectRef;
 use std::sync::Arc;
@@ -13,7 +15,7 @@ use std::sync::Arc;
 /// and every watch of pods. Each trial is looked at once when it ends (a restarted operator
 /// looks at each once more); the deletes run in the background.
 pub(super) fn clean_up_pods(ctx: &Arc<Ctx>, key: &ExpKey, trials: &[Arc<NasTrial>]) {
-    let state = ctx.state_of(key);
+    let state = ctx.states.of(key);
     let mut state = lock(&state);
     let mut ended: Vec<(f64, String, u32)> = trials
         .iter()
@@ -44,16 +46,17 @@ pub(super) fn clean_up_pods(ctx: &Arc<Ctx>, key: &ExpKey, trials: &[Arc<NasTrial
         state.finished.push_back((at, name, attempts));
     }
     let mut doomed = Vec::new();
-    while state.finished.len() > ctx.keep_finished_pods {
+    while state.finished.len() > ctx.settings.keep_finished_pods {
         let (_, name, attempts) = state
             .finished
             .pop_front()
             .expect("longer than the keep count");
-        doomed.extend(
-            (1..=attempts)
-                .map(|a| pod::pod_name(&name, a))
-                .filter(|p| ctx.pods.get(&ObjectRef::new(p).within(&key.0)).is_some()),
-        );
+        doomed.extend((1..=attempts).map(|a| pod::pod_name(&name, a)).filter(|p| {
+            ctx.stores
+                .pods
+                .get(&ObjectRef::new(p).within(&key.0))
+                .is_some()
+        }));
     }
     drop(state);
     if doomed.is_empty() {
@@ -99,7 +102,7 @@ pub(super) fn update_metrics(ctx: &Ctx, key: &ExpKey, status: &api::NasExperimen
     let phase = status
         .phase
         .map_or("Pending".to_string(), |p| format!("{p:?}"));
-    let first = lock(&ctx.state_of(key)).phase.replace(phase).is_none();
+    let first = lock(&ctx.states.of(key)).phase.replace(phase).is_none();
     if first {
         m.experiment_seen(ns, name);
     }
@@ -108,10 +111,7 @@ pub(super) fn update_metrics(ctx: &Ctx, key: &ExpKey, status: &api::NasExperimen
 
 /// The experiments-by-phase gauges, counted over every experiment's state.
 fn recount_experiments(ctx: &Ctx) {
-    let phases: Vec<Option<String>> = lock(&ctx.state)
-        .values()
-        .map(|s| lock(s).phase.clone())
-        .collect();
+    let phases = ctx.states.phases();
     for phase in ["Pending", "Running", "Training", "Succeeded", "Failed"] {
         let n = phases
             .iter()
@@ -128,10 +128,9 @@ fn recount_experiments(ctx: &Ctx) {
 
 /// Forgets a deleted experiment's caches and metric series.
 pub fn forget(ctx: &Ctx, key: &ExpKey) {
-    lock(&ctx.reporting).remove(key);
-    let removed = lock(&ctx.state).remove(key);
+    let removed = ctx.states.remove(key);
     if let Some(uid) = removed.and_then(|s| lock(&s).engine.as_ref().map(|c| c.uid.clone())) {
-        ctx.index.forget(&uid);
+        ctx.stores.index.forget(&uid);
     }
     recount_experiments(ctx);
     ctx.metrics.forget(&key.0, &key.1);

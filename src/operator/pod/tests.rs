@@ -113,6 +113,7 @@ fn templates_that_cannot_run_are_refused_with_the_field() {
     assert!(
         check_template(None)
             .unwrap_err()
+            .to_string()
             .contains("spec.trialTemplate is required")
     );
     let mut t = template();
@@ -120,12 +121,14 @@ fn templates_that_cannot_run_are_refused_with_the_field() {
     assert!(
         check_template(Some(&t))
             .unwrap_err()
+            .to_string()
             .contains("spec.trialTemplate.spec.restartPolicy")
     );
     t.spec.as_mut().unwrap().containers.clear();
     assert!(
         check_template(Some(&t))
             .unwrap_err()
+            .to_string()
             .contains("containers is empty")
     );
     assert!(check_template(Some(&template())).is_ok());

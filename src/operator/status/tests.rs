@@ -62,7 +62,12 @@ fn a_trial_becomes_the_engines_record() {
     assert_eq!(pending.phase, TrialPhase::Pending);
     let mut bad = trial(5, None, &[]);
     bad.spec.candidate = "|conv~0|".into();
-    assert!(record(&exp, &bad).unwrap_err().contains("trial 5"));
+    assert!(
+        record(&exp, &bad)
+            .unwrap_err()
+            .to_string()
+            .contains("trial 5")
+    );
 }
 
 #[test]

@@ -1,6 +1,10 @@
 //! The NAS-Bench-201 tables (see data/nasbench201/README.md): the gzip-compressed copy in the
 //! repository is built into nasop, so a lookup needs no file beside the binary; `--data DIR`
-//! reads another copy (plain `.csv` or `.csv.gz`).
+//! reads another copy (plain `.csv` or `.csv.gz`). A product feature: the local runner
+//! answers tabular trials from them, and the strategy benchmark (src/bench) reads them.
+
+mod trial;
+pub use trial::{Tabular, nb201_trial};
 
 use nasop_core::{Point, SearchSpace, Value};
 use std::collections::HashMap;
@@ -178,37 +182,7 @@ impl Table {
             return Err(fmt(format!("expected 15625 architectures, found {filled}")));
         }
         if let Some(column) = latency {
-            let (path, mut reader) = read(dir, "nb201_hw_latency.csv")?;
-            let fmt = |problem: String| TableError::Format {
-                path: path.clone(),
-                problem,
-            };
-            let headers = reader.headers().map_err(|e| fmt(e.to_string()))?.clone();
-            let c_lat = headers.iter().position(|h| h == column).ok_or_else(|| {
-                let names: Vec<&str> = headers
-                    .iter()
-                    .filter(|h| h.ends_with("_latency_ms"))
-                    .collect();
-                fmt(format!(
-                    "no latency column {column:?}; choose one of {}",
-                    names.join(", ")
-                ))
-            })?;
-            for record in reader.records() {
-                let r = record.map_err(|e| fmt(e.to_string()))?;
-                let index: u32 = r[0]
-                    .parse()
-                    .map_err(|_| fmt(format!("bad index {:?}", &r[0])))?;
-                let g = *by_index
-                    .get(&index)
-                    .ok_or_else(|| fmt(format!("index {index} is not in nb201.csv")))?;
-                rows[g].latency_ms = r[c_lat].parse().map_err(|_| {
-                    fmt(format!(
-                        "row {index}: latency {:?} is not a number",
-                        &r[c_lat]
-                    ))
-                })?;
-            }
+            add_latency(dir, column, &by_index, &mut rows)?;
         }
         Ok(Table {
             dataset,
@@ -233,6 +207,48 @@ impl Table {
             .map(|r| r.test)
             .fold(f64::NEG_INFINITY, f64::max)
     }
+}
+
+/// The latency column `column` of `nb201_hw_latency.csv` into the rows (`by_index` maps a
+/// NAS-Bench-201 index to its row).
+fn add_latency(
+    dir: Option<&Path>,
+    column: &str,
+    by_index: &HashMap<u32, usize>,
+    rows: &mut [Row],
+) -> Result<(), TableError> {
+    let (path, mut reader) = read(dir, "nb201_hw_latency.csv")?;
+    let fmt = |problem: String| TableError::Format {
+        path: path.clone(),
+        problem,
+    };
+    let headers = reader.headers().map_err(|e| fmt(e.to_string()))?.clone();
+    let c_lat = headers.iter().position(|h| h == column).ok_or_else(|| {
+        let names: Vec<&str> = headers
+            .iter()
+            .filter(|h| h.ends_with("_latency_ms"))
+            .collect();
+        fmt(format!(
+            "no latency column {column:?}; choose one of {}",
+            names.join(", ")
+        ))
+    })?;
+    for record in reader.records() {
+        let r = record.map_err(|e| fmt(e.to_string()))?;
+        let index: u32 = r[0]
+            .parse()
+            .map_err(|_| fmt(format!("bad index {:?}", &r[0])))?;
+        let g = *by_index
+            .get(&index)
+            .ok_or_else(|| fmt(format!("index {index} is not in nb201.csv")))?;
+        rows[g].latency_ms = r[c_lat].parse().map_err(|_| {
+            fmt(format!(
+                "row {index}: latency {:?} is not a number",
+                &r[c_lat]
+            ))
+        })?;
+    }
+    Ok(())
 }
 
 /// A NAS-Bench-201 point's position in the grid (base-5 digits, first edge most significant).

@@ -476,18 +476,7 @@ proptest! {
 #[test]
 #[ignore = "a timing probe, run by hand"]
 fn decide_cost_at_ten_thousand_trials() {
-    let spec: crate::api::NasExperimentSpec = serde_yaml::from_str(
-        r#"
-objectives: [{metric: val_accuracy, goal: maximize}]
-searchSpace:
-  cell: {nodes: 4, operations: [none, skip_connect, nor_conv_1x1, nor_conv_3x3, avg_pool_3x3]}
-  hyperparameters: [{name: lr, float: {min: 0.001, max: 1.0, log: true}}]
-strategy: {algorithm: random, seed: 1}
-budget: {maxTrials: 20000, parallelism: 200}
-"#,
-    )
-    .unwrap();
-    let exp = crate::api::validate("e", &spec).unwrap();
+    let exp = experiment(Algorithm::Random, 20_000, 200);
     let mut engine = Engine::new(exp.clone());
     let mut trials: Vec<TrialRecord> = Vec::new();
     let mut t = 0.0;
@@ -560,7 +549,7 @@ fn prior_trials_that_failed_or_lack_the_objective_are_left_out() {
 
 mod final_training_tests {
     use super::*;
-    use crate::engine::final_training;
+    use crate::final_training;
 
     fn with_final(top: u32, seeds: u32, max_trials: u32, parallelism: u32) -> Experiment {
         let mut exp = experiment(Algorithm::Random, max_trials, parallelism);

@@ -2,29 +2,32 @@
 //! the trials become the experiment's status.
 
 mod conditions;
+pub mod state;
 mod upkeep;
+mod warm;
+mod world;
 
+use super::context::{Ctx, Error, MANAGER, lock, now};
 use super::status::{self, StatusInput, trial_name};
-use super::warm::{Prior, prior_trials};
 use super::written::Written;
-use super::{Ctx, Error, ExpKey, MANAGER, index, lock, now, pod, trial};
-use crate::api::{
-    self, NasExperiment, NasExperimentSpec, NasExperimentStatus, NasTrial, NasTrialSpec,
-};
-use crate::engine::{Clock, Engine, Experiment, TrialRecord};
-use conditions::{Blocked, set_conditions};
+use super::{index, pod, start};
+use crate::api::{self, NasExperiment, NasExperimentStatus, NasTrial, NasTrialSpec};
+use crate::engine::Clock;
+use conditions::{Blocked, publish, set_conditions};
 use futures::StreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
-use std::collections::HashMap;
+pub use state::{Cached, ExpKey, ExperimentState, Prior, States};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
 pub use upkeep::forget;
 use upkeep::{clean_up_pods, update_metrics};
+use warm::prior_trials;
+use world::World;
 
 /// Longest experiment name: trial and pod names (`<name>-<index>-<attempt>`) must stay
 /// valid label values (63 characters).
@@ -36,80 +39,6 @@ const PRIOR_RECHECK: Duration = Duration::from_secs(5);
 /// Least time between two status writes that only change counts.
 const STATUS_INTERVAL: Duration = Duration::from_secs(1);
 
-/// The engine and the trial records of one experiment, kept between reconciles; records
-/// are re-read only for trials whose resourceVersion changed.
-pub struct Cached {
-    pub uid: String,
-    pub spec: NasExperimentSpec,
-    pub experiment: Arc<Experiment>,
-    engine: Engine,
-    records: Vec<TrialRecord>,
-    versions: Vec<String>,
-    gpu: Vec<f64>,
-    /// Each trial's final model, where it has one.
-    artifacts: HashMap<u32, String>,
-    position: HashMap<u32, usize>,
-    last_status_write: Option<Instant>,
-    /// Built while an experiment named in warmStart was missing: rebuilt once it is there.
-    prior_missing: bool,
-}
-
-impl Cached {
-    fn new(uid: String, spec: NasExperimentSpec, experiment: Experiment, prior: &Prior) -> Cached {
-        let (records, prior_missing) = match prior {
-            Prior::Found(records) => (records.as_slice(), false),
-            Prior::Missing(_) => (&[][..], true),
-        };
-        Cached {
-            uid,
-            spec,
-            prior_missing,
-            engine: Engine::with_prior(experiment.clone(), records),
-            experiment: Arc::new(experiment),
-            records: Vec::new(),
-            versions: Vec::new(),
-            gpu: Vec::new(),
-            artifacts: HashMap::new(),
-            position: HashMap::new(),
-            last_status_write: None,
-        }
-    }
-
-    /// Brings the records up to date with the experiment's trials.
-    fn sync(&mut self, trials: &[Arc<NasTrial>]) -> Result<(), String> {
-        if trials.len() < self.records.len() {
-            // Trials were deleted by hand: start over.
-            self.records.clear();
-            self.versions.clear();
-            self.gpu.clear();
-            self.artifacts.clear();
-            self.position.clear();
-        }
-        for t in trials {
-            let rv = t.resource_version().unwrap_or_default();
-            let gpu = t.status.as_ref().map_or(0.0, |s| s.gpu_seconds);
-            if let Some(artifact) = t.status.as_ref().and_then(|s| s.artifact.clone()) {
-                self.artifacts.insert(t.spec.index, artifact);
-            }
-            match self.position.get(&t.spec.index) {
-                Some(&i) if self.versions[i] == rv => {}
-                Some(&i) => {
-                    self.records[i] = status::record(&self.experiment, t)?;
-                    self.versions[i] = rv;
-                    self.gpu[i] = gpu;
-                }
-                None => {
-                    self.position.insert(t.spec.index, self.records.len());
-                    self.records.push(status::record(&self.experiment, t)?);
-                    self.versions.push(rv);
-                    self.gpu.push(gpu);
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
 pub fn error_policy(object: Arc<DynamicObject>, err: &Error, ctx: Arc<Ctx>) -> Action {
     warn!(
         namespace = %object.namespace().unwrap_or_default(),
@@ -117,7 +46,7 @@ pub fn error_policy(object: Arc<DynamicObject>, err: &Error, ctx: Arc<Ctx>) -> A
         error = %err,
         "reconcile failed; retrying"
     );
-    Action::requeue(ctx.backoff(&object.uid().unwrap_or_default()))
+    Action::requeue(ctx.backoff.next(&object.uid().unwrap_or_default()))
 }
 
 /// The experiment's trials as the store shows them, and those this process created that the
@@ -151,29 +80,6 @@ pub(super) fn with_created(
     trials
 }
 
-/// The experiment's trials, by index: those its UID owns (see [`index`]).
-pub(super) fn trials_of(ctx: &Ctx, namespace: &str, uid: &str) -> Vec<Arc<NasTrial>> {
-    let mut trials: Vec<Arc<NasTrial>> = ctx
-        .index
-        .names(uid)
-        .iter()
-        .filter_map(|name| ctx.trials.get(&ObjectRef::new(name).within(namespace)))
-        .filter(|t| index::owner_uid(t) == Some(uid))
-        .collect();
-    trials.sort_by_key(|t| t.spec.index);
-    trials
-}
-
-fn publish(ctx: &Ctx, object: &DynamicObject, type_: EventType, reason: &str, note: String) {
-    super::publish_event(
-        ctx,
-        object.object_ref(&ctx.experiment_resource),
-        type_,
-        reason,
-        note,
-    );
-}
-
 /// The status as stored, read leniently (a status nasop cannot read counts as none).
 fn stored_status(object: &DynamicObject) -> NasExperimentStatus {
     object
@@ -196,7 +102,7 @@ async fn write_status(
     let api: Api<DynamicObject> = Api::namespaced_with(
         ctx.client.clone(),
         &object.namespace().unwrap_or_default(),
-        &ctx.experiment_resource,
+        &ctx.stores.experiment_resource,
     );
     let patch = serde_json::json!({
         "apiVersion": "nasop.dev/v1alpha1",
@@ -212,36 +118,37 @@ async fn write_status(
     Ok(())
 }
 
-/// Reads the experiment and checks what the API server cannot: the error names the field.
+/// Why nasop cannot run an experiment as written: its status says so, naming the field.
+#[derive(Debug, thiserror::Error)]
+pub enum Invalid {
+    #[error(
+        "metadata.name {name:?} has {} characters; use at most {MAX_NAME} so that trial and pod names stay valid",
+        name.len()
+    )]
+    NameTooLong { name: String },
+    #[error(transparent)]
+    Unreadable(#[from] api::ParseError),
+    #[error(transparent)]
+    Template(#[from] pod::TemplateError),
+    #[error(transparent)]
+    Spec(#[from] api::ValidationError),
+    #[error(transparent)]
+    WarmStart(#[from] warm::WarmStartError),
+}
+
+/// Reads the experiment and checks what the API server cannot.
 fn read(
     ctx: &Ctx,
     object: &DynamicObject,
-) -> Result<(Arc<NasExperiment>, crate::engine::Experiment), String> {
+) -> Result<(Arc<NasExperiment>, crate::engine::Experiment), Invalid> {
     let name = object.name_any();
     if name.len() > MAX_NAME {
-        return Err(format!(
-            "metadata.name {name:?} has {} characters; use at most {MAX_NAME} so that trial and pod names stay valid",
-            name.len()
-        ));
+        return Err(Invalid::NameTooLong { name });
     }
     let exp = ctx.parse(object)?;
     pod::check_template(exp.spec.trial_template.as_ref())?;
-    let experiment = api::validate(&name, &exp.spec).map_err(|e| e.to_string())?;
+    let experiment = api::validate(&name, &exp.spec)?;
     Ok((exp, experiment))
-}
-
-/// What one reconcile sees: the experiment as stored, read, and its trials.
-struct World {
-    object: Arc<DynamicObject>,
-    key: ExpKey,
-    uid: String,
-    exp: Arc<NasExperiment>,
-    trials: Vec<Arc<NasTrial>>,
-    previous: NasExperimentStatus,
-    generation: Option<i64>,
-    now: f64,
-    /// What warmStart names, when the engine is to be (re)built.
-    prior: Option<Prior>,
 }
 
 /// What the engine decided, and the status that follows.
@@ -278,7 +185,7 @@ pub async fn reconcile(object: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Acti
 /// No later trial takes an index whose name another object holds: the engine fills gaps in
 /// the indices, and would otherwise try that one at every decision.
 fn skip_taken_names(ctx: &Ctx, key: &ExpKey, blocked: &[Blocked]) {
-    let state = ctx.state_of(key);
+    let state = ctx.states.of(key);
     let mut state = lock(&state);
     let Some(cached) = state.engine.as_mut() else {
         return;
@@ -297,9 +204,10 @@ async fn fail_invalid(
     object: &DynamicObject,
     key: &ExpKey,
     previous: &NasExperimentStatus,
-    message: String,
+    invalid: Invalid,
     now: f64,
 ) -> Result<(), Error> {
+    let message = invalid.to_string();
     let status = status::invalid_status(previous, object.metadata.generation, &message, now);
     if previous.phase != status.phase || previous.message != status.message {
         warn!(namespace = %key.0, experiment = %key.1, %message, "invalid experiment");
@@ -320,7 +228,7 @@ async fn read_world(
     // later reconcile would end the experiment, stamp and announce it, again).
     let previous = {
         let stored = stored_status(&object);
-        let state = ctx.state_of(&key);
+        let state = ctx.states.of(&key);
         let ended = lock(&state).ended.clone();
         match ended {
             Some(done)
@@ -336,14 +244,14 @@ async fn read_world(
     let now = now();
     let (exp, experiment) = match read(ctx, &object) {
         Ok(read) => read,
-        Err(message) => {
-            fail_invalid(ctx, &object, &key, &previous, message, now).await?;
+        Err(invalid) => {
+            fail_invalid(ctx, &object, &key, &previous, invalid, now).await?;
             return Ok(None);
         }
     };
     let uid = object.uid().unwrap_or_default();
     {
-        let mut reporting = lock(&ctx.reporting);
+        let mut reporting = lock(&ctx.states.reporting);
         if exp.spec.early_stopping.is_some() {
             reporting.insert(key.clone());
         } else {
@@ -351,13 +259,13 @@ async fn read_world(
         }
     }
     let trials = with_created(
-        trials_of(ctx, &key.0, &uid),
-        &mut lock(&ctx.state_of(&key)).created,
+        ctx.stores.trials_of(&key.0, &uid),
+        &mut lock(&ctx.states.of(&key)).created,
         &uid,
         Instant::now(),
     );
     let rebuild = {
-        let state = ctx.state_of(&key);
+        let state = ctx.states.of(&key);
         let state = lock(&state);
         !state
             .engine
@@ -367,8 +275,8 @@ async fn read_world(
     let prior = if rebuild {
         match prior_trials(ctx, &key.0, &exp, &experiment) {
             Ok(prior) => Some(prior),
-            Err(message) => {
-                fail_invalid(ctx, &object, &key, &previous, message, now).await?;
+            Err(invalid) => {
+                fail_invalid(ctx, &object, &key, &previous, invalid.into(), now).await?;
                 return Ok(None);
             }
         }
@@ -403,7 +311,7 @@ fn decide(ctx: &Ctx, world: &World, experiment: crate::engine::Experiment) -> Re
         started_at,
         now: world.now,
     };
-    let state = ctx.state_of(&world.key);
+    let state = ctx.states.of(&world.key);
     let mut state = lock(&state);
     let fresh = state
         .engine
@@ -435,7 +343,7 @@ fn decide(ctx: &Ctx, world: &World, experiment: crate::engine::Experiment) -> Re
         state.engine = Some(built);
     }
     let cached = state.engine.as_mut().expect("built above when not fresh");
-    cached.sync(&world.trials).map_err(Error::Other)?;
+    cached.sync(&world.trials)?;
     let started = Instant::now();
     let mut decision = cached.engine.decide(&cached.records, clock);
     ctx.metrics
@@ -512,41 +420,18 @@ pub(super) async fn request_stop(
 /// Records the new trials, concurrently (one API round trip is most of a slot's wait),
 /// each with its first pod. Returns the trials that could not be created, and why.
 async fn create_trials(ctx: &Arc<Ctx>, world: &World, plan: &Plan) -> Result<Vec<Blocked>, Error> {
-    let (ns, name) = (&world.key.0, &world.key.1);
-    let trial_api: Api<NasTrial> = Api::namespaced(ctx.client.clone(), ns);
+    let trial_api: Api<NasTrial> = Api::namespaced(ctx.client.clone(), &world.key.0);
     let owner = world
         .object
-        .controller_owner_ref(&ctx.experiment_resource)
+        .controller_owner_ref(&ctx.stores.experiment_resource)
         .expect("a stored object has a name and UID");
+    let state = ctx.states.of(&world.key);
     let jobs: Vec<NasTrial> = plan
         .decision
         .create
         .iter()
-        .map(|new| {
-            let mut trial = NasTrial::new(
-                &trial_name(name, new.index),
-                NasTrialSpec {
-                    experiment: name.clone(),
-                    index: new.index,
-                    candidate: new.candidate.clone(),
-                    epochs: new.epochs,
-                    seed: new.seed,
-                    resume_from: new.resume_from,
-                    stage: status::stage_field(new.stage),
-                    stop: None,
-                },
-            );
-            trial.metadata.namespace = Some(ns.clone());
-            trial.metadata.labels = Some(
-                [(pod::LABEL_EXPERIMENT.to_string(), name.clone())]
-                    .into_iter()
-                    .collect(),
-            );
-            trial.metadata.owner_references = Some(vec![owner.clone()]);
-            trial
-        })
+        .map(|new| new_trial(&world.key, new, &owner))
         .collect();
-    let state = ctx.state_of(&world.key);
     let creates = jobs.into_iter().map(|trial| {
         let trial_api = trial_api.clone();
         let (ctx, exp, experiment, uid, state) = (
@@ -565,7 +450,7 @@ async fn create_trials(ctx: &Arc<Ctx>, world: &World, plan: &Plan) -> Result<Vec
                     // watch event later; it finds this one and records it).
                     let mut scratch = Default::default();
                     if let Err(e) =
-                        trial::start_pod(&ctx, &created, &exp, &experiment, 1, &mut scratch).await
+                        start::start_pod(&ctx, &created, &exp, &experiment, 1, &mut scratch).await
                     {
                         // The trial controller retries.
                         warn!(trial = %trial.name_any(), error = %e, "could not create the trial's pod");
@@ -579,22 +464,10 @@ async fn create_trials(ctx: &Arc<Ctx>, world: &World, plan: &Plan) -> Result<Vec
                     let existing = trial_api.get_opt(&trial.name_any()).await?;
                     Ok(existing
                         .filter(|t| index::owner_uid(t) != Some(uid.as_str()))
-                        .map(|t| {
-                            let owner = t
-                                .owner_references()
-                                .iter()
-                                .find(|o| o.controller == Some(true))
-                                .map_or("no owner".to_string(), |o| {
-                                    format!("{} {} ({})", o.kind, o.name, o.uid)
-                                });
-                            Blocked::Conflict(t.spec.index, format!(
-                                "trial {} already exists and belongs to another object: {owner}; nasop leaves it alone and numbers its trials past it (it is likely a trial of an earlier experiment of this name that garbage collection has not removed yet)",
-                                t.name_any(),
-                            ))
-                        }))
+                        .map(|t| taken_by_another(&t)))
                 }
                 // A ResourceQuota on NasTrials: wait for room, say why.
-                Err(kube::Error::Api(s)) if s.is_forbidden() && trial::is_quota(&s.message) => {
+                Err(kube::Error::Api(s)) if s.is_forbidden() && start::is_quota(&s.message) => {
                     Ok(Some(Blocked::Quota(s.message)))
                 }
                 Err(e) => Err(e),
@@ -612,6 +485,50 @@ async fn create_trials(ctx: &Arc<Ctx>, world: &World, plan: &Plan) -> Result<Vec
         }
     }
     Ok(blocked)
+}
+
+/// The NasTrial the engine asked for, owned by the experiment.
+fn new_trial(key: &ExpKey, new: &crate::engine::NewTrial, owner: &OwnerReference) -> NasTrial {
+    let (ns, name) = key;
+    let mut trial = NasTrial::new(
+        &trial_name(name, new.index),
+        NasTrialSpec {
+            experiment: name.clone(),
+            index: new.index,
+            candidate: new.candidate.clone(),
+            epochs: new.epochs,
+            seed: new.seed,
+            resume_from: new.resume_from,
+            stage: status::stage_field(new.stage),
+            stop: None,
+        },
+    );
+    trial.metadata.namespace = Some(ns.clone());
+    trial.metadata.labels = Some(
+        [(pod::LABEL_EXPERIMENT.to_string(), name.clone())]
+            .into_iter()
+            .collect(),
+    );
+    trial.metadata.owner_references = Some(vec![owner.clone()]);
+    trial
+}
+
+/// A trial of the wanted name that another object owns: the index is left to it.
+fn taken_by_another(t: &NasTrial) -> Blocked {
+    let owner = t
+        .owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true))
+        .map_or("no owner".to_string(), |o| {
+            format!("{} {} ({})", o.kind, o.name, o.uid)
+        });
+    Blocked::Conflict(
+        t.spec.index,
+        format!(
+            "trial {} already exists and belongs to another object: {owner}; nasop leaves it alone and numbers its trials past it (it is likely a trial of an earlier experiment of this name that garbage collection has not removed yet)",
+            t.name_any(),
+        ),
+    )
 }
 
 /// Events for an experiment that just ended, the metrics, and the status: phase,
@@ -640,7 +557,7 @@ async fn write(
         || previous.best_trial != status.best_trial
         || previous.pareto_front != status.pareto_front
         || previous.observed_generation != status.observed_generation;
-    let state = ctx.state_of(&world.key);
+    let state = ctx.states.of(&world.key);
     let since = lock(&state)
         .engine
         .as_ref()
@@ -677,9 +594,9 @@ fn next_action(
         return Action::requeue(flush);
     }
     if blocked {
-        return Action::requeue(ctx.backoff(&retry));
+        return Action::requeue(ctx.backoff.next(&retry));
     }
-    ctx.succeeded(&retry);
+    ctx.backoff.reset(&retry);
     let b = &plan.experiment.budget;
     let next = [b.trial_timeout, b.deadline]
         .into_iter()
@@ -690,7 +607,7 @@ fn next_action(
         Action::requeue(Duration::from_secs_f64(next.clamp(1.0, 30.0)))
     } else if !plan.decision.stop.is_empty() {
         // Stopped trials are re-checked for the grace period.
-        Action::requeue(ctx.stop_grace)
+        Action::requeue(ctx.settings.stop_grace)
     } else {
         Action::await_change()
     }

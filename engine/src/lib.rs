@@ -1,5 +1,8 @@
 //! The experiment engine: a pure decision function shared by the operator and the local
-//! runner (DESIGN.md, "The data flow").
+//! runner (ARCHITECTURE.md, "The data flow"), and the search strategies it drives.
+//!
+//! This crate depends on nasop-core, serde and schemars only: no kube, no tokio, no HTTP, so
+//! that nothing here can wait on the world.
 //!
 //! [`decide`] maps (experiment, trials, clock) to a [`Decision`]: trials to create, trials to
 //! stop, or the end of the experiment. It does no I/O. [`Engine`] gives the same answers
@@ -7,12 +10,13 @@
 
 pub mod final_training;
 mod median;
+pub mod strategy;
 pub use median::should_stop as median_should_stop;
 pub mod model;
 
 pub use model::*;
 
-use crate::strategy::{self, Context, Observation, Strategy, Taken, pareto};
+use crate::strategy::{Context, Observation, Strategy, Taken, pareto};
 use nasop_core::Rng;
 use nasop_core::rng::mix64;
 use std::collections::HashMap;
@@ -113,22 +117,44 @@ impl Engine {
         mix64(self.experiment.strategy.seed ^ mix64(index as u64)) >> 11
     }
 
+    /// The decision for `trials` at `clock`, in three phases: has the experiment ended (and
+    /// what to stop because of it); which running trials to stop; what to create, or how
+    /// the search ends when nothing is left to create.
     pub fn decide(&mut self, trials: &[TrialRecord], clock: Clock) -> Decision {
-        let exp = &self.experiment;
-        let mut decision = Decision::default();
         let active: Vec<&TrialRecord> = trials.iter().filter(|t| t.phase.is_active()).collect();
-        let failed = trials
-            .iter()
-            .filter(|t| t.phase == TrialPhase::Failed)
-            .count() as u32;
-        let succeeded = trials
-            .iter()
-            .filter(|t| t.phase == TrialPhase::Succeeded)
-            .count();
-
         let training = final_training::in_final_training(trials);
+        if let Some(finish) = self.ending(trials, training, clock) {
+            return self.end(trials, &active, finish);
+        }
+        let mut decision = Decision {
+            stop: self.stops(trials, &active, clock),
+            ..Decision::default()
+        };
+        // A stopped trial holds its slot until it has really ended.
+        let free = self
+            .experiment
+            .budget
+            .parallelism
+            .saturating_sub(active.len() as u32);
+        if training {
+            decision.create = self.final_trials(trials, free);
+            if decision.create.is_empty() && active.is_empty() {
+                decision.finish = Some(self.final_finish(trials));
+            }
+            return decision;
+        }
+        self.search(trials, &active, free, decision)
+    }
 
-        // The experiment's end, in order of precedence.
+    /// The experiment's end before its budget is spent, in order of precedence: too many
+    /// failures, a target reached (by a search trial), the deadline.
+    fn ending(&self, trials: &[TrialRecord], training: bool, clock: Clock) -> Option<Finish> {
+        let exp = &self.experiment;
+        let count = |phase: TrialPhase| trials.iter().filter(|t| t.phase == phase).count();
+        let (failed, succeeded) = (
+            count(TrialPhase::Failed) as u32,
+            count(TrialPhase::Succeeded),
+        );
         let past_deadline = exp
             .budget
             .deadline
@@ -139,7 +165,7 @@ impl Engine {
                 && t.phase == TrialPhase::Succeeded
                 && self.meets_targets(t)
         });
-        let finish = if failed > exp.budget.max_failed_trials {
+        if failed > exp.budget.max_failed_trials {
             Some(Finish {
                 succeeded: false,
                 reason: FinishReason::TooManyFailures,
@@ -165,38 +191,46 @@ impl Engine {
             })
         } else {
             None
+        }
+    }
+
+    /// The experiment ended with `finish`: stop what runs, and finish, unless a search that
+    /// reached its target goes on to final training once its trials have stopped.
+    fn end(&self, trials: &[TrialRecord], active: &[&TrialRecord], finish: Finish) -> Decision {
+        let reason = if finish.reason == FinishReason::DeadlineExceeded {
+            StopReason::Deadline
+        } else {
+            StopReason::ExperimentFinished
         };
-        if let Some(finish) = finish {
-            let reason = if finish.reason == FinishReason::DeadlineExceeded {
-                StopReason::Deadline
-            } else {
-                StopReason::ExperimentFinished
-            };
-            decision.stop = active
+        let mut decision = Decision {
+            stop: active
                 .iter()
                 .map(|t| Stop {
                     index: t.index,
                     reason,
                 })
-                .collect();
-            // A search that reached its target goes on to final training once its trials
-            // have stopped.
-            if finish.reason == FinishReason::TargetReached && self.final_planned(trials) {
-                if active.is_empty() {
-                    decision.create = self.final_trials(trials, exp.budget.parallelism);
-                }
-                return decision;
+                .collect(),
+            ..Decision::default()
+        };
+        if finish.reason == FinishReason::TargetReached && self.final_planned(trials) {
+            if active.is_empty() {
+                decision.create = self.final_trials(trials, self.experiment.budget.parallelism);
             }
-            decision.finish = Some(finish);
             return decision;
         }
+        decision.finish = Some(finish);
+        decision
+    }
 
-        // Trials to stop: timeouts, then the median rule (not in final training, whose
-        // trials run the full budget by design).
-        for t in &active {
+    /// Running trials to stop: timeouts, then the median rule (not in final training, whose
+    /// trials run the full budget by design).
+    fn stops(&self, trials: &[TrialRecord], active: &[&TrialRecord], clock: Clock) -> Vec<Stop> {
+        let exp = &self.experiment;
+        let mut stops = Vec::new();
+        for t in active {
             let timed_out = matches!((exp.budget.trial_timeout, t.started_at), (Some(limit), Some(start)) if clock.now - start >= limit);
             if timed_out {
-                decision.stop.push(Stop {
+                stops.push(Stop {
                     index: t.index,
                     reason: StopReason::Timeout,
                 });
@@ -205,55 +239,57 @@ impl Engine {
                 && t.stage == Stage::Search
                 && median::should_stop(rule, &exp.objectives[0], t, trials)
             {
-                decision.stop.push(Stop {
+                stops.push(Stop {
                     index: t.index,
                     reason: StopReason::EarlyStopped,
                 });
             }
         }
+        stops
+    }
 
-        // A stopped trial holds its slot until it has really ended.
-        let running = active.len() as u32;
-        let free = exp.budget.parallelism.saturating_sub(running);
-        if training {
-            decision.create = self.final_trials(trials, free);
-            if decision.create.is_empty() && active.is_empty() {
-                decision.finish = Some(self.final_finish(trials));
-            }
-            return decision;
-        }
-
-        // New trials.
+    /// The search goes on: new trials for the `free` slots, final training once the search
+    /// is over, or its end when nothing is left to run.
+    fn search(
+        &mut self,
+        trials: &[TrialRecord],
+        active: &[&TrialRecord],
+        free: u32,
+        mut decision: Decision,
+    ) -> Decision {
         let created = trials.len() as u32;
-        let max_trials = exp.budget.max_trials;
+        let max_trials = self.experiment.budget.max_trials;
         let slots = free.min(max_trials.saturating_sub(created));
         if slots > 0 {
             decision.create = self.propose(trials, slots as usize);
         }
-        if decision.create.is_empty() && active.is_empty() && self.final_planned(trials) {
+        if !decision.create.is_empty() || !active.is_empty() {
+            return decision;
+        }
+        if self.final_planned(trials) {
             // The search is over: train its best candidates again.
             decision.create = self.final_trials(trials, free);
             return decision;
         }
-        if decision.create.is_empty() && active.is_empty() {
-            let reason = if created >= max_trials {
-                FinishReason::BudgetSpent
-            } else {
-                FinishReason::SearchSpaceExhausted
-            };
-            decision.finish = Some(Finish {
-                succeeded: succeeded > 0,
-                reason,
-                message: match reason {
-                    FinishReason::BudgetSpent => {
-                        format!("all {created} trials ended, {succeeded} succeeded")
-                    }
-                    _ => {
-                        format!("every candidate of the search space was tried ({created} trials)")
-                    }
-                },
-            });
-        }
+        let succeeded = trials
+            .iter()
+            .filter(|t| t.phase == TrialPhase::Succeeded)
+            .count();
+        let reason = if created >= max_trials {
+            FinishReason::BudgetSpent
+        } else {
+            FinishReason::SearchSpaceExhausted
+        };
+        decision.finish = Some(Finish {
+            succeeded: succeeded > 0,
+            reason,
+            message: match reason {
+                FinishReason::BudgetSpent => {
+                    format!("all {created} trials ended, {succeeded} succeeded")
+                }
+                _ => format!("every candidate of the search space was tried ({created} trials)"),
+            },
+        });
         decision
     }
 

@@ -2,10 +2,10 @@
 //! and stop request, and what its pod says. The reconciler only carries it out, so every
 //! branch is unit-tested without a cluster.
 
-use super::pod::Outcome;
-#[cfg(test)]
-use super::pod::Waiting;
 use crate::api::TrialPhaseName;
+use crate::operator::pod::Outcome;
+#[cfg(test)]
+use crate::operator::pod::Waiting;
 use nasop_core::contract::{self, Report};
 
 /// What the trial controller knows when it decides.

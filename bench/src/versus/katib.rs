@@ -44,7 +44,7 @@ pub fn resource(kind: &str, plural: &str) -> ApiResource {
 /// parameter per edge, the trainer a Job whose pod asks for one GPU on the simulated GPU nodes
 /// (as nasop's trial pods do), metrics pushed by the trainer. With `learning_rate`, also a
 /// log-uniform learning rate in [0.001, 1] (the trainer's `--lr`), as
-/// [`crate::bench::operator::LEARNING_RATE_SPACE`] adds to nasop's.
+/// [`crate::operator::LEARNING_RATE_SPACE`] adds to nasop's.
 pub fn experiment(
     name: &str,
     trials: u32,

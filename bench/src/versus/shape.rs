@@ -4,16 +4,16 @@
 
 use super::katib::{self, Katib};
 use super::measure::{Audit, Sampler, Timeline, quantile};
-use super::nasop::NasopOperator;
+use super::nasop_operator::NasopOperator;
 use super::{Run, Shape, Side, VersusArgs, largest_objects, name, play_trainer, succeeded_trials};
-use crate::api::NasExperiment;
-use crate::local::executor::Tabular;
 use anyhow::{Context, Result, bail};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{DeleteParams, DynamicObject, ListParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
+use nasop::api::NasExperiment;
+use nasop::tabular::Tabular;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -218,16 +218,12 @@ async fn create_experiments(client: &Client, plan: &Plan) -> Result<()> {
         match plan.side {
             Side::Nasop => {
                 let space = if learning_rate {
-                    super::super::operator::LEARNING_RATE_SPACE
+                    crate::operator::LEARNING_RATE_SPACE
                 } else {
                     ""
                 };
-                let experiment = super::super::operator::random_search(
-                    name,
-                    plan.trials,
-                    plan.parallelism,
-                    space,
-                );
+                let experiment =
+                    crate::operator::random_search(name, plan.trials, plan.parallelism, space);
                 Api::<NasExperiment>::namespaced(client.clone(), ns)
                     .create(&PostParams::default(), &experiment)
                     .await?;
@@ -342,7 +338,7 @@ async fn measure_shape(
         - k8s_openapi::jiff::SignedDuration::from_secs(args.stall as i64);
     // Requests until the last experiment ended (no more from here).
     let requests = audit.count(&operator.user())?;
-    trainer.abort();
+    drop(trainer);
     trials_task.abort();
     let (cpu, cpu_by_process, peak) = sampler.finish().await;
     let largest = largest_objects(client, side, ns).await?;

@@ -85,7 +85,7 @@ impl NasopOperator {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
-        Command::new(std::env::current_exe()?)
+        Command::new(crate::nasop_binary()?)
             .args(["operator", "--namespace", namespace, "--listen"])
             .arg(format!("127.0.0.1:{port}"))
             .arg("--report-key-file")

@@ -1,4 +1,4 @@
-//! `nasop bench operators`: nasop and Kubeflow Katib side by side, on the same test control
+//! `nasop-bench operators`: nasop and Kubeflow Katib side by side, on the same test control
 //! plane (tools/testenv) and the same simulated GPU nodes, in one run.
 //!
 //! Both search NAS-Bench-201's cell at random; one simulated trainer plays both, answering
@@ -16,24 +16,23 @@
 
 pub mod katib;
 pub mod measure;
-pub mod nasop;
+pub mod nasop_operator;
 pub mod shape;
 pub mod table;
 
 pub use table::print;
 
-use crate::api::{ExperimentPhase, TrialPhaseName};
-use crate::local::executor::Tabular;
-use crate::operator::pod::{LABEL_ATTEMPT, LABEL_EXPERIMENT, LABEL_TRIAL};
 use anyhow::{Context, Result};
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams};
 use kube::{Api, Client, ResourceExt};
 use measure::Timeline;
+use nasop::api::{ExperimentPhase, TrialPhaseName};
+use nasop::operator::pod::{LABEL_ATTEMPT, LABEL_EXPERIMENT, LABEL_TRIAL};
+use nasop::tabular::Tabular;
+use nasop_testkit::{FakeTrainer, Plan, Player};
 use serde::{Deserialize, Deserializer, Serialize};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -78,7 +77,7 @@ pub struct VersusArgs {
     #[arg(long, default_value_t = 3)]
     pub runs: u32,
     #[command(flatten)]
-    pub sizes: super::operator::Sizes,
+    pub sizes: crate::operator::Sizes,
     /// Trials of each experiment of the `many` shape.
     #[arg(long, default_value_t = 60)]
     pub experiment_trials: u32,
@@ -174,15 +173,15 @@ pub async fn run(args: &VersusArgs) -> Result<Vec<Run>> {
     }
     let _ = rustls::crypto::ring::default_provider().install_default();
     let client = Client::try_default().await.context(
-        "nasop bench operators needs the test control plane: `make testenv-up`, then export the KUBECONFIG it prints",
+        "nasop-bench operators needs the test control plane: `make testenv-up`, then export the KUBECONFIG it prints",
     )?;
     let table = Arc::new(Tabular::built_in()?);
-    super::operator::install_crds(&client).await?;
+    crate::operator::install_crds(&client).await?;
     let gpus = args
         .sizes
         .parallelism
         .max(args.sizes.experiments * args.sizes.experiment_parallelism);
-    super::operator::add_nodes(&client, gpus.div_ceil(8) + 1).await?;
+    nasop_testkit::add_gpu_nodes(&client, gpus.div_ceil(8) + 1).await?;
     // Restarted controllers stay up after the benchmark; tools/katib/down.sh stops them.
     let katib = if args.operators.contains(&Side::Katib) {
         Some(Arc::new(katib::Katib::attach()?))
@@ -330,8 +329,63 @@ fn pod_trial(side: Side, pod: &Pod) -> Option<(String, String, Option<String>)> 
     }
 }
 
-/// Plays the trainer for every trial pod of the namespace: records the timeline and ends
-/// each running pod with its table result.
+/// The trainer of both operators' trial pods: records the timeline and ends each running
+/// pod with its table result (for Katib, pushed to its database first, as its metrics
+/// collector would).
+struct VersusPlayer {
+    side: Side,
+    table: Arc<Tabular>,
+    katib: Option<Arc<katib::Katib>>,
+    timeline: Arc<Mutex<Timeline>>,
+    failures: Arc<Mutex<Vec<String>>>,
+}
+
+impl Player for VersusPlayer {
+    fn saw(&self, pod: &Pod) {
+        let Some((experiment, trial, _)) = pod_trial(self.side, pod) else {
+            return;
+        };
+        let name = pod.name_any();
+        let mut t = self.timeline.lock().unwrap_or_else(|e| e.into_inner());
+        t.seen(&name, &experiment, &trial);
+        if matches!(
+            pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+            Some("Succeeded" | "Failed")
+        ) {
+            t.ended(&name);
+        }
+    }
+
+    fn plan(&self, pod: &Pod) -> Option<Plan> {
+        let (_, trial, candidate) = pod_trial(self.side, pod)?;
+        let (side, table, katib) = (self.side, self.table.clone(), self.katib.clone());
+        Some(Plan::Later(Box::pin(async move {
+            let candidate = candidate.context("the pod names no architecture")?;
+            let metrics = table.evaluate(&candidate, 12)?;
+            let val = metrics.get("val_accuracy").copied().unwrap_or(0.0);
+            match (side, &katib) {
+                (Side::Katib, Some(k)) => {
+                    k.report(&trial, &[("val_accuracy".to_string(), val)])
+                        .await?;
+                    Ok(Plan::Exit(0, String::new()))
+                }
+                _ => {
+                    let message = serde_json::json!({"step": 12, "metrics": {"val_accuracy": val}});
+                    Ok(Plan::Exit(0, message.to_string()))
+                }
+            }
+        })))
+    }
+
+    fn failed(&self, pod: &str, error: anyhow::Error) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(format!("{pod}: {error:#}"));
+    }
+}
+
+/// Plays the trainer for every trial pod of the namespace (see [`VersusPlayer`]).
 fn play_trainer(
     side: Side,
     pods: Api<Pod>,
@@ -339,69 +393,15 @@ fn play_trainer(
     katib: Option<Arc<katib::Katib>>,
     timeline: Arc<Mutex<Timeline>>,
     failures: Arc<Mutex<Vec<String>>>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut events = watcher(pods.clone(), watcher::Config::default())
-            .default_backoff()
-            .applied_objects()
-            .boxed();
-        let mut ending: HashSet<String> = HashSet::new();
-        while let Some(event) = events.next().await {
-            let Ok(pod) = event else { continue };
-            let Some((experiment, trial, candidate)) = pod_trial(side, &pod) else {
-                continue;
-            };
-            let name = pod.name_any();
-            let phase = pod
-                .status
-                .as_ref()
-                .and_then(|s| s.phase.clone())
-                .unwrap_or_default();
-            {
-                let mut t = timeline.lock().unwrap_or_else(|e| e.into_inner());
-                t.seen(&name, &experiment, &trial);
-                if phase == "Succeeded" || phase == "Failed" {
-                    t.ended(&name);
-                }
-            }
-            if phase != "Running" || !ending.insert(name.clone()) {
-                continue;
-            }
-            let (pods, table, katib, failures) =
-                (pods.clone(), table.clone(), katib.clone(), failures.clone());
-            tokio::spawn(async move {
-                let result = async {
-                    let candidate = candidate.context("the pod names no architecture")?;
-                    let metrics = table.evaluate(&candidate, 12)?;
-                    let val = metrics.get("val_accuracy").copied().unwrap_or(0.0);
-                    let mut annotations = serde_json::json!({"testenv.nasop.dev/exit-code": "0"});
-                    match (side, &katib) {
-                        (Side::Katib, Some(k)) => {
-                            k.report(&trial, &[("val_accuracy".to_string(), val)])
-                                .await?
-                        }
-                        _ => {
-                            annotations["testenv.nasop.dev/termination-message"] =
-                                serde_json::json!({"step": 12, "metrics": {"val_accuracy": val}})
-                                    .to_string()
-                                    .into();
-                        }
-                    }
-                    let patch = serde_json::json!({"metadata": {"annotations": annotations}});
-                    pods.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                        .await?;
-                    anyhow::Ok(())
-                }
-                .await;
-                if let Err(e) = result {
-                    failures
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push(format!("{name}: {e:#}"));
-                }
-            });
-        }
-    })
+) -> FakeTrainer {
+    let player = VersusPlayer {
+        side,
+        table,
+        katib,
+        timeline,
+        failures,
+    };
+    FakeTrainer::start(pods, Arc::new(player))
 }
 
 #[cfg(test)]

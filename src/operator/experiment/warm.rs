@@ -1,33 +1,45 @@
 //! Warm start (`spec.warmStart`): the finished trials of earlier experiments over the same
 //! search space, read from the watch caches when an experiment's engine is built.
 
-use super::Ctx;
-use super::experiment::trials_of;
-use super::status;
+use super::state::Prior;
 use crate::api::{self, NasExperiment};
-use crate::engine::{Experiment, TrialRecord};
+use crate::engine::Experiment;
+use crate::operator::context::Ctx;
+use crate::operator::status;
 
-/// What `spec.warmStart` names, read when the engine is built.
-pub(super) enum Prior {
-    /// The finished trials of the named experiments (none without warmStart).
-    Found(Vec<TrialRecord>),
-    /// A named experiment is not there (the message says which).
-    Missing(String),
+/// Why an experiment named in `spec.warmStart` cannot seed this one; `field` is its entry.
+#[derive(Debug, thiserror::Error)]
+pub enum WarmStartError {
+    #[error(
+        "{field}: {name} searched another space ({path} differs); warm starts need the same searchSpace"
+    )]
+    OtherSpace {
+        field: String,
+        name: String,
+        path: String,
+    },
+    #[error("{field}: {name} cannot be read: {error}")]
+    Unreadable {
+        field: String,
+        name: String,
+        error: api::ParseError,
+    },
+    #[error("spec.searchSpace: {0}")]
+    Json(#[from] serde_json::Error),
 }
 
 /// The finished trials of the experiments `spec.warmStart` names, from the watch caches.
-/// Err: one searched another space (the message names the field that differs), which
-/// the experiment cannot get past.
+/// Err: one that the experiment cannot get past (another space, or unreadable).
 pub(super) fn prior_trials(
     ctx: &Ctx,
     namespace: &str,
     exp: &NasExperiment,
     experiment: &Experiment,
-) -> Result<Prior, String> {
+) -> Result<Prior, WarmStartError> {
     let Some(warm) = &exp.spec.warm_start else {
         return Ok(Prior::Found(Vec::new()));
     };
-    let ours = serde_json::to_value(&exp.spec.search_space).map_err(|e| e.to_string())?;
+    let ours = serde_json::to_value(&exp.spec.search_space)?;
     let mut prior = Vec::new();
     for (i, name) in warm.experiments.iter().enumerate() {
         let field = format!("spec.warmStart.experiments[{i}]");
@@ -37,18 +49,27 @@ pub(super) fn prior_trials(
                     "{field}: there is no NasExperiment {name:?} in namespace {namespace}; create it, or remove it from warmStart"
                 )));
             }
-            Some(Err(e)) => return Err(format!("{field}: {name} cannot be read: {e}")),
+            Some(Err(error)) => {
+                return Err(WarmStartError::Unreadable {
+                    field,
+                    name: name.clone(),
+                    error,
+                });
+            }
             Some(Ok(other)) => other,
         };
-        let theirs = serde_json::to_value(&other.spec.search_space).map_err(|e| e.to_string())?;
+        let theirs = serde_json::to_value(&other.spec.search_space)?;
         if let Some(path) = api::first_difference(&theirs, &ours, "spec.searchSpace") {
-            return Err(format!(
-                "{field}: {name} searched another space ({path} differs); warm starts need the same searchSpace"
-            ));
+            return Err(WarmStartError::OtherSpace {
+                field,
+                name: name.clone(),
+                path,
+            });
         }
         let uid = other.metadata.uid.clone().unwrap_or_default();
         prior.extend(
-            trials_of(ctx, namespace, &uid)
+            ctx.stores
+                .trials_of(namespace, &uid)
                 .iter()
                 .filter_map(|t| status::record(experiment, t).ok())
                 .filter(|r| !r.phase.is_active()),

@@ -1,0 +1,350 @@
+//! The wiring: `nasop operator` starts the watches, the HTTP server and both controllers,
+//! waits for the leader lease when asked to, and stops on SIGTERM or a lost lease.
+
+use super::context::{Backoff, Ctx, Error, Settings, Stores, WrittenObjects, lock};
+use super::experiment::{self, States};
+use super::metrics::{self, Metrics};
+use super::token::TokenKey;
+use super::{http, trial, watch};
+use crate::api::NasExperiment;
+use anyhow::{Context, Result};
+use futures::StreamExt;
+use kube::api::ApiResource;
+use kube::runtime::controller::{Action, Config, Controller};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Client, ResourceExt};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch as channel;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+/// `nasop operator` settings.
+#[derive(clap::Args, Debug, Clone)]
+pub struct OperatorArgs {
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// Address of the HTTP server (metrics, health, trial reports).
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// The report URL trial pods are given; default
+    /// `http://nasop.$POD_NAMESPACE.svc:8080/v1/report` (the chart's Service).
+    #[arg(long)]
+    pub report_url: Option<String>,
+    /// File holding the key that signs trial report tokens (the chart mounts a Secret).
+    /// Without it a random key is used, valid until this process exits.
+    #[arg(long, default_value = "/etc/nasop/report-key/key")]
+    pub report_key_file: PathBuf,
+    /// TLS certificate and key for the HTTP server; served over TLS when both exist.
+    #[arg(long, default_value = "/etc/nasop/tls/tls.crt")]
+    pub tls_cert: PathBuf,
+    #[arg(long, default_value = "/etc/nasop/tls/tls.key")]
+    pub tls_key: PathBuf,
+    /// Take part in leader election with a Lease, so that only one replica acts.
+    #[arg(long)]
+    pub leader_election: bool,
+    /// Namespace of the leader Lease (default: $POD_NAMESPACE, else "default").
+    #[arg(long)]
+    pub lease_namespace: Option<String>,
+    #[arg(long, default_value = "nasop-operator")]
+    pub lease_name: String,
+    /// Seconds a trial asked to stop may take before its pod is deleted.
+    #[arg(long, default_value_t = 30)]
+    pub stop_grace_seconds: u64,
+    /// Pods started per trial when the cluster loses them (eviction, preemption, node loss).
+    #[arg(long, default_value_t = 3)]
+    pub max_attempts: u32,
+    /// Pods of finished trials kept per experiment (the newest), for `kubectl logs`; older
+    /// ones are deleted once their results are recorded.
+    #[arg(long, default_value_t = 20)]
+    pub keep_finished_pods: usize,
+    /// Reconciliations run at once, per controller.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: u16,
+    /// Log format: json (one object per line) or text.
+    #[arg(long, default_value = "json")]
+    pub log_format: String,
+}
+
+fn init_logs(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,kube_lease_manager=warn".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let _ = if format == "text" {
+        builder.try_init()
+    } else {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init()
+    };
+}
+
+fn report_key(args: &OperatorArgs) -> Result<TokenKey> {
+    if args.report_key_file.exists() {
+        TokenKey::from_file(&args.report_key_file)
+    } else {
+        warn!(
+            path = %args.report_key_file.display(),
+            "no report-token key file; using a random key for this process (pods started by an earlier process will report through their termination message only)"
+        );
+        Ok(TokenKey::random())
+    }
+}
+
+/// The leader lease while this process holds it: its channel says when it is lost.
+type Lease = (
+    channel::Receiver<bool>,
+    JoinHandle<Result<kube_lease_manager::LeaseManager, kube_lease_manager::LeaseManagerError>>,
+);
+
+/// Runs the operator until SIGTERM or SIGINT.
+pub async fn run(args: OperatorArgs) -> Result<()> {
+    init_logs(&args.log_format);
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let metrics = Arc::new(Metrics::new());
+    let client = counted_client(&metrics)
+        .await
+        .context("connecting to Kubernetes (in a pod: the service account; else $KUBECONFIG or ~/.kube/config)")?;
+    let pod_namespace = std::env::var("POD_NAMESPACE").ok();
+    let report_url = match (&args.report_url, &pod_namespace) {
+        (Some(u), _) => u.clone(),
+        (None, Some(ns)) => format!("http://nasop.{ns}.svc:{}/v1/report", args.listen.port()),
+        (None, None) => format!("http://127.0.0.1:{}/v1/report", args.listen.port()),
+    };
+    let experiment_resource = ApiResource::erase::<NasExperiment>(&());
+    let w = watch::start(&client, &args.namespace, &experiment_resource);
+    let config = Config::default().concurrency(args.concurrency);
+    let exp_controller = Controller::for_stream_with(
+        w.experiments,
+        w.experiment_store.clone(),
+        experiment_resource.clone(),
+    )
+    .reconcile_on(w.wake)
+    .with_config(config.clone());
+    let trial_controller = Controller::for_stream(w.trials, w.trial_store.clone())
+        .owns_stream(w.pods)
+        .with_config(config);
+    let ctx = Arc::new(Ctx {
+        client: client.clone(),
+        metrics: metrics.clone(),
+        settings: Settings {
+            key: report_key(&args)?,
+            report_url: report_url.clone(),
+            instance: std::env::var("POD_NAME").unwrap_or_else(|_| "nasop-operator".into()),
+            stop_grace: Duration::from_secs(args.stop_grace_seconds),
+            max_attempts: args.max_attempts.max(1),
+            keep_finished_pods: args.keep_finished_pods,
+        },
+        stores: Stores {
+            experiments: w.experiment_store,
+            experiment_resource,
+            trials: w.trial_store,
+            index: w.index,
+            pods: w.pod_store,
+        },
+        states: States::new(w.reporting),
+        written: WrittenObjects::default(),
+        reports: Default::default(),
+        backoff: Backoff::default(),
+        ready: false.into(),
+    });
+    let server = tokio::spawn(http::serve(
+        args.listen,
+        args.tls_cert.clone(),
+        args.tls_key.clone(),
+        ctx.clone(),
+    ));
+    let lease = if args.leader_election {
+        match lead(&args, &client, pod_namespace).await? {
+            Some(lease) => Some(lease),
+            None => return Ok(()),
+        }
+    } else {
+        None
+    };
+    // Nothing is decided from a cache that has not listed everything yet: an experiment
+    // reconciled against half its trials would rewrite its status.
+    ctx.caches_ready().await;
+    metrics.leader.set(1);
+    ctx.ready.store(true, std::sync::atomic::Ordering::Relaxed);
+    info!(%report_url, listen = %args.listen, "operator running");
+    tokio::spawn(sweep(ctx.clone()));
+
+    let exps = exp_controller
+        .graceful_shutdown_on(shutdown_signal())
+        .run(
+            move |e, c| {
+                let uid = e.uid().unwrap_or_default();
+                timed(c.clone(), "nasexperiment", uid, experiment::reconcile(e, c))
+            },
+            experiment::error_policy,
+            ctx.clone(),
+        )
+        .for_each(|_| futures::future::ready(()));
+    let trials = trial_controller
+        .graceful_shutdown_on(shutdown_signal())
+        .run(
+            move |t, c| {
+                let uid = t.uid().unwrap_or_default();
+                timed(c.clone(), "nastrial", uid, trial::reconcile(t, c))
+            },
+            trial::error_policy,
+            ctx.clone(),
+        )
+        .for_each(|_| futures::future::ready(()));
+    let outcome = until_stopped(futures::future::join(exps, trials), lease).await;
+    server.abort();
+    outcome
+}
+
+/// Waits for the leader lease (`--leader-election`); None when a signal came first.
+async fn lead(
+    args: &OperatorArgs,
+    client: &Client,
+    pod_namespace: Option<String>,
+) -> Result<Option<Lease>> {
+    let ns = args
+        .lease_namespace
+        .clone()
+        .or(pod_namespace)
+        .unwrap_or_else(|| "default".into());
+    let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &args.lease_name)
+        .with_namespace(&ns)
+        .with_duration(15)
+        .with_grace(5)
+        .build()
+        .await
+        .context("creating the leader-election lease manager")?;
+    let (mut channel, task) = manager.watch().await;
+    info!(lease = %args.lease_name, namespace = %ns, "waiting for the leader lease");
+    while !*channel.borrow_and_update() {
+        tokio::select! {
+            r = channel.changed() => r.context("the lease manager stopped")?,
+            _ = shutdown_signal() => { return Ok(None); }
+        }
+    }
+    info!(lease = %args.lease_name, "acquired the leader lease");
+    Ok(Some((channel, task)))
+}
+
+/// Runs the controllers until they stop after a signal (or 20 s after it, if a reconcile
+/// hangs), or until the lease is lost; then hands the lease over.
+async fn until_stopped(controllers: impl Future, mut lease: Option<Lease>) -> Result<()> {
+    let lost = async {
+        match lease.as_mut() {
+            Some((channel, _)) => loop {
+                if channel.changed().await.is_err() || !*channel.borrow_and_update() {
+                    break;
+                }
+            },
+            None => futures::future::pending::<()>().await,
+        }
+    };
+    let stuck = async {
+        shutdown_signal().await;
+        tokio::time::sleep(Duration::from_secs(20)).await;
+    };
+    let lost_lease = tokio::select! {
+        _ = controllers => { info!("controllers stopped"); false }
+        _ = stuck => { warn!("reconciles still running 20 s after the signal; exiting anyway"); false }
+        _ = lost => true,
+    };
+    if lost_lease {
+        // Another replica may act now; stop at once rather than race it.
+        anyhow::bail!("lost the leader lease; exiting so that only the new leader acts");
+    }
+    if let Some(lease) = lease {
+        release(lease).await;
+    }
+    Ok(())
+}
+
+/// Hands the lease over now rather than let it expire: the replacement pod leads (and takes
+/// trial reports) at once instead of up to 15 s later. The lease manager releases it when
+/// its channel is dropped.
+async fn release((channel, task): Lease) {
+    drop(channel);
+    match tokio::time::timeout(Duration::from_secs(3), task).await {
+        Ok(Ok(Ok(_))) => info!("released the leader lease"),
+        Ok(Ok(Err(e))) => {
+            warn!(error = %e, "could not release the leader lease; it expires on its own")
+        }
+        Ok(Err(e)) => {
+            warn!(error = %e, "the lease manager failed; the lease expires on its own")
+        }
+        Err(_) => warn!("releasing the leader lease took over 3 s; it expires on its own"),
+    }
+}
+
+/// Every 15 s: forgets deleted experiments (their caches and metric series) and written
+/// trials the store has caught up with.
+async fn sweep(ctx: Arc<Ctx>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        let now = Instant::now();
+        lock(&ctx.written.trials).sweep(now, |ns, name| {
+            ctx.stores.trials.get(&ObjectRef::new(name).within(ns))
+        });
+        lock(&ctx.written.pods).sweep(now, |ns, name| {
+            ctx.stores.pods.get(&ObjectRef::new(name).within(ns))
+        });
+        for k in ctx.states.keys() {
+            if ctx.stores.experiment(&k.0, &k.1).is_none() {
+                experiment::forget(&ctx, &k);
+            }
+        }
+    }
+}
+
+/// A client that counts its requests in `nasop_kube_requests_total`.
+async fn counted_client(metrics: &Arc<Metrics>) -> Result<Client> {
+    let config = kube::Config::infer().await?;
+    let counter = metrics.kube_requests.clone();
+    let layer =
+        tower::util::MapRequestLayer::new(move |req: ::http::Request<kube::client::Body>| {
+            counter
+                .get_or_create(&metrics::MethodLabels {
+                    method: req.method().to_string(),
+                })
+                .inc();
+            req
+        });
+    Ok(kube::client::ClientBuilder::try_from(config)?
+        .with_layer(&layer)
+        .build())
+}
+
+async fn timed(
+    ctx: Arc<Ctx>,
+    controller: &'static str,
+    uid: String,
+    work: impl Future<Output = Result<Action, Error>>,
+) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = work.await;
+    if result.is_ok() {
+        ctx.backoff.reset(&uid);
+    }
+    let outcome = match &result {
+        Ok(a) if *a == Action::await_change() => "success",
+        Ok(_) => "requeue",
+        Err(_) => "error",
+    };
+    ctx.metrics
+        .reconciled(controller, started.elapsed(), outcome);
+    result
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+}
