@@ -42,6 +42,7 @@ pytest:
 lint: toolchain
 	$(CARGO) fmt --all -- --check
 	$(TORCH) $(CARGO) clippy --release --workspace --all-targets -- -D warnings
+	$(TORCH) $(CARGO) clippy --release --no-default-features -p nasop -p nasop-trainer --bins -- -D warnings
 
 # Every test: unit and property tests of core, strategies and engine, the CRD drift check,
 # the strategy benchmark on the NAS-Bench-201 tables, the trainer on Fashion-MNIST, the local

@@ -116,6 +116,8 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
         (None, Some(ns)) => format!("http://nasop.{ns}.svc:{}/v1/report", args.listen.port()),
         (None, None) => format!("http://127.0.0.1:{}/v1/report", args.listen.port()),
     };
+    // A bad key file stops the operator before it watches anything.
+    let key = report_key(&args)?;
     let experiment_resource = ApiResource::erase::<NasExperiment>(&());
     let w = watch::start(&client, &args.namespace, &experiment_resource);
     let config = Config::default().concurrency(args.concurrency);
@@ -133,7 +135,7 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
         client: client.clone(),
         metrics: metrics.clone(),
         settings: Settings {
-            key: report_key(&args)?,
+            key,
             report_url: report_url.clone(),
             instance: std::env::var("POD_NAME").unwrap_or_else(|_| "nasop-operator".into()),
             stop_grace: Duration::from_secs(args.stop_grace_seconds),
@@ -197,7 +199,7 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
             ctx.clone(),
         )
         .for_each(|_| futures::future::ready(()));
-    let outcome = until_stopped(futures::future::join(exps, trials), lease).await;
+    let outcome = until_stopped(futures::future::join(exps, trials), lease, &args.lease_name).await;
     server.abort();
     outcome
 }
@@ -234,7 +236,11 @@ async fn lead(
 
 /// Runs the controllers until they stop after a signal (or 20 s after it, if a reconcile
 /// hangs), or until the lease is lost; then hands the lease over.
-async fn until_stopped(controllers: impl Future, mut lease: Option<Lease>) -> Result<()> {
+async fn until_stopped(
+    controllers: impl Future,
+    mut lease: Option<Lease>,
+    lease_name: &str,
+) -> Result<()> {
     let lost = async {
         match lease.as_mut() {
             Some((channel, _)) => loop {
@@ -259,7 +265,7 @@ async fn until_stopped(controllers: impl Future, mut lease: Option<Lease>) -> Re
         anyhow::bail!("lost the leader lease; exiting so that only the new leader acts");
     }
     if let Some(lease) = lease {
-        release(lease).await;
+        release(lease, lease_name).await;
     }
     Ok(())
 }
@@ -267,10 +273,10 @@ async fn until_stopped(controllers: impl Future, mut lease: Option<Lease>) -> Re
 /// Hands the lease over now rather than let it expire: the replacement pod leads (and takes
 /// trial reports) at once instead of up to 15 s later. The lease manager releases it when
 /// its channel is dropped.
-async fn release((channel, task): Lease) {
+async fn release((channel, task): Lease, lease_name: &str) {
     drop(channel);
     match tokio::time::timeout(Duration::from_secs(3), task).await {
-        Ok(Ok(Ok(_))) => info!("released the leader lease"),
+        Ok(Ok(Ok(_))) => info!(lease = %lease_name, "released the leader lease"),
         Ok(Ok(Err(e))) => {
             warn!(error = %e, "could not release the leader lease; it expires on its own")
         }

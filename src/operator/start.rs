@@ -128,7 +128,10 @@ fn desired_pod(
 ) -> Result<Pod, Error> {
     let ns = trial.namespace().unwrap_or_default();
     let name = trial.name_any();
-    let point = status::point(experiment, trial)?;
+    let point = status::point(experiment, trial).map_err(|e| status::RecordError {
+        trial: name.clone(),
+        ..e
+    })?;
     let input = experiment.trial_input(
         name.clone(),
         trial.spec.index,

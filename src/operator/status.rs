@@ -97,9 +97,10 @@ pub fn stage_field(stage: Stage) -> Option<TrialStage> {
 /// A recorded trial whose candidate the experiment's search space cannot read (its spec was
 /// written by hand, or by another version).
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("trial {index}: {error}")]
+#[error("trial {trial}: {error}")]
 pub struct RecordError {
-    pub index: u32,
+    /// The trial's index, or its name where one is at hand.
+    pub trial: String,
     pub error: String,
 }
 
@@ -108,7 +109,7 @@ pub fn point(exp: &Experiment, trial: &NasTrial) -> Result<Point, RecordError> {
     exp.space
         .parse(&trial.spec.candidate)
         .map_err(|e| RecordError {
-            index: trial.spec.index,
+            trial: trial.spec.index.to_string(),
             error: e.to_string(),
         })
 }

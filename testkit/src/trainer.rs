@@ -24,7 +24,7 @@ pub enum Plan {
     /// Post these values of the trial's first metric as steps 1.. (pausing between), then
     /// end with the last one, or end early when a reply says stop.
     Report(Vec<f64>),
-    /// End at once with this exit code and termination message (none when empty).
+    /// End at once with this exit code and termination message.
     Exit(i32, String),
     /// Delete the pod (a node lost it).
     Lose,
@@ -229,13 +229,13 @@ pub async fn post_report(
     .unwrap_or(Err(0))
 }
 
-/// The annotations that end a pod with `exit` and `message` (left out when empty).
+/// The annotations that end a pod with `exit` and `message` (always both: KWOK's stage
+/// renders a missing message as "null").
 pub fn end_pod_annotations(exit: i32, message: &str) -> serde_json::Value {
-    let mut annotations = serde_json::json!({ EXIT_CODE: exit.to_string() });
-    if !message.is_empty() {
-        annotations[TERMINATION_MESSAGE] = message.into();
-    }
-    serde_json::json!({"metadata": {"annotations": annotations}})
+    serde_json::json!({"metadata": {"annotations": {
+        EXIT_CODE: exit.to_string(),
+        TERMINATION_MESSAGE: message,
+    }}})
 }
 
 /// Ends the running pod `name` with `exit` and `message`, retried for a minute while the API
@@ -277,14 +277,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_empty_message_leaves_the_annotation_out() {
+    fn a_pod_is_ended_with_its_code_and_message() {
         let a = end_pod_annotations(1, "");
         assert_eq!(a["metadata"]["annotations"][EXIT_CODE], "1");
-        assert!(
-            a["metadata"]["annotations"]
-                .get(TERMINATION_MESSAGE)
-                .is_none()
-        );
+        assert_eq!(a["metadata"]["annotations"][TERMINATION_MESSAGE], "");
         let b = end_pod_annotations(0, "{}");
         assert_eq!(b["metadata"]["annotations"][TERMINATION_MESSAGE], "{}");
     }

@@ -410,11 +410,11 @@ struct PolicyPlayer {
 }
 
 impl Player for PolicyPlayer {
+    /// Pods that are not a trial's (no trial contract, no attempt label) are left alone.
     fn plan(&self, pod: &Pod) -> Option<Plan> {
         let env = pod_env(pod);
-        let input: TrialInput =
-            serde_json::from_str(&env[contract::ENV_TRIAL]).expect("NASOP_TRIAL is injected");
-        let attempt: u32 = pod.labels()["nasop.dev/attempt"].parse().unwrap();
+        let input: TrialInput = serde_json::from_str(env.get(contract::ENV_TRIAL)?).ok()?;
+        let attempt: u32 = pod.labels().get("nasop.dev/attempt")?.parse().ok()?;
         Some((self.policy)(&input, attempt))
     }
 
