@@ -143,7 +143,9 @@ impl Ctx {
     pub fn parse(&self, object: &DynamicObject) -> Result<Arc<NasExperiment>, ParseError> {
         let key = (object.namespace().unwrap_or_default(), object.name_any());
         let version = object.resource_version().unwrap_or_default();
-        let state = self.states.of(&key);
+        let state = self
+            .states
+            .of(object.uid().as_deref().unwrap_or_default(), &key);
         let cached = lock(&state)
             .parsed
             .as_ref()

@@ -21,6 +21,21 @@ pub fn pod_name(trial: &str, attempt: u32) -> String {
     format!("{trial}-{attempt}")
 }
 
+/// The names attempt `attempt` of a trial's pod may have: its own, then, when another object
+/// holds that one, the same with the start of the trial's UID, which nobody can take before
+/// the trial exists. Pod names are predictable; a pod of the name that the trial does not
+/// control never counts for it.
+pub fn pod_names(trial: &str, attempt: u32, trial_uid: &str) -> [String; 2] {
+    let own = pod_name(trial, attempt);
+    let tag: String = trial_uid
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(5)
+        .collect();
+    let other = format!("{own}-{tag}");
+    [own, other]
+}
+
 /// Why a trial template cannot run trials; the message names the field and the fix.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum TemplateError {

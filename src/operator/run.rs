@@ -287,7 +287,8 @@ async fn release((channel, task): Lease, lease_name: &str) {
     }
 }
 
-/// Every 15 s: forgets deleted experiments (their caches and metric series) and written
+/// Every 15 s: forgets deleted (or replaced) experiment objects (their caches and metric
+/// series) and written
 /// trials the store has caught up with.
 async fn sweep(ctx: Arc<Ctx>) {
     loop {
@@ -299,9 +300,10 @@ async fn sweep(ctx: Arc<Ctx>) {
         lock(&ctx.written.pods).sweep(now, |ns, name| {
             ctx.stores.pods.get(&ObjectRef::new(name).within(ns))
         });
-        for k in ctx.states.keys() {
-            if ctx.stores.experiment(&k.0, &k.1).is_none() {
-                experiment::forget(&ctx, &k);
+        for (uid, key) in ctx.states.entries() {
+            let stored = ctx.stores.experiment(&key.0, &key.1);
+            if stored.is_none_or(|e| e.uid().as_deref() != Some(uid.as_str())) {
+                experiment::forget(&ctx, &uid, &key);
             }
         }
     }

@@ -13,7 +13,7 @@ use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tracing::info;
+use tracing::{info, warn};
 
 /// The pod of this attempt: from the store, or, when the store does not have it, from the
 /// API server (a pod we just created may not have reached the store yet).
@@ -31,7 +31,9 @@ pub fn event(ctx: &Ctx, trial: &NasTrial, type_: EventType, reason: &str, note: 
 }
 
 /// Creates pod `attempt` of `trial` and records it in `next`; when the API server refuses
-/// it for now, says why in `next` and returns when to try again.
+/// it for now, says why in `next` and returns when to try again. A pod of its name that the
+/// trial does not control (made in advance, or left by an earlier object of the trial's
+/// name) is reported and the pod takes its other name.
 pub async fn start_pod(
     ctx: &Ctx,
     trial: &NasTrial,
@@ -43,68 +45,45 @@ pub async fn start_pod(
     let ns = trial.namespace().unwrap_or_default();
     let name = trial.name_any();
     let uid = trial.uid().unwrap_or_default();
-    let pod = desired_pod(ctx, trial, exp, experiment, attempt)?;
+    let mut pod = desired_pod(ctx, trial, exp, experiment, attempt)?;
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    match api.create(&PostParams::default(), &pod).await {
-        Ok(created) => {
-            let mut kept = created;
-            pod::strip(&mut kept);
-            lock(&ctx.written.pods).created(kept, Instant::now());
-            info!(namespace = %ns, experiment = %trial.spec.experiment, trial = %name, attempt, "created pod");
-            if attempt == 1 {
-                if let Some(free) = ctx
-                    .states
-                    .slot_taken(&(ns.clone(), trial.spec.experiment.clone()))
-                {
-                    ctx.metrics.queue_latency.observe(free.as_secs_f64());
+    let [own, other] = pod::pod_names(&name, attempt, &uid);
+    let mut pod_name = own.clone();
+    loop {
+        pod.metadata.name = Some(pod_name.clone());
+        match api.create(&PostParams::default(), &pod).await {
+            Ok(created) => {
+                let mut kept = created;
+                pod::strip(&mut kept);
+                lock(&ctx.written.pods).created(kept, Instant::now());
+                info!(namespace = %ns, experiment = %trial.spec.experiment, trial = %name, attempt, pod = %pod_name, "created pod");
+                if attempt == 1 {
+                    first_pod_created(ctx, trial, &pod_name);
                 }
-                event(
-                    ctx,
-                    trial,
-                    EventType::Normal,
-                    "TrialCreated",
-                    format!(
-                        "candidate {} for {} epochs, pod {}",
-                        trial.spec.candidate,
-                        trial.spec.epochs,
-                        pod::pod_name(&name, attempt)
-                    ),
-                );
+                break;
             }
-        }
-        Err(kube::Error::Api(s)) if s.is_already_exists() => {
-            // Ours (created moments ago), or a pod of an earlier trial of this name that
-            // garbage collection has not removed yet: that one is not adopted.
-            let pod_name = pod::pod_name(&name, attempt);
-            if let Some(existing) = find_pod(ctx, &ns, &pod_name).await?
-                && !pod::owned_by(&existing, &uid)
-            {
-                return Err(Error::PodTaken { pod: pod_name });
+            Err(kube::Error::Api(s)) if s.is_already_exists() => {
+                // Ours (created moments ago), or another object's: that one is not adopted.
+                let Some(existing) = find_pod(ctx, &ns, &pod_name).await? else {
+                    return Err(kube::Error::Api(s).into());
+                };
+                if pod::owned_by(&existing, &uid) {
+                    break;
+                }
+                if pod_name == other {
+                    return Err(Error::PodTaken { pod: pod_name });
+                }
+                name_taken(ctx, trial, &existing, &other);
+                pod_name = other.clone();
             }
+            Err(kube::Error::Api(s)) if s.is_invalid() || s.is_forbidden() => {
+                return Ok(refused(ctx, trial, next, &s));
+            }
+            Err(e) => return Err(e.into()),
         }
-        Err(kube::Error::Api(s)) if s.is_forbidden() && waits(&s.message).is_some() => {
-            let reason = waits(&s.message).expect("the guard matched");
-            // A full ResourceQuota, or a service account not there yet (a namespace created
-            // moments ago has no `default` until the controller manager makes it): not the
-            // template's fault. The trial waits, says why, and tries again (with backoff).
-            info!(namespace = %ns, experiment = %trial.spec.experiment, trial = %name, message = %s.message, reason, "pod refused for now; waiting");
-            next.phase = Some(TrialPhaseName::Pending);
-            next.reason = Some(reason.into());
-            next.message = Some(status::bounded(s.message.clone(), status::MESSAGE_LIMIT));
-            return Ok(Some(ctx.backoff.next(&format!("quota/{uid}"))));
-        }
-        Err(kube::Error::Api(s)) if s.is_invalid() || s.is_forbidden() => {
-            // The template cannot make a pod: the trial fails with the API server's words.
-            next.phase = Some(TrialPhaseName::Failed);
-            next.reason = Some("InvalidPodTemplate".into());
-            next.message = Some(format!("spec.trialTemplate: {}", s.message));
-            next.completion_time = Some(micro(now()));
-            return Ok(None);
-        }
-        Err(e) => return Err(e.into()),
     }
     next.attempts = attempt;
-    next.pod = Some(pod::pod_name(&name, attempt));
+    next.pod = Some(pod_name);
     next.phase = Some(TrialPhaseName::Pending);
     if next
         .reason
@@ -116,6 +95,75 @@ pub async fn start_pod(
     }
     ctx.backoff.reset(&format!("quota/{uid}"));
     Ok(None)
+}
+
+/// The trial's first pod took a slot: the queue metric and the event.
+fn first_pod_created(ctx: &Ctx, trial: &NasTrial, pod_name: &str) {
+    let free = super::index::owner_uid(trial).and_then(|u| ctx.states.slot_taken(u));
+    if let Some(free) = free {
+        ctx.metrics.queue_latency.observe(free.as_secs_f64());
+    }
+    event(
+        ctx,
+        trial,
+        EventType::Normal,
+        "TrialCreated",
+        format!(
+            "candidate {} for {} epochs, pod {pod_name}",
+            trial.spec.candidate, trial.spec.epochs
+        ),
+    );
+}
+
+/// Another object holds the pod's name: say so (once per pod it would have been).
+fn name_taken(ctx: &Ctx, trial: &NasTrial, existing: &Pod, other: &str) {
+    let owner = existing
+        .owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true))
+        .map_or("no controller".to_string(), |o| {
+            format!("{} {} ({})", o.kind, o.name, o.uid)
+        });
+    warn!(namespace = ?trial.namespace(), trial = %trial.name_any(), pod = %existing.name_any(), %owner, "a pod of the trial's name belongs to another object");
+    event(
+        ctx,
+        trial,
+        EventType::Warning,
+        "PodNameTaken",
+        format!(
+            "pod {} belongs to {owner}, not to this trial: nothing it says counts; the trial's pod is {other}",
+            existing.name_any()
+        ),
+    );
+}
+
+/// What the API server's refusal of a pod means for the trial: wait (a full quota, a
+/// service account not there yet) and when to try again, or fail (a template that cannot
+/// make a pod).
+fn refused(
+    ctx: &Ctx,
+    trial: &NasTrial,
+    next: &mut NasTrialStatus,
+    s: &kube::core::Status,
+) -> Option<Duration> {
+    if let Some(reason) = waits(&s.message).filter(|_| s.is_forbidden()) {
+        // Not the template's fault: a namespace created moments ago has no `default` service
+        // account until the controller manager makes it. The trial says why and tries again
+        // (with backoff).
+        info!(namespace = ?trial.namespace(), experiment = %trial.spec.experiment, trial = %trial.name_any(), message = %s.message, reason, "pod refused for now; waiting");
+        next.phase = Some(TrialPhaseName::Pending);
+        next.reason = Some(reason.into());
+        next.message = Some(status::bounded(s.message.clone(), status::MESSAGE_LIMIT));
+        let uid = trial.uid().unwrap_or_default();
+        return Some(ctx.backoff.next(&format!("quota/{uid}")));
+    }
+    // The template cannot make a pod (invalid, or refused by admission): the trial fails
+    // with the API server's words.
+    next.phase = Some(TrialPhaseName::Failed);
+    next.reason = Some("InvalidPodTemplate".into());
+    next.message = Some(format!("spec.trialTemplate: {}", s.message));
+    next.completion_time = Some(micro(now()));
+    None
 }
 
 /// Pod `attempt` of `trial`: the experiment's template with the trial contract.

@@ -151,6 +151,118 @@ async fn a_finished_experiment_keeps_its_status_and_completion_time_across_resta
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_experiment_deleted_and_applied_again_runs_a_fresh_search() {
+    let mut env = Env::new("op-again").await;
+    env.start_operator(&[]);
+    env.start_trainer(Arc::new(|input, _| completes(value_of(&input.candidate))));
+    let yaml = manifest(
+        "again",
+        "{algorithm: random, seed: 5}",
+        "{maxTrials: 5, parallelism: 5, trialEpochs: 12}",
+        "",
+    );
+    env.apply(&yaml).await.unwrap();
+    let first = env
+        .wait_for("again", LONG, phase_is(ExperimentPhase::Succeeded))
+        .await;
+    // `kubectl replace --force`: the object is deleted and the same manifest created at
+    // once, while the operator still remembers the old one.
+    env.experiments()
+        .delete("again", &DeleteParams::background())
+        .await
+        .unwrap();
+    harness::poll(
+        LONG,
+        async || env.experiments().get_opt("again").await.unwrap(),
+        Option::is_none,
+        |e| format!("still there: {e:?}"),
+    )
+    .await;
+    let second = env.apply(&yaml).await.unwrap();
+    assert_ne!(second.uid(), first.uid());
+    let done = env
+        .wait_for("again", LONG, phase_is(ExperimentPhase::Succeeded))
+        .await;
+    let status = done.status.unwrap();
+    let created = done.metadata.creation_timestamp.unwrap().0;
+    let completed = status.completion_time.expect("a completion time").0;
+    assert!(
+        completed >= created,
+        "completed at {completed}, before it was created at {created}"
+    );
+    assert_eq!(status.trials.succeeded, 5, "{:?}", status.trials);
+    // Five trials of its own ran (the old object's may still wait for garbage collection).
+    let uid = done.metadata.uid.unwrap();
+    let trials = env.all_trials("again").await;
+    let own: Vec<&NasTrial> = trials
+        .iter()
+        .filter(|t| t.metadata.owner_references.as_ref().unwrap()[0].uid == uid)
+        .collect();
+    assert_eq!(own.len(), 5, "{} trials of the new object", own.len());
+    for t in own {
+        assert_eq!(
+            t.status.as_ref().and_then(|s| s.phase),
+            Some(TrialPhaseName::Succeeded)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_made_in_advance_under_a_trials_name_counts_for_nothing() {
+    let mut env = Env::new("op-forged").await;
+    // Pod names are predictable: anyone who may create pods in the namespace can make trial
+    // 5's first pod before the experiment does, ending at once with a result of its own.
+    let forged: Pod = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {
+            "name": "forged-5-1",
+            "labels": {"nasop.dev/experiment": "forged", "nasop.dev/trial": "forged-5",
+                       "nasop.dev/attempt": "1"},
+            "annotations": {
+                nasop_testkit::EXIT_CODE: "0",
+                nasop_testkit::TERMINATION_MESSAGE: report_json(12, "val_accuracy", 99.9),
+            },
+        },
+        "spec": {
+            "restartPolicy": "Never",
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+            "containers": [{"name": "trainer", "image": "ghcr.io/nasop/nasop-trainer:dev",
+                            "resources": {"limits": {"nvidia.com/gpu": "1"}}}],
+        },
+    }))
+    .unwrap();
+    env.pods()
+        .create(&PostParams::default(), &forged)
+        .await
+        .unwrap();
+    env.start_operator(&[]);
+    env.start_trainer(Arc::new(|input, _| completes(value_of(&input.candidate))));
+    env.apply(&manifest(
+        "forged",
+        "{algorithm: random, seed: 5}",
+        "{maxTrials: 8, parallelism: 4, trialEpochs: 12}",
+        "",
+    ))
+    .await
+    .unwrap();
+    let exp = env
+        .wait_for("forged", LONG, phase_is(ExperimentPhase::Succeeded))
+        .await;
+    let trials = env.all_trials("forged").await;
+    let five = trials.iter().find(|t| t.spec.index == 5).unwrap();
+    let status = five.status.as_ref().unwrap();
+    assert_eq!(
+        status.value,
+        Some(value_of(&five.spec.candidate)),
+        "trial 5 recorded another pod's result"
+    );
+    assert_ne!(status.pod.as_deref(), Some("forged-5-1"));
+    let best = exp.status.unwrap().best_value.unwrap();
+    assert!(best < 99.0, "the forged pod's 99.9 became the best: {best}");
+    assert!(event_reasons(&env).await.contains(&"PodNameTaken".into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_experiment_adopts_no_trial_another_object_owns() {
     let mut env = Env::new("op-owner").await;
     // A trial named like the experiment's first, owned by something else: what an

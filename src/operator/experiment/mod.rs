@@ -169,9 +169,9 @@ pub async fn reconcile(object: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Acti
     let mut plan = decide(&ctx, &world, experiment)?;
     stop_trials(&ctx, &world, &plan.decision.stop).await?;
     let blocked = create_trials(&ctx, &world, &plan).await?;
-    skip_taken_names(&ctx, &world.key, &blocked);
+    skip_taken_names(&ctx, &world, &blocked);
     set_conditions(&ctx, &world, &mut plan.status, &blocked);
-    clean_up_pods(&ctx, &world.key, &world.trials);
+    clean_up_pods(&ctx, &world);
     let flush = write(&ctx, &world, &plan.status).await?;
     if matches!(world.prior, Some(Prior::Missing(_))) {
         // Nothing announces the experiment it waits for: look again soon.
@@ -184,8 +184,8 @@ pub async fn reconcile(object: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Acti
 
 /// No later trial takes an index whose name another object holds: the engine fills gaps in
 /// the indices, and would otherwise try that one at every decision.
-fn skip_taken_names(ctx: &Ctx, key: &ExpKey, blocked: &[Blocked]) {
-    let state = ctx.states.of(key);
+fn skip_taken_names(ctx: &Ctx, world: &World, blocked: &[Blocked]) {
+    let state = ctx.states.of(&world.uid, &world.key);
     let mut state = lock(&state);
     let Some(cached) = state.engine.as_mut() else {
         return;
@@ -223,12 +223,13 @@ async fn read_world(
     object: Arc<DynamicObject>,
 ) -> Result<Option<(World, crate::engine::Experiment)>, Error> {
     let key: ExpKey = (object.namespace().unwrap_or_default(), object.name_any());
-    // The status as stored; but once this process has written the experiment's end, that
+    let uid = object.uid().unwrap_or_default();
+    // The status as stored; but once this process has written this object's end, that
     // status until the spec changes, whatever older version the store still shows (else a
     // later reconcile would end the experiment, stamp and announce it, again).
     let previous = {
         let stored = stored_status(&object);
-        let state = ctx.states.of(&key);
+        let state = ctx.states.of(&uid, &key);
         let ended = lock(&state).ended.clone();
         match ended {
             Some(done)
@@ -249,7 +250,6 @@ async fn read_world(
             return Ok(None);
         }
     };
-    let uid = object.uid().unwrap_or_default();
     {
         let mut reporting = lock(&ctx.states.reporting);
         if exp.spec.early_stopping.is_some() {
@@ -260,12 +260,12 @@ async fn read_world(
     }
     let trials = with_created(
         ctx.stores.trials_of(&key.0, &uid),
-        &mut lock(&ctx.states.of(&key)).created,
+        &mut lock(&ctx.states.of(&uid, &key)).created,
         &uid,
         Instant::now(),
     );
     let rebuild = {
-        let state = ctx.states.of(&key);
+        let state = ctx.states.of(&uid, &key);
         let state = lock(&state);
         !state
             .engine
@@ -311,7 +311,7 @@ fn decide(ctx: &Ctx, world: &World, experiment: crate::engine::Experiment) -> Re
         started_at,
         now: world.now,
     };
-    let state = ctx.states.of(&world.key);
+    let state = ctx.states.of(&world.uid, &world.key);
     let mut state = lock(&state);
     let fresh = state
         .engine
@@ -425,7 +425,7 @@ async fn create_trials(ctx: &Arc<Ctx>, world: &World, plan: &Plan) -> Result<Vec
         .object
         .controller_owner_ref(&ctx.stores.experiment_resource)
         .expect("a stored object has a name and UID");
-    let state = ctx.states.of(&world.key);
+    let state = ctx.states.of(&world.uid, &world.key);
     let jobs: Vec<NasTrial> = plan
         .decision
         .create
@@ -541,7 +541,7 @@ async fn write(
 ) -> Result<Option<Duration>, Error> {
     let (ns, name) = (&world.key.0, &world.key.1);
     let previous = &world.previous;
-    update_metrics(ctx, &world.key, status);
+    update_metrics(ctx, &world.uid, &world.key, status);
     let ended_now = previous.completion_time.is_none() && status.completion_time.is_some();
     if ended_now {
         let message = status.message.clone().unwrap_or_default();
@@ -557,7 +557,7 @@ async fn write(
         || previous.best_trial != status.best_trial
         || previous.pareto_front != status.pareto_front
         || previous.observed_generation != status.observed_generation;
-    let state = ctx.states.of(&world.key);
+    let state = ctx.states.of(&world.uid, &world.key);
     let since = lock(&state)
         .engine
         .as_ref()

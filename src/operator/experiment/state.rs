@@ -22,9 +22,12 @@ pub enum Prior {
     Missing(String),
 }
 
-/// What the operator keeps about one experiment between reconciles.
+/// What the operator keeps about one experiment object between reconciles: keyed by its
+/// UID, so that an experiment deleted and created again under the same name starts afresh.
 #[derive(Default)]
 pub struct ExperimentState {
+    /// The experiment's namespace and name.
+    pub key: ExpKey,
     /// The experiment as last parsed, with the resourceVersion it was parsed from.
     pub parsed: Option<(String, Arc<NasExperiment>)>,
     /// The engine and the trial records (rebuilt when the spec or the UID changes).
@@ -37,8 +40,9 @@ pub struct ExperimentState {
     /// shows an older version without the end.
     pub ended: Option<NasExperimentStatus>,
     /// Finished trials in the order they ended, whose pods are kept for now; the oldest
-    /// beyond `--keep-finished-pods` have their pods deleted.
-    pub finished: VecDeque<(f64, String, u32)>,
+    /// beyond `--keep-finished-pods` have their pods deleted: when each ended, its name,
+    /// its attempts and its UID.
+    pub finished: VecDeque<(f64, String, u32, String)>,
     /// Every finished trial already placed in `finished` (or cleaned up).
     pub seen_finished: HashSet<String>,
     /// Trials this process created that the trial store may not show yet (see
@@ -46,12 +50,12 @@ pub struct ExperimentState {
     pub created: Written<NasTrial>,
 }
 
-/// Every experiment's state, each behind its own lock: one experiment's decision never
-/// waits for another's. The map's lock is only held to find an entry.
+/// Every experiment's state by the object's UID, each behind its own lock: one experiment's
+/// decision never waits for another's. The map's lock is only held to find an entry.
 pub struct States {
-    map: Mutex<HashMap<ExpKey, Arc<Mutex<ExperimentState>>>>,
+    map: Mutex<HashMap<String, Arc<Mutex<ExperimentState>>>>,
     /// Experiments whose decisions read progress reports (early stopping): a report wakes
-    /// their reconcile. Shared with the watch that wakes them.
+    /// their reconcile. Shared with the watch that wakes them (by name).
     pub reporting: Arc<Mutex<HashSet<ExpKey>>>,
 }
 
@@ -63,14 +67,34 @@ impl States {
         }
     }
 
-    /// The state of one experiment (created empty on first use).
-    pub fn of(&self, key: &ExpKey) -> Arc<Mutex<ExperimentState>> {
-        lock(&self.map).entry(key.clone()).or_default().clone()
+    /// The state of the experiment object `uid` named `key`, created empty on first use. A
+    /// new object drops the state of an earlier one of the same name: nothing of the old
+    /// run (its end, its engine, its pods to clean up) carries over.
+    pub fn of(&self, uid: &str, key: &ExpKey) -> Arc<Mutex<ExperimentState>> {
+        let mut map = lock(&self.map);
+        if let Some(state) = map.get(uid) {
+            return state.clone();
+        }
+        map.retain(|_, s| lock(s).key != *key);
+        let state = Arc::new(Mutex::new(ExperimentState {
+            key: key.clone(),
+            ..ExperimentState::default()
+        }));
+        map.insert(uid.to_string(), state.clone());
+        state
     }
 
-    /// Every experiment with state.
-    pub fn keys(&self) -> Vec<ExpKey> {
-        lock(&self.map).keys().cloned().collect()
+    /// The state of the experiment object `uid`, if it has one.
+    pub fn get(&self, uid: &str) -> Option<Arc<Mutex<ExperimentState>>> {
+        lock(&self.map).get(uid).cloned()
+    }
+
+    /// Every experiment object with state: its UID and name.
+    pub fn entries(&self) -> Vec<(String, ExpKey)> {
+        lock(&self.map)
+            .iter()
+            .map(|(uid, s)| (uid.clone(), lock(s).key.clone()))
+            .collect()
     }
 
     /// The phase each experiment was last counted in.
@@ -81,28 +105,38 @@ impl States {
             .collect()
     }
 
-    /// Drops an experiment's state; what it held.
-    pub fn remove(&self, key: &ExpKey) -> Option<Arc<Mutex<ExperimentState>>> {
-        lock(&self.reporting).remove(key);
-        lock(&self.map).remove(key)
+    /// Drops an experiment object's state; what it held.
+    pub fn remove(&self, uid: &str) -> Option<Arc<Mutex<ExperimentState>>> {
+        let removed = lock(&self.map).remove(uid);
+        if let Some(state) = &removed {
+            let key = lock(state).key.clone();
+            let named = lock(&self.map).values().any(|s| lock(s).key == key);
+            if !named {
+                lock(&self.reporting).remove(&key);
+            }
+        }
+        removed
     }
 
-    /// A trial of the experiment ended: a slot is free from now.
-    pub fn slot_freed(&self, key: &ExpKey) {
-        lock(&self.of(key)).free_slots.push_back(Instant::now());
+    /// A trial of the experiment `uid` ended: a slot is free from now.
+    pub fn slot_freed(&self, uid: &str) {
+        if let Some(state) = self.get(uid) {
+            lock(&state).free_slots.push_back(Instant::now());
+        }
     }
 
     /// A trial's first pod took a slot: how long the slot it took was free, if one was.
-    pub fn slot_taken(&self, key: &ExpKey) -> Option<Duration> {
-        let state = self.of(key);
+    pub fn slot_taken(&self, uid: &str) -> Option<Duration> {
+        let state = self.get(uid)?;
         let at = lock(&state).free_slots.pop_front();
         at.map(|at| at.elapsed())
     }
 
     /// The engine's experiment for `exp` as the experiment controller last built it, when
     /// that was from the same spec.
-    pub fn experiment(&self, key: &ExpKey, exp: &NasExperiment) -> Option<Arc<Experiment>> {
-        lock(&self.of(key))
+    pub fn experiment(&self, exp: &NasExperiment) -> Option<Arc<Experiment>> {
+        let state = self.get(exp.metadata.uid.as_deref()?)?;
+        lock(&state)
             .engine
             .as_ref()
             .filter(|c| c.spec == exp.spec)

@@ -2,22 +2,25 @@
 //! metrics, and what a deleted experiment leaves behind.
 
 use super::state::ExpKey;
-use crate::api::{self, NasTrial};
+use super::world::World;
+use crate::api;
 use crate::operator::context::{Ctx, lock};
 use crate::operator::metrics::{ExperimentLabels, ExperimentPhaseLabels, PhaseLabels};
 use crate::operator::{pod, status};
-use kube::Api;
+use kube::api::{DeleteParams, Preconditions};
 use kube::runtime::reflector::ObjectRef;
+use kube::{Api, ResourceExt};
 use std::sync::Arc;
 
 /// Deletes the pods of finished trials beyond the newest `--keep-finished-pods`: their
 /// results are in the trials' status, and thousands of finished pods cost the API server
 /// and every watch of pods. Each trial is looked at once when it ends (a restarted operator
 /// looks at each once more); the deletes run in the background.
-pub(super) fn clean_up_pods(ctx: &Arc<Ctx>, key: &ExpKey, trials: &[Arc<NasTrial>]) {
-    let state = ctx.states.of(key);
+pub(super) fn clean_up_pods(ctx: &Arc<Ctx>, world: &World) {
+    let (key, trials) = (&world.key, &world.trials);
+    let state = ctx.states.of(&world.uid, key);
     let mut state = lock(&state);
-    let mut ended: Vec<(f64, String, u32)> = trials
+    let mut ended: Vec<(f64, String, u32, String)> = trials
         .iter()
         .filter_map(|t| {
             let s = t.status.as_ref()?;
@@ -34,29 +37,33 @@ pub(super) fn clean_up_pods(ctx: &Arc<Ctx>, key: &ExpKey, trials: &[Arc<NasTrial
                 return None;
             }
             let at = s.completion_time.as_ref().map(|c| status::seconds(&c.0))?;
-            Some((at, name.to_string(), s.attempts.max(1)))
+            Some((at, name.to_string(), s.attempts.max(1), t.uid()?))
         })
         .collect();
     if ended.is_empty() {
         return;
     }
     ended.sort_by(|a, b| a.0.total_cmp(&b.0));
-    for (at, name, attempts) in ended {
+    for (at, name, attempts, uid) in ended {
         state.seen_finished.insert(name.clone());
-        state.finished.push_back((at, name, attempts));
+        state.finished.push_back((at, name, attempts, uid));
     }
     let mut doomed = Vec::new();
     while state.finished.len() > ctx.settings.keep_finished_pods {
-        let (_, name, attempts) = state
+        let (_, name, attempts, trial_uid) = state
             .finished
             .pop_front()
             .expect("longer than the keep count");
-        doomed.extend((1..=attempts).map(|a| pod::pod_name(&name, a)).filter(|p| {
-            ctx.stores
-                .pods
-                .get(&ObjectRef::new(p).within(&key.0))
-                .is_some()
-        }));
+        // The trial's own pods only, each by its UID: a pod of the name that another
+        // object holds, or made since, is left alone.
+        for name in (1..=attempts).flat_map(|a| pod::pod_names(&name, a, &trial_uid)) {
+            let Some(pod) = ctx.stores.pods.get(&ObjectRef::new(&name).within(&key.0)) else {
+                continue;
+            };
+            if let Some(uid) = pod.uid().filter(|_| pod::owned_by(&pod, &trial_uid)) {
+                doomed.push((name, uid));
+            }
+        }
     }
     drop(state);
     if doomed.is_empty() {
@@ -64,15 +71,27 @@ pub(super) fn clean_up_pods(ctx: &Arc<Ctx>, key: &ExpKey, trials: &[Arc<NasTrial
     }
     let api: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(ctx.client.clone(), &key.0);
     tokio::spawn(async move {
-        for name in doomed {
-            if let Err(e) = api.delete(&name, &Default::default()).await {
+        for (name, uid) in doomed {
+            let only = DeleteParams {
+                preconditions: Some(Preconditions {
+                    uid: Some(uid),
+                    resource_version: None,
+                }),
+                ..DeleteParams::default()
+            };
+            if let Err(e) = api.delete(&name, &only).await {
                 tracing::debug!(pod = %name, error = %e, "could not delete a finished trial's pod");
             }
         }
     });
 }
 
-pub(super) fn update_metrics(ctx: &Ctx, key: &ExpKey, status: &api::NasExperimentStatus) {
+pub(super) fn update_metrics(
+    ctx: &Ctx,
+    uid: &str,
+    key: &ExpKey,
+    status: &api::NasExperimentStatus,
+) {
     let m = &ctx.metrics;
     let (ns, name) = key;
     let c = &status.trials;
@@ -102,7 +121,10 @@ pub(super) fn update_metrics(ctx: &Ctx, key: &ExpKey, status: &api::NasExperimen
     let phase = status
         .phase
         .map_or("Pending".to_string(), |p| format!("{p:?}"));
-    let first = lock(&ctx.states.of(key)).phase.replace(phase).is_none();
+    let first = lock(&ctx.states.of(uid, key))
+        .phase
+        .replace(phase)
+        .is_none();
     if first {
         m.experiment_seen(ns, name);
     }
@@ -126,12 +148,13 @@ fn recount_experiments(ctx: &Ctx) {
     }
 }
 
-/// Forgets a deleted experiment's caches and metric series.
-pub fn forget(ctx: &Ctx, key: &ExpKey) {
-    let removed = ctx.states.remove(key);
-    if let Some(uid) = removed.and_then(|s| lock(&s).engine.as_ref().map(|c| c.uid.clone())) {
-        ctx.stores.index.forget(&uid);
-    }
+/// Forgets a deleted experiment object's caches, and its metric series unless an
+/// experiment of the same name took its place.
+pub fn forget(ctx: &Ctx, uid: &str, key: &ExpKey) {
+    ctx.states.remove(uid);
+    ctx.stores.index.forget(uid);
     recount_experiments(ctx);
-    ctx.metrics.forget(&key.0, &key.1);
+    if ctx.stores.experiment(&key.0, &key.1).is_none() {
+        ctx.metrics.forget(&key.0, &key.1);
+    }
 }

@@ -110,8 +110,9 @@ pub(super) async fn record_end(
             experiment: trial.spec.experiment.clone(),
         })
         .inc_by(end.gpu_seconds);
-    ctx.states
-        .slot_freed(&(ns.clone(), trial.spec.experiment.clone()));
+    if let Some(uid) = crate::operator::index::owner_uid(trial) {
+        ctx.states.slot_freed(uid);
+    }
     info!(namespace = %ns, experiment = %trial.spec.experiment, trial = %name, phase = ?end.phase, reason = %end.reason, value = ?next.value, "trial ended");
     let (type_, reason) = match end.phase {
         TrialPhaseName::Succeeded => (EventType::Normal, "TrialSucceeded"),

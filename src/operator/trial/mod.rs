@@ -47,7 +47,7 @@ pub(super) fn experiment_of(
     key: &ExpKey,
     exp: &NasExperiment,
 ) -> Option<Arc<Experiment>> {
-    let cached = ctx.states.experiment(key, exp);
+    let cached = ctx.states.experiment(exp);
     if cached.is_some() {
         return cached;
     }
@@ -171,14 +171,23 @@ async fn read(ctx: &Ctx, trial: Arc<NasTrial>) -> Result<Result<Seen, Action>, E
         return Ok(Err(Action::await_change()));
     };
     let mut next = current.clone();
-    let first_pod = pod::pod_name(&trial.name_any(), 1);
+    // Only a pod the trial controls counts: pod names are predictable, and a pod of the
+    // name made by anyone else (or left by an earlier trial of this name) says nothing.
+    let uid = trial.uid().unwrap_or_default();
+    let ours = |p: Option<Arc<Pod>>| p.filter(|p| pod::owned_by(p, &uid));
     let (attempt, pod) = if current.attempts > 0 {
-        let name = pod::pod_name(&trial.name_any(), current.attempts);
-        (current.attempts, find_pod(ctx, &ns, &name).await?)
-    } else if let Some(p) = ctx.pod(&ns, &first_pod) {
+        let name = current
+            .pod
+            .clone()
+            .unwrap_or_else(|| pod::pod_name(&trial.name_any(), current.attempts));
+        (current.attempts, ours(find_pod(ctx, &ns, &name).await?))
+    } else if let Some((name, p)) = pod::pod_names(&trial.name_any(), 1, &uid)
+        .into_iter()
+        .find_map(|name| Some((name.clone(), ours(ctx.pod(&ns, &name))?)))
+    {
         // The experiment controller created the first pod with the trial: record it.
         next.attempts = 1;
-        next.pod = Some(first_pod);
+        next.pod = Some(name);
         next.phase = Some(TrialPhaseName::Pending);
         (1, Some(p))
     } else {
