@@ -300,8 +300,8 @@ impl Player for BenchPlayer {
             .bytes()
             .fold(0u64, |a, b| a.wrapping_mul(31).wrapping_add(b as u64));
         let value = 50.0 + (nasop_core::rng::mix64(h) % 4000) as f64 / 100.0;
-        let message = serde_json::json!({"step": 12, "metrics": {"val_accuracy": value}});
-        Some(Plan::Exit(0, message.to_string()))
+        let message = nasop_testkit::report_json(12, "val_accuracy", value);
+        Some(Plan::Exit(0, message))
     }
 }
 

@@ -21,6 +21,15 @@ pub fn owner_uid(trial: &NasTrial) -> Option<&str> {
         .map(|o| o.uid.as_str())
 }
 
+/// The object that controls `object`, as a person reads it: `<kind> <name> (<uid>)`.
+pub fn controller(object: &impl ResourceExt) -> Option<String> {
+    object
+        .owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true))
+        .map(|o| format!("{} {} ({})", o.kind, o.name, o.uid))
+}
+
 /// Trial names by owner UID and index.
 type ByOwner = HashMap<String, BTreeMap<u32, String>>;
 

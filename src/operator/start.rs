@@ -117,13 +117,7 @@ fn first_pod_created(ctx: &Ctx, trial: &NasTrial, pod_name: &str) {
 
 /// Another object holds the pod's name: say so (once per pod it would have been).
 fn name_taken(ctx: &Ctx, trial: &NasTrial, existing: &Pod, other: &str) {
-    let owner = existing
-        .owner_references()
-        .iter()
-        .find(|o| o.controller == Some(true))
-        .map_or("no controller".to_string(), |o| {
-            format!("{} {} ({})", o.kind, o.name, o.uid)
-        });
+    let owner = super::index::controller(existing).unwrap_or_else(|| "no controller".into());
     warn!(namespace = ?trial.namespace(), trial = %trial.name_any(), pod = %existing.name_any(), %owner, "a pod of the trial's name belongs to another object");
     event(
         ctx,

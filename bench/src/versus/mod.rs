@@ -370,8 +370,8 @@ impl Player for VersusPlayer {
                     Ok(Plan::Exit(0, String::new()))
                 }
                 _ => {
-                    let message = serde_json::json!({"step": 12, "metrics": {"val_accuracy": val}});
-                    Ok(Plan::Exit(0, message.to_string()))
+                    let message = nasop_testkit::report_json(12, "val_accuracy", val);
+                    Ok(Plan::Exit(0, message))
                 }
             }
         })))

@@ -227,9 +227,9 @@ async fn read_world(
     // The status as stored; but once this process has written this object's end, that
     // status until the spec changes, whatever older version the store still shows (else a
     // later reconcile would end the experiment, stamp and announce it, again).
+    let state = ctx.states.of(&uid, &key);
     let previous = {
         let stored = stored_status(&object);
-        let state = ctx.states.of(&uid, &key);
         let ended = lock(&state).ended.clone();
         match ended {
             Some(done)
@@ -260,18 +260,14 @@ async fn read_world(
     }
     let trials = with_created(
         ctx.stores.trials_of(&key.0, &uid),
-        &mut lock(&ctx.states.of(&uid, &key)).created,
+        &mut lock(&state).created,
         &uid,
         Instant::now(),
     );
-    let rebuild = {
-        let state = ctx.states.of(&uid, &key);
-        let state = lock(&state);
-        !state
-            .engine
-            .as_ref()
-            .is_some_and(|c| c.uid == uid && c.spec == exp.spec && !c.prior_missing)
-    };
+    let rebuild = !lock(&state)
+        .engine
+        .as_ref()
+        .is_some_and(|c| c.spec == exp.spec && !c.prior_missing);
     let prior = if rebuild {
         match prior_trials(ctx, &key.0, &exp, &experiment) {
             Ok(prior) => Some(prior),
@@ -316,12 +312,12 @@ fn decide(ctx: &Ctx, world: &World, experiment: crate::engine::Experiment) -> Re
     let fresh = state
         .engine
         .as_ref()
-        .is_some_and(|c| c.uid == world.uid && c.spec == world.exp.spec);
+        .is_some_and(|c| c.spec == world.exp.spec);
     // Rebuilt when read_world read the prior results for it, or when the state went away
     // since (a delete racing this reconcile): then without them until the next reconcile.
     let unread = Prior::Missing(String::new());
     if let Some(prior) = world.prior.as_ref().or((!fresh).then_some(&unread)) {
-        let mut built = Cached::new(world.uid.clone(), world.exp.spec.clone(), experiment, prior);
+        let mut built = Cached::new(world.exp.spec.clone(), experiment, prior);
         // A search under way (an earlier operator started it) goes on without an experiment
         // named in warmStart that has gone since, rather than rebuilding at every reconcile.
         if !world.trials.is_empty() {
@@ -515,13 +511,7 @@ fn new_trial(key: &ExpKey, new: &crate::engine::NewTrial, owner: &OwnerReference
 
 /// A trial of the wanted name that another object owns: the index is left to it.
 fn taken_by_another(t: &NasTrial) -> Blocked {
-    let owner = t
-        .owner_references()
-        .iter()
-        .find(|o| o.controller == Some(true))
-        .map_or("no owner".to_string(), |o| {
-            format!("{} {} ({})", o.kind, o.name, o.uid)
-        });
+    let owner = index::controller(t).unwrap_or_else(|| "no owner".into());
     Blocked::Conflict(
         t.spec.index,
         format!(

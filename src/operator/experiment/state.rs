@@ -147,7 +147,6 @@ impl States {
 /// The engine and the trial records of one experiment, kept between reconciles; records
 /// are re-read only for trials whose resourceVersion changed.
 pub struct Cached {
-    pub uid: String,
     pub spec: NasExperimentSpec,
     pub experiment: Arc<Experiment>,
     pub(super) engine: Engine,
@@ -163,18 +162,12 @@ pub struct Cached {
 }
 
 impl Cached {
-    pub(super) fn new(
-        uid: String,
-        spec: NasExperimentSpec,
-        experiment: Experiment,
-        prior: &Prior,
-    ) -> Cached {
+    pub(super) fn new(spec: NasExperimentSpec, experiment: Experiment, prior: &Prior) -> Cached {
         let (records, prior_missing) = match prior {
             Prior::Found(records) => (records.as_slice(), false),
             Prior::Missing(_) => (&[][..], true),
         };
         Cached {
-            uid,
             spec,
             prior_missing,
             engine: Engine::with_prior(experiment.clone(), records),
