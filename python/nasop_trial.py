@@ -20,20 +20,33 @@ that your training loop stays yours::
         # leaving the block writes the last report as the final one
 
 ``epochs()`` ends early when the search answers "stop" (early stopping, the experiment's
-deadline) or the pod is asked to terminate (SIGTERM); both leave the last completed epoch's
-checkpoint and report standing, which is what the contract asks.
+deadline) or the pod is asked to terminate (SIGTERM: an eviction, a drain, a preemption, a
+deleted pod); both leave the last completed epoch's checkpoint standing. A stopped trial's
+last report is its result. An interrupted one's is not: its final report says so, leaving
+the block exits with code 143, and nasop runs the trial again from its checkpoint.
 
 The contract itself (README.md, "The trainer"; core/src/contract.rs): NASOP_TRIAL holds the
 task as JSON; each report is ``{"step": n, "metrics": {...}}`` posted to NASOP_REPORT_URL with
-``Authorization: Bearer $NASOP_REPORT_TOKEN`` and answered ``{"action": "continue" | "stop"}``;
-the final report goes to the termination-message file (NASOP_TERMINATION_PATH, else
-/dev/termination-log) and the process exits 0. NASOP_CHECKPOINT_DIR is the trial's own
-directory to checkpoint into, NASOP_RESUME_FROM another trial's to continue, and
-NASOP_ARTIFACT_DIR where a trial that completes its epochs leaves its final model
+``Authorization: Bearer <token>`` and answered ``{"action": "continue" | "stop"}``. In a pod
+the token is in the file NASOP_REPORT_TOKEN_FILE names (a projected service-account token the
+kubelet rotates, so it is read for every report); without that variable it is
+NASOP_REPORT_TOKEN (``nasop run``). A 409 answer (``{"action": "stop", "error": ...}``) means
+this attempt was superseded or the trial has already ended: the report was not recorded and
+the trial stops. When a token from the file is refused (401, 403), the file is read again
+and the report sent once more. Every refusal is logged as an ERROR on stderr, never dropped
+in silence; apart from a 409, training goes on.
+
+The final report carries how the run ended, ``"end": "completed" | "stopped" |
+"interrupted"`` (the budget trained; the search said stop; SIGTERM came first), goes to the
+termination-message file (NASOP_TERMINATION_PATH, else /dev/termination-log) and is posted
+like the others. The process then exits 0, or 143 when interrupted. NASOP_CHECKPOINT_DIR is
+the trial's own directory to checkpoint into, NASOP_RESUME_FROM another trial's to continue,
+and NASOP_ARTIFACT_DIR where a trial that completes its epochs leaves its final model
 (``trial.save_model``).
 """
 
 import contextlib
+import http.client
 import json
 import math
 import os
@@ -53,6 +66,7 @@ __version__ = "0.1.0"
 ENV_TRIAL = "NASOP_TRIAL"
 ENV_REPORT_URL = "NASOP_REPORT_URL"
 ENV_REPORT_TOKEN = "NASOP_REPORT_TOKEN"
+ENV_REPORT_TOKEN_FILE = "NASOP_REPORT_TOKEN_FILE"
 ENV_TERMINATION_PATH = "NASOP_TERMINATION_PATH"
 ENV_CHECKPOINT_DIR = "NASOP_CHECKPOINT_DIR"
 ENV_RESUME_FROM = "NASOP_RESUME_FROM"
@@ -74,6 +88,17 @@ _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,63}$")
 RETRY_SECONDS = 60.0
 MAX_DELAY = 5.0
 REQUEST_TIMEOUT = 5.0
+# After SIGTERM a report is retried at most this long: the kubelet kills the process when
+# the pod's grace period (30 s by default) runs out, and the final report must be written
+# before that.
+INTERRUPTED_RETRY_SECONDS = 10.0
+
+# How a run ended, as its final report says (core/src/contract.rs, RunEnd).
+END_COMPLETED = "completed"
+END_STOPPED = "stopped"
+END_INTERRUPTED = "interrupted"
+# The exit code of a process ended by SIGTERM (128 + 15), as the shell and the kubelet know it.
+EXIT_INTERRUPTED = 143
 
 # The file in a checkpoint directory naming its newest complete checkpoint.
 _LATEST = "nasop-checkpoint.json"
@@ -141,7 +166,24 @@ def _compact(report):
     out = {"step": report["step"], "metrics": dict(sorted(report["metrics"].items()))}
     if report.get("info"):
         out["info"] = dict(sorted(report["info"].items()))
+    if report.get("end"):
+        out["end"] = report["end"]
     return json.dumps(out, separators=(",", ":"), allow_nan=False)
+
+
+def _refusal(error):
+    """What the endpoint said with an HTTP error: its JSON ``error``, else the body's start."""
+    try:
+        text = error.read()[:1000].decode(errors="replace")
+    except (OSError, ValueError, http.client.HTTPException):
+        return ""
+    try:
+        said = json.loads(text)
+        if isinstance(said, dict) and isinstance(said.get("error"), str):
+            return said["error"][:300]
+    except ValueError:
+        pass
+    return text[:300]
 
 
 def termination_message(report):
@@ -151,6 +193,7 @@ def termination_message(report):
         "step": report["step"],
         "metrics": dict(sorted(report["metrics"].items())),
         "info": dict(sorted((report.get("info") or {}).items())),
+        "end": report.get("end"),
     }
     while True:
         text = _compact(kept)
@@ -176,6 +219,7 @@ class Trial:
         resume_from=None,
         artifact_dir=None,
         retry_seconds=RETRY_SECONDS,
+        token_file=None,
     ):
         for key in ("seed", "budget"):
             if key not in task:
@@ -183,6 +227,8 @@ class Trial:
         self.task = task
         self.report_url = report_url or None
         self.token = token or ""
+        # When set, the token is read from this file for every report and wins over `token`.
+        self.token_file = Path(token_file) if token_file else None
         self.termination_path = Path(termination_path) if termination_path else None
         for name, value in (
             (ENV_CHECKPOINT_DIR, checkpoint_dir),
@@ -204,6 +250,10 @@ class Trial:
         self.last_report = None
         self._stop_reason = None
         self._finished = False
+        # Whether epochs() ran out with the whole budget trained, and the end the final
+        # report said (None until finish()).
+        self._trained_budget = False
+        self._end = None
 
     @classmethod
     def from_env(cls, environ=None, handle_sigterm=True):
@@ -233,6 +283,7 @@ class Trial:
             task,
             report_url=env.get(ENV_REPORT_URL),
             token=env.get(ENV_REPORT_TOKEN, ""),
+            token_file=env.get(ENV_REPORT_TOKEN_FILE),
             termination_path=termination,
             checkpoint_dir=env.get(ENV_CHECKPOINT_DIR),
             resume_from=env.get(ENV_RESUME_FROM),
@@ -289,16 +340,41 @@ class Trial:
 
     @property
     def should_stop(self):
-        """True once the search answered "stop" or SIGTERM arrived: checkpoint and end."""
+        """True once the search answered "stop", this attempt was superseded (a 409) or
+        SIGTERM arrived: checkpoint and end."""
         return self._stop_reason is not None
 
     @property
     def stop_reason(self):
+        """None, ``"stop"`` (the search's answer), ``"superseded"`` (a 409 answer: the
+        trial has ended or another attempt replaced this one) or ``"SIGTERM"``."""
         return self._stop_reason
 
+    @property
+    def end(self):
+        """How the run ends, as the final report will say: ``"stopped"`` when the search
+        said stop, ``"interrupted"`` when SIGTERM arrived before the budget was trained,
+        else ``"completed"``."""
+        if self._stop_reason in ("stop", "superseded"):
+            return END_STOPPED
+        if self._stop_reason == "SIGTERM" and not self._completed_budget():
+            return END_INTERRUPTED
+        return END_COMPLETED
+
+    def _completed_budget(self):
+        # A SIGTERM during the last epoch leaves the result standing only when the loop
+        # still finished that epoch and reported it.
+        return (
+            self._trained_budget
+            and self.last_report is not None
+            and self.last_report["step"] >= self.budget
+        )
+
     def _on_sigterm(self, signum, frame):
-        self._stop_reason = "SIGTERM"
-        _log("terminating: the epoch in progress is abandoned, the last completed one stands")
+        if self._stop_reason is None:
+            self._stop_reason = "SIGTERM"
+        _log("terminating: the epoch in progress is abandoned, the last completed one's "
+             "checkpoint stands")
 
     def epochs(self, start=0):
         """The epochs left to train, 1-based: ``start + 1`` to the budget, ending early when
@@ -307,6 +383,7 @@ class Trial:
             if self.should_stop:
                 return
             yield epoch
+        self._trained_budget = True
 
     # Reports.
 
@@ -320,16 +397,45 @@ class Trial:
         print(body, flush=True)
         if not self.report_url:
             return "continue"
-        action = self._post(body.encode(), step)
+        action = self._post(body.encode(), f"the report of step {step}")
+        if action == "superseded":
+            if self._stop_reason is None:
+                self._stop_reason = "superseded"
+            return "stop"
         if action == "stop" and self._stop_reason is None:
             self._stop_reason = "stop"
         return action
 
-    def _post(self, body, step):
-        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {self.token}"}
-        started, delay, attempt = time.monotonic(), 0.2, 0
+    def _token(self, what):
+        """The bearer token for one post: the token file's content, read now (the kubelet
+        rotates it), else the plain token; None when the file cannot be read."""
+        if self.token_file is None:
+            return self.token
+        try:
+            token = self.token_file.read_text().strip()
+        except (OSError, UnicodeDecodeError) as e:
+            problem = f"cannot be read ({e})"
+        else:
+            if token:
+                return token
+            problem = "is empty"
+        _log(f"ERROR: the report token file {self.token_file} {problem}, so {what} is not "
+             "sent; training goes on. A trial pod mounts it from the projected "
+             f"serviceAccountToken volume that {ENV_REPORT_TOKEN_FILE} points into: check that "
+             "the volume is mounted there")
+        return None
+
+    def _post(self, body, what):
+        """Posts one report (``what`` names it in messages) and returns the answer:
+        "continue", "stop", or "superseded" (a 409: not recorded, this attempt no longer
+        counts). Never raises: what cannot be delivered is logged."""
+        started, delay, attempt, reread = time.monotonic(), 0.2, 0, False
         while True:
+            token = self._token(what)
+            if token is None:
+                return "continue"
             attempt += 1
+            headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
             request = urllib.request.Request(self.report_url, body, headers, method="POST")
             try:
                 with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT) as response:
@@ -340,25 +446,47 @@ class Trial:
                         return "continue"
                     return "stop" if action == "stop" else "continue"
             except urllib.error.HTTPError as e:
+                if e.code in (401, 403) and self.token_file is not None and not reread:
+                    # The kubelet may have rotated the token just now: read it again, once.
+                    reread = True
+                    _log(f"the token for {what} was refused (HTTP {e.code}); "
+                         f"reading {self.token_file} again and retrying once")
+                    continue
+                if e.code == 409:
+                    _log(f"ERROR: {what} was not recorded (HTTP 409: {_refusal(e)}); "
+                         "stopping: this attempt was superseded or the trial has already "
+                         "ended, so its results no longer count")
+                    return "superseded"
                 if 400 <= e.code < 500 and e.code != 429:
-                    _log(f"the report endpoint refused step {step} (HTTP {e.code}: "
-                         f"{e.read()[:300].decode(errors='replace')}); continuing without it")
+                    source = (self.token_file if self.token_file is not None
+                              else f"${ENV_REPORT_TOKEN}")
+                    hint = (f" (the token from {source} was not accepted)"
+                            if e.code in (401, 403) else "")
+                    _log(f"ERROR: {what} was refused and not recorded (HTTP {e.code}: "
+                         f"{_refusal(e)}){hint}; training goes on, its result still goes to "
+                         "the termination message")
                     return "continue"
                 error = f"HTTP {e.code}"
-            except (OSError, ValueError) as e:  # refused, reset, timed out, DNS
-                error = str(e)
+            except (OSError, ValueError, http.client.HTTPException) as e:
+                # refused, reset, timed out, DNS, a connection closed mid-answer
+                error = str(e) or type(e).__name__
             elapsed = time.monotonic() - started
-            if elapsed + delay >= self.retry_seconds:
-                _log(f"report of step {step} failed {attempt} times in {elapsed:.0f}s "
+            retry_seconds = self.retry_seconds
+            if self._stop_reason == "SIGTERM":
+                retry_seconds = min(retry_seconds, INTERRUPTED_RETRY_SECONDS)
+            if elapsed + delay >= retry_seconds:
+                _log(f"{what} failed {attempt} times in {elapsed:.0f}s "
                      f"({error}); training goes on")
                 return "continue"
-            _log(f"report of step {step} failed ({error}); retrying in {delay:.1f}s")
+            _log(f"{what} failed ({error}); retrying in {delay:.1f}s")
             time.sleep(delay)
             delay = min(delay * 2, MAX_DELAY)
 
     def finish(self, metrics=None, step=None, info=None):
-        """Writes the final report to the termination-message file: the last report, or the
-        metrics given (at step ``step``, else the last report's). Call once, at the end."""
+        """Writes the final report, with how the run ended (``end``), to the
+        termination-message file and posts it: the last report, or the metrics given (at
+        step ``step``, else the last report's). Call once, at the end; then exit 0, or 143
+        when ``end`` is "interrupted" (leaving the ``with`` block does both)."""
         if metrics is None:
             if self.last_report is None:
                 raise ContractError("finish() before any report: pass the final metrics")
@@ -367,8 +495,15 @@ class Trial:
             if step is None:
                 step = self.last_report["step"] if self.last_report else 0
             report = _checked(step, metrics, info)
+        report["end"] = self._end = self.end
         self._finished = True
+        # The file first: a pod killed while the post is retried still leaves its result.
         self._write_termination(termination_message(report))
+        body = _compact(report)
+        print(body, flush=True)
+        # A superseded attempt's reports are refused: its 409 was already logged.
+        if self.report_url and self._stop_reason != "superseded":
+            self._post(body.encode(), f"the final report (step {report['step']})")
 
     def fail(self, message):
         """Writes why the trial failed as its termination message: the experiment's status
@@ -393,6 +528,12 @@ class Trial:
             self.fail(f"{kind.__name__}: {value}")
         elif not self._finished and self.last_report is not None:
             self.finish()
+        end = self._end if self._finished else self.end
+        if kind is None and end == END_INTERRUPTED:
+            # Not a success: exiting 0 would make the last epoch's value the trial's result.
+            _log(f"exiting with {EXIT_INTERRUPTED} (SIGTERM): the trial runs again from its "
+                 "last checkpoint")
+            raise SystemExit(EXIT_INTERRUPTED)
         return False
 
     # The final model.

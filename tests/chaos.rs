@@ -1,9 +1,13 @@
-//! Chaos: one experiment of 60 tabular trials at parallelism 8 while, at random points of
-//! its run (seeded; `NASOP_CHAOS_SEED=N` replays one), the operator is SIGKILLed 5 times,
-//! the API server is restarted, etcd stops answering for 10 s, 3 running pods are deleted,
-//! and the nodes refuse new pods for a while. The experiment must end Succeeded with
-//! exactly 60 distinct trials, every recorded result the trainer's, never more than 8
-//! trials active, and a count of finished trials that never goes back.
+//! Chaos: one experiment of 60 tabular trials at parallelism 8, run by two operator replicas
+//! with leader election, while, at random points of its run (seeded; `NASOP_CHAOS_SEED=N`
+//! replays one), an operator replica is SIGKILLed 5 times, the leader is paused (SIGSTOP)
+//! past its lease while the standby takes over and then continued, the API server is
+//! restarted, etcd stops answering for 10 s, 3 running pods are deleted and 2 evicted
+//! through the eviction API, the nodes refuse new pods for a while, and a second, small
+//! experiment is deleted and applied again. The experiment must end Succeeded with exactly
+//! 60 distinct trials, every recorded result the trainer's, never more than 8 trials
+//! active, and a count of finished trials that never goes back; the re-applied experiment
+//! runs a search of its own to the end, its results its own pods'.
 //!
 //! Its own test binary: it restarts parts of the shared test control plane, which the
 //! tests of other binaries (run one binary at a time) never see.
@@ -29,10 +33,49 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Fault {
     KillOperator,
+    PauseLeader,
     RestartApiServer,
     PauseEtcd,
     DeleteRunningPod,
+    EvictRunningPod,
     Unschedulable,
+    Reapply,
+}
+
+/// The small experiment deleted and applied again mid-run.
+const CHURN: &str = "churn";
+
+fn churn_manifest() -> String {
+    manifest(
+        CHURN,
+        "{algorithm: random, seed: 17}",
+        "{maxTrials: 6, parallelism: 1, trialEpochs: 12, maxFailedTrials: 0}",
+        "",
+    )
+}
+
+/// Replicas run with leader election; each is named in its POD_NAME, which the lease
+/// holder's identity starts with.
+fn start_replica(env: &mut Env, n: &mut usize) -> usize {
+    *n += 1;
+    let name = format!("replica-{n}");
+    env.start_operator_with(&["--leader-election"], &[("POD_NAME", name.as_str())])
+}
+
+/// The replica that holds the lease now, if one does (`replicas`: (index, POD_NAME)).
+async fn leader(env: &Env, replicas: &[(usize, String)]) -> Option<usize> {
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(env.client.clone(), &env.ns);
+    let holder = leases
+        .get_opt("nasop-operator")
+        .await
+        .ok()??
+        .spec?
+        .holder_identity?;
+    replicas
+        .iter()
+        .find(|(_, name)| holder.starts_with(&format!("{name}_")))
+        .map(|(i, _)| *i)
 }
 
 /// The test control plane's state directory (beside the kubeconfig).
@@ -149,11 +192,14 @@ async fn an_experiment_survives_operator_kills_api_server_and_etcd_outages_and_l
     let mut faults: Vec<Fault> = [
         [Fault::KillOperator; 5].as_slice(),
         &[
+            Fault::PauseLeader,
             Fault::RestartApiServer,
             Fault::PauseEtcd,
             Fault::Unschedulable,
+            Fault::Reapply,
         ],
         &[Fault::DeleteRunningPod; 3],
+        &[Fault::EvictRunningPod; 2],
     ]
     .concat();
     rng.shuffle(&mut faults);
@@ -168,7 +214,14 @@ async fn an_experiment_survives_operator_kills_api_server_and_etcd_outages_and_l
     eprintln!("chaos plan (trials created, fault): {plan:?}");
 
     let mut env = Env::new("chaos").await;
-    let mut op = env.start_operator(&[]);
+    env.route_reports();
+    let mut named = 0;
+    let mut replicas: Vec<(usize, String)> = Vec::new();
+    for _ in 0..2 {
+        let i = start_replica(&mut env, &mut named);
+        replicas.push((i, format!("replica-{named}")));
+    }
+    let mut op = replicas[0].0;
     env.start_trainer(Arc::new(|input, _| {
         let v = value_of(&input.candidate);
         Plan::Report(vec![v - 3.0, v - 2.0, v - 1.0, v])
@@ -204,8 +257,9 @@ async fn an_experiment_survives_operator_kills_api_server_and_etcd_outages_and_l
     ))
     .await
     .unwrap();
+    env.apply(&churn_manifest()).await.unwrap();
 
-    let deadline = Instant::now() + Duration::from_secs(400);
+    let deadline = Instant::now() + Duration::from_secs(500);
     let fail = |why: String| -> ! { panic!("chaos seed {seed}: {why}") };
     // Trials whose pod was deleted: each deletion takes a different trial's pod, since three
     // lost pods of one trial fail it (the operator's --max-attempts is 3), as they should.
@@ -234,8 +288,48 @@ async fn an_experiment_survives_operator_kills_api_server_and_etcd_outages_and_l
         eprintln!("chaos: {fault:?} at {at} trials created");
         match fault {
             Fault::KillOperator => {
-                env.kill_operator(op);
-                op = env.start_operator(&[]);
+                // One replica, at random: the leader or the standby.
+                let k = rng.below(replicas.len());
+                let (victim, _) = replicas.remove(k);
+                env.kill_operator(victim);
+                let i = start_replica(&mut env, &mut named);
+                replicas.push((i, format!("replica-{named}")));
+                op = i;
+            }
+            Fault::PauseLeader => {
+                let Some(paused) = leader(&env, &replicas).await else {
+                    fail("no replica holds the lease".into());
+                };
+                let pid = env.operator_pid(paused).to_string();
+                let kill = |sig: &str| Command::new("kill").args([sig, &pid]).status().unwrap();
+                kill("-STOP");
+                // Past the lease (15 s): the standby takes over.
+                tokio::time::sleep(Duration::from_secs(22)).await;
+                kill("-CONT");
+                let gone = Instant::now() + Duration::from_secs(20);
+                while env.operator_exit(paused).is_none() {
+                    if Instant::now() > gone {
+                        let why = diagnose(&mut env, paused).await;
+                        fail(format!("the continued leader did not step down\n{why}"));
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                replicas.retain(|(i, _)| *i != paused);
+                let i = start_replica(&mut env, &mut named);
+                replicas.push((i, format!("replica-{named}")));
+                op = i;
+            }
+            Fault::Reapply => {
+                let api = env.experiments();
+                let _ = api.delete(CHURN, &DeleteParams::foreground()).await;
+                let gone = Instant::now() + Duration::from_secs(60);
+                while api.get_opt(CHURN).await.ok().flatten().is_some() {
+                    if Instant::now() > gone {
+                        fail("the deleted experiment did not go".into());
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                env.apply(&churn_manifest()).await.unwrap();
             }
             Fault::RestartApiServer => {
                 let out = Command::new(concat!(
@@ -257,7 +351,7 @@ async fn an_experiment_survives_operator_kills_api_server_and_etcd_outages_and_l
                 tokio::time::sleep(Duration::from_secs(10)).await;
                 signal("etcd", "-CONT");
             }
-            Fault::DeleteRunningPod => {
+            Fault::DeleteRunningPod | Fault::EvictRunningPod => {
                 let pods: Api<Pod> = env.pods();
                 let running = pods
                     .list(&Default::default())
@@ -272,7 +366,11 @@ async fn an_experiment_survives_operator_kills_api_server_and_etcd_outages_and_l
                     });
                 if let Some(p) = running {
                     hit.insert(trial_of(&p));
-                    let _ = pods.delete(&p.name_any(), &DeleteParams::default()).await;
+                    if *fault == Fault::EvictRunningPod {
+                        let _ = pods.evict(&p.name_any(), &Default::default()).await;
+                    } else {
+                        let _ = pods.delete(&p.name_any(), &DeleteParams::default()).await;
+                    }
                 }
             }
             Fault::Unschedulable => {
@@ -294,6 +392,47 @@ async fn an_experiment_survives_operator_kills_api_server_and_etcd_outages_and_l
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
+    // The re-applied experiment ran a search of its own, to the end, with its own pods'
+    // results: none of the deleted one's trials, reports or ending.
+    let churn = loop {
+        if let Some(e) = env.experiments().get_opt(CHURN).await.ok().flatten()
+            && e.status.as_ref().and_then(|s| s.phase) == Some(ExperimentPhase::Succeeded)
+        {
+            break e;
+        }
+        if Instant::now() > deadline {
+            fail("the re-applied experiment did not succeed".into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let churn_uid = churn.uid().unwrap();
+    let churn_status = churn.status.unwrap();
+    if churn_status.trials.succeeded != 6 {
+        fail(format!(
+            "the re-applied experiment: {:?}",
+            churn_status.trials
+        ));
+    }
+    let churn_trials = env.all_trials(CHURN).await;
+    for t in &churn_trials {
+        let owner = t.owner_references().first().map(|o| o.uid.clone());
+        let value = t.status.as_ref().and_then(|s| s.value);
+        if owner.as_deref() != Some(churn_uid.as_str())
+            || value != Some(value_of(&t.spec.candidate))
+        {
+            fail(format!(
+                "{} (owner {owner:?}) recorded {value:?}",
+                t.name_any()
+            ));
+        }
+    }
+    if let (Some(created), Some(done)) = (
+        churn.metadata.creation_timestamp.as_ref(),
+        churn_status.completion_time.as_ref(),
+    ) && done.0 < created.0
+    {
+        fail("the re-applied experiment ended before it was created".into());
+    }
     let status = exp.status.unwrap();
     let trials = env.all_trials("chaos").await;
     let indices: BTreeSet<u32> = trials.iter().map(|t| t.spec.index).collect();

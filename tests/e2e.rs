@@ -253,6 +253,15 @@ fn a_cpu_search_runs_on_a_real_node_through_the_helm_installed_operator() {
     );
     let manifest = example.replace(EXAMPLE_IMAGE, &format!("{images}/nasop-trainer:0.1.0-cpu"));
     let _ = run(&mut kube(&["create", "namespace", NAMESPACE]));
+    // Trial pods run under the restricted Pod Security Standard: nasop's defaults and the
+    // examples must satisfy it, or the API server refuses the pods.
+    ok(&mut kube(&[
+        "label",
+        "--overwrite",
+        "namespace",
+        NAMESPACE,
+        "pod-security.kubernetes.io/enforce=restricted",
+    ]));
     let out = with_stdin(&mut kube(&["apply", "-n", NAMESPACE, "-f", "-"]), &manifest);
     assert!(
         out.status.success(),
@@ -504,16 +513,21 @@ spec:
         .as_str()
         .unwrap_or_else(|| panic!("{best}"));
     let index = best["index"].as_u64().unwrap();
+    // Each run of the experiment has its own directory, by the object's UID.
+    let run_dir = format!(
+        "{NAMESPACE}/{STORAGE_EXPERIMENT}/{}",
+        experiment["metadata"]["uid"].as_str().unwrap()
+    );
     assert_eq!(
         artifact,
-        format!("pvc://nasop-storage/{STORAGE_EXPERIMENT}/trials/{index}/artifact")
+        format!("pvc://nasop-storage/{run_dir}/trials/{index}/artifact")
     );
     for t in trials
         .iter()
         .filter(|t| t["status"]["phase"] == "Succeeded")
     {
         let index = t["spec"]["index"].as_u64().unwrap();
-        let model = volume.join(format!("{STORAGE_EXPERIMENT}/trials/{index}/artifact"));
+        let model = volume.join(format!("{run_dir}/trials/{index}/artifact"));
         for file in ["model.safetensors", "model.json", "model.pt"] {
             assert!(
                 model.join(file).is_file(),
@@ -678,9 +692,13 @@ fn a_bucket_continues_promotions_and_keeps_models(images: &str) {
     let (experiment, trials, promoted) = run_to_success(BUCKET_EXPERIMENT, &manifest, started);
     let best = &experiment["status"]["bestTrial"];
     let index = best["index"].as_u64().unwrap();
+    let run_dir = format!(
+        "{NAMESPACE}/{BUCKET_EXPERIMENT}/{}",
+        experiment["metadata"]["uid"].as_str().unwrap()
+    );
     assert_eq!(
         best["artifact"],
-        format!("s3://nasop-models/{BUCKET_EXPERIMENT}/trials/{index}/artifact"),
+        format!("s3://nasop-models/{run_dir}/trials/{index}/artifact"),
         "{best}"
     );
     for t in trials
@@ -689,7 +707,7 @@ fn a_bucket_continues_promotions_and_keeps_models(images: &str) {
     {
         let index = t["spec"]["index"].as_u64().unwrap();
         for file in ["model.safetensors", "model.json", "model.pt"] {
-            let key = format!("{BUCKET_EXPERIMENT}/trials/{index}/artifact/{file}");
+            let key = format!("{run_dir}/trials/{index}/artifact/{file}");
             let size = ureq::get(&format!("{endpoint}/nasop-models/{key}"))
                 .call()
                 .ok()

@@ -136,14 +136,10 @@ impl Operator {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
-        let key = log.with_extension("key");
-        std::fs::write(&key, "bench-report-key-0123456789abcdef0123456789")?;
         let file = std::fs::File::create(log)?;
         let child = Command::new(crate::nasop_binary()?)
             .args(["operator", "--namespace", ns, "--listen"])
             .arg(format!("127.0.0.1:{port}"))
-            .arg("--report-key-file")
-            .arg(&key)
             .args(["--concurrency", "32"])
             .stdout(file.try_clone()?)
             .stderr(file)

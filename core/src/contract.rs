@@ -9,8 +9,14 @@ use std::collections::BTreeMap;
 pub const ENV_TRIAL: &str = "NASOP_TRIAL";
 /// Environment variable holding the URL that progress reports are posted to.
 pub const ENV_REPORT_URL: &str = "NASOP_REPORT_URL";
-/// Environment variable holding the trial's bearer token for the report URL.
+/// Environment variable holding the trial's bearer token for the report URL (`nasop run`).
 pub const ENV_REPORT_TOKEN: &str = "NASOP_REPORT_TOKEN";
+/// Environment variable naming the file that holds the bearer token (a trial pod: a
+/// projected service-account token for [`REPORT_AUDIENCE`], rotated by the kubelet, so read
+/// it for every report). When set it wins over [`ENV_REPORT_TOKEN`].
+pub const ENV_REPORT_TOKEN_FILE: &str = "NASOP_REPORT_TOKEN_FILE";
+/// The audience of a trial pod's report token.
+pub const REPORT_AUDIENCE: &str = "nasop.dev";
 /// Environment variable naming the termination-message file (defaults to
 /// [`DEFAULT_TERMINATION_PATH`] in a pod).
 pub const ENV_TERMINATION_PATH: &str = "NASOP_TERMINATION_PATH";
@@ -98,6 +104,24 @@ pub struct Report {
     /// Non-numeric results, e.g. `derived_architecture` of a one-shot (DARTS) search.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub info: BTreeMap<String, String>,
+    /// In the final report: how the run ended. A trial whose final report says
+    /// `interrupted` did not earn its result (it was evicted, drained, preempted or deleted)
+    /// and is run again from its checkpoint; one without it is taken as it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<RunEnd>,
+}
+
+/// How a run ended, as its final report says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum RunEnd {
+    /// It trained its whole budget.
+    Completed,
+    /// The search answered a report with "stop" (early stopping, a deadline).
+    Stopped,
+    /// Something else ended it (SIGTERM: an eviction, a drain, a deleted pod): the result
+    /// is not the trial's, and the trial is run again.
+    Interrupted,
 }
 
 /// Most metrics in one report (and so in a trial's recorded metrics).
@@ -203,6 +227,7 @@ mod tests {
             step: 3,
             metrics,
             info,
+            end: None,
         });
         assert!(text.len() <= TERMINATION_MESSAGE_MAX_BYTES);
         let back: Report = serde_json::from_str(&text).unwrap();

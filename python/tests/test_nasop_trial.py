@@ -4,6 +4,7 @@ nasop's own, through `nasop run`)."""
 import json
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -29,17 +30,21 @@ TASK = {
 
 
 class Endpoint:
-    """Answers each POST with the next of `replies` (status, body); the last one repeats."""
+    """Answers each POST with the next of `replies` (status, body); the last one repeats.
+    `on_post`, when set, is called with each request's Authorization before the answer."""
 
     def __init__(self, replies):
         self.replies = list(replies)
         self.seen = []
+        self.on_post = None
         endpoint = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 endpoint.seen.append((self.headers["Authorization"], json.loads(body)))
+                if endpoint.on_post:
+                    endpoint.on_post(self.headers["Authorization"])
                 status, reply = endpoint.replies[0]
                 if len(endpoint.replies) > 1:
                     endpoint.replies.pop(0)
@@ -141,10 +146,9 @@ def test_a_stop_reply_ends_the_epochs(tmp_path, endpoint):
     assert done == [1, 2]
     assert trial.should_stop and trial.stop_reason == "stop"
     trial.finish()
-    assert json.loads((tmp_path / "termination").read_text()) == {
-        "step": 2,
-        "metrics": {"val_accuracy": 0.2},
-    }
+    final = {"step": 2, "metrics": {"val_accuracy": 0.2}, "end": "stopped"}
+    assert json.loads((tmp_path / "termination").read_text()) == final
+    assert server.seen[-1] == ("Bearer secret", final)
 
 
 def test_epochs_resume_after_the_restored_step(tmp_path):
@@ -161,11 +165,115 @@ def test_an_unavailable_endpoint_is_retried(tmp_path, endpoint):
 
 
 def test_a_refused_report_is_not_retried_and_training_goes_on(tmp_path, endpoint, capsys):
+    # A plain token (`nasop run`) does not change on a retry.
     server = endpoint((401, {"error": "unknown or missing trial token"}))
     trial = Trial.from_env(env_for(tmp_path, server.url), handle_sigterm=False)
     assert trial.report(1, {"val_accuracy": 0.5}) == "continue"
     assert len(server.seen) == 1
-    assert "refused step 1 (HTTP 401" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert (
+        "nasop_trial: ERROR: the report of step 1 was refused and not recorded "
+        "(HTTP 401: unknown or missing trial token)"
+    ) in err
+    assert "the token from $NASOP_REPORT_TOKEN was not accepted" in err
+    assert not trial.should_stop
+
+
+def test_other_refusals_are_loud_and_training_goes_on(tmp_path, endpoint, capsys):
+    server = endpoint((422, {"error": "metric loss is not finite"}))
+    trial = Trial.from_env(env_for(tmp_path, server.url), handle_sigterm=False)
+    assert trial.report(1, {"val_accuracy": 0.5}) == "continue"
+    assert len(server.seen) == 1
+    err = capsys.readouterr().err
+    assert (
+        "nasop_trial: ERROR: the report of step 1 was refused and not recorded "
+        "(HTTP 422: metric loss is not finite); training goes on"
+    ) in err
+    assert not trial.should_stop
+
+
+def test_the_token_file_is_read_for_every_report(tmp_path, endpoint):
+    server = endpoint()
+    token = tmp_path / "token"
+    token.write_text("first\n")
+    env = env_for(tmp_path, server.url, NASOP_REPORT_TOKEN_FILE=str(token))
+    trial = Trial.from_env(env, handle_sigterm=False)
+    trial.report(1, {"val_accuracy": 0.5})
+    token.write_text("rotated\n")  # the kubelet replaces the projected token
+    trial.report(2, {"val_accuracy": 0.6})
+    # The file wins over NASOP_REPORT_TOKEN, and is read afresh each time.
+    assert [auth for auth, _ in server.seen] == ["Bearer first", "Bearer rotated"]
+
+
+def test_an_unreadable_token_file_is_loud_and_training_goes_on(tmp_path, endpoint, capsys):
+    server = endpoint()
+    missing = tmp_path / "secrets" / "token"
+    env = env_for(tmp_path, server.url, NASOP_REPORT_TOKEN_FILE=str(missing))
+    trial = Trial.from_env(env, handle_sigterm=False)
+    assert trial.report(1, {"val_accuracy": 0.5}) == "continue"
+    assert server.seen == []
+    err = capsys.readouterr().err
+    assert f"nasop_trial: ERROR: the report token file {missing} cannot be read" in err
+    assert "NASOP_REPORT_TOKEN_FILE" in err
+    # Once the file is there, reports go through.
+    missing.parent.mkdir()
+    missing.write_text("late")
+    assert trial.report(2, {"val_accuracy": 0.6}) == "continue"
+    assert [auth for auth, _ in server.seen] == ["Bearer late"]
+
+
+def test_a_refused_token_file_is_read_again_and_the_report_retried_once(
+    tmp_path, endpoint, capsys
+):
+    server = endpoint((401, {"error": "token expired"}), (200, {"action": "continue"}))
+    token = tmp_path / "token"
+    token.write_text("expired")
+    # The kubelet rotates the token while the first report is on its way.
+    server.on_post = lambda auth: token.write_text("fresh")
+    env = env_for(tmp_path, server.url, NASOP_REPORT_TOKEN_FILE=str(token))
+    trial = Trial.from_env(env, handle_sigterm=False)
+    assert trial.report(1, {"val_accuracy": 0.5}) == "continue"
+    assert [auth for auth, _ in server.seen] == ["Bearer expired", "Bearer fresh"]
+    assert all(body["step"] == 1 for _, body in server.seen)
+    assert "ERROR" not in capsys.readouterr().err
+
+
+def test_a_token_refused_twice_is_loud_and_training_goes_on(tmp_path, endpoint, capsys):
+    server = endpoint((403, {"error": "token audience is not nasop.dev"}))
+    token = tmp_path / "token"
+    token.write_text("wrong-audience")
+    env = env_for(tmp_path, server.url, NASOP_REPORT_TOKEN_FILE=str(token))
+    trial = Trial.from_env(env, handle_sigterm=False)
+    assert trial.report(1, {"val_accuracy": 0.5}) == "continue"
+    assert len(server.seen) == 2  # one retry, not a retry loop
+    err = capsys.readouterr().err
+    assert (
+        "nasop_trial: ERROR: the report of step 1 was refused and not recorded "
+        f"(HTTP 403: token audience is not nasop.dev) (the token from {token} was not accepted)"
+    ) in err
+    assert not trial.should_stop
+
+
+def test_a_superseded_attempt_stops_loudly(tmp_path, endpoint, capsys):
+    server = endpoint(
+        (200, {"action": "continue"}),
+        (409, {"action": "stop", "error": "attempt 2 of trial e-3 replaced this one"}),
+    )
+    trial = Trial.from_env(env_for(tmp_path, server.url), handle_sigterm=False)
+    done = []
+    for epoch in trial.epochs():
+        done.append(epoch)
+        action = trial.report(epoch, {"val_accuracy": epoch / 10})
+    assert done == [1, 2] and action == "stop"
+    assert trial.should_stop and trial.stop_reason == "superseded"
+    err = capsys.readouterr().err
+    assert (
+        "nasop_trial: ERROR: the report of step 2 was not recorded "
+        "(HTTP 409: attempt 2 of trial e-3 replaced this one); stopping"
+    ) in err
+    trial.finish()
+    assert json.loads((tmp_path / "termination").read_text())["end"] == "stopped"
+    assert len(server.seen) == 2  # the final report of a superseded attempt is not sent
 
 
 def test_retrying_gives_up_after_the_retry_time(tmp_path, endpoint):
@@ -182,6 +290,22 @@ def test_nobody_listening_is_retried_then_given_up(tmp_path):
     env = env_for(tmp_path, "http://127.0.0.1:9/v1/report", NASOP_REPORT_RETRY_SECONDS="0.5")
     trial = Trial.from_env(env, handle_sigterm=False)
     assert trial.report(1, {"val_accuracy": 0.5}) == "continue"
+
+
+def test_the_final_report_is_posted_and_its_failure_only_logged(tmp_path, endpoint, capsys):
+    env = env_for(tmp_path, "http://127.0.0.1:9/v1/report", NASOP_REPORT_RETRY_SECONDS="0.3")
+    trial = Trial.from_env(env, handle_sigterm=False)
+    trial.report(1, {"val_accuracy": 0.5})
+    trial.finish()  # nobody listening: logged, not raised, and the file is written anyway
+    assert json.loads((tmp_path / "termination").read_text())["end"] == "completed"
+    assert "the final report (step 1) failed" in capsys.readouterr().err
+    server = endpoint((500, {"error": "boom"}))
+    trial = Trial.from_env(env_for(tmp_path, server.url, NASOP_REPORT_RETRY_SECONDS="0.3"),
+                           handle_sigterm=False)
+    trial.finish({"val_accuracy": 0.7}, step=4)
+    assert server.seen[0] == (
+        "Bearer secret", {"step": 4, "metrics": {"val_accuracy": 0.7}, "end": "completed"}
+    )
 
 
 @pytest.mark.parametrize(
@@ -225,6 +349,32 @@ def test_leaving_the_block_writes_the_last_report(tmp_path):
         "step": 2,
         "metrics": {"val_accuracy": 0.75},
         "info": {"note": "ok"},
+        "end": "completed",
+    }
+
+
+def test_a_completed_run_says_so_in_its_final_report(tmp_path, endpoint):
+    server = endpoint()
+    with Trial.from_env(env_for(tmp_path, server.url), handle_sigterm=False) as trial:
+        for epoch in trial.epochs():
+            trial.report(epoch, {"val_accuracy": epoch / 10})
+    final = {"step": 5, "metrics": {"val_accuracy": 0.5}, "end": "completed"}
+    assert json.loads((tmp_path / "termination").read_text()) == final
+    # Posted too, so the result survives a pod removed before the operator reads it.
+    assert [body for _, body in server.seen][-2:] == [
+        {"step": 5, "metrics": {"val_accuracy": 0.5}},
+        final,
+    ]
+    assert all("end" not in body for _, body in server.seen[:-1])
+
+
+def test_a_stopped_run_says_so_and_exits_cleanly(tmp_path, endpoint):
+    server = endpoint((200, {"action": "continue"}), (200, {"action": "stop"}))
+    with Trial.from_env(env_for(tmp_path, server.url), handle_sigterm=False) as trial:
+        for epoch in trial.epochs():
+            trial.report(epoch, {"val_accuracy": epoch / 10})
+    assert json.loads((tmp_path / "termination").read_text()) == {
+        "step": 2, "metrics": {"val_accuracy": 0.2}, "end": "stopped"
     }
 
 
@@ -323,13 +473,103 @@ def test_sigterm_stops_after_the_current_epoch(tmp_path):
         done = []
         for epoch in trial.epochs():
             done.append(epoch)
+            trial.report(epoch, {"val_accuracy": epoch / 10})
             if epoch == 2:
                 os.kill(os.getpid(), signal.SIGTERM)
                 time.sleep(0.1)
         assert done == [1, 2]
         assert trial.should_stop and trial.stop_reason == "SIGTERM"
+        # Without the with-block, finish() still says the result is not the trial's.
+        trial.finish()
+        assert json.loads((tmp_path / "termination").read_text()) == {
+            "step": 2, "metrics": {"val_accuracy": 0.2}, "end": "interrupted"
+        }
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_after_sigterm_reports_are_retried_only_briefly(tmp_path, endpoint, monkeypatch):
+    # The kubelet kills the process when the grace period runs out: give up well before.
+    monkeypatch.setattr(nasop_trial, "INTERRUPTED_RETRY_SECONDS", 0.5)
+    server = endpoint((503, {"error": "restarting"}))
+    trial = Trial.from_env(env_for(tmp_path, server.url, NASOP_REPORT_RETRY_SECONDS="60"),
+                           handle_sigterm=False)
+    trial._on_sigterm(signal.SIGTERM, None)
+    started = time.monotonic()
+    trial.finish({"val_accuracy": 0.3}, step=3)
+    assert time.monotonic() - started < 3
+    assert server.seen[0][1]["end"] == "interrupted"
+    assert json.loads((tmp_path / "termination").read_text())["end"] == "interrupted"
+
+
+def test_sigterm_leaves_the_block_with_exit_code_143(tmp_path):
+    with pytest.raises(SystemExit) as exited:
+        with Trial(TASK, termination_path=tmp_path / "termination") as trial:
+            trial.report(1, {"val_accuracy": 0.1})
+            trial._on_sigterm(signal.SIGTERM, None)
+    assert exited.value.code == 143
+    assert json.loads((tmp_path / "termination").read_text())["end"] == "interrupted"
+    # An exception inside the block is the failure, not hidden behind the exit code.
+    with pytest.raises(RuntimeError):
+        with Trial(TASK, termination_path=tmp_path / "termination") as trial:
+            trial._on_sigterm(signal.SIGTERM, None)
+            raise RuntimeError("disk full")
+
+
+def test_sigterm_after_the_whole_budget_leaves_the_result_standing(tmp_path):
+    # The loop finished and reported the last epoch before the signal: the run is complete.
+    with Trial(TASK, termination_path=tmp_path / "termination") as trial:
+        for epoch in trial.epochs():
+            trial.report(epoch, {"val_accuracy": epoch / 10})
+        trial._on_sigterm(signal.SIGTERM, None)  # while saving the model, say
+    assert json.loads((tmp_path / "termination").read_text())["end"] == "completed"
+
+
+TRAINER = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+import nasop_trial
+
+with nasop_trial.Trial.from_env() as trial:
+    restored = trial.restore()
+    for epoch in trial.epochs(start=restored.step if restored else 0):
+        with trial.checkpoint(epoch) as path:
+            (path / "state.txt").write_text(str(epoch))
+        trial.report(epoch, {"val_accuracy": epoch / 10})
+        if epoch == 2:
+            print("waiting for SIGTERM", flush=True)
+            deadline = time.monotonic() + 30
+            while not trial.should_stop and time.monotonic() < deadline:
+                time.sleep(0.01)
+"""
+
+
+def test_a_trainer_sent_sigterm_exits_143_and_reports_an_interruption(tmp_path, endpoint):
+    server = endpoint()
+    script = tmp_path / "trainer.py"
+    script.write_text(TRAINER)
+    env = dict(os.environ, **env_for(tmp_path, server.url))
+    helper = str(Path(nasop_trial.__file__).parent)
+    process = subprocess.Popen(
+        [sys.executable, str(script), helper],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        for line in process.stdout:
+            if line.startswith("waiting for SIGTERM"):
+                break
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 143, err
+    final = {"step": 2, "metrics": {"val_accuracy": 0.2}, "end": "interrupted"}
+    assert json.loads((tmp_path / "termination").read_text()) == final
+    assert server.seen[-1] == ("Bearer secret", final)
+    assert "exiting with 143" in err
+    # The checkpoint stands: the trial's next run continues from epoch 2.
+    restored = Trial(TASK, checkpoint_dir=tmp_path / "checkpoint").restore()
+    assert restored.step == 2 and (restored.path / "state.txt").read_text() == "2"
 
 
 def test_without_an_endpoint_reports_are_printed_only(tmp_path, capsys):

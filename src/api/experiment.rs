@@ -80,9 +80,11 @@ pub struct NasExperimentSpec {
     /// raised on a running or finished experiment to continue it.
     pub budget: BudgetSpec,
     /// The pod each trial runs in (on Kubernetes). nasop injects the trial contract
-    /// (NASOP_TRIAL, NASOP_REPORT_URL, NASOP_REPORT_TOKEN) into its first container;
-    /// resources such as nvidia.com/gpu, node selectors, tolerations, volumes and the image
-    /// are used as written. `nasop run` uses the first container's command and args, if any.
+    /// (NASOP_TRIAL, NASOP_REPORT_URL, NASOP_REPORT_TOKEN_FILE and the report token's
+    /// projected volume) into its first container, and the restricted Pod Security
+    /// Standard's settings wherever the template does not say otherwise; resources such as
+    /// nvidia.com/gpu, node selectors, tolerations, volumes and the image are used as
+    /// written. `nasop run` uses the first container's command and args, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "pod_template_schema")]
     pub trial_template: Option<PodTemplateSpec>,
@@ -154,8 +156,9 @@ pub struct S3StorageSpec {
     /// The bucket's name.
     #[schemars(length(min = 3, max = 63))]
     pub bucket: String,
-    /// The key prefix of this experiment's trials (default: the experiment's name), without
-    /// a leading '/' or "..".
+    /// The key prefix this experiment's runs go under (default: `<namespace>/<name>`),
+    /// without a leading '/' or "..". Each run (the object's UID) has its own:
+    /// `<prefix>/<uid>/trials/<index>/{checkpoint,artifact}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 512))]
     pub prefix: Option<String>,
@@ -177,35 +180,18 @@ pub struct S3StorageSpec {
     pub credentials_secret: Option<String>,
 }
 
-impl S3StorageSpec {
-    /// The experiment's prefix in the bucket.
-    pub fn prefix(&self, experiment: &str) -> String {
-        self.prefix
-            .clone()
-            .unwrap_or_else(|| experiment.to_string())
-    }
-}
-
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PvcStorageSpec {
     /// The claim's name.
     #[schemars(length(min = 1, max = 253))]
     pub claim_name: String,
-    /// The directory in the claim for this experiment's trials (default: the experiment's
-    /// name), a relative path without "..".
+    /// The directory in the claim this experiment's runs go under (default:
+    /// `<namespace>/<name>`), a relative path without "..". Each run (the object's UID) has
+    /// its own: `<subPath>/<uid>/trials/<index>/{checkpoint,artifact}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 512))]
     pub sub_path: Option<String>,
-}
-
-impl PvcStorageSpec {
-    /// The experiment's directory in the claim.
-    pub fn dir(&self, experiment: &str) -> String {
-        self.sub_path
-            .clone()
-            .unwrap_or_else(|| experiment.to_string())
-    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]

@@ -120,6 +120,26 @@ pub struct NasTrialStatus {
     /// spec.storage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifact: Option<String>,
+    /// The current attempt's final report, as it posted it (with `end`: completed or
+    /// stopped): the trial's result even if its pod is deleted before its termination
+    /// message is read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_report: Option<FinalReport>,
+}
+
+/// A final report posted by a trial's pod.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FinalReport {
+    /// The pod that posted it.
+    pub pod: String,
+    pub step: u32,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metrics: BTreeMap<String, f64>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub info: BTreeMap<String, String>,
+    /// completed or stopped.
+    pub end: String,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]

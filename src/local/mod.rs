@@ -295,7 +295,11 @@ impl Run {
             };
             let (phase, reason) = match (&a.stop, status, &last) {
                 (Some((why, _)), _, _) => (FinishedPhase::Stopped, format!("{why:?}")),
-                (None, Some(s), Some(_)) if s.success() => {
+                // A trainer that says it was interrupted (SIGTERM from outside nasop) did not
+                // earn its result, whatever its exit code.
+                (None, Some(s), Some(r))
+                    if s.success() && r.end != Some(contract::RunEnd::Interrupted) =>
+                {
                     (FinishedPhase::Succeeded, "Completed".to_string())
                 }
                 (None, s, _) => (

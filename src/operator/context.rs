@@ -5,12 +5,13 @@
 //! experiment controller's state type.
 
 use super::experiment::state::States;
+use super::health::Health;
 use super::index::TrialIndex;
 use super::limit::ReportLimit;
 use super::metrics::Metrics;
 use super::status;
 pub use super::sync::lock;
-use super::token::TokenKey;
+use super::token::Reviews;
 use super::written::Written;
 use crate::api::{NasExperiment, NasTrial, ParseError};
 use k8s_openapi::api::core::v1::Pod;
@@ -38,6 +39,10 @@ pub struct Ctx {
     pub written: WrittenObjects,
     /// The per-trial rate limit on reports.
     pub reports: ReportLimit,
+    /// Whether the watches work (`/healthz`).
+    pub health: Arc<Health>,
+    /// Report tokens the API server has vouched for (token.rs).
+    pub reviews: Reviews,
     /// Consecutive failed reconciles per object, for the error backoff.
     pub backoff: Backoff,
     /// Leading, with caches that have listed everything: reports are taken.
@@ -46,8 +51,6 @@ pub struct Ctx {
 
 /// The operator's settings, fixed at start.
 pub struct Settings {
-    /// Signs and checks trial report tokens.
-    pub key: TokenKey,
     /// The report URL trial pods are given.
     pub report_url: String,
     /// This replica's name in the events it writes.

@@ -2,9 +2,10 @@
 //! endpoint `POST /v1/report` (TLS when a certificate is mounted).
 
 use super::context::Ctx;
+use super::pod;
 use super::status;
 use super::token;
-use crate::api::{NasTrial, ReportEntry, TrialPhaseName};
+use crate::api::{FinalReport, NasTrial, ReportEntry, TrialPhaseName};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::DefaultBodyLimit;
@@ -14,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
-use nasop_core::contract::{Report, ReportAction, ReportReply};
+use nasop_core::contract::{Report, ReportAction, ReportReply, RunEnd};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -29,7 +30,7 @@ const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 pub fn router(ctx: Arc<Ctx>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route(
             "/v1/report",
@@ -89,6 +90,13 @@ async fn metrics(State(ctx): State<Arc<Ctx>>) -> Response {
         .into_response()
 }
 
+async fn healthz(State(ctx): State<Arc<Ctx>>) -> Response {
+    match ctx.health.problem(Instant::now()) {
+        None => "ok".into_response(),
+        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
+    }
+}
+
 async fn readyz(State(ctx): State<Arc<Ctx>>) -> Response {
     if ctx.ready.load(Ordering::Relaxed) {
         "ok".into_response()
@@ -124,16 +132,29 @@ async fn report(State(ctx): State<Arc<Ctx>>, headers: HeaderMap, body: Bytes) ->
     response
 }
 
-/// Every refusal of a report that is not the trial's own gets this one answer, whatever
-/// the reason (no token, a malformed or forged one, another key's), so that a caller
-/// without a token learns nothing about which trials exist.
+/// Every refusal of a report that is not a trial's own gets this one answer, whatever the
+/// reason (no token, a forged or expired one, another audience's, a pod that is no trial's),
+/// so that a caller without a token learns nothing about which trials exist.
 fn unauthorized() -> (&'static str, Response) {
     (
         "refused",
         refuse(
             StatusCode::UNAUTHORIZED,
-            "a report needs its trial's token: Authorization: Bearer $NASOP_REPORT_TOKEN",
+            "a report needs its pod's token: Authorization: Bearer <the file $NASOP_REPORT_TOKEN_FILE names>",
         ),
+    )
+}
+
+/// A report nasop will not record although the token is the pod's: the trial has ended, or
+/// another attempt replaced this pod. The trainer stops, and says so.
+fn not_recorded(why: String) -> (&'static str, Response) {
+    (
+        "superseded",
+        (
+            StatusCode::CONFLICT,
+            axum::Json(serde_json::json!({"action": ReportAction::Stop, "error": why})),
+        )
+            .into_response(),
     )
 }
 
@@ -141,18 +162,39 @@ fn unauthorized() -> (&'static str, Response) {
 type Answer = (&'static str, Response);
 
 async fn handle(ctx: &Ctx, headers: &HeaderMap, body: &[u8]) -> Answer {
-    let bearer = headers
+    let Some(bearer) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    // The token is checked before anything is looked up: a forged one costs one HMAC.
-    let Some(claim) = bearer.and_then(token::claim) else {
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
         return unauthorized();
     };
-    if !ctx.settings.key.verify(&claim) {
+    let now = super::context::now();
+    // What the token says of itself, unverified: a token for another audience, expired or
+    // not a pod's is refused without asking the API server.
+    let Some(claimed) = token::peek(bearer, now) else {
         return unauthorized();
-    }
-    if !ctx.reports.allow(claim.namespace, claim.trial) {
+    };
+    let report = match read_report(body) {
+        Ok(report) => report,
+        Err(why) => return ("invalid", refuse(StatusCode::BAD_REQUEST, &why)),
+    };
+    let who = match ctx.reviews.review(&ctx.client, bearer, &claimed, now).await {
+        Ok(token::Verdict::Pod(who)) => who,
+        Ok(token::Verdict::Refused) => return unauthorized(),
+        Ok(token::Verdict::Busy) => {
+            return (
+                "limited",
+                refuse(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many new report tokens to check this second; retry",
+                ),
+            );
+        }
+        Err(e) => return unavailable(&e),
+    };
+    // Only a pod's own token spends its report budget.
+    if !ctx.reports.allow(&who.namespace, &who.pod) {
         return (
             "limited",
             refuse(
@@ -164,9 +206,9 @@ async fn handle(ctx: &Ctx, headers: &HeaderMap, body: &[u8]) -> Answer {
             ),
         );
     }
-    match read_report(body) {
-        Ok(report) => record(ctx, &claim, &report).await,
-        Err(why) => ("invalid", refuse(StatusCode::BAD_REQUEST, &why)),
+    match current_attempt(ctx, &who).await {
+        Ok(trial) => record(ctx, trial, &who, &report).await,
+        Err(answer) => *answer,
     }
 }
 
@@ -179,42 +221,114 @@ fn read_report(body: &[u8]) -> Result<Report, String> {
     Ok(report)
 }
 
-/// Records `report` on the trial `claim` names (retrying on a newer version) and answers
-/// whether the trainer goes on.
-async fn record(ctx: &Ctx, claim: &token::Claim<'_>, report: &Report) -> Answer {
-    let stop = || ("stop", reply(StatusCode::OK, ReportAction::Stop));
-    let api: Api<NasTrial> = Api::namespaced(ctx.client.clone(), claim.namespace);
+/// The trial whose current attempt is the pod `who`: the pod exists with the token's UID,
+/// a trial controls it, and the trial's status names it (or names none yet, and it is the
+/// first attempt's). Else the answer: 401 for a pod that is no trial's, 409 for an attempt
+/// that no longer counts.
+async fn current_attempt(
+    ctx: &Ctx,
+    who: &token::PodIdentity,
+) -> Result<Arc<NasTrial>, Box<Answer>> {
+    let pod = match super::start::find_pod(ctx, &who.namespace, &who.pod).await {
+        Ok(p) => p,
+        Err(super::context::Error::Kube(e)) => return Err(Box::new(unavailable(&e))),
+        Err(_) => return Err(Box::new(unauthorized())),
+    };
+    let Some(pod) = pod.filter(|p| p.uid().as_deref() == Some(who.uid.as_str())) else {
+        return Err(Box::new(not_recorded(format!(
+            "pod {} is gone: this attempt no longer counts",
+            who.pod
+        ))));
+    };
+    let Some(owner) = pod
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true) && o.kind == "NasTrial")
+    else {
+        return Err(Box::new(unauthorized()));
+    };
+    let trial = match trial_named(ctx, &who.namespace, &owner.name).await {
+        Ok(Some(t)) if t.uid().as_deref() == Some(owner.uid.as_str()) => t,
+        Ok(_) => {
+            return Err(Box::new(not_recorded(format!(
+                "trial {} is gone: this attempt no longer counts",
+                owner.name
+            ))));
+        }
+        Err(e) => return Err(Box::new(unavailable(&e))),
+    };
+    superseded(&trial, &who.pod).map_or(Ok(trial), |why| Err(Box::new(not_recorded(why))))
+}
+
+/// The trial from the cache (or what we last wrote of it), else from the API server.
+async fn trial_named(
+    ctx: &Ctx,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<Arc<NasTrial>>, kube::Error> {
     let cached = ctx
         .stores
         .trials
-        .get(&ObjectRef::new(claim.trial).within(claim.namespace));
-    let mut trial = match cached {
-        Some(t) => super::trial::freshest(ctx, t),
-        None => match api.get_opt(claim.trial).await {
-            Ok(Some(t)) => Arc::new(t),
-            // The trial is gone (its experiment was deleted): stop.
-            Ok(None) => return stop(),
-            Err(e) => return unavailable(&e),
-        },
-    };
-    if trial.uid().as_deref() != Some(claim.uid) {
-        // A trial of the same name was created again: this pod belongs to the old one.
-        return stop();
+        .get(&ObjectRef::new(name).within(namespace));
+    match cached {
+        Some(t) => Ok(Some(super::trial::freshest(ctx, t))),
+        None => Api::<NasTrial>::namespaced(ctx.client.clone(), namespace)
+            .get_opt(name)
+            .await
+            .map(|t| t.map(Arc::new)),
     }
+}
+
+/// Why the report of pod `pod` is not recorded on `trial`, if it is not: the trial ended,
+/// or its current attempt is another pod.
+fn superseded(trial: &NasTrial, pod: &str) -> Option<String> {
+    let status = trial.status.clone().unwrap_or_default();
+    if let Some(
+        phase @ (TrialPhaseName::Succeeded | TrialPhaseName::Failed | TrialPhaseName::Stopped),
+    ) = status.phase
+    {
+        return Some(format!(
+            "trial {} has ended ({phase:?}); this report is not recorded",
+            trial.name_any()
+        ));
+    }
+    let current = match &status.pod {
+        Some(current) => current == pod,
+        None => pod::pod_names(&trial.name_any(), 1, &trial.uid().unwrap_or_default())
+            .contains(&pod.to_string()),
+    };
+    (!current).then(|| {
+        format!(
+            "pod {pod} is a superseded attempt of trial {} (the current one is {}); stop",
+            trial.name_any(),
+            status.pod.as_deref().unwrap_or("not started yet")
+        )
+    })
+}
+
+/// Records `report` of pod `who` on `trial` (retrying on a newer version, as long as the pod
+/// is still the trial's current attempt) and answers whether the trainer goes on.
+async fn record(
+    ctx: &Ctx,
+    mut trial: Arc<NasTrial>,
+    who: &token::PodIdentity,
+    report: &Report,
+) -> Answer {
+    let stop = || ("stop", reply(StatusCode::OK, ReportAction::Stop));
+    let api: Api<NasTrial> = Api::namespaced(ctx.client.clone(), &who.namespace);
     // The history keeps whole only the newest report; older entries keep the metrics the
     // experiment decides by (all of them while the experiment cannot be read).
-    let key = (claim.namespace.to_string(), trial.spec.experiment.clone());
+    let key = (who.namespace.clone(), trial.spec.experiment.clone());
     let experiment = match ctx.experiment(&key.0, &key.1) {
         Some(Ok(exp)) => super::trial::experiment_of(ctx, &key, &exp),
         _ => None,
     };
+    let uid = trial.uid().unwrap_or_default();
     for _ in 0..8 {
-        let ended = matches!(
-            trial.status.as_ref().and_then(|s| s.phase),
-            Some(TrialPhaseName::Succeeded | TrialPhaseName::Failed | TrialPhaseName::Stopped)
-        );
-        if ended {
-            return stop();
+        if let Some(why) = superseded(&trial, &who.pod) {
+            return not_recorded(why);
         }
         let mut next = trial.status.clone().unwrap_or_default();
         status::push_report(
@@ -225,6 +339,20 @@ async fn record(ctx: &Ctx, claim: &token::Claim<'_>, report: &Report) -> Answer 
             },
             &|m| experiment.as_ref().is_none_or(|e| status::decides(e, m)),
         );
+        if let Some(end @ (RunEnd::Completed | RunEnd::Stopped)) = report.end {
+            next.final_report = Some(FinalReport {
+                pod: who.pod.clone(),
+                step: report.step,
+                metrics: status::sanitize_metrics(&report.metrics),
+                info: report.info.clone(),
+                end: if end == RunEnd::Completed {
+                    "completed"
+                } else {
+                    "stopped"
+                }
+                .into(),
+            });
+        }
         match super::trial::write_status(ctx, &trial, &next).await {
             Ok(()) => {
                 let stopped = trial.spec.stop.is_some()
@@ -238,11 +366,13 @@ async fn record(ctx: &Ctx, claim: &token::Claim<'_>, report: &Report) -> Answer 
                     ("accepted", reply(StatusCode::OK, ReportAction::Continue))
                 };
             }
-            Err(kube::Error::Api(s)) if s.is_conflict() => match api.get_opt(claim.trial).await {
-                Ok(Some(t)) if t.uid().as_deref() == Some(claim.uid) => trial = Arc::new(t),
-                Ok(_) => return stop(),
-                Err(e) => return unavailable(&e),
-            },
+            Err(kube::Error::Api(s)) if s.is_conflict() => {
+                match api.get_opt(&trial.name_any()).await {
+                    Ok(Some(t)) if t.uid().as_deref() == Some(uid.as_str()) => trial = Arc::new(t),
+                    Ok(_) => return stop(),
+                    Err(e) => return unavailable(&e),
+                }
+            }
             Err(e) => return unavailable(&e),
         }
     }

@@ -18,8 +18,10 @@
 
 pub mod context;
 pub mod experiment;
+pub mod health;
 mod http;
 pub mod index;
+pub mod lease;
 pub mod limit;
 pub mod metrics;
 pub mod pod;

@@ -3,12 +3,13 @@
 
 use crate::api::StorageSpec;
 use k8s_openapi::api::core::v1::{
-    Container, ContainerStateTerminated, ContainerStatus, EnvVar, EnvVarSource,
-    PersistentVolumeClaimVolumeSource, Pod, PodSpec, PodStatus, PodTemplateSpec, SecretKeySelector,
-    Volume, VolumeMount,
+    Capabilities, Container, ContainerStateTerminated, ContainerStatus, EnvVar, EnvVarSource,
+    PersistentVolumeClaimVolumeSource, Pod, PodSecurityContext, PodSpec, PodStatus,
+    PodTemplateSpec, ProjectedVolumeSource, SeccompProfile, SecretKeySelector, SecurityContext,
+    ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use nasop_core::contract::{self, Report, TrialInput};
+use nasop_core::contract::{self, Report, RunEnd, TrialInput};
 use std::collections::BTreeMap;
 
 pub const LABEL_EXPERIMENT: &str = "nasop.dev/experiment";
@@ -97,32 +98,60 @@ pub struct PodInput<'a> {
     pub template: &'a PodTemplateSpec,
     pub namespace: &'a str,
     pub experiment: &'a str,
+    pub experiment_uid: &'a str,
     pub trial: &'a str,
     pub trial_uid: &'a str,
     pub attempt: u32,
     pub input: &'a TrialInput,
     pub report_url: &'a str,
-    pub token: &'a str,
     /// spec.storage: where checkpoints and models go.
     pub storage: Option<&'a StorageSpec>,
 }
+
+/// Where the trial's report token (a projected service-account token for the audience
+/// `nasop.dev`, bound to the pod, rotated by the kubelet) is mounted.
+pub const TOKEN_MOUNT: &str = "/var/run/secrets/nasop.dev/report";
+const TOKEN_VOLUME: &str = "nasop-report-token";
+/// The token's lifetime: the shortest the API server allows; the kubelet renews it at 80%.
+const TOKEN_SECONDS: i64 = 600;
 
 /// Where spec.storage's claim is mounted in a trial pod.
 pub const STORAGE_MOUNT: &str = "/var/lib/nasop/storage";
 /// The volume's name in the pod.
 const STORAGE_VOLUME: &str = "nasop-storage";
 
+/// One run of an experiment: the object, by namespace, name and UID.
+#[derive(Debug, Clone, Copy)]
+pub struct Run<'a> {
+    pub namespace: &'a str,
+    pub experiment: &'a str,
+    pub uid: &'a str,
+}
+
+impl Run<'_> {
+    /// The run's directory under `base` (the prefix or sub-path the spec gives), or under
+    /// `<namespace>/<experiment>`: always ending in the object's UID, so that two
+    /// experiments of one name (in two namespaces that share a bucket, or deleted and applied
+    /// again) never read or overwrite each other's checkpoints and models.
+    fn dir(&self, base: Option<&str>) -> String {
+        match base {
+            Some(base) => format!("{}/{}", base.trim_end_matches('/'), self.uid),
+            None => format!("{}/{}/{}", self.namespace, self.experiment, self.uid),
+        }
+    }
+}
+
 /// Trial `index`'s directory in the claim (relative to its root), or its URL in the
 /// bucket.
-pub fn trial_dir(storage: &StorageSpec, experiment: &str, index: u32) -> String {
+pub fn trial_dir(storage: &StorageSpec, run: &Run, index: u32) -> String {
     match (&storage.persistent_volume_claim, &storage.s3) {
         (_, Some(s3)) => format!(
             "s3://{}/{}/trials/{index}",
             s3.bucket,
-            s3.prefix(experiment)
+            run.dir(s3.prefix.as_deref())
         ),
-        (Some(pvc), None) => format!("{}/trials/{index}", pvc.dir(experiment)),
-        (None, None) => format!("{experiment}/trials/{index}"),
+        (Some(pvc), None) => format!("{}/trials/{index}", run.dir(pvc.sub_path.as_deref())),
+        (None, None) => format!("{}/trials/{index}", run.dir(None)),
     }
 }
 
@@ -161,13 +190,13 @@ impl Value {
 /// parent's checkpoint, and for a bucket its endpoint, region and credentials.
 fn storage_env(
     storage: &StorageSpec,
-    experiment: &str,
+    run: &Run,
     index: u32,
     resume_from: Option<u32>,
 ) -> Vec<(&'static str, Value)> {
     let dir = |i: u32| match &storage.s3 {
-        Some(_) => trial_dir(storage, experiment, i),
-        None => format!("{STORAGE_MOUNT}/{}", trial_dir(storage, experiment, i)),
+        Some(_) => trial_dir(storage, run, i),
+        None => format!("{STORAGE_MOUNT}/{}", trial_dir(storage, run, i)),
     };
     let mut env = vec![
         (
@@ -225,8 +254,9 @@ pub fn storage_url(storage: Option<&StorageSpec>, reported: &str) -> String {
 }
 
 /// The pod for one attempt of a trial: the template as written, plus the trial contract in
-/// the first container's environment, our labels, an owner reference to the NasTrial, and
-/// `restartPolicy: Never`.
+/// the first container's environment (its report token as a projected volume), our labels,
+/// an owner reference to the NasTrial, `restartPolicy: Never`, and the restricted Pod
+/// Security Standard's settings wherever the template does not say otherwise.
 pub fn build(p: &PodInput) -> Pod {
     let template = p.template.clone();
     let mut meta = template.metadata.unwrap_or_default();
@@ -240,6 +270,8 @@ pub fn build(p: &PodInput) -> Pod {
     if let Some(claim) = claim {
         mount_claim_volume(&mut spec, &claim.claim_name);
     }
+    token_volume(&mut spec);
+    restrict(&mut spec);
     if let Some(c) = spec.containers.first_mut() {
         inject_contract(c, p, claim.is_some());
     }
@@ -264,24 +296,87 @@ pub fn build(p: &PodInput) -> Pod {
     }
 }
 
-/// The storage claim as the pod's storage volume (replacing one of that name).
-fn mount_claim_volume(spec: &mut PodSpec, claim_name: &str) {
+/// Adds `volume` to the pod, in place of one of its name.
+fn put_volume(spec: &mut PodSpec, volume: Volume) {
     let mut volumes: Vec<Volume> = spec
         .volumes
         .take()
         .unwrap_or_default()
         .into_iter()
-        .filter(|v| v.name != STORAGE_VOLUME)
+        .filter(|v| v.name != volume.name)
         .collect();
-    volumes.push(Volume {
-        name: STORAGE_VOLUME.into(),
-        persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-            claim_name: claim_name.to_string(),
-            read_only: None,
-        }),
-        ..Volume::default()
-    });
+    volumes.push(volume);
     spec.volumes = Some(volumes);
+}
+
+/// The report token's projected volume (replacing one of that name).
+fn token_volume(spec: &mut PodSpec) {
+    put_volume(
+        spec,
+        Volume {
+            name: TOKEN_VOLUME.into(),
+            projected: Some(ProjectedVolumeSource {
+                sources: Some(vec![VolumeProjection {
+                    service_account_token: Some(ServiceAccountTokenProjection {
+                        audience: Some(contract::REPORT_AUDIENCE.into()),
+                        expiration_seconds: Some(TOKEN_SECONDS),
+                        path: "token".into(),
+                    }),
+                    ..VolumeProjection::default()
+                }]),
+                ..ProjectedVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+    );
+}
+
+/// The restricted Pod Security Standard, where the template leaves a setting out: no API
+/// token unless asked for, RuntimeDefault seccomp, a non-root user, no privilege escalation,
+/// no capabilities. A template that sets any of these keeps its own.
+fn restrict(spec: &mut PodSpec) {
+    spec.automount_service_account_token.get_or_insert(false);
+    let pod = spec
+        .security_context
+        .get_or_insert_with(PodSecurityContext::default);
+    if pod.run_as_user != Some(0) {
+        pod.run_as_non_root.get_or_insert(true);
+    }
+    pod.seccomp_profile.get_or_insert_with(|| SeccompProfile {
+        type_: "RuntimeDefault".into(),
+        localhost_profile: None,
+    });
+    let containers = spec
+        .containers
+        .iter_mut()
+        .chain(spec.init_containers.iter_mut().flatten());
+    for c in containers {
+        let sc = c
+            .security_context
+            .get_or_insert_with(SecurityContext::default);
+        if sc.privileged != Some(true) {
+            sc.allow_privilege_escalation.get_or_insert(false);
+            sc.capabilities.get_or_insert_with(|| Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                add: None,
+            });
+        }
+    }
+}
+
+/// The storage claim as the pod's storage volume (replacing one of that name).
+fn mount_claim_volume(spec: &mut PodSpec, claim_name: &str) {
+    put_volume(
+        spec,
+        Volume {
+            name: STORAGE_VOLUME.into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: claim_name.to_string(),
+                read_only: None,
+            }),
+            ..Volume::default()
+        },
+    );
 }
 
 /// The trial contract into the trainer container: its environment (replacing variables of
@@ -298,33 +393,47 @@ fn inject_contract(c: &mut Container, p: &PodInput, mount_storage: bool) {
             Value::Plain(p.report_url.to_string()),
         ),
         (
-            contract::ENV_REPORT_TOKEN,
-            Value::Plain(p.token.to_string()),
+            contract::ENV_REPORT_TOKEN_FILE,
+            Value::Plain(format!("{TOKEN_MOUNT}/token")),
         ),
     ];
     if let Some(storage) = p.storage {
+        let run = Run {
+            namespace: p.namespace,
+            experiment: p.experiment,
+            uid: p.experiment_uid,
+        };
         ours.extend(storage_env(
             storage,
-            p.experiment,
+            &run,
             p.input.index,
             p.input.resume_from,
         ));
     }
+    let mut mounts: Vec<VolumeMount> = c
+        .volume_mounts
+        .take()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|m| {
+            ![STORAGE_VOLUME, TOKEN_VOLUME].contains(&m.name.as_str())
+                && ![STORAGE_MOUNT, TOKEN_MOUNT].contains(&m.mount_path.as_str())
+        })
+        .collect();
+    mounts.push(VolumeMount {
+        name: TOKEN_VOLUME.into(),
+        mount_path: TOKEN_MOUNT.into(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    });
     if mount_storage {
-        let mut mounts: Vec<VolumeMount> = c
-            .volume_mounts
-            .take()
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|m| m.name != STORAGE_VOLUME && m.mount_path != STORAGE_MOUNT)
-            .collect();
         mounts.push(VolumeMount {
             name: STORAGE_VOLUME.into(),
             mount_path: STORAGE_MOUNT.into(),
             ..VolumeMount::default()
         });
-        c.volume_mounts = Some(mounts);
     }
+    c.volume_mounts = Some(mounts);
     let mut env: Vec<EnvVar> = c
         .env
         .take()
@@ -472,12 +581,18 @@ pub fn outcome(pod: &Pod) -> Outcome {
         .iter()
         .flatten()
         .any(|c| c.type_ == "DisruptionTarget" && c.status == "True");
+    let report = terminated
+        .as_ref()
+        .and_then(|t| t.message.as_deref())
+        .and_then(parse_report);
+    if matches!(phase, "Succeeded" | "Failed")
+        && let Some(why) = interrupted(pod, report.as_ref(), disrupted, finished_at)
+    {
+        return Outcome::Lost(why);
+    }
     match phase {
         "Succeeded" => Outcome::Succeeded {
-            report: terminated
-                .as_ref()
-                .and_then(|t| t.message.as_deref())
-                .and_then(parse_report),
+            report,
             started_at,
             finished_at,
         },
@@ -493,6 +608,46 @@ pub fn outcome(pod: &Pod) -> Outcome {
             started_at: started_at.or(pod_started),
         },
         _ => Outcome::Waiting(waiting(pod, &status, first.as_ref())),
+    }
+}
+
+/// Why an ended pod's result is not the trial's, if it is not: its final report says the
+/// run was interrupted; or, from a trainer that does not say, the cluster ended the pod
+/// (the DisruptionTarget condition of an eviction, a preemption or a taint) or someone
+/// deleted it while it ran. A final report that says the run completed (or stopped when
+/// the search asked) stands, even when the pod was deleted after it ended.
+fn interrupted(
+    pod: &Pod,
+    report: Option<&Report>,
+    disrupted: bool,
+    finished_at: Option<f64>,
+) -> Option<String> {
+    match report.and_then(|r| r.end) {
+        Some(RunEnd::Interrupted) => {
+            let step = report.map_or(0, |r| r.step);
+            return Some(format!(
+                "the trainer was interrupted after step {step}{}",
+                if disrupted {
+                    " (the pod was evicted or preempted)"
+                } else {
+                    ""
+                }
+            ));
+        }
+        Some(RunEnd::Completed | RunEnd::Stopped) => return None,
+        None => {}
+    }
+    if disrupted {
+        return Some("the pod was evicted or preempted before it ended".into());
+    }
+    let deleted = pod.metadata.deletion_timestamp.as_ref()?;
+    let asked_at = super::status::seconds(&deleted.0)
+        - pod.metadata.deletion_grace_period_seconds.unwrap_or(0) as f64;
+    // Timestamps have whole seconds: an end in the second of the deletion counts as its
+    // doing.
+    match finished_at {
+        Some(f) if f + 1.0 <= asked_at => None,
+        _ => Some("the pod was deleted while it ran".into()),
     }
 }
 

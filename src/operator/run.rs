@@ -3,8 +3,9 @@
 
 use super::context::{Backoff, Ctx, Error, Settings, Stores, WrittenObjects, lock};
 use super::experiment::{self, States};
+use super::health::Health;
+use super::lease::{Elector, Leadership, fence_layer};
 use super::metrics::{self, Metrics};
-use super::token::TokenKey;
 use super::{http, trial, watch};
 use crate::api::NasExperiment;
 use anyhow::{Context, Result};
@@ -12,13 +13,11 @@ use futures::StreamExt;
 use kube::api::ApiResource;
 use kube::runtime::controller::{Action, Config, Controller};
 use kube::runtime::reflector::ObjectRef;
-use kube::{Client, ResourceExt};
+use kube::{Api, Client, ResourceExt};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::watch as channel;
-use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 /// `nasop operator` settings.
@@ -34,10 +33,6 @@ pub struct OperatorArgs {
     /// `http://nasop.$POD_NAMESPACE.svc:8080/v1/report` (the chart's Service).
     #[arg(long)]
     pub report_url: Option<String>,
-    /// File holding the key that signs trial report tokens (the chart mounts a Secret).
-    /// Without it a random key is used, valid until this process exits.
-    #[arg(long, default_value = "/etc/nasop/report-key/key")]
-    pub report_key_file: PathBuf,
     /// TLS certificate and key for the HTTP server; served over TLS when both exist.
     #[arg(long, default_value = "/etc/nasop/tls/tls.crt")]
     pub tls_cert: PathBuf,
@@ -70,8 +65,8 @@ pub struct OperatorArgs {
 }
 
 fn init_logs(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "info,kube_lease_manager=warn".into());
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     let _ = if format == "text" {
         builder.try_init()
@@ -84,42 +79,29 @@ fn init_logs(format: &str) {
     };
 }
 
-fn report_key(args: &OperatorArgs) -> Result<TokenKey> {
-    if args.report_key_file.exists() {
-        TokenKey::from_file(&args.report_key_file)
-    } else {
-        warn!(
-            path = %args.report_key_file.display(),
-            "no report-token key file; using a random key for this process (pods started by an earlier process will report through their termination message only)"
-        );
-        Ok(TokenKey::random())
-    }
-}
-
-/// The leader lease while this process holds it: its channel says when it is lost.
-type Lease = (
-    channel::Receiver<bool>,
-    JoinHandle<Result<kube_lease_manager::LeaseManager, kube_lease_manager::LeaseManagerError>>,
-);
-
 /// Runs the operator until SIGTERM or SIGINT.
 pub async fn run(args: OperatorArgs) -> Result<()> {
     init_logs(&args.log_format);
     let _ = rustls::crypto::ring::default_provider().install_default();
     let metrics = Arc::new(Metrics::new());
-    let client = counted_client(&metrics)
+    let leadership = if args.leader_election {
+        Leadership::elected()
+    } else {
+        Leadership::always()
+    };
+    let kube_config = kube::Config::infer()
         .await
         .context("connecting to Kubernetes (in a pod: the service account; else $KUBECONFIG or ~/.kube/config)")?;
+    let client = counted_client(kube_config.clone(), &metrics, leadership.clone())?;
     let pod_namespace = std::env::var("POD_NAMESPACE").ok();
     let report_url = match (&args.report_url, &pod_namespace) {
         (Some(u), _) => u.clone(),
         (None, Some(ns)) => format!("http://nasop.{ns}.svc:{}/v1/report", args.listen.port()),
         (None, None) => format!("http://127.0.0.1:{}/v1/report", args.listen.port()),
     };
-    // A bad key file stops the operator before it watches anything.
-    let key = report_key(&args)?;
     let experiment_resource = ApiResource::erase::<NasExperiment>(&());
-    let w = watch::start(&client, &args.namespace, &experiment_resource);
+    let health = Arc::new(Health::default());
+    let w = watch::start(&client, &args.namespace, &experiment_resource, &health);
     let config = Config::default().concurrency(args.concurrency);
     let exp_controller = Controller::for_stream_with(
         w.experiments,
@@ -135,7 +117,6 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
         client: client.clone(),
         metrics: metrics.clone(),
         settings: Settings {
-            key,
             report_url: report_url.clone(),
             instance: std::env::var("POD_NAME").unwrap_or_else(|_| "nasop-operator".into()),
             stop_grace: Duration::from_secs(args.stop_grace_seconds),
@@ -152,6 +133,8 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
         states: States::new(w.reporting),
         written: WrittenObjects::default(),
         reports: Default::default(),
+        reviews: Default::default(),
+        health,
         backoff: Backoff::default(),
         ready: false.into(),
     });
@@ -162,7 +145,7 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
         ctx.clone(),
     ));
     let lease = if args.leader_election {
-        match lead(&args, &client, pod_namespace).await? {
+        match lead(&args, kube_config, pod_namespace, leadership).await? {
             Some(lease) => Some(lease),
             None => return Ok(()),
         }
@@ -199,56 +182,50 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
             ctx.clone(),
         )
         .for_each(|_| futures::future::ready(()));
-    let outcome = until_stopped(futures::future::join(exps, trials), lease, &args.lease_name).await;
+    let outcome = until_stopped(futures::future::join(exps, trials), lease).await;
     server.abort();
     outcome
 }
 
-/// Waits for the leader lease (`--leader-election`); None when a signal came first.
+/// Waits for the leader lease (`--leader-election`); None when a signal came first. The
+/// lease is read and written with a client of its own, outside the fence it lifts.
 async fn lead(
     args: &OperatorArgs,
-    client: &Client,
+    config: kube::Config,
     pod_namespace: Option<String>,
-) -> Result<Option<Lease>> {
+    leadership: Arc<Leadership>,
+) -> Result<Option<Elector>> {
     let ns = args
         .lease_namespace
         .clone()
         .or(pod_namespace)
         .unwrap_or_else(|| "default".into());
-    let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &args.lease_name)
-        .with_namespace(&ns)
-        .with_duration(15)
-        .with_grace(5)
-        .build()
-        .await
-        .context("creating the leader-election lease manager")?;
-    let (mut channel, task) = manager.watch().await;
-    info!(lease = %args.lease_name, namespace = %ns, "waiting for the leader lease");
-    while !*channel.borrow_and_update() {
-        tokio::select! {
-            r = channel.changed() => r.context("the lease manager stopped")?,
-            _ = shutdown_signal() => { return Ok(None); }
-        }
+    let client = Client::try_from(config).context("the leader lease's client")?;
+    let identity = format!(
+        "{}_{}",
+        std::env::var("POD_NAME").unwrap_or_else(|_| "nasop".into()),
+        nasop_core::rng::os_random_hex(4)
+    );
+    let mut elector = Elector::new(
+        Api::namespaced(client, &ns),
+        &args.lease_name,
+        &identity,
+        leadership,
+    );
+    info!(lease = %args.lease_name, namespace = %ns, %identity, "waiting for the leader lease");
+    tokio::select! {
+        () = elector.acquire() => Ok(Some(elector)),
+        () = shutdown_signal() => Ok(None),
     }
-    info!(lease = %args.lease_name, "acquired the leader lease");
-    Ok(Some((channel, task)))
 }
 
 /// Runs the controllers until they stop after a signal (or 20 s after it, if a reconcile
 /// hangs), or until the lease is lost; then hands the lease over.
-async fn until_stopped(
-    controllers: impl Future,
-    mut lease: Option<Lease>,
-    lease_name: &str,
-) -> Result<()> {
+async fn until_stopped(controllers: impl Future, mut lease: Option<Elector>) -> Result<()> {
     let lost = async {
         match lease.as_mut() {
-            Some((channel, _)) => loop {
-                if channel.changed().await.is_err() || !*channel.borrow_and_update() {
-                    break;
-                }
-            },
-            None => futures::future::pending::<()>().await,
+            Some(elector) => elector.keep().await,
+            None => futures::future::pending::<String>().await,
         }
     };
     let stuck = async {
@@ -256,35 +233,23 @@ async fn until_stopped(
         tokio::time::sleep(Duration::from_secs(20)).await;
     };
     let lost_lease = tokio::select! {
-        _ = controllers => { info!("controllers stopped"); false }
-        _ = stuck => { warn!("reconciles still running 20 s after the signal; exiting anyway"); false }
-        _ = lost => true,
+        _ = controllers => { info!("controllers stopped"); None }
+        _ = stuck => { warn!("reconciles still running 20 s after the signal; exiting anyway"); None }
+        why = lost => Some(why),
     };
-    if lost_lease {
-        // Another replica may act now; stop at once rather than race it.
-        anyhow::bail!("lost the leader lease; exiting so that only the new leader acts");
+    if let Some(why) = lost_lease {
+        // Another replica may act now; stop at once rather than race it. The fence already
+        // refuses every write of this process.
+        anyhow::bail!("lost the leader lease ({why}); exiting so that only the new leader acts");
     }
-    if let Some(lease) = lease {
-        release(lease, lease_name).await;
+    if let Some(mut elector) = lease
+        && tokio::time::timeout(Duration::from_secs(3), elector.release())
+            .await
+            .is_err()
+    {
+        warn!("releasing the leader lease took over 3 s; it expires on its own");
     }
     Ok(())
-}
-
-/// Hands the lease over now rather than let it expire: the replacement pod leads (and takes
-/// trial reports) at once instead of up to 15 s later. The lease manager releases it when
-/// its channel is dropped.
-async fn release((channel, task): Lease, lease_name: &str) {
-    drop(channel);
-    match tokio::time::timeout(Duration::from_secs(3), task).await {
-        Ok(Ok(Ok(_))) => info!(lease = %lease_name, "released the leader lease"),
-        Ok(Ok(Err(e))) => {
-            warn!(error = %e, "could not release the leader lease; it expires on its own")
-        }
-        Ok(Err(e)) => {
-            warn!(error = %e, "the lease manager failed; the lease expires on its own")
-        }
-        Err(_) => warn!("releasing the leader lease took over 3 s; it expires on its own"),
-    }
 }
 
 /// Every 15 s: forgets deleted (or replaced) experiment objects (their caches and metric
@@ -309,9 +274,13 @@ async fn sweep(ctx: Arc<Ctx>) {
     }
 }
 
-/// A client that counts its requests in `nasop_kube_requests_total`.
-async fn counted_client(metrics: &Arc<Metrics>) -> Result<Client> {
-    let config = kube::Config::infer().await?;
+/// A client that counts its requests in `nasop_kube_requests_total`, and sends no write
+/// while this replica does not lead (lease.rs).
+fn counted_client(
+    config: kube::Config,
+    metrics: &Arc<Metrics>,
+    leadership: Arc<Leadership>,
+) -> Result<Client> {
     let counter = metrics.kube_requests.clone();
     let layer =
         tower::util::MapRequestLayer::new(move |req: ::http::Request<kube::client::Body>| {
@@ -324,6 +293,7 @@ async fn counted_client(metrics: &Arc<Metrics>) -> Result<Client> {
         });
     Ok(kube::client::ClientBuilder::try_from(config)?
         .with_layer(&layer)
+        .with_layer(&fence_layer(leadership))
         .build())
 }
 

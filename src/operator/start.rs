@@ -184,18 +184,17 @@ fn desired_pod(
         status::stage(trial),
     );
     let uid = trial.uid().unwrap_or_default();
-    let token = ctx.settings.key.sign(&ns, &name, &uid);
     let template = exp.spec.trial_template.as_ref().ok_or(Error::NoTemplate)?;
     Ok(pod::build(&PodInput {
         template,
         namespace: &ns,
         experiment: &trial.spec.experiment,
+        experiment_uid: &exp.uid().unwrap_or_default(),
         trial: &name,
         trial_uid: &uid,
         attempt,
         input: &input,
         report_url: &ctx.settings.report_url,
-        token: &token,
         storage: exp.spec.storage.as_ref(),
     }))
 }

@@ -1,133 +1,321 @@
-//! Per-trial report tokens:
-//! `<namespace>:<trial>:<trial uid>:<HMAC-SHA256(key, namespace/trial/uid)>`.
-//! Stateless, so a restarted operator (or another replica with the same key) accepts the
-//! tokens of pods started before it; the trial's UID makes a recreated trial's token new.
-//! The token carries everything its MAC covers, so a forged one is refused before the
-//! operator looks anything up.
+//! Trial report credentials. Each trial pod gets a projected service-account token for the
+//! audience `nasop.dev` (`pod::build`): bound to the pod (it dies with it), short-lived and
+//! rotated by the kubelet, and readable only inside the pod (nothing a `view` user can read
+//! grants report rights). The operator holds no key: it asks the API server (TokenReview)
+//! whether a token is valid and which pod it belongs to, then whether that pod is the
+//! current attempt of a trial (`http.rs`). A superseded attempt's token names its own pod,
+//! so its reports are refused: that is the fencing.
+//!
+//! Reviews are cached by the token's SHA-256 for a minute at most (never past the token's
+//! expiry), so a trainer's reports cost one review per token, not one per report.
 
-use anyhow::{Context, Result, bail};
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
-use std::path::Path;
+use base64::Engine;
+use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+use kube::Api;
+use kube::api::PostParams;
+use nasop_core::contract::REPORT_AUDIENCE;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::Mutex;
 
-type HmacSha256 = Hmac<Sha256>;
-
-#[derive(Clone)]
-pub struct TokenKey(Vec<u8>);
-
-/// Who a token claims to be; checked against the trial's UID with [`TokenKey::verify`].
-#[derive(Debug, PartialEq, Eq)]
-pub struct Claim<'a> {
-    pub namespace: &'a str,
-    pub trial: &'a str,
-    pub uid: &'a str,
-    mac: &'a str,
+/// The pod a valid token was issued for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodIdentity {
+    pub namespace: String,
+    pub pod: String,
+    pub uid: String,
 }
 
-impl TokenKey {
-    /// The key from a file (the chart mounts a Secret); at least 32 bytes.
-    pub fn from_file(path: &Path) -> Result<TokenKey> {
-        let bytes = std::fs::read(path)
-            .with_context(|| format!("reading the report-token key {}", path.display()))?;
-        let trimmed = bytes.trim_ascii().to_vec();
-        if trimmed.len() < 32 {
-            bail!(
-                "the report-token key {} has {} bytes; use at least 32 random bytes (e.g. `head -c 48 /dev/urandom | base64`)",
-                path.display(),
-                trimmed.len()
-            );
-        }
-        Ok(TokenKey(trimmed))
-    }
-
-    /// A random key for this process only: tokens of pods started by an earlier process are
-    /// refused (their results still arrive through the termination message).
-    pub fn random() -> TokenKey {
-        TokenKey(nasop_core::rng::os_random_hex(24).into_bytes())
-    }
-
-    #[cfg(test)]
-    pub fn from_bytes(bytes: &[u8]) -> TokenKey {
-        TokenKey(bytes.to_vec())
-    }
-
-    fn mac(&self, namespace: &str, trial: &str, uid: &str) -> HmacSha256 {
-        let mut mac = HmacSha256::new_from_slice(&self.0).expect("HMAC takes any key length");
-        mac.update(namespace.as_bytes());
-        mac.update(b"/");
-        mac.update(trial.as_bytes());
-        mac.update(b"/");
-        mac.update(uid.as_bytes());
-        mac
-    }
-
-    pub fn sign(&self, namespace: &str, trial: &str, uid: &str) -> String {
-        let tag = self.mac(namespace, trial, uid).finalize().into_bytes();
-        let hex: String = tag.iter().map(|b| format!("{b:02x}")).collect();
-        format!("{namespace}:{trial}:{uid}:{hex}")
-    }
-
-    /// Whether this key signed `claim` (constant-time comparison). The caller then checks
-    /// that the trial still has the claimed UID.
-    pub fn verify(&self, claim: &Claim) -> bool {
-        let Some(tag) = unhex(claim.mac) else {
-            return false;
-        };
-        self.mac(claim.namespace, claim.trial, claim.uid)
-            .verify_slice(&tag)
-            .is_ok()
-    }
+/// What a token says about itself, read before it is reviewed: enough to refuse one for
+/// another audience or past its expiry without asking the API server, and to rate-limit
+/// per claimed pod. Nothing read here is trusted until the review says so.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unverified {
+    pub identity: PodIdentity,
+    pub expires: f64,
 }
 
-/// Splits a token into its claim; None when it is not shaped like one of ours.
-pub fn claim(token: &str) -> Option<Claim<'_>> {
-    let mut parts = token.splitn(4, ':');
-    let (namespace, trial, uid, mac) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    let fits = |s: &str, max: usize| !s.is_empty() && s.len() <= max;
-    (fits(namespace, 63) && fits(trial, 253) && fits(uid, 64) && mac.len() == 64).then_some(Claim {
-        namespace,
-        trial,
-        uid,
-        mac,
+#[derive(Deserialize)]
+struct Claims {
+    #[serde(default)]
+    aud: Audience,
+    exp: f64,
+    #[serde(rename = "kubernetes.io")]
+    kubernetes: K8sClaims,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(untagged)]
+enum Audience {
+    One(String),
+    Many(Vec<String>),
+    #[default]
+    None,
+}
+
+#[derive(Deserialize)]
+struct K8sClaims {
+    namespace: String,
+    pod: Option<Ref>,
+}
+
+#[derive(Deserialize)]
+struct Ref {
+    name: String,
+    uid: String,
+}
+
+/// A service-account token's claims, if it is one for a pod and for nasop, not expired at
+/// `now`.
+pub fn peek(token: &str, now: f64) -> Option<Unverified> {
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: Claims = serde_json::from_slice(&bytes).ok()?;
+    let ours = match &claims.aud {
+        Audience::One(a) => a == REPORT_AUDIENCE,
+        Audience::Many(all) => all.iter().any(|a| a == REPORT_AUDIENCE),
+        Audience::None => false,
+    };
+    let pod = claims.kubernetes.pod?;
+    (ours && claims.exp > now).then_some(Unverified {
+        identity: PodIdentity {
+            namespace: claims.kubernetes.namespace,
+            pod: pod.name,
+            uid: pod.uid,
+        },
+        expires: claims.exp,
     })
 }
 
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
+/// How long a review is trusted without asking again (a deleted pod's token stops working
+/// within this time even if the pod's deletion were missed).
+const TRUST_FOR: f64 = 60.0;
+/// Most cached reviews; past it, the expired ones go, then all.
+const MAX_CACHED: usize = 100_000;
+
+/// Reviews of tokens not seen before, per second, and in a burst: a flood of forged tokens
+/// costs the API server at most this, and it never spends a trial's own report budget.
+const REVIEW_RATE: f64 = 100.0;
+const REVIEW_BURST: f64 = 500.0;
+
+/// What a review says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// The token is valid, for this pod.
+    Pod(PodIdentity),
+    /// The API server refused it (or it names another pod than it claims).
+    Refused,
+    /// Too many new tokens to review this second: try again.
+    Busy,
+}
+
+/// Reviewed tokens, by their SHA-256: the pods of valid ones, and when refused ones may be
+/// asked about again.
+/// Per token's SHA-256: its pod (None: refused) and until when that holds.
+type Cache = HashMap<[u8; 32], (Option<PodIdentity>, f64)>;
+
+pub struct Reviews {
+    cache: Mutex<Cache>,
+    budget: Mutex<(f64, f64)>,
+}
+
+impl Default for Reviews {
+    fn default() -> Self {
+        Reviews {
+            cache: Mutex::default(),
+            budget: Mutex::new((REVIEW_BURST, 0.0)),
+        }
+    }
+}
+
+impl Reviews {
+    /// Whether the API server says `token` is valid for nasop's audience and names the pod
+    /// it claims (`claimed`, read from it unverified).
+    pub async fn review(
+        &self,
+        client: &kube::Client,
+        token: &str,
+        claimed: &Unverified,
+        now: f64,
+    ) -> Result<Verdict, kube::Error> {
+        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some((who, until)) = self.lock().get(&key)
+            && *until > now
+        {
+            return Ok(who.clone().map_or(Verdict::Refused, Verdict::Pod));
+        }
+        if !self.spend(now) {
+            return Ok(Verdict::Busy);
+        }
+        let review = TokenReview {
+            spec: TokenReviewSpec {
+                token: Some(token.to_string()),
+                audiences: Some(vec![REPORT_AUDIENCE.to_string()]),
+            },
+            ..TokenReview::default()
+        };
+        let answer = Api::<TokenReview>::all(client.clone())
+            .create(&PostParams::default(), &review)
+            .await?;
+        // The claims were read unverified: the review's word is the one that counts.
+        let who = reviewed(&answer).filter(|who| *who == claimed.identity);
+        let mut cache = self.lock();
+        if cache.len() >= MAX_CACHED {
+            cache.retain(|_, (_, until)| *until > now);
+            if cache.len() >= MAX_CACHED {
+                cache.clear();
+            }
+        }
+        cache.insert(key, (who.clone(), claimed.expires.min(now + TRUST_FOR)));
+        Ok(who.map_or(Verdict::Refused, Verdict::Pod))
+    }
+
+    /// Takes one review from the budget at `now`; false when it is spent.
+    fn spend(&self, now: f64) -> bool {
+        let mut budget = self.budget.lock().unwrap_or_else(|e| e.into_inner());
+        let (tokens, at) = *budget;
+        let tokens = (tokens + (now - at).max(0.0) * REVIEW_RATE).min(REVIEW_BURST);
+        *budget = if tokens >= 1.0 {
+            (tokens - 1.0, now)
+        } else {
+            (tokens, now)
+        };
+        tokens >= 1.0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Cache> {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The pod an authenticated review names: namespace from the service account's user name,
+/// pod name and UID from the extra fields the API server sets for a pod-bound token.
+pub fn reviewed(review: &TokenReview) -> Option<PodIdentity> {
+    let status = review.status.as_ref()?;
+    if status.authenticated != Some(true)
+        || !status
+            .audiences
+            .iter()
+            .flatten()
+            .any(|a| a == REPORT_AUDIENCE)
+    {
+        return None;
+    }
+    let user = status.user.as_ref()?;
+    let namespace = user
+        .username
+        .as_deref()?
+        .strip_prefix("system:serviceaccount:")?
+        .split(':')
+        .next()?
+        .to_string();
+    let extra = user.extra.as_ref()?;
+    let one = |key: &str| extra.get(key).and_then(|v| v.first()).cloned();
+    Some(PodIdentity {
+        namespace,
+        pod: one("authentication.kubernetes.io/pod-name")?,
+        uid: one("authentication.kubernetes.io/pod-uid")?,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::authentication::v1::{TokenReviewStatus, UserInfo};
+    use std::collections::BTreeMap;
 
-    #[test]
-    fn a_token_verifies_only_for_its_trial_and_uid() {
-        let key = TokenKey::from_bytes(b"0123456789abcdef0123456789abcdef");
-        let token = key.sign("ns", "exp-3", "uid-1");
-        let c = claim(&token).unwrap();
-        assert_eq!((c.namespace, c.trial, c.uid), ("ns", "exp-3", "uid-1"));
-        assert!(key.verify(&c));
-        // Another UID (a recreated trial), another trial's name: refused.
-        let forged = token.replace("uid-1", "uid-2");
-        assert!(!key.verify(&claim(&forged).unwrap()));
-        let forged = token.replace("exp-3", "exp-4");
-        assert!(!key.verify(&claim(&forged).unwrap()));
-        // Another key's token is refused.
-        let other = TokenKey::from_bytes(b"another key of thirty-two bytes!!");
-        assert!(!other.verify(&c));
-        assert!(claim("not-a-token").is_none());
-        assert!(claim("ns:t:u:zz").is_none());
+    fn jwt(claims: serde_json::Value) -> String {
+        let enc = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+        format!(
+            "{}.{}.{}",
+            enc(br#"{"alg":"RS256"}"#),
+            enc(claims.to_string().as_bytes()),
+            enc(b"signature")
+        )
+    }
+
+    fn claims(aud: serde_json::Value, exp: f64) -> serde_json::Value {
+        serde_json::json!({
+            "aud": aud, "exp": exp, "iss": "https://kubernetes.default.svc",
+            "kubernetes.io": {"namespace": "team", "pod": {"name": "e-3-1", "uid": "p-uid"},
+                              "serviceaccount": {"name": "default", "uid": "sa"}},
+        })
     }
 
     #[test]
-    fn a_short_key_file_is_refused_with_the_fix() {
-        let dir = std::env::temp_dir().join(format!("nasop-key-{}", std::process::id()));
-        std::fs::write(&dir, "short\n").unwrap();
-        let err = TokenKey::from_file(&dir).err().unwrap().to_string();
-        assert!(err.contains("at least 32"), "{err}");
-        std::fs::remove_file(&dir).unwrap();
+    fn a_token_says_its_pod_but_only_for_nasop_and_before_it_expires() {
+        let who = PodIdentity {
+            namespace: "team".into(),
+            pod: "e-3-1".into(),
+            uid: "p-uid".into(),
+        };
+        let ok = peek(
+            &jwt(claims(serde_json::json!(["nasop.dev"]), 2000.0)),
+            1000.0,
+        )
+        .unwrap();
+        assert_eq!((ok.identity, ok.expires), (who.clone(), 2000.0));
+        assert!(peek(&jwt(claims(serde_json::json!("nasop.dev"), 2000.0)), 1000.0).is_some());
+        // Another audience (the API server's own), expired, not a pod's, not a JWT.
+        assert!(
+            peek(
+                &jwt(claims(
+                    serde_json::json!(["https://kubernetes.default.svc"]),
+                    2000.0
+                )),
+                1000.0
+            )
+            .is_none()
+        );
+        assert!(
+            peek(
+                &jwt(claims(serde_json::json!(["nasop.dev"]), 999.0)),
+                1000.0
+            )
+            .is_none()
+        );
+        let mut no_pod = claims(serde_json::json!(["nasop.dev"]), 2000.0);
+        no_pod["kubernetes.io"]["pod"] = serde_json::Value::Null;
+        assert!(peek(&jwt(no_pod), 1000.0).is_none());
+        assert!(peek("team:e-3:uid:0123abcd", 1000.0).is_none());
+    }
+
+    #[test]
+    fn a_review_counts_only_when_authenticated_for_nasop_with_a_pod() {
+        let answer = |authenticated: bool, audience: &str, pod: bool| TokenReview {
+            status: Some(TokenReviewStatus {
+                authenticated: Some(authenticated),
+                audiences: Some(vec![audience.into()]),
+                user: Some(UserInfo {
+                    username: Some("system:serviceaccount:team:default".into()),
+                    extra: Some(BTreeMap::from_iter(
+                        [
+                            ("authentication.kubernetes.io/pod-name", "e-3-1"),
+                            ("authentication.kubernetes.io/pod-uid", "p-uid"),
+                        ]
+                        .into_iter()
+                        .take(if pod { 2 } else { 0 })
+                        .map(|(k, v)| (k.to_string(), vec![v.to_string()])),
+                    )),
+                    ..UserInfo::default()
+                }),
+                ..TokenReviewStatus::default()
+            }),
+            ..TokenReview::default()
+        };
+        assert_eq!(
+            reviewed(&answer(true, "nasop.dev", true)),
+            Some(PodIdentity {
+                namespace: "team".into(),
+                pod: "e-3-1".into(),
+                uid: "p-uid".into()
+            })
+        );
+        assert_eq!(reviewed(&answer(false, "nasop.dev", true)), None);
+        assert_eq!(reviewed(&answer(true, "other", true)), None);
+        assert_eq!(reviewed(&answer(true, "nasop.dev", false)), None);
     }
 }

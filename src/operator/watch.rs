@@ -4,6 +4,7 @@
 
 use super::context::lock;
 use super::experiment::ExpKey;
+use super::health::Health;
 use super::{index, pod};
 use crate::api::{NasTrial, TrialPhaseName};
 use futures::StreamExt;
@@ -45,6 +46,7 @@ pub fn start(
     client: &Client,
     namespace: &Option<String>,
     experiment_resource: &ApiResource,
+    health: &Arc<Health>,
 ) -> Watches {
     let exp_api: Api<DynamicObject> = match namespace {
         Some(ns) => Api::namespaced_with(client.clone(), ns, experiment_resource),
@@ -55,6 +57,7 @@ pub fn start(
     let experiments = watcher(exp_api, config())
         .default_backoff()
         .reflect(exp_writer)
+        .inspect(heard(health.clone(), "nasexperiments"))
         .touched_objects();
 
     // Trials: one watch feeds the trial store, the per-experiment index, the trial
@@ -75,6 +78,7 @@ pub fn start(
         .default_backoff()
         .modify(|t: &mut NasTrial| t.managed_fields_mut().clear())
         .reflect(trial_writer)
+        .inspect(heard(health.clone(), "nastrials"))
         .inspect(move |e| {
             if let Ok(e) = e {
                 waker.follow(e);
@@ -88,6 +92,7 @@ pub fn start(
         .default_backoff()
         .modify(pod::strip)
         .reflect(pod_writer)
+        .inspect(heard(health.clone(), "pods"))
         .touched_objects();
 
     Watches {
@@ -100,6 +105,17 @@ pub fn start(
         index,
         wake,
         reporting,
+    }
+}
+
+/// Tells `health` how the watch of `resource` is doing.
+fn heard<K>(
+    health: Arc<Health>,
+    resource: &'static str,
+) -> impl FnMut(&Result<watcher::Event<K>, watcher::Error>) {
+    move |e| match e {
+        Ok(_) => health.seen(resource),
+        Err(e) => health.failed(resource, e.to_string()),
     }
 }
 

@@ -105,6 +105,7 @@ pub fn nb201_trial(args: &[String]) -> Result<()> {
         step: input.budget.epochs,
         metrics,
         info: BTreeMap::new(),
+        end: Some(nasop_core::contract::RunEnd::Completed),
     };
     println!("{}", serde_json::to_string(&report)?);
     let path = std::env::var(nasop_core::contract::ENV_TERMINATION_PATH)

@@ -13,5 +13,5 @@ mod trainer;
 pub use nodes::{GPU_TRIAL_TEMPLATE, add_gpu_nodes};
 pub use trainer::{
     EXIT_CODE, FakeTrainer, NODE_LOST, Plan, Player, TERMINATION_MESSAGE, end_pod,
-    end_pod_annotations, pod_env, post_report, report_json,
+    end_pod_annotations, pod_env, pod_token, pod_token_for, post_report, report_json,
 };

@@ -3,8 +3,9 @@
 
 use futures::StreamExt;
 use futures::future::BoxFuture;
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{DeleteParams, Patch, PatchParams};
+use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 use nasop_core::contract::{self, ReportAction, ReportReply, TrialInput};
@@ -82,16 +83,15 @@ impl FakeTrainer {
                 player.saw(&pod);
                 let running =
                     pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
-                if !running
-                    || pod.metadata.deletion_timestamp.is_some()
-                    || handled.contains(&pod.name_any())
-                {
+                // By UID: a pod of the same name made again (a re-created trial) is new.
+                let uid = pod.uid().unwrap_or_default();
+                if !running || pod.metadata.deletion_timestamp.is_some() || handled.contains(&uid) {
                     continue;
                 }
                 let Some(plan) = player.plan(&pod) else {
                     continue;
                 };
-                handled.insert(pod.name_any());
+                handled.insert(uid);
                 let (pods, player) = (pods.clone(), player.clone());
                 tokio::spawn(async move {
                     let name = pod.name_any();
@@ -146,10 +146,9 @@ async fn report(
         })
     };
     let input: TrialInput = serde_json::from_str(get(contract::ENV_TRIAL)?)?;
-    let (url, token) = (
-        get(contract::ENV_REPORT_URL)?,
-        get(contract::ENV_REPORT_TOKEN)?,
-    );
+    get(contract::ENV_REPORT_TOKEN_FILE)?;
+    let url = get(contract::ENV_REPORT_URL)?;
+    let token = &pod_token(&pods.clone().into_client(), pod).await?;
     let metric = input.metrics.first().cloned().unwrap_or_default();
     let mut last = (0, 0.0);
     for (i, v) in values.iter().enumerate() {
@@ -165,7 +164,12 @@ async fn report(
             tokio::time::sleep(Duration::from_millis(100)).await;
             answer = post_report(url, Some(token), body.clone()).await;
         }
-        let action = answer.unwrap_or(ReportAction::Continue);
+        // 409: the trial ended or this attempt was replaced; the report was not recorded.
+        let action = match answer {
+            Ok(action) => action,
+            Err(409) => ReportAction::Stop,
+            Err(_) => ReportAction::Continue,
+        };
         player.replied(&input.trial, step, action);
         if action == ReportAction::Stop {
             break;
@@ -180,6 +184,58 @@ async fn report(
     )
     .await?;
     Ok(())
+}
+
+/// The report token a kubelet would project into `pod` (its NASOP_REPORT_TOKEN_FILE): a
+/// service-account token for the audience `nasop.dev`, bound to the pod. KWOK's simulated
+/// kubelet mounts no volumes, so the fake trainer asks for it as the real kubelet does.
+pub async fn pod_token(client: &kube::Client, pod: &Pod) -> anyhow::Result<String> {
+    pod_token_for(client, pod, contract::REPORT_AUDIENCE).await
+}
+
+/// A token bound to `pod` for `audience`.
+pub async fn pod_token_for(
+    client: &kube::Client,
+    pod: &Pod,
+    audience: &str,
+) -> anyhow::Result<String> {
+    let namespace = pod.namespace().unwrap_or_default();
+    let account = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.service_account_name.clone())
+        .unwrap_or_else(|| "default".into());
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: vec![audience.into()],
+            expiration_seconds: Some(600),
+            bound_object_ref: Some(BoundObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                name: Some(pod.name_any()),
+                uid: pod.uid(),
+            }),
+        },
+        ..TokenRequest::default()
+    };
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &namespace);
+    let mut tries = 0;
+    loop {
+        match accounts
+            .create_token_request(&account, &PostParams::default(), &request)
+            .await
+        {
+            Ok(answer) => {
+                return answer.status.map(|s| s.token).ok_or_else(|| {
+                    anyhow::anyhow!("the API server answered the token request without a token")
+                });
+            }
+            // The API server may be restarting (a chaos test).
+            Err(e) if tries >= 100 => return Err(e.into()),
+            Err(_) => tries += 1,
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// One report's JSON, as the trial contract has it.

@@ -120,8 +120,8 @@ fn service_account_kubeconfig(r: &Release, dir: &Path) -> PathBuf {
     path
 }
 
-/// Starts the operator as the release's Deployment runs it: its arguments, the release's
-/// report key, its ServiceAccount's token; only the addresses are this machine's. Returns
+/// Starts the operator as the release's Deployment runs it: its arguments and its
+/// ServiceAccount's token; only the addresses are this machine's. Returns
 /// the ServiceAccount's kubeconfig.
 fn start_as_deployed(env: &mut Env, r: &Release, dir: &Path) -> PathBuf {
     let deployment: Value = serde_json::from_str(&ok(kubectl().args([
@@ -143,27 +143,14 @@ fn start_as_deployed(env: &mut Env, r: &Release, dir: &Path) -> PathBuf {
         .filter(|a| {
             !a.starts_with("--listen=")
                 && !a.starts_with("--report-url=")
-                && !a.starts_with("--report-key-file=")
                 && !a.starts_with("--stop-grace-seconds=")
         })
         .collect();
     args.extend([
         format!("--listen=127.0.0.1:{}", env.port),
         format!("--report-url=http://127.0.0.1:{}/v1/report", env.port),
-        format!("--report-key-file={}", env.key.display()),
         "--stop-grace-seconds=2".to_string(),
     ]);
-    let key = ok(kubectl().args([
-        "get",
-        "secret",
-        &format!("{}-report-key", r.name),
-        "-n",
-        &r.namespace,
-        "-o",
-        "go-template={{index .data \"key\" | base64decode}}",
-    ]));
-    assert!(key.len() >= 32, "the chart's report key is too short");
-    std::fs::write(&env.key, key).unwrap();
     let kubeconfig = service_account_kubeconfig(r, dir);
     let kubeconfig_str = kubeconfig.display().to_string();
     env.spawn_operator(

@@ -5,6 +5,7 @@
 
 use crate::harness::{self, Env, Plan, manifest, post_report, report_json, value_of};
 use crate::{LONG, completes, phase_is};
+use base64::Engine as _;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, ResourceQuota, ServiceAccount};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
@@ -13,6 +14,7 @@ use kube::{Api, ResourceExt};
 use nasop::api::{ExperimentPhase, NasExperiment, NasTrial, NasTrialSpec, TrialPhaseName};
 use nasop_core::contract::{self, ReportAction};
 use std::collections::BTreeMap;
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -582,8 +584,16 @@ async fn ten_thousand_hostile_reports_change_nothing() {
     .await;
     let pod = env.pods().get("target-0-1").await.unwrap();
     let real_env = crate::harness::pod_env(&pod);
-    let token = real_env[contract::ENV_REPORT_TOKEN].clone();
+    let token = nasop_testkit::pod_token(&env.client, &pod).await.unwrap();
     let url = real_env[contract::ENV_REPORT_URL].clone();
+    let other = env.pods().get("target-1-1").await.unwrap();
+    let api_token = nasop_testkit::pod_token_for(
+        &env.client,
+        &pod,
+        "https://kubernetes.default.svc.cluster.local",
+    )
+    .await
+    .unwrap();
     let before: BTreeMap<String, String> = env
         .all_trials("target")
         .await
@@ -601,9 +611,27 @@ async fn ten_thousand_hostile_reports_change_nothing() {
     .unwrap();
     let rss_before = rss_kib(env.operator_pid(op));
 
-    let mac = token.rsplit(':').next().unwrap().to_string();
-    let uid = token.split(':').nth(2).unwrap().to_string();
-    let ns = env.ns.clone();
+    // Tokens that are not the trial's: the real one's claims with another signature, the
+    // claims rewritten to name the other trial's pod, another audience's, an expired one.
+    let parts: Vec<String> = token.split('.').map(String::from).collect();
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(&parts[1])
+            .unwrap(),
+    )
+    .unwrap();
+    let resign = |claims: &serde_json::Value| {
+        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(claims.to_string());
+        format!("{}.{payload}.{}", parts[0], parts[2])
+    };
+    let forged = format!("{}.{}.Zm9yZ2Vk", parts[0], parts[1]);
+    let mut theirs = claims.clone();
+    theirs["kubernetes.io"]["pod"]["name"] = other.metadata.name.clone().unwrap().into();
+    theirs["kubernetes.io"]["pod"]["uid"] = other.metadata.uid.clone().unwrap().into();
+    let theirs = resign(&theirs);
+    let mut expired = claims.clone();
+    expired["exp"] = 1.into();
+    let expired = resign(&expired);
     let big = format!(
         "{{\"step\": 1, \"metrics\": {{\"a\": 1.0}}, \"pad\": \"{}\"}}",
         "x".repeat(2 << 20)
@@ -619,14 +647,13 @@ async fn ten_thousand_hostile_reports_change_nothing() {
     let counts: Arc<Mutex<BTreeMap<String, usize>>> = Arc::default();
     let threads: Vec<_> = (0..4)
         .map(|k| {
-            let (url, token, mac, uid, ns, counts) = (
-                url.clone(),
-                token.clone(),
-                mac.clone(),
-                uid.clone(),
-                ns.clone(),
-                counts.clone(),
-            );
+            let (url, token, counts) = (url.clone(), token.clone(), counts.clone());
+            let fakes = [
+                forged.clone(),
+                theirs.clone(),
+                api_token.clone(),
+                expired.clone(),
+            ];
             let bodies = [
                 big.clone(),
                 many.clone(),
@@ -643,21 +670,8 @@ async fn ten_thousand_hostile_reports_change_nothing() {
                     let n = k * 2500 + i;
                     let (auth, body): (Option<String>, String) = match n % 8 {
                         0 => (None, report_json(1, "val_accuracy", 99.0)),
-                        // A MAC for another trial's name, another UID, another key.
-                        1 => (
-                            Some(format!("{ns}:target-1:{uid}:{mac}")),
-                            report_json(1, "val_accuracy", 99.0),
-                        ),
-                        2 => (
-                            Some(format!("{ns}:target-{n}:{uid}:{mac}")),
-                            report_json(1, "val_accuracy", 99.0),
-                        ),
-                        3 => (
-                            Some(format!("{ns}:target-0:{n}:{mac}")),
-                            report_json(1, "val_accuracy", 99.0),
-                        ),
-                        4 => (
-                            Some(format!("{ns}:target-0:{uid}:{}", "0".repeat(64))),
+                        k @ 1..=4 => (
+                            Some(fakes[k - 1].clone()),
                             report_json(1, "val_accuracy", 99.0),
                         ),
                         5 => (Some("garbage".into()), "{".into()),
@@ -733,7 +747,7 @@ async fn the_most_metrics_every_step_for_ten_thousand_steps_keeps_statuses_bound
     let penv = crate::harness::pod_env(&pod);
     let (url, token) = (
         penv[contract::ENV_REPORT_URL].clone(),
-        penv[contract::ENV_REPORT_TOKEN].clone(),
+        nasop_testkit::pod_token(&env.client, &pod).await.unwrap(),
     );
     let codes = tokio::task::spawn_blocking(move || {
         let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -799,4 +813,216 @@ async fn wait_running(pods: &Api<Pod>, name: &str) -> Pod {
     )
     .await
     .unwrap()
+}
+
+/// Ends a pod that is being deleted as a trainer does on SIGTERM: `exit` with `message`
+/// (the pod stays, its node "lost", so that the operator sees the ended pod before it goes).
+async fn end_as_terminated(pods: &Api<Pod>, name: &str, exit: i32, message: &str) {
+    let phase = if exit == 0 { "Succeeded" } else { "Failed" };
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let status = serde_json::json!({"status": {
+        "phase": phase,
+        "containerStatuses": [{
+            "name": "trainer", "image": "trainer", "imageID": "", "ready": false,
+            "restartCount": 0,
+            "state": {"terminated": {"exitCode": exit, "message": message, "finishedAt": now,
+                                     "reason": if exit == 0 { "Completed" } else { "Error" }}},
+        }],
+    }});
+    pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap();
+}
+
+/// Evicted (the eviction API) or deleted while it ran, a trial's pod is a lost attempt,
+/// run again, whatever its trainer did on SIGTERM: a clean exit with its epoch-1 report
+/// (nasop_trial.py before it said so) or exit 143. Before the fix, trial 0 recorded 41 at
+/// step 1 as its result, and trial 1 failed as TrainerFailed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_evicted_or_deleted_trial_runs_again_and_records_only_its_own_full_run() {
+    let mut env = Env::new("op-evict").await;
+    env.start_operator(&[]);
+    env.start_trainer(Arc::new(|input, attempt| {
+        if attempt == 1 {
+            Plan::Hang
+        } else {
+            Plan::Report(vec![50.0, 60.0, value_of(&input.candidate)])
+        }
+    }));
+    env.apply(&manifest(
+        "evict",
+        "{algorithm: random, seed: 21}",
+        "{maxTrials: 2, parallelism: 2, trialEpochs: 12, maxFailedTrials: 0}",
+        "",
+    ))
+    .await
+    .unwrap();
+    let pods = env.pods();
+    let early = report_json(1, "val_accuracy", 41.0);
+    for (pod, evict) in [("evict-0-1", true), ("evict-1-1", false)] {
+        wait_running(&pods, pod).await;
+        // KWOK would remove a deleted pod at once; a real kubelet keeps it while the trainer
+        // shuts down, which is when it writes its last words.
+        let keep =
+            serde_json::json!({"metadata": {"annotations": {nasop_testkit::NODE_LOST: "true"}}});
+        pods.patch(pod, &PatchParams::default(), &Patch::Merge(&keep))
+            .await
+            .unwrap();
+        if evict {
+            pods.evict(pod, &Default::default()).await.unwrap();
+            let evicted = pods.get(pod).await.unwrap();
+            let conditions = evicted.status.unwrap().conditions.unwrap_or_default();
+            assert!(
+                conditions.iter().any(|c| c.type_ == "DisruptionTarget"),
+                "the eviction API marks the pod: {conditions:?}"
+            );
+            end_as_terminated(&pods, pod, 0, &early).await;
+        } else {
+            pods.delete(pod, &DeleteParams::default()).await.unwrap();
+            end_as_terminated(&pods, pod, 143, "terminated").await;
+        }
+    }
+    let exp = env
+        .wait_for("evict", LONG, phase_is(ExperimentPhase::Succeeded))
+        .await;
+    let s = exp.status.unwrap();
+    assert_eq!((s.trials.succeeded, s.trials.failed), (2, 0), "{s:?}");
+    for t in env.all_trials("evict").await {
+        let st = t.status.clone().unwrap();
+        assert_eq!(st.attempts, 2, "{}: {st:?}", t.name_any());
+        assert_eq!(
+            st.value,
+            Some(value_of(&t.spec.candidate)),
+            "{}",
+            t.name_any()
+        );
+    }
+    for pod in ["evict-0-1", "evict-1-1"] {
+        let _ = pods
+            .delete(pod, &DeleteParams::default().grace_period(0))
+            .await;
+    }
+}
+
+/// The requests `user` made that change something (not reads, not watches), with when the
+/// API server received each, from its audit log.
+fn audited_writes(user: &str) -> Vec<(String, String, String)> {
+    let kubeconfig = std::path::PathBuf::from(std::env::var("KUBECONFIG").unwrap());
+    let log = kubeconfig.parent().unwrap().join("logs/audit.log");
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["user"]["username"] == user && e["stage"] == "ResponseComplete")
+        .filter(|e| !matches!(e["verb"].as_str(), Some("get" | "list" | "watch")))
+        .map(|e| {
+            (
+                e["requestReceivedTimestamp"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+                e["verb"].as_str().unwrap_or("").to_string(),
+                e["requestURI"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+/// A leader paused (SIGSTOP) past its lease while a standby runs: the standby takes over, and
+/// the old leader, continued (SIGCONT), sends not one write after the handover (the reports
+/// that queued on its port while it slept are not recorded by it) and exits. The API server's
+/// audit log is the witness. Before the fix the continued leader recorded the queued reports
+/// and reconciled on until its lease manager noticed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_leader_writes_nothing_after_its_standby_takes_over() {
+    let mut env = Env::new("op-pause").await;
+    env.route_reports();
+    let (a, b) = (
+        env.service_account_kubeconfig("leader-a").await,
+        env.service_account_kubeconfig("leader-b").await,
+    );
+    let ns = env.ns.clone();
+    let user = |name: &str| format!("system:serviceaccount:{ns}:{name}");
+    let (a, b) = (a.display().to_string(), b.display().to_string());
+    let first = env.start_operator_with(
+        &["--leader-election"],
+        &[("KUBECONFIG", a.as_str()), ("POD_NAME", "leader-a")],
+    );
+    env.start_trainer(Arc::new(|input, _| {
+        Plan::Report(vec![40.0, 50.0, 55.0, 60.0, value_of(&input.candidate)])
+    }));
+    env.apply(&manifest(
+        "pause",
+        "{algorithm: random, seed: 31}",
+        "{maxTrials: 10, parallelism: 2, trialEpochs: 12}",
+        "",
+    ))
+    .await
+    .unwrap();
+    env.wait_for("pause", LONG, |e| {
+        e.status.as_ref().is_some_and(|s| s.trials.succeeded >= 1)
+    })
+    .await;
+    env.start_operator_with(
+        &["--leader-election"],
+        &[("KUBECONFIG", b.as_str()), ("POD_NAME", "leader-b")],
+    );
+    let pid = env.operator_pid(first).to_string();
+    let signal = |sig: &str| {
+        let ok = Command::new("kill").args([sig, &pid]).status().unwrap();
+        assert!(ok.success());
+    };
+    signal("-STOP");
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(env.client.clone(), &env.ns);
+    let taken = harness::poll(
+        LONG,
+        async || leases.get_opt("nasop-operator").await.ok().flatten(),
+        |l| {
+            l.as_ref()
+                .and_then(|l| l.spec.as_ref())
+                .and_then(|s| s.holder_identity.as_deref())
+                .is_some_and(|h| h.starts_with("leader-b_"))
+        },
+        |l| format!("the standby never took the lease: {l:?}"),
+    )
+    .await;
+    let handover = taken.unwrap().spec.unwrap().acquire_time.unwrap().0;
+    // Paused a while longer: reports queue on its port.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    signal("-CONT");
+    let exit = harness::poll(
+        Duration::from_secs(30),
+        async || env.operator_exit(first),
+        Option::is_some,
+        |_| "the continued leader did not exit".into(),
+    )
+    .await;
+    assert!(
+        !exit.unwrap().success(),
+        "it exits because it lost the lease"
+    );
+    assert!(
+        env.operator_log(first).contains("lost the leader lease"),
+        "{}",
+        harness::tail(&env.operator_log(first), 20)
+    );
+    let exp = env
+        .wait_for("pause", LONG, phase_is(ExperimentPhase::Succeeded))
+        .await;
+    assert_eq!(exp.status.unwrap().trials.succeeded, 10);
+    let writes = audited_writes(&user("leader-a"));
+    assert!(
+        writes.len() > 5,
+        "the audit log shows the leader's writes before the pause: {writes:?}"
+    );
+    let late: Vec<_> = writes
+        .iter()
+        .filter(|(at, ..)| at.parse::<k8s_openapi::jiff::Timestamp>().unwrap() > handover)
+        .collect();
+    assert!(
+        late.is_empty(),
+        "the old leader wrote after the handover at {handover}: {late:?}"
+    );
+    assert!(!audited_writes(&user("leader-b")).is_empty());
 }

@@ -36,12 +36,33 @@ pub struct Env {
     pub client: Client,
     pub ns: String,
     pub port: u16,
-    /// The report key file operators of this namespace are given.
-    pub key: PathBuf,
     pub logs: PathBuf,
     operators: Vec<Child>,
     pub replies: Arc<Mutex<Vec<(String, u32, ReportAction)>>>,
     trainer: Option<FakeTrainer>,
+    /// The ports of the replicas behind the report router, when there is one.
+    routed: Option<Arc<Mutex<Vec<u16>>>>,
+}
+
+/// Whether the operator on `port` answers `/readyz` with 200 within a second.
+async fn ready(port: u16) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let check = async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()?;
+        s.write_all(b"GET /readyz HTTP/1.1\r\nHost: operator\r\nConnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).await.ok()?;
+        Some(head.ends_with(b"200"))
+    };
+    tokio::time::timeout(Duration::from_secs(1), check)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
 }
 
 pub fn free_port() -> u16 {
@@ -95,40 +116,146 @@ impl Env {
             .join("operator")
             .join(&ns);
         std::fs::create_dir_all(&dir).unwrap();
-        let key = dir.join("key");
-        std::fs::write(&key, "0123456789abcdef0123456789abcdef-test-key").unwrap();
         Env {
             client,
             ns,
             port: free_port(),
-            key,
             logs: dir,
             operators: Vec::new(),
             replies: Arc::default(),
             trainer: None,
+            routed: None,
         }
+    }
+
+    /// Puts a router on the report port, as a Service in front of replicas is: each
+    /// connection goes to a running replica that answers `/readyz` (the leader), so that
+    /// reports reach whichever replica leads now. Operators started afterwards listen on
+    /// ports of their own.
+    pub fn route_reports(&mut self) {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", self.port)).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let ports: Arc<Mutex<Vec<u16>>> = Arc::default();
+        self.routed = Some(ports.clone());
+        tokio::spawn(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let ports = ports.lock().unwrap().clone();
+                tokio::spawn(async move {
+                    for port in ports {
+                        if ready(port).await
+                            && let Ok(mut outbound) =
+                                tokio::net::TcpStream::connect(("127.0.0.1", port)).await
+                        {
+                            let _ =
+                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                            return;
+                        }
+                    }
+                    // None ready: the connection closes, and the trainer retries.
+                });
+            }
+        });
     }
 
     /// Starts an operator process for this namespace; returns its index.
     pub fn start_operator(&mut self, extra: &[&str]) -> usize {
+        self.start_operator_with(extra, &[])
+    }
+
+    /// [`Env::start_operator`] with extra environment variables.
+    pub fn start_operator_with(&mut self, extra: &[&str], envs: &[(&str, &str)]) -> usize {
         // A restarted operator takes the report port of the one it replaces; a second
         // replica running beside the first gets its own.
         let alive = self
             .operators
             .iter_mut()
             .any(|c| matches!(c.try_wait(), Ok(None)));
-        let port = if alive { free_port() } else { self.port };
+        let port = if alive || self.routed.is_some() {
+            free_port()
+        } else {
+            self.port
+        };
+        if let Some(ports) = &self.routed {
+            ports.lock().unwrap().push(port);
+        }
         let mut args: Vec<String> = ["operator", "--namespace", &self.ns, "--listen"]
             .map(String::from)
             .into();
         args.push(format!("127.0.0.1:{port}"));
         args.push("--report-url".into());
         args.push(format!("http://127.0.0.1:{}/v1/report", self.port));
-        args.push("--report-key-file".into());
-        args.push(self.key.display().to_string());
         args.extend(["--stop-grace-seconds", "2", "--lease-namespace", &self.ns].map(String::from));
         args.extend(extra.iter().map(|a| a.to_string()));
-        self.spawn_operator(&args, &[])
+        self.spawn_operator(&args, envs)
+    }
+
+    /// A kubeconfig that authenticates as a new ServiceAccount `name` of this namespace
+    /// bound to cluster-admin: its requests are in the API server's audit log.
+    pub async fn service_account_kubeconfig(&self, name: &str) -> PathBuf {
+        use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+        use k8s_openapi::api::core::v1::ServiceAccount;
+        use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleRef, Subject};
+        let accounts: Api<ServiceAccount> = Api::namespaced(self.client.clone(), &self.ns);
+        let mut account = ServiceAccount::default();
+        account.metadata.name = Some(name.into());
+        accounts
+            .create(&PostParams::default(), &account)
+            .await
+            .unwrap();
+        let binding = ClusterRoleBinding {
+            metadata: kube::api::ObjectMeta {
+                name: Some(format!("{}-{name}", self.ns)),
+                ..Default::default()
+            },
+            role_ref: RoleRef {
+                api_group: "rbac.authorization.k8s.io".into(),
+                kind: "ClusterRole".into(),
+                name: "cluster-admin".into(),
+            },
+            subjects: Some(vec![Subject {
+                kind: "ServiceAccount".into(),
+                name: name.into(),
+                namespace: Some(self.ns.clone()),
+                ..Default::default()
+            }]),
+        };
+        let bindings: Api<ClusterRoleBinding> = Api::all(self.client.clone());
+        let _ = bindings
+            .delete(&format!("{}-{name}", self.ns), &Default::default())
+            .await;
+        bindings
+            .create(&PostParams::default(), &binding)
+            .await
+            .unwrap();
+        let request = TokenRequest {
+            spec: TokenRequestSpec {
+                audiences: vec![],
+                expiration_seconds: Some(3600),
+                bound_object_ref: None,
+            },
+            ..Default::default()
+        };
+        let token = accounts
+            .create_token_request(name, &PostParams::default(), &request)
+            .await
+            .unwrap()
+            .status
+            .unwrap()
+            .token;
+        let server = kube::Config::infer().await.unwrap().cluster_url.to_string();
+        let path = self.logs.join(format!("{name}.kubeconfig"));
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters: [{{name: t, cluster: {{server: \"{server}\", insecure-skip-tls-verify: true}}}}]\n\
+                 users: [{{name: u, user: {{token: \"{token}\"}}}}]\n\
+                 contexts: [{{name: c, context: {{cluster: t, user: u, namespace: {}}}}}]\ncurrent-context: c\n",
+                self.ns
+            ),
+        )
+        .unwrap();
+        path
     }
 
     /// Starts `nasop <args>` with extra environment variables; returns its index.

@@ -173,7 +173,8 @@ async fn median_stopping_stops_a_bad_trial_and_forged_tokens_are_refused() {
     .await
     .unwrap();
 
-    // Tokens: none, another key's, and a real one presented for another trial.
+    // Tokens: none, a forged one, one of the pod's for another audience; the pod's own with
+    // a body that is no report.
     let pod = loop {
         if let Some(p) = env
             .pods()
@@ -190,12 +191,31 @@ async fn median_stopping_stops_a_bad_trial_and_forged_tokens_are_refused() {
     };
     let penv = harness::pod_env(&pod);
     let url = penv[contract::ENV_REPORT_URL].clone();
-    let token = penv[contract::ENV_REPORT_TOKEN].clone();
+    assert!(
+        penv.contains_key(contract::ENV_REPORT_TOKEN_FILE),
+        "{penv:?}"
+    );
+    assert!(!penv.contains_key(contract::ENV_REPORT_TOKEN), "{penv:?}");
+    let token = nasop_testkit::pod_token(&env.client, &pod).await.unwrap();
     let body = report_json(1, "val_accuracy", 99.0);
     assert_eq!(post_report(&url, None, body.clone()).await, Err(401));
-    let forged = format!("{}:stop-0:{}", env.ns, "ab".repeat(32));
+    // The real token's claims, re-signed by nobody.
+    let mut parts: Vec<&str> = token.split('.').collect();
+    parts[2] = "Zm9yZ2Vk";
+    let forged = parts.join(".");
     assert_eq!(
         post_report(&url, Some(&forged), body.clone()).await,
+        Err(401)
+    );
+    let api_token = nasop_testkit::pod_token_for(
+        &env.client,
+        &pod,
+        "https://kubernetes.default.svc.cluster.local",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        post_report(&url, Some(&api_token), body.clone()).await,
         Err(401)
     );
     assert_eq!(
@@ -206,10 +226,10 @@ async fn median_stopping_stops_a_bad_trial_and_forged_tokens_are_refused() {
     let exp = env
         .wait_for("stop", LONG, phase_is(ExperimentPhase::Succeeded))
         .await;
-    // Trial 0's token presented for trial 1, which exists now: refused.
-    let wrong_trial = token.replace(":stop-0:", ":stop-1:");
-    assert_ne!(wrong_trial, token);
-    assert_eq!(post_report(&url, Some(&wrong_trial), body).await, Err(401));
+    // The ended trial's pod may report no more: refused (409 while its pod is kept, 401
+    // once it is deleted and its bound token with it).
+    let late = post_report(&url, Some(&token), body).await;
+    assert!(matches!(late, Err(401 | 409)), "{late:?}");
     let trials = env.all_trials("stop").await;
     let bad = trials[2].status.clone().unwrap();
     assert_eq!(bad.phase, Some(TrialPhaseName::Stopped), "{bad:?}");
@@ -659,6 +679,13 @@ async fn a_missing_storage_claim_is_named_and_trial_pods_carry_the_storage() {
         condition.message
     );
     // Each pod mounts the claim and is told its directories in it.
+    let uid = env
+        .experiments()
+        .get("stored")
+        .await
+        .unwrap()
+        .uid()
+        .unwrap();
     let pods = env.pods().list(&Default::default()).await.unwrap().items;
     assert_eq!(pods.len(), 2);
     for pod in &pods {
@@ -668,9 +695,13 @@ async fn a_missing_storage_claim_is_named_and_trial_pods_carry_the_storage() {
             .next()
             .unwrap()
             .to_string();
+        // Under the namespace, the experiment's name and this object's UID.
         assert_eq!(
             env_vars[contract::ENV_CHECKPOINT_DIR],
-            format!("/var/lib/nasop/storage/stored/trials/{index}/checkpoint")
+            format!(
+                "/var/lib/nasop/storage/{}/stored/{}/trials/{index}/checkpoint",
+                env.ns, uid
+            )
         );
         let volumes = pod
             .spec
@@ -866,7 +897,7 @@ async fn a_bucket_that_refuses_the_trainer_is_named_on_the_experiment() {
     let exp = env
         .wait_for("bucket", LONG, phase_is(ExperimentPhase::Failed))
         .await;
-    let status = exp.status.unwrap();
+    let status = exp.status.clone().unwrap();
     let condition = status
         .conditions
         .iter()
@@ -892,7 +923,11 @@ async fn a_bucket_that_refuses_the_trainer_is_named_on_the_experiment() {
     let vars = harness::pod_env(pod);
     assert_eq!(
         vars[contract::ENV_CHECKPOINT_DIR],
-        "s3://nas-models/bucket/trials/0/checkpoint"
+        format!(
+            "s3://nas-models/{}/bucket/{}/trials/0/checkpoint",
+            env.ns,
+            exp.uid().unwrap()
+        )
     );
     assert_eq!(vars["AWS_ENDPOINT"], "http://s3.storage:9000");
     let container = &pod.spec.as_ref().unwrap().containers[0];

@@ -229,6 +229,7 @@ pub fn search(
             step: epoch + 1,
             metrics: metrics.clone(),
             info,
+            end: None,
         }) == ReportAction::Stop
         {
             ending = Ending::StoppedByRunner;

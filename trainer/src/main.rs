@@ -16,7 +16,7 @@ use clap::{Args, Parser, Subcommand};
 use data::{DatasetKind, LoadOptions};
 use model::NetConfig;
 use nasop_core::Architecture;
-use nasop_core::contract::{ENV_TRIAL, Report, TrialInput};
+use nasop_core::contract::{ENV_TRIAL, Report, RunEnd, TrialInput};
 use optim::OptimizerKind;
 use recipe::{Origins, Recipe, RecipeName};
 use std::collections::BTreeMap;
@@ -466,16 +466,29 @@ fn train_reporting(args: &mut TrainArgs, reporter: &report::Reporter) -> Result<
             darts::search(&cfg, &data, reporter, &terminate)?
         }
     };
+    let step = outcome.metrics.get("epoch").copied().unwrap_or_default() as u32;
     if outcome.ending == train::Ending::Terminated {
+        // The final report says the run did not earn its result: the search runs it again
+        // from the checkpoint instead of recording an epoch-1 value as the trial's.
+        reporter.finish(&Report {
+            step,
+            metrics: outcome.metrics,
+            info: BTreeMap::new(),
+            end: Some(RunEnd::Interrupted),
+        });
         eprintln!("nasop-trainer: terminated; the last completed epoch is checkpointed");
         std::process::exit(143);
     }
+    let end = match outcome.ending {
+        train::Ending::Completed => RunEnd::Completed,
+        _ => RunEnd::Stopped,
+    };
     let info = final_info(outcome.info, &outcome.ending, &mirrors, trial.as_ref())?;
-    let step = outcome.metrics.get("epoch").copied().unwrap_or_default() as u32;
     let last = Report {
         step,
         metrics: outcome.metrics,
         info,
+        end: Some(end),
     };
     reporter.send(&last);
     reporter.finish(&last);

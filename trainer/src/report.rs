@@ -2,8 +2,8 @@
 //! NASOP_REPORT_URL with the trial's token, the final metrics in the termination-message file.
 
 use nasop_core::contract::{
-    DEFAULT_TERMINATION_PATH, ENV_REPORT_TOKEN, ENV_REPORT_URL, ENV_TERMINATION_PATH, Report,
-    ReportAction, ReportReply, termination_message,
+    DEFAULT_TERMINATION_PATH, ENV_REPORT_TOKEN, ENV_REPORT_TOKEN_FILE, ENV_REPORT_URL,
+    ENV_TERMINATION_PATH, Report, ReportAction, ReportReply, termination_message,
 };
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -18,8 +18,42 @@ const ENV_RETRY_SECONDS: &str = "NASOP_REPORT_RETRY_SECONDS";
 /// The longest wait between two tries.
 const MAX_DELAY: Duration = Duration::from_secs(5);
 
+/// Where the report token comes from.
+enum Token {
+    /// NASOP_REPORT_TOKEN (`nasop run`).
+    Plain(String),
+    /// NASOP_REPORT_TOKEN_FILE: a pod's projected service-account token, which the kubelet
+    /// rotates, so it is read for every report.
+    File(PathBuf),
+}
+
+impl Token {
+    fn from_env() -> Token {
+        match std::env::var_os(ENV_REPORT_TOKEN_FILE).filter(|f| !f.is_empty()) {
+            Some(file) => Token::File(PathBuf::from(file)),
+            None => Token::Plain(std::env::var(ENV_REPORT_TOKEN).unwrap_or_default()),
+        }
+    }
+
+    fn read(&self) -> String {
+        match self {
+            Token::Plain(t) => t.clone(),
+            Token::File(path) => match std::fs::read_to_string(path) {
+                Ok(t) => t.trim().to_string(),
+                Err(e) => {
+                    eprintln!(
+                        "nasop-trainer: ERROR: cannot read the report token {} ({e}); the report will be refused",
+                        path.display()
+                    );
+                    String::new()
+                }
+            },
+        }
+    }
+}
+
 pub struct Reporter {
-    endpoint: Option<(String, String)>,
+    endpoint: Option<(String, Token)>,
     agent: ureq::Agent,
     termination: Option<PathBuf>,
     retry_for: Duration,
@@ -28,14 +62,10 @@ pub struct Reporter {
 impl Reporter {
     /// From the environment; `termination` overrides NASOP_TERMINATION_PATH.
     pub fn from_env(termination: Option<PathBuf>) -> Self {
-        let endpoint = match (
-            std::env::var(ENV_REPORT_URL),
-            std::env::var(ENV_REPORT_TOKEN),
-        ) {
-            (Ok(url), Ok(token)) if !url.is_empty() => Some((url, token)),
-            (Ok(url), _) if !url.is_empty() => Some((url, String::new())),
-            _ => None,
-        };
+        let endpoint = std::env::var(ENV_REPORT_URL)
+            .ok()
+            .filter(|url| !url.is_empty())
+            .map(|url| (url, Token::from_env()));
         let termination = termination
             .or_else(|| std::env::var(ENV_TERMINATION_PATH).ok().map(PathBuf::from))
             .or_else(|| {
@@ -66,6 +96,7 @@ impl Reporter {
             step,
             metrics: metrics.clone(),
             info: BTreeMap::new(),
+            end: None,
         })
     }
 
@@ -82,37 +113,41 @@ impl Reporter {
         let started = std::time::Instant::now();
         let mut delay = Duration::from_millis(200);
         let mut attempt = 0;
+        let mut reread = false;
         loop {
             attempt += 1;
             let sent = self
                 .agent
                 .post(url)
-                .header("Authorization", format!("Bearer {token}"))
+                .config()
+                .http_status_as_error(false)
+                .build()
+                .header("Authorization", format!("Bearer {}", token.read()))
                 .send_json(report);
-            match sent {
-                Ok(mut response) => match response.body_mut().read_json::<ReportReply>() {
-                    Ok(reply) => return reply.action,
-                    Err(e) => {
-                        eprintln!(
-                            "nasop-trainer: the report endpoint answered something unreadable ({e}); continuing"
-                        );
-                        return ReportAction::Continue;
+            let error = match sent {
+                Ok(mut response) => match Answer::of(&mut response) {
+                    Answer::Action(action) => return action,
+                    // The kubelet may have just rotated the token: read it again, once.
+                    Answer::Unauthorized(_) if !reread => {
+                        reread = true;
+                        continue;
                     }
+                    Answer::Refused(code, why) | Answer::Unauthorized((code, why)) => {
+                        return refused(step, code, &why);
+                    }
+                    Answer::Retry(code) => ureq::Error::StatusCode(code),
                 },
-                Err(ureq::Error::StatusCode(code)) if (400..500).contains(&code) && code != 429 => {
-                    eprintln!(
-                        "nasop-trainer: the report endpoint refused step {step} (HTTP {code}); continuing without it"
-                    );
-                    return ReportAction::Continue;
-                }
-                Err(e) if started.elapsed() + delay < self.retry_for => {
+                Err(e) => e,
+            };
+            match error {
+                e if started.elapsed() + delay < self.retry_for => {
                     eprintln!(
                         "nasop-trainer: report of step {step} failed ({e}); retrying in {delay:?}"
                     );
                     std::thread::sleep(delay);
                     delay = (delay * 2).min(MAX_DELAY);
                 }
-                Err(e) => {
+                e => {
                     eprintln!(
                         "nasop-trainer: report of step {step} failed {attempt} times in {:.0?} ({e}); training goes on",
                         started.elapsed()
@@ -122,7 +157,64 @@ impl Reporter {
             }
         }
     }
+}
 
+/// What the report endpoint answered.
+enum Answer {
+    Action(ReportAction),
+    /// 401 or 403, with what the endpoint said.
+    Unauthorized((u16, String)),
+    /// Another 4xx (409: this attempt was superseded, or the trial has ended).
+    Refused(u16, String),
+    /// 429 or 5xx: try again.
+    Retry(u16),
+}
+
+impl Answer {
+    fn of(response: &mut ureq::http::Response<ureq::Body>) -> Answer {
+        let code = response.status().as_u16();
+        let mut text = || {
+            response
+                .body_mut()
+                .read_to_string()
+                .unwrap_or_default()
+                .chars()
+                .take(300)
+                .collect::<String>()
+        };
+        match code {
+            200..300 => match response.body_mut().read_json::<ReportReply>() {
+                Ok(reply) => Answer::Action(reply.action),
+                Err(e) => {
+                    eprintln!(
+                        "nasop-trainer: the report endpoint answered something unreadable ({e}); continuing"
+                    );
+                    Answer::Action(ReportAction::Continue)
+                }
+            },
+            401 | 403 => Answer::Unauthorized((code, text())),
+            429 | 500.. => Answer::Retry(code),
+            _ => Answer::Refused(code, text()),
+        }
+    }
+}
+
+/// A report the endpoint refused: said loudly, never dropped in silence. A 409 means the
+/// trial has ended or another attempt replaced this one: stop.
+fn refused(step: u32, code: u16, why: &str) -> ReportAction {
+    if code == 409 {
+        eprintln!(
+            "nasop-trainer: ERROR: the report of step {step} was not recorded (HTTP 409: {why}); stopping: this attempt no longer counts"
+        );
+        return ReportAction::Stop;
+    }
+    eprintln!(
+        "nasop-trainer: ERROR: the report of step {step} was refused and not recorded (HTTP {code}: {why}); training goes on, its result still goes to the termination message"
+    );
+    ReportAction::Continue
+}
+
+impl Reporter {
     /// Writes the final report (at most 4 KiB of compact JSON) to the termination file.
     /// Writes why the run failed as the termination message: the operator puts it in the
     /// Failed trial's reason, `nasop run` in its journal (Kubernetes keeps the last 4 KiB).

@@ -62,10 +62,6 @@ impl NasopOperator {
                 "apiVersion: v1\nkind: Config\nclusters: [{{name: t, cluster: {{server: \"{server}\", insecure-skip-tls-verify: true}}}}]\nusers: [{{name: u, user: {{token: \"{token}\"}}}}]\ncontexts: [{{name: c, context: {{cluster: t, user: u, namespace: {namespace}}}}}]\ncurrent-context: c\n"
             ),
         )?;
-        std::fs::write(
-            dir.join("key"),
-            "bench-report-key-0123456789abcdef0123456789",
-        )?;
         let flags: Vec<String> = flags.split_whitespace().map(String::from).collect();
         let child = Self::spawn(namespace, &kubeconfig, &flags)?;
         Ok(NasopOperator {
@@ -88,8 +84,6 @@ impl NasopOperator {
         Command::new(crate::nasop_binary()?)
             .args(["operator", "--namespace", namespace, "--listen"])
             .arg(format!("127.0.0.1:{port}"))
-            .arg("--report-key-file")
-            .arg(dir.join("key"))
             .args(flags)
             .env("KUBECONFIG", kubeconfig)
             .stdout(log.try_clone()?)

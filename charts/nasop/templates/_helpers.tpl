@@ -28,8 +28,12 @@ app.kubernetes.io/component: operator
 {{- end -}}
 {{- end -}}
 
-{{- define "nasop.reportKeySecret" -}}
-{{- default (printf "%s-report-key" (include "nasop.fullname" .)) .Values.reportKey.existingSecret -}}
+{{/* Trial reports carry the trial pod's projected ServiceAccount token (audience
+nasop.dev); the operator checks each with a TokenReview. */}}
+{{- define "nasop.tokenReviewRule" -}}
+- apiGroups: [authentication.k8s.io]
+  resources: [tokenreviews]
+  verbs: [create]
 {{- end -}}
 
 {{- define "nasop.leaderElection" -}}

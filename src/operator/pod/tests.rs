@@ -27,6 +27,28 @@ spec:
     .unwrap()
 }
 
+/// Attempt `attempt` of trial e-3 (UID `uid`) of experiment e (UID `e-uid`) in namespace
+/// ns.
+fn built(
+    template: &PodTemplateSpec,
+    input: &TrialInput,
+    attempt: u32,
+    storage: Option<&StorageSpec>,
+) -> Pod {
+    build(&PodInput {
+        template,
+        namespace: "ns",
+        experiment: "e",
+        experiment_uid: "e-uid",
+        trial: "e-3",
+        trial_uid: "uid",
+        attempt,
+        input,
+        report_url: "http://op/v1/report",
+        storage,
+    })
+}
+
 fn input() -> TrialInput {
     TrialInput {
         experiment: "e".into(),
@@ -47,18 +69,7 @@ fn input() -> TrialInput {
 fn the_pod_is_the_template_plus_the_contract() {
     let t = template();
     let i = input();
-    let pod = build(&PodInput {
-        template: &t,
-        namespace: "ns",
-        experiment: "e",
-        trial: "e-3",
-        trial_uid: "uid",
-        attempt: 2,
-        input: &i,
-        report_url: "http://op/v1/report",
-        token: "tok",
-        storage: None,
-    });
+    let pod = built(&t, &i, 2, None);
     assert_eq!(pod.metadata.name.as_deref(), Some("e-3-2"));
     let labels = pod.metadata.labels.as_ref().unwrap();
     assert_eq!(labels["team"], "vision");
@@ -74,7 +85,38 @@ fn the_pod_is_the_template_plus_the_contract() {
     assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
     assert_eq!(spec.node_selector.as_ref().unwrap()["gpu"], "h100");
     assert_eq!(spec.tolerations.as_ref().unwrap().len(), 1);
-    assert_eq!(spec.volumes.as_ref().unwrap().len(), 1);
+    // The template's volume, and the report token's: projected for nasop's audience, bound
+    // to the pod, mounted read-only where NASOP_REPORT_TOKEN_FILE says.
+    let volumes = spec.volumes.as_ref().unwrap();
+    assert_eq!(volumes.len(), 2);
+    let projected = volumes[1]
+        .projected
+        .as_ref()
+        .unwrap()
+        .sources
+        .as_ref()
+        .unwrap();
+    let sa = projected[0].service_account_token.as_ref().unwrap();
+    assert_eq!(
+        (sa.audience.as_deref(), sa.path.as_str()),
+        (Some("nasop.dev"), "token")
+    );
+    // The restricted Pod Security Standard, where the template says nothing.
+    assert_eq!(spec.automount_service_account_token, Some(false));
+    let psc = spec.security_context.as_ref().unwrap();
+    assert_eq!(psc.run_as_non_root, Some(true));
+    assert_eq!(
+        psc.seccomp_profile.as_ref().unwrap().type_,
+        "RuntimeDefault"
+    );
+    for c in &spec.containers {
+        let sc = c.security_context.as_ref().unwrap();
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(
+            sc.capabilities.as_ref().unwrap().drop.as_deref(),
+            Some(&["ALL".to_string()][..])
+        );
+    }
     let c = &spec.containers[0];
     assert_eq!(c.image.as_deref(), Some("ghcr.io/nasop/nasop-trainer:dev"));
     assert_eq!(
@@ -89,7 +131,19 @@ fn the_pod_is_the_template_plus_the_contract() {
         .collect();
     assert_eq!(env["KEEP"], "1");
     assert_eq!(env[contract::ENV_REPORT_URL], "http://op/v1/report");
-    assert_eq!(env[contract::ENV_REPORT_TOKEN], "tok");
+    assert_eq!(
+        env[contract::ENV_REPORT_TOKEN_FILE],
+        "/var/run/secrets/nasop.dev/report/token"
+    );
+    assert!(!env.contains_key(contract::ENV_REPORT_TOKEN));
+    let mounts = c.volume_mounts.as_ref().unwrap();
+    assert!(
+        mounts
+            .iter()
+            .any(|m| m.mount_path == "/var/run/secrets/nasop.dev/report"
+                && m.read_only == Some(true)),
+        "{mounts:?}"
+    );
     let sent: TrialInput = serde_json::from_str(&env[contract::ENV_TRIAL]).unwrap();
     assert_eq!(sent, i);
     assert_eq!(
@@ -239,6 +293,89 @@ fn pod_outcomes() {
     ));
 }
 
+/// `pod` with its container having finished at `finished` and the pod deleted at
+/// `deleted` with a grace period of 30 s (so asked for at `deleted - 30`).
+fn deleted(mut pod: Pod, finished: f64, asked: f64) -> Pod {
+    pod.metadata.deletion_timestamp = Some(crate::operator::status::time(asked + 30.0));
+    pod.metadata.deletion_grace_period_seconds = Some(30);
+    let status = pod.status.as_mut().unwrap();
+    let c = &mut status.container_statuses.as_mut().unwrap()[0];
+    let t = c.state.as_mut().unwrap().terminated.as_mut().unwrap();
+    t.finished_at = Some(crate::operator::status::time(finished).0.into());
+    pod
+}
+
+fn disrupted(mut pod: Pod) -> Pod {
+    pod.status.as_mut().unwrap().conditions = Some(vec![PodCondition {
+        type_: "DisruptionTarget".into(),
+        status: "True".into(),
+        reason: Some("EvictionByEvictionAPI".into()),
+        ..Default::default()
+    }]);
+    pod
+}
+
+#[test]
+fn only_a_run_that_ended_on_its_own_is_a_result() {
+    let lost = |p: &Pod| matches!(outcome(p), Outcome::Lost(_));
+    let last_report = r#"{"step":1,"metrics":{"acc":0.41}}"#;
+    // A trainer that turns SIGTERM into a clean exit with its last report (nasop_trial.py
+    // before it said so): evicted, it is lost, not an epoch-1 success.
+    assert!(lost(&disrupted(pod_with(
+        "Succeeded",
+        None,
+        Some((0, last_report))
+    ))));
+    // Deleted while it ran (`kubectl delete pod`, a drain): lost, whether it exited 0 or
+    // 143.
+    let running_when_deleted = |code| {
+        deleted(
+            pod_with(
+                if code == 0 { "Succeeded" } else { "Failed" },
+                None,
+                Some((code, last_report)),
+            ),
+            1010.0,
+            1005.0,
+        )
+    };
+    assert!(lost(&running_when_deleted(0)));
+    assert!(lost(&running_when_deleted(143)));
+    // Finished before anyone deleted it (PodGC, a drain afterwards): its result stands.
+    let gc = deleted(
+        pod_with("Succeeded", None, Some((0, last_report))),
+        1000.0,
+        1100.0,
+    );
+    assert!(matches!(
+        outcome(&gc),
+        Outcome::Succeeded {
+            report: Some(_),
+            ..
+        }
+    ));
+    let gc_failed = deleted(pod_with("Failed", None, Some((2, "boom"))), 1000.0, 1100.0);
+    assert!(matches!(outcome(&gc_failed), Outcome::Failed { .. }));
+    // The final report says how it ended, and that decides.
+    let interrupted = r#"{"step":1,"metrics":{"acc":0.41},"end":"interrupted"}"#;
+    assert!(lost(&pod_with("Succeeded", None, Some((0, interrupted)))));
+    assert!(lost(&pod_with("Failed", None, Some((143, interrupted)))));
+    let completed = r#"{"step":12,"metrics":{"acc":0.93},"end":"completed"}"#;
+    let done_then_evicted = disrupted(deleted(
+        pod_with("Succeeded", None, Some((0, completed))),
+        1010.0,
+        1005.0,
+    ));
+    match outcome(&done_then_evicted) {
+        Outcome::Succeeded {
+            report: Some(r), ..
+        } => {
+            assert_eq!(r.end, Some(nasop_core::contract::RunEnd::Completed))
+        }
+        o => panic!("{o:?}"),
+    }
+}
+
 #[test]
 fn a_stripped_pod_says_the_same() {
     let mut ok = pod_with(
@@ -270,18 +407,7 @@ fn a_pod_terminating_past_its_deletion_time_is_lost() {
 fn promoted_pod(storage: &StorageSpec) -> Pod {
     let mut i = input();
     i.resume_from = Some(1);
-    build(&PodInput {
-        template: &template(),
-        namespace: "ns",
-        experiment: "e",
-        trial: "e-3",
-        trial_uid: "uid",
-        attempt: 1,
-        input: &i,
-        report_url: "http://op/v1/report",
-        token: "tok",
-        storage: Some(storage),
-    })
+    built(&template(), &i, 1, Some(storage))
 }
 
 #[test]
@@ -292,13 +418,13 @@ fn storage_mounts_the_claim_and_names_the_trials_directories() {
     let pod = promoted_pod(&storage);
     let spec = pod.spec.unwrap();
     let volumes = spec.volumes.unwrap();
-    assert_eq!(volumes.len(), 2, "the template's volume is kept");
+    assert_eq!(volumes.len(), 3, "the template's volume is kept");
     let claim = volumes[1].persistent_volume_claim.as_ref().unwrap();
     assert_eq!(claim.claim_name, "nas-ckpt");
     let c = &spec.containers[0];
     let mounts = c.volume_mounts.as_ref().unwrap();
-    assert_eq!(mounts.len(), 2);
-    assert_eq!(mounts[1].mount_path, STORAGE_MOUNT);
+    assert_eq!(mounts.len(), 3);
+    assert_eq!(mounts[2].mount_path, STORAGE_MOUNT);
     let env: BTreeMap<&str, &str> = c
         .env
         .as_ref()
@@ -308,15 +434,15 @@ fn storage_mounts_the_claim_and_names_the_trials_directories() {
         .collect();
     assert_eq!(
         env[contract::ENV_CHECKPOINT_DIR],
-        "/var/lib/nasop/storage/runs/e/trials/3/checkpoint"
+        "/var/lib/nasop/storage/runs/e/e-uid/trials/3/checkpoint"
     );
     assert_eq!(
         env[contract::ENV_ARTIFACT_DIR],
-        "/var/lib/nasop/storage/runs/e/trials/3/artifact"
+        "/var/lib/nasop/storage/runs/e/e-uid/trials/3/artifact"
     );
     assert_eq!(
         env[contract::ENV_RESUME_FROM],
-        "/var/lib/nasop/storage/runs/e/trials/1/checkpoint"
+        "/var/lib/nasop/storage/runs/e/e-uid/trials/1/checkpoint"
     );
     assert!(
         spec.containers[1].volume_mounts.is_none(),
@@ -331,9 +457,23 @@ fn storage_mounts_the_claim_and_names_the_trials_directories() {
         "pvc://nas-ckpt/runs/e/trials/3/artifact"
     );
     assert_eq!(storage_url(None, "/tmp/model"), "/tmp/model");
-    // The default directory is the experiment's name.
+    // The default directory is the experiment's namespace and name; every run has its own,
+    // by the object's UID: two namespaces, or a re-created experiment, never share one.
     let plain: StorageSpec = serde_yaml::from_str("persistentVolumeClaim: {claimName: c}").unwrap();
-    assert_eq!(trial_dir(&plain, "e", 3), "e/trials/3");
+    let run = |namespace, uid| Run {
+        namespace,
+        experiment: "e",
+        uid,
+    };
+    assert_eq!(trial_dir(&plain, &run("ns", "u1"), 3), "ns/e/u1/trials/3");
+    let dirs =
+        [run("ns", "u1"), run("other", "u2"), run("ns", "u3")].map(|r| trial_dir(&plain, &r, 3));
+    assert!(dirs[0] != dirs[1] && dirs[0] != dirs[2], "{dirs:?}");
+    // A sub-path or prefix the spec gives is the base, and still per run.
+    assert_eq!(
+        trial_dir(&storage, &run("ns", "u1"), 3),
+        "runs/e/u1/trials/3"
+    );
 }
 
 #[test]
@@ -344,12 +484,16 @@ fn a_bucket_gives_urls_endpoint_and_secret_credentials_and_no_volume() {
     .unwrap();
     let pod = promoted_pod(&storage);
     let spec = pod.spec.unwrap();
-    assert_eq!(spec.volumes.unwrap().len(), 1, "no volume for a bucket");
+    assert_eq!(
+        spec.volumes.unwrap().len(),
+        2,
+        "no volume for a bucket, only the token's"
+    );
     let c = &spec.containers[0];
     assert_eq!(
         c.volume_mounts.as_ref().unwrap().len(),
-        1,
-        "only the template's mount"
+        2,
+        "only the template's mount and the token's"
     );
     let env: BTreeMap<&str, &k8s_openapi::api::core::v1::EnvVar> = c
         .env
@@ -361,15 +505,15 @@ fn a_bucket_gives_urls_endpoint_and_secret_credentials_and_no_volume() {
     let value = |k: &str| env[k].value.as_deref().unwrap();
     assert_eq!(
         value(contract::ENV_CHECKPOINT_DIR),
-        "s3://nas-models/runs/e/trials/3/checkpoint"
+        "s3://nas-models/runs/e/e-uid/trials/3/checkpoint"
     );
     assert_eq!(
         value(contract::ENV_ARTIFACT_DIR),
-        "s3://nas-models/runs/e/trials/3/artifact"
+        "s3://nas-models/runs/e/e-uid/trials/3/artifact"
     );
     assert_eq!(
         value(contract::ENV_RESUME_FROM),
-        "s3://nas-models/runs/e/trials/1/checkpoint"
+        "s3://nas-models/runs/e/e-uid/trials/1/checkpoint"
     );
     assert_eq!(value("AWS_ENDPOINT"), "http://s3.local:9000");
     assert_eq!(value("AWS_ALLOW_HTTP"), "true");
@@ -391,4 +535,30 @@ fn a_bucket_gives_urls_endpoint_and_secret_credentials_and_no_volume() {
         storage_url(Some(&storage), "s3://nas-models/runs/e/trials/3/artifact"),
         "s3://nas-models/runs/e/trials/3/artifact"
     );
+}
+
+#[test]
+fn a_template_that_says_otherwise_keeps_its_own_security_settings() {
+    let mut t = template();
+    let spec = t.spec.as_mut().unwrap();
+    spec.automount_service_account_token = Some(true);
+    spec.security_context = Some(k8s_openapi::api::core::v1::PodSecurityContext {
+        run_as_user: Some(0),
+        ..Default::default()
+    });
+    spec.containers[1].security_context = Some(k8s_openapi::api::core::v1::SecurityContext {
+        privileged: Some(true),
+        ..Default::default()
+    });
+    let i = input();
+    let pod = built(&t, &i, 1, None);
+    let spec = pod.spec.unwrap();
+    assert_eq!(spec.automount_service_account_token, Some(true));
+    let psc = spec.security_context.unwrap();
+    // Root, as asked: no runAsNonRoot that would refuse it.
+    assert_eq!((psc.run_as_user, psc.run_as_non_root), (Some(0), None));
+    // A privileged container cannot also forbid privilege escalation.
+    let sidecar = spec.containers[1].security_context.clone().unwrap();
+    assert_eq!(sidecar.allow_privilege_escalation, None);
+    assert_eq!(sidecar.capabilities, None);
 }

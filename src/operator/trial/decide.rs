@@ -29,7 +29,16 @@ pub struct TrialView<'a> {
     pub max_attempts: u32,
     /// Seconds a pod may wait to start before the trial fails (PendingTimeout).
     pub pending_timeout: f64,
+    /// The final report the current attempt posted (it completed, or stopped when asked),
+    /// if it did: its result even when its pod is deleted before it is read.
+    pub final_report: Option<Report>,
 }
+
+/// How long a pod may wait on a cause that waiting does not cure (an image that cannot be
+/// pulled, a missing ConfigMap or Secret) before the trial fails with the kubelet's words:
+/// time for a registry hiccup or a Secret applied with the experiment, not the pending
+/// timeout's quarter of an hour of held GPUs.
+pub const CONFIG_ERROR_SECONDS: f64 = 60.0;
 
 /// How a trial ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -87,6 +96,29 @@ fn ending(phase: TrialPhaseName, reason: &str, message: Option<String>) -> Endin
 }
 
 pub fn next_step(v: &TrialView) -> Step {
+    let gone = matches!(
+        v.outcome,
+        None | Some(Outcome::Lost(_)) | Some(Outcome::Terminating(_))
+    );
+    if v.attempt > 0
+        && gone
+        && let Some(report) = &v.final_report
+    {
+        // The pod posted its final report and then went away (PodGC, a drain after it
+        // ended): that report is its result.
+        let (phase, reason) = match v.stop {
+            Some(reason) => (TrialPhaseName::Stopped, reason.to_string()),
+            None => (TrialPhaseName::Succeeded, "Completed".to_string()),
+        };
+        return Step::End(Ending {
+            phase,
+            reason,
+            message: None,
+            report: Some(report.clone()),
+            started_at: None,
+            finished_at: None,
+        });
+    }
     let lost = match v.outcome {
         None if v.attempt > 0 => Some("the pod was deleted".to_string()),
         Some(Outcome::Lost(why)) => Some(why.clone()),
@@ -187,6 +219,24 @@ pub fn next_step(v: &TrialView) -> Step {
         }
         Outcome::Waiting(w) => {
             let waited = w.since.map_or(0.0, |s| v.now - s);
+            let give_up = if w.is_config_error() {
+                CONFIG_ERROR_SECONDS.min(v.pending_timeout)
+            } else {
+                v.pending_timeout
+            };
+            if v.stop.is_none() && w.is_config_error() && waited >= give_up {
+                let why = w.describe().unwrap_or_default();
+                return Step::End(Ending {
+                    message: Some(format!(
+                        "the pod cannot start: {why}; fix spec.trialTemplate (the image, or the ConfigMaps and Secrets it names)"
+                    )),
+                    ..ending(
+                        TrialPhaseName::Failed,
+                        w.reason.as_deref().unwrap_or("CreateContainerError"),
+                        None,
+                    )
+                });
+            }
             if v.stop.is_none() && waited >= v.pending_timeout {
                 let why = w.describe().unwrap_or_else(|| "not started".into());
                 return Step::End(ending(
@@ -204,7 +254,7 @@ pub fn next_step(v: &TrialView) -> Step {
                 message: w.describe(),
                 started_at: None,
                 stop: stop_progress(true),
-                after: Some(v.pending_timeout - waited + 0.05),
+                after: Some(give_up - waited + 0.05),
             }
         }
         Outcome::Running { started_at } => Step::Track {
@@ -236,6 +286,7 @@ mod tests {
             report_interval: 0.0,
             max_attempts: 3,
             pending_timeout: 900.0,
+            final_report: None,
         }
     }
 
@@ -403,10 +454,81 @@ mod tests {
     }
 
     #[test]
+    fn an_image_that_cannot_be_pulled_fails_the_trial_in_a_minute_not_the_pending_timeout() {
+        let pulling = |waited: f64| {
+            Outcome::Waiting(Waiting {
+                reason: Some("ImagePullBackOff".into()),
+                message: Some("Back-off pulling image \"trainer:nosuch\"".into()),
+                since: Some(1000.0 - waited),
+            })
+        };
+        let early = pulling(20.0);
+        match next_step(&view(1, Some(&early))) {
+            Step::Track { phase, after, .. } => {
+                assert_eq!(phase, TrialPhaseName::Pending);
+                assert_eq!(after, Some(CONFIG_ERROR_SECONDS - 20.0 + 0.05));
+            }
+            s => panic!("{s:?}"),
+        }
+        let late = pulling(CONFIG_ERROR_SECONDS);
+        match next_step(&view(1, Some(&late))) {
+            Step::End(e) => {
+                assert_eq!(
+                    (e.phase, e.reason.as_str()),
+                    (TrialPhaseName::Failed, "ImagePullBackOff")
+                );
+                let message = e.message.unwrap();
+                assert!(
+                    message.contains("trainer:nosuch") && message.contains("spec.trialTemplate"),
+                    "{message}"
+                );
+            }
+            s => panic!("{s:?}"),
+        }
+        // A trial being stopped is stopped, not failed.
+        let stopping = TrialView {
+            stop: Some("Deadline"),
+            ..view(1, Some(&late))
+        };
+        assert!(matches!(next_step(&stopping), Step::Track { .. }));
+    }
+
+    #[test]
+    fn a_final_report_stands_when_the_pod_is_gone_before_it_was_read() {
+        let report = Report {
+            step: 12,
+            metrics: [("acc".to_string(), 0.93)].into(),
+            end: Some(contract::RunEnd::Completed),
+            ..Report::default()
+        };
+        for outcome in [None, Some(Outcome::Lost("the pod was deleted".into()))] {
+            let v = TrialView {
+                final_report: Some(report.clone()),
+                ..view(1, outcome.as_ref())
+            };
+            match next_step(&v) {
+                Step::End(e) => {
+                    assert_eq!(
+                        (e.phase, e.reason.as_str()),
+                        (TrialPhaseName::Succeeded, "Completed")
+                    );
+                    assert_eq!(e.report, Some(report.clone()));
+                }
+                s => panic!("{s:?}"),
+            }
+        }
+        // Without it, the attempt is lost and run again.
+        assert!(matches!(
+            next_step(&view(1, None)),
+            Step::Start { attempt: 2, .. }
+        ));
+    }
+
+    #[test]
     fn a_pod_that_never_starts_fails_the_trial_after_the_pending_timeout() {
         let pulling = Outcome::Waiting(Waiting {
-            reason: Some("ImagePullBackOff".into()),
-            message: Some("Back-off pulling image".into()),
+            reason: Some("Unschedulable".into()),
+            message: Some("0/3 nodes are available".into()),
             since: Some(1000.0 - 899.0),
         });
         match next_step(&view(1, Some(&pulling))) {
@@ -414,7 +536,7 @@ mod tests {
                 assert_eq!(phase, TrialPhaseName::Pending);
                 assert_eq!(
                     message.as_deref(),
-                    Some("ImagePullBackOff: Back-off pulling image")
+                    Some("Unschedulable: 0/3 nodes are available")
                 );
             }
             s => panic!("{s:?}"),
@@ -427,7 +549,7 @@ mod tests {
             Step::End(e) => {
                 assert_eq!(e.phase, TrialPhaseName::Failed);
                 assert_eq!(e.reason, "PendingTimeout");
-                assert!(e.message.unwrap().contains("ImagePullBackOff"));
+                assert!(e.message.unwrap().contains("Unschedulable"));
             }
             s => panic!("{s:?}"),
         }

@@ -93,6 +93,9 @@ pub fn freshest(ctx: &Ctx, trial: Arc<NasTrial>) -> Arc<NasTrial> {
         .unwrap_or(trial)
 }
 
+/// The longest a trial that has not ended goes without a reconcile.
+const RESYNC: f64 = 300.0;
+
 /// Created in the last two seconds.
 fn young(trial: &NasTrial) -> bool {
     trial
@@ -161,6 +164,8 @@ async fn read(ctx: &Ctx, trial: Arc<NasTrial>) -> Result<Result<Seen, Action>, E
         {
             exp
         }
+        // Orphaned (its experiment deleted with --cascade=orphan): it is the user's now.
+        _ if index::owner_uid(&trial).is_none() => return Ok(Err(Action::await_change())),
         // Deleted, or replaced by a new experiment of the same name: garbage collection
         // removes this trial and its pod; the new experiment does not adopt it.
         Some(Ok(_)) | None => return Ok(Err(Action::requeue(Duration::from_secs(10)))),
@@ -228,7 +233,22 @@ fn view<'a>(ctx: &Ctx, seen: &'a Seen, outcome: Option<&'a pod::Outcome>) -> dec
             .budget
             .pending_timeout_seconds
             .unwrap_or(api::DEFAULT_PENDING_TIMEOUT_SECONDS) as f64,
+        final_report: final_report(&seen.next),
     }
+}
+
+/// The final report the current attempt's pod posted, if it did.
+fn final_report(status: &NasTrialStatus) -> Option<nasop_core::contract::Report> {
+    let f = status
+        .final_report
+        .as_ref()
+        .filter(|f| status.pod.as_deref() == Some(f.pod.as_str()))?;
+    Some(nasop_core::contract::Report {
+        step: f.step,
+        metrics: f.metrics.clone(),
+        info: f.info.clone(),
+        end: serde_json::from_value(serde_json::Value::String(f.end.clone())).ok(),
+    })
 }
 
 /// Carries out `step`: starts a pod, deletes a stopped trial's pod, or takes the pod's state
@@ -285,10 +305,14 @@ async fn act(ctx: &Ctx, seen: &mut Seen, step: Step) -> Result<Acted, Error> {
 /// Writes the status the step led to (nothing when it is unchanged) and counts an end once
 /// the status says so (a conflict retries the whole reconcile).
 async fn write(ctx: &Ctx, mut seen: Seen, acted: Acted) -> Result<Action, Error> {
-    let again = |requeue: Option<f64>| {
-        requeue.map_or(Action::await_change(), |s| {
-            Action::requeue(Duration::from_secs_f64(s))
-        })
+    // A trial that has not ended is looked at again at least every RESYNC: a pod deleted
+    // while the watch was away (the relist drops it from the cache, but wakes nobody) is
+    // then seen to be gone.
+    let resync = acted.ending.is_none().then_some(RESYNC);
+    let again = |requeue: Option<f64>| match (requeue, resync) {
+        (Some(s), Some(r)) => Action::requeue(Duration::from_secs_f64(s.min(r))),
+        (Some(s), None) | (None, Some(s)) => Action::requeue(Duration::from_secs_f64(s)),
+        (None, None) => Action::await_change(),
     };
     if acted.ending.is_none() && seen.next == seen.current {
         return Ok(again(acted.requeue));
