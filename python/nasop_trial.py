@@ -31,13 +31,13 @@ task as JSON; each report is ``{"step": n, "metrics": {...}}`` posted to NASOP_R
 the token is in the file NASOP_REPORT_TOKEN_FILE names (a projected service-account token the
 kubelet rotates, so it is read for every report); without that variable it is
 NASOP_REPORT_TOKEN (``nasop run``). A 409 answer (``{"action": "stop", "error": ...}``) means
-this attempt was superseded or the trial has already ended: the report was not recorded and
-the trial stops. When a token from the file is refused (401, 403), the file is read again
+this attempt was superseded or the trial has already ended: the report was not recorded, the
+trial stops, and its final report says ``interrupted`` (this run is not the trial's result). When a token from the file is refused (401, 403), the file is read again
 and the report sent once more. Every refusal is logged as an ERROR on stderr, never dropped
 in silence; apart from a 409, training goes on.
 
 The final report carries how the run ended, ``"end": "completed" | "stopped" |
-"interrupted"`` (the budget trained; the search said stop; SIGTERM came first), goes to the
+"interrupted"`` (the budget trained; the search said stop; SIGTERM or a 409 came first), goes to the
 termination-message file (NASOP_TERMINATION_PATH, else /dev/termination-log) and is posted
 like the others. The process then exits 0, or 143 when interrupted. NASOP_CHECKPOINT_DIR is
 the trial's own directory to checkpoint into, NASOP_RESUME_FROM another trial's to continue,
@@ -353,9 +353,12 @@ class Trial:
     @property
     def end(self):
         """How the run ends, as the final report will say: ``"stopped"`` when the search
-        said stop, ``"interrupted"`` when SIGTERM arrived before the budget was trained,
-        else ``"completed"``."""
-        if self._stop_reason in ("stop", "superseded"):
+        said stop, ``"interrupted"`` when SIGTERM arrived before the budget was trained or
+        a report was answered 409 (this attempt no longer counts: its result must not be
+        taken for the trial's), else ``"completed"``."""
+        if self._stop_reason == "superseded":
+            return END_INTERRUPTED
+        if self._stop_reason == "stop":
             return END_STOPPED
         if self._stop_reason == "SIGTERM" and not self._completed_budget():
             return END_INTERRUPTED

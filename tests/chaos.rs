@@ -4,7 +4,9 @@
 //! past its lease while the standby takes over and then continued, the API server is
 //! restarted, etcd stops answering for 10 s, 3 running pods are deleted and 2 evicted
 //! through the eviction API, the nodes refuse new pods for a while, and a second, small
-//! experiment is deleted and applied again. The experiment must end Succeeded with exactly
+//! experiment is deleted and applied again. A replica that exits (a leader that cannot renew
+//! its lease for 10 s does, as in an API server or etcd outage) is replaced, as its
+//! Deployment would restart it. The experiment must end Succeeded with exactly
 //! 60 distinct trials, every recorded result the trainer's, never more than 8 trials
 //! active, and a count of finished trials that never goes back; the re-applied experiment
 //! runs a search of its own to the end, its results its own pods'.
@@ -45,37 +47,92 @@ enum Fault {
 /// The small experiment deleted and applied again mid-run.
 const CHURN: &str = "churn";
 
-fn churn_manifest() -> String {
+/// The small experiment; applied again with another seed, so that a result of the old
+/// one's pods recorded on the new one's trials would not match their candidates.
+fn churn_manifest(seed: u64) -> String {
     manifest(
         CHURN,
-        "{algorithm: random, seed: 17}",
+        &format!("{{algorithm: random, seed: {seed}}}"),
         "{maxTrials: 6, parallelism: 1, trialEpochs: 12, maxFailedTrials: 0}",
         "",
     )
 }
 
-/// Replicas run with leader election; each is named in its POD_NAME, which the lease
-/// holder's identity starts with.
-fn start_replica(env: &mut Env, n: &mut usize) -> usize {
-    *n += 1;
-    let name = format!("replica-{n}");
-    env.start_operator_with(&["--leader-election"], &[("POD_NAME", name.as_str())])
+/// The operator's replicas, kept as a Deployment keeps them: two run, each with leader
+/// election and named in its POD_NAME (which the lease holder's identity starts with), and
+/// one that exits (as a leader that loses its lease does) is replaced by a new one.
+struct Replicas {
+    /// (operator index in the harness, POD_NAME)
+    running: Vec<(usize, String)>,
+    named: usize,
+    /// Every replica started, for the diagnosis.
+    all: Vec<(usize, String)>,
 }
 
-/// The replica that holds the lease now, if one does (`replicas`: (index, POD_NAME)).
-async fn leader(env: &Env, replicas: &[(usize, String)]) -> Option<usize> {
-    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
-        Api::namespaced(env.client.clone(), &env.ns);
-    let holder = leases
-        .get_opt("nasop-operator")
-        .await
-        .ok()??
-        .spec?
-        .holder_identity?;
-    replicas
-        .iter()
-        .find(|(_, name)| holder.starts_with(&format!("{name}_")))
-        .map(|(i, _)| *i)
+impl Replicas {
+    fn new(env: &mut Env) -> Self {
+        let mut r = Replicas {
+            running: Vec::new(),
+            named: 0,
+            all: Vec::new(),
+        };
+        r.start(env);
+        r.start(env);
+        r
+    }
+
+    fn start(&mut self, env: &mut Env) -> usize {
+        self.named += 1;
+        let name = format!("replica-{}", self.named);
+        let i = env.start_operator_with(&["--leader-election"], &[("POD_NAME", name.as_str())]);
+        self.running.push((i, name.clone()));
+        self.all.push((i, name));
+        i
+    }
+
+    /// Replaces replicas that exited, as the Deployment's pod restarts would.
+    fn restart_exited(&mut self, env: &mut Env) {
+        let mut exited = Vec::new();
+        self.running
+            .retain(|(i, name)| match env.operator_exit(*i) {
+                Some(status) => {
+                    exited.push(format!("{name} exited ({status})"));
+                    false
+                }
+                None => true,
+            });
+        for why in exited {
+            self.start(env);
+            eprintln!("chaos: {why}; started {}", self.named_last());
+        }
+    }
+
+    fn named_last(&self) -> &str {
+        &self.all.last().unwrap().1
+    }
+
+    /// Kills one replica, leader or standby, and starts its replacement.
+    fn kill(&mut self, env: &mut Env, k: usize) {
+        let (victim, _) = self.running.remove(k);
+        env.kill_operator(victim);
+        self.start(env);
+    }
+
+    /// The replica that holds the lease now, if a live one does.
+    async fn leader(&self, env: &Env) -> Option<usize> {
+        let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+            Api::namespaced(env.client.clone(), &env.ns);
+        let holder = leases
+            .get_opt("nasop-operator")
+            .await
+            .ok()??
+            .spec?
+            .holder_identity?;
+        self.running
+            .iter()
+            .find(|(_, name)| holder.starts_with(&format!("{name}_")))
+            .map(|(i, _)| *i)
+    }
 }
 
 /// The test control plane's state directory (beside the kubeconfig).
@@ -123,8 +180,8 @@ async fn current(env: &Env) -> Option<NasExperiment> {
 }
 
 /// What a failure message needs to say why the run stalled: the status, the pods by phase,
-/// whether the operator still runs, and its log.
-async fn diagnose(env: &mut Env, op: usize) -> String {
+/// and, for each of the last three replicas started, whether it still runs and its log.
+async fn diagnose(env: &mut Env, replicas: &Replicas) -> String {
     let status = current(env).await.and_then(|e| e.status);
     let mut phases = std::collections::BTreeMap::<String, u32>::new();
     if let Ok(pods) = env.pods().list(&Default::default()).await {
@@ -138,12 +195,16 @@ async fn diagnose(env: &mut Env, op: usize) -> String {
             *phases.entry(format!("{phase}{deleting}")).or_default() += 1;
         }
     }
-    let exit = env.operator_exit(op);
-    format!(
-        "status {status:?}\npods by phase {phases:?}\noperator {}\noperator log:\n{}",
-        exit.map_or("running".to_string(), |s| format!("exited: {s}")),
-        harness::tail(&env.operator_log(op), 40)
-    )
+    let mut out = format!("status {status:?}\npods by phase {phases:?}");
+    for (i, name) in replicas.all.iter().rev().take(3) {
+        let exit = env.operator_exit(*i);
+        out += &format!(
+            "\n{name}: {}, log:\n{}",
+            exit.map_or("running".to_string(), |s| format!("exited: {s}")),
+            harness::tail(&env.operator_log(*i), 15)
+        );
+    }
+    out
 }
 
 const TAINT: &str = "chaos.nasop.dev/hold";
@@ -215,13 +276,7 @@ async fn an_experiment_survives_operator_kills_api_server_and_etcd_outages_and_l
 
     let mut env = Env::new("chaos").await;
     env.route_reports();
-    let mut named = 0;
-    let mut replicas: Vec<(usize, String)> = Vec::new();
-    for _ in 0..2 {
-        let i = start_replica(&mut env, &mut named);
-        replicas.push((i, format!("replica-{named}")));
-    }
-    let mut op = replicas[0].0;
+    let mut replicas = Replicas::new(&mut env);
     env.start_trainer(Arc::new(|input, _| {
         let v = value_of(&input.candidate);
         Plan::Report(vec![v - 3.0, v - 2.0, v - 1.0, v])
@@ -239,6 +294,9 @@ async fn an_experiment_survives_operator_kills_api_server_and_etcd_outages_and_l
                 .boxed();
             while let Some(e) = events.next().await {
                 let Ok(e) = e else { continue };
+                if e.name_any() != "chaos" {
+                    continue;
+                }
                 if let Some(s) = e.status {
                     let c = s.trials;
                     finished
@@ -257,7 +315,7 @@ async fn an_experiment_survives_operator_kills_api_server_and_etcd_outages_and_l
     ))
     .await
     .unwrap();
-    env.apply(&churn_manifest()).await.unwrap();
+    env.apply(&churn_manifest(17)).await.unwrap();
 
     let deadline = Instant::now() + Duration::from_secs(500);
     let fail = |why: String| -> ! { panic!("chaos seed {seed}: {why}") };
@@ -274,31 +332,37 @@ async fn an_experiment_survives_operator_kills_api_server_and_etcd_outages_and_l
                 .and_then(|s| s.phase)
                 .filter(|p| matches!(p, ExperimentPhase::Succeeded | ExperimentPhase::Failed))
             {
-                let why = diagnose(&mut env, op).await;
+                let why = diagnose(&mut env, &replicas).await;
                 fail(format!(
                     "ended {phase:?} before {fault:?} at {at} trials\n{why}"
                 ));
             }
             if Instant::now() > deadline {
-                let why = diagnose(&mut env, op).await;
+                let why = diagnose(&mut env, &replicas).await;
                 fail(format!("waiting to inject {fault:?} at {at} trials\n{why}"));
             }
+            replicas.restart_exited(&mut env);
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         eprintln!("chaos: {fault:?} at {at} trials created");
         match fault {
             Fault::KillOperator => {
                 // One replica, at random: the leader or the standby.
-                let k = rng.below(replicas.len());
-                let (victim, _) = replicas.remove(k);
-                env.kill_operator(victim);
-                let i = start_replica(&mut env, &mut named);
-                replicas.push((i, format!("replica-{named}")));
-                op = i;
+                let k = rng.below(replicas.running.len());
+                replicas.kill(&mut env, k);
             }
             Fault::PauseLeader => {
-                let Some(paused) = leader(&env, &replicas).await else {
-                    fail("no replica holds the lease".into());
+                // Right after a kill the lease may still name the dead replica: wait for a
+                // live one to hold it.
+                let mut paused = None;
+                let wait = Instant::now() + Duration::from_secs(40);
+                while paused.is_none() && Instant::now() < wait {
+                    replicas.restart_exited(&mut env);
+                    paused = replicas.leader(&env).await;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                let Some(paused) = paused else {
+                    fail("no live replica holds the lease".into());
                 };
                 let pid = env.operator_pid(paused).to_string();
                 let kill = |sig: &str| Command::new("kill").args([sig, &pid]).status().unwrap();
@@ -309,19 +373,18 @@ async fn an_experiment_survives_operator_kills_api_server_and_etcd_outages_and_l
                 let gone = Instant::now() + Duration::from_secs(20);
                 while env.operator_exit(paused).is_none() {
                     if Instant::now() > gone {
-                        let why = diagnose(&mut env, paused).await;
+                        let why = diagnose(&mut env, &replicas).await;
                         fail(format!("the continued leader did not step down\n{why}"));
                     }
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
-                replicas.retain(|(i, _)| *i != paused);
-                let i = start_replica(&mut env, &mut named);
-                replicas.push((i, format!("replica-{named}")));
-                op = i;
+                replicas.restart_exited(&mut env);
             }
             Fault::Reapply => {
                 let api = env.experiments();
-                let _ = api.delete(CHURN, &DeleteParams::foreground()).await;
+                // In the background, as `kubectl delete` does: its trials and pods may
+                // still be there when it is applied again.
+                let _ = api.delete(CHURN, &DeleteParams::default()).await;
                 let gone = Instant::now() + Duration::from_secs(60);
                 while api.get_opt(CHURN).await.ok().flatten().is_some() {
                     if Instant::now() > gone {
@@ -329,7 +392,7 @@ async fn an_experiment_survives_operator_kills_api_server_and_etcd_outages_and_l
                     }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                env.apply(&churn_manifest()).await.unwrap();
+                env.apply(&churn_manifest(18)).await.unwrap();
             }
             Fault::RestartApiServer => {
                 let out = Command::new(concat!(
@@ -387,9 +450,10 @@ async fn an_experiment_survives_operator_kills_api_server_and_etcd_outages_and_l
             break e;
         }
         if Instant::now() > deadline {
-            let why = diagnose(&mut env, op).await;
+            let why = diagnose(&mut env, &replicas).await;
             fail(format!("the experiment did not succeed\n{why}"));
         }
+        replicas.restart_exited(&mut env);
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     // The re-applied experiment ran a search of its own, to the end, with its own pods'
@@ -403,6 +467,7 @@ async fn an_experiment_survives_operator_kills_api_server_and_etcd_outages_and_l
         if Instant::now() > deadline {
             fail("the re-applied experiment did not succeed".into());
         }
+        replicas.restart_exited(&mut env);
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let churn_uid = churn.uid().unwrap();

@@ -3,8 +3,9 @@
 //! are pushed to the cluster's registry, the chart installs the operator as a pod, and
 //! examples/k8s/fashion-mnist-cpu.yaml trains real networks in trainer pods that the kubelet
 //! pulled, reporting through the operator's Service. On the way: a Prometheus finds the
-//! operator as the chart's ServiceMonitor would have it, the operator pod is deleted mid-run,
-//! and median stopping ends a real trainer. On failure it prints what a user would look at.
+//! operator as the chart's ServiceMonitor would have it, a trial pod is evicted and the
+//! operator pod deleted mid-run, median stopping ends a real trainer, and a trial whose
+//! image is missing fails fast. On failure it prints what a user would look at.
 
 #[allow(dead_code)]
 #[path = "support/cli.rs"]
@@ -269,8 +270,10 @@ fn a_cpu_search_runs_on_a_real_node_through_the_helm_installed_operator() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    // Wait for the end; delete the operator pod once a trial has reported, mid-run.
+    // Wait for the end. Once a trial has reported, mid-run: evict its pod through the
+    // eviction API (as a drain does), and delete the operator pod.
     let mut killed: Option<String> = None;
+    let mut evicted: Option<(String, String)> = None;
     let mut last = String::new();
     let experiment = loop {
         assert!(
@@ -293,12 +296,18 @@ fn a_cpu_search_runs_on_a_real_node_through_the_helm_installed_operator() {
             _ => {}
         }
         if killed.is_none() {
-            let reported = trials().iter().any(|t| {
-                t["status"]["history"]
-                    .as_array()
-                    .is_some_and(|h| !h.is_empty())
+            let reported = trials().into_iter().find(|t| {
+                t["status"]["phase"] == "Running"
+                    && t["status"]["history"]
+                        .as_array()
+                        .is_some_and(|h| !h.is_empty())
             });
-            if reported {
+            if let Some(t) = reported {
+                let trial = t["metadata"]["name"].as_str().unwrap().to_string();
+                let pod = t["status"]["pod"].as_str().unwrap().to_string();
+                log(&format!("evicting {trial}'s pod {pod}"));
+                evict(&pod);
+                evicted = Some((trial, pod));
                 let pods = operator_pods();
                 assert_eq!(pods.len(), 1, "one operator pod: {pods:?}");
                 log(&format!("deleting the operator pod {}", pods[0]));
@@ -317,6 +326,17 @@ fn a_cpu_search_runs_on_a_real_node_through_the_helm_installed_operator() {
     };
     log(&format!("Succeeded after {:?}", started.elapsed()));
     let killed = killed.expect("a trial reported before the experiment ended");
+    // The evicted attempt was lost, not finished: the trial ran again in a new pod, and
+    // what it recorded is that pod's run (the checks on every trial below).
+    let (evicted_trial, evicted_pod) = evicted.unwrap();
+    let t = json(&["get", "nastrial", &evicted_trial, "-n", NAMESPACE]);
+    log(&format!("evicted {evicted_trial}: {}", t["status"]));
+    assert!(
+        t["status"]["attempts"].as_u64() >= Some(2)
+            && t["status"]["pod"].as_str() != Some(evicted_pod.as_str()),
+        "{evicted_trial} was evicted ({evicted_pod}) but ran no other attempt: {}",
+        t["status"]
+    );
     let now = operator_pods();
     assert!(
         now.len() == 1 && now[0] != killed,
@@ -454,6 +474,7 @@ fn a_cpu_search_runs_on_a_real_node_through_the_helm_installed_operator() {
     }
     log(&format!("all done after {:?}", started.elapsed()));
 
+    a_missing_image_fails_the_trial_fast(&images);
     storage_continues_promotions_and_keeps_models(&images, &dir);
     a_bucket_continues_promotions_and_keeps_models(&images);
 
@@ -467,6 +488,85 @@ fn a_cpu_search_runs_on_a_real_node_through_the_helm_installed_operator() {
         "--wait=false",
     ]));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Evicts a pod of the e2e namespace through the eviction API, as `kubectl drain` does.
+fn evict(pod: &str) {
+    let body = serde_json::json!({
+        "apiVersion": "policy/v1",
+        "kind": "Eviction",
+        "metadata": {"name": pod, "namespace": NAMESPACE},
+    });
+    let out = with_stdin(
+        &mut kube(&[
+            "create",
+            "--raw",
+            &format!("/api/v1/namespaces/{NAMESPACE}/pods/{pod}/eviction"),
+            "-f",
+            "-",
+        ]),
+        &body.to_string(),
+    );
+    assert!(
+        out.status.success(),
+        "evicting {pod}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A trial whose image does not exist fails within about a minute with the kubelet's
+/// words and the fix, instead of holding its place for the pending timeout (900 s).
+fn a_missing_image_fails_the_trial_fast(images: &str) {
+    const NAME: &str = "missing-image";
+    let example = std::fs::read_to_string(repo("examples/k8s/fashion-mnist-cpu.yaml")).unwrap();
+    let manifest = example
+        .replace(
+            EXAMPLE_IMAGE,
+            &format!("{images}/nasop-trainer:no-such-tag"),
+        )
+        .replace(&format!("name: {EXPERIMENT}"), &format!("name: {NAME}"))
+        .replace("maxTrials: 6", "maxTrials: 1")
+        .replace("maxFailedTrials: 1", "maxFailedTrials: 0");
+    let out = with_stdin(&mut kube(&["apply", "-n", NAMESPACE, "-f", "-"]), &manifest);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let started = Instant::now();
+    let trial = format!("{NAME}-0");
+    let status = loop {
+        let out = run(&mut kube(&[
+            "get", "nastrial", &trial, "-n", NAMESPACE, "-o", "json",
+        ]));
+        if out.status.success() {
+            let t: Value = serde_json::from_slice(&out.stdout).unwrap();
+            if t["status"]["phase"] == "Failed" {
+                break t["status"].clone();
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(240),
+            "{trial} with a missing image did not fail within 240 s: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    };
+    log(&format!(
+        "{trial} failed after {:?}: {status}",
+        started.elapsed()
+    ));
+    let reason = status["reason"].as_str().unwrap_or_default();
+    let message = status["message"].as_str().unwrap_or_default();
+    assert!(
+        matches!(reason, "ErrImagePull" | "ImagePullBackOff"),
+        "{trial}: {status}"
+    );
+    assert!(
+        message.contains("no-such-tag") && message.contains("fix the image"),
+        "{trial}: {status}"
+    );
+    ok(&mut kube(&["delete", "nasexp", NAME, "-n", NAMESPACE]));
 }
 
 /// examples/k8s/fashion-mnist-storage.yaml on a PersistentVolume of the real node: a promoted

@@ -272,8 +272,12 @@ def test_a_superseded_attempt_stops_loudly(tmp_path, endpoint, capsys):
         "(HTTP 409: attempt 2 of trial e-3 replaced this one); stopping"
     ) in err
     trial.finish()
-    assert json.loads((tmp_path / "termination").read_text())["end"] == "stopped"
+    # Not a result: the attempt that counts is another (or the trial has ended).
+    assert json.loads((tmp_path / "termination").read_text())["end"] == "interrupted"
     assert len(server.seen) == 2  # the final report of a superseded attempt is not sent
+    with pytest.raises(SystemExit) as exited:
+        trial.__exit__(None, None, None)
+    assert exited.value.code == 143
 
 
 def test_retrying_gives_up_after_the_retry_time(tmp_path, endpoint):

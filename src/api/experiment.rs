@@ -480,6 +480,11 @@ pub struct NasExperimentStatus {
     /// Failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<ExperimentPhase>,
+    /// The nasop installation that runs this experiment (`<lease namespace>/<lease name>`
+    /// of its operator): another installation that watches this namespace too leaves it
+    /// alone. The annotation nasop.dev/controller, when set, names the one that may run it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controller: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -39,6 +39,10 @@ pub struct Ctx {
     pub written: WrittenObjects,
     /// The per-trial rate limit on reports.
     pub reports: ReportLimit,
+    /// Experiments (by UID) already announced as run by another installation.
+    pub elsewhere: Mutex<std::collections::HashSet<String>>,
+    /// Until when this replica may act (lease.rs).
+    pub leadership: Arc<super::lease::Leadership>,
     /// Whether the watches work (`/healthz`).
     pub health: Arc<Health>,
     /// Report tokens the API server has vouched for (token.rs).
@@ -55,6 +59,9 @@ pub struct Settings {
     pub report_url: String,
     /// This replica's name in the events it writes.
     pub instance: String,
+    /// This installation, as experiments' `status.controller` names it:
+    /// `<lease namespace>/<lease name>` (replicas of one installation share it).
+    pub controller: String,
     pub stop_grace: Duration,
     pub max_attempts: u32,
     pub keep_finished_pods: usize,
@@ -90,6 +97,25 @@ impl Stores {
         self.experiments
             .get(&ObjectRef::new_with(name, self.experiment_resource.clone()).within(namespace))
     }
+}
+
+/// The annotation that names the installation that may run an experiment.
+pub const CONTROLLER_ANNOTATION: &str = "nasop.dev/controller";
+
+/// The other installation that runs an experiment (two nasop installations can watch one
+/// namespace: a cluster-wide one and one for the namespace), if it is not this one: the one
+/// the annotation names, else the one its status names. An experiment no installation has
+/// written yet is this one's.
+pub fn controlled_elsewhere(
+    settings: &Settings,
+    annotations: &std::collections::BTreeMap<String, String>,
+    status_controller: Option<&str>,
+) -> Option<String> {
+    let named = annotations
+        .get(CONTROLLER_ANNOTATION)
+        .map(String::as_str)
+        .or(status_controller)?;
+    (named != settings.controller).then(|| named.to_string())
 }
 
 /// Objects this process wrote whose new version its stores may not show yet.

@@ -98,7 +98,9 @@ async fn healthz(State(ctx): State<Arc<Ctx>>) -> Response {
 }
 
 async fn readyz(State(ctx): State<Arc<Ctx>>) -> Response {
-    if ctx.ready.load(Ordering::Relaxed) {
+    // Ready only while it may act: a leader cut off from the API server stops taking
+    // reports (they go to the replica that leads) before it notices it lost the lease.
+    if ctx.ready.load(Ordering::Relaxed) && ctx.leadership.leading() {
         "ok".into_response()
     } else {
         (
@@ -179,6 +181,14 @@ async fn handle(ctx: &Ctx, headers: &HeaderMap, body: &[u8]) -> Answer {
         Ok(report) => report,
         Err(why) => return ("invalid", refuse(StatusCode::BAD_REQUEST, &why)),
     };
+    // A token that claims a pod the cache knows as another (or as no trial's) is not worth a
+    // review. One it does not know yet (a cache behind) is reviewed.
+    if let Some(p) = ctx.pod(&claimed.identity.namespace, &claimed.identity.pod)
+        && (p.uid().as_deref() != Some(claimed.identity.uid.as_str())
+            || pod::trial_of(&p).is_none())
+    {
+        return unauthorized();
+    }
     let who = match ctx.reviews.review(&ctx.client, bearer, &claimed, now).await {
         Ok(token::Verdict::Pod(who)) => who,
         Ok(token::Verdict::Refused) => return unauthorized(),
@@ -207,7 +217,7 @@ async fn handle(ctx: &Ctx, headers: &HeaderMap, body: &[u8]) -> Answer {
         );
     }
     match current_attempt(ctx, &who).await {
-        Ok(trial) => record(ctx, trial, &who, &report).await,
+        Ok((trial, attempt)) => record(ctx, trial, &who, attempt, &report).await,
         Err(answer) => *answer,
     }
 }
@@ -221,20 +231,36 @@ fn read_report(body: &[u8]) -> Result<Report, String> {
     Ok(report)
 }
 
-/// The trial whose current attempt is the pod `who`: the pod exists with the token's UID,
-/// a trial controls it, and the trial's status names it (or names none yet, and it is the
-/// first attempt's). Else the answer: 401 for a pod that is no trial's, 409 for an attempt
-/// that no longer counts.
+/// The trial whose current attempt is the pod `who`, and its attempt: the pod exists with
+/// the token's UID, a trial controls it, and no later attempt replaced it. Else the answer:
+/// 401 for a pod that is no trial's, 409 for an attempt that no longer counts (asked of the
+/// API server, not only the caches, before saying so).
 async fn current_attempt(
     ctx: &Ctx,
     who: &token::PodIdentity,
-) -> Result<Arc<NasTrial>, Box<Answer>> {
+) -> Result<(Arc<NasTrial>, u32), Box<Answer>> {
     let pod = match super::start::find_pod(ctx, &who.namespace, &who.pod).await {
         Ok(p) => p,
         Err(super::context::Error::Kube(e)) => return Err(Box::new(unavailable(&e))),
         Err(_) => return Err(Box::new(unauthorized())),
     };
-    let Some(pod) = pod.filter(|p| p.uid().as_deref() == Some(who.uid.as_str())) else {
+    let ours =
+        |p: &Arc<k8s_openapi::api::core::v1::Pod>| p.uid().as_deref() == Some(who.uid.as_str());
+    let pod = match pod {
+        Some(p) if ours(&p) => Some(p),
+        // The cache may be behind: ask the API server before saying the pod is gone.
+        _ => match Api::<k8s_openapi::api::core::v1::Pod>::namespaced(
+            ctx.client.clone(),
+            &who.namespace,
+        )
+        .get_opt(&who.pod)
+        .await
+        {
+            Ok(p) => p.map(Arc::new).filter(ours),
+            Err(e) => return Err(Box::new(unavailable(&e))),
+        },
+    };
+    let Some(pod) = pod else {
         return Err(Box::new(not_recorded(format!(
             "pod {} is gone: this attempt no longer counts",
             who.pod
@@ -249,8 +275,18 @@ async fn current_attempt(
     else {
         return Err(Box::new(unauthorized()));
     };
+    let owned = |t: &Arc<NasTrial>| t.uid().as_deref() == Some(owner.uid.as_str());
     let trial = match trial_named(ctx, &who.namespace, &owner.name).await {
-        Ok(Some(t)) if t.uid().as_deref() == Some(owner.uid.as_str()) => t,
+        Ok(Some(t)) if owned(&t) => Ok(Some(t)),
+        // The cache may be behind: ask the API server before saying the trial is gone.
+        Ok(_) => Api::<NasTrial>::namespaced(ctx.client.clone(), &who.namespace)
+            .get_opt(&owner.name)
+            .await
+            .map(|t| t.map(Arc::new)),
+        Err(e) => Err(e),
+    };
+    let trial = match trial {
+        Ok(Some(t)) if owned(&t) => t,
         Ok(_) => {
             return Err(Box::new(not_recorded(format!(
                 "trial {} is gone: this attempt no longer counts",
@@ -259,7 +295,17 @@ async fn current_attempt(
         }
         Err(e) => return Err(Box::new(unavailable(&e))),
     };
-    superseded(&trial, &who.pod).map_or(Ok(trial), |why| Err(Box::new(not_recorded(why))))
+    let attempt = attempt_of(&pod);
+    superseded(&trial, &who.pod, attempt)
+        .map_or(Ok((trial, attempt)), |why| Err(Box::new(not_recorded(why))))
+}
+
+/// The attempt a trial's pod is (its label; 0, the oldest, when it has none).
+fn attempt_of(pod: &k8s_openapi::api::core::v1::Pod) -> u32 {
+    pod.labels()
+        .get(pod::LABEL_ATTEMPT)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(0)
 }
 
 /// The trial from the cache (or what we last wrote of it), else from the API server.
@@ -283,7 +329,7 @@ async fn trial_named(
 
 /// Why the report of pod `pod` is not recorded on `trial`, if it is not: the trial ended,
 /// or its current attempt is another pod.
-fn superseded(trial: &NasTrial, pod: &str) -> Option<String> {
+fn superseded(trial: &NasTrial, pod: &str, attempt: u32) -> Option<String> {
     let status = trial.status.clone().unwrap_or_default();
     if let Some(
         phase @ (TrialPhaseName::Succeeded | TrialPhaseName::Failed | TrialPhaseName::Stopped),
@@ -294,12 +340,10 @@ fn superseded(trial: &NasTrial, pod: &str) -> Option<String> {
             trial.name_any()
         ));
     }
-    let current = match &status.pod {
-        Some(current) => current == pod,
-        None => pod::pod_names(&trial.name_any(), 1, &trial.uid().unwrap_or_default())
-            .contains(&pod.to_string()),
-    };
-    (!current).then(|| {
+    // The trial's pods are numbered: a pod of an earlier attempt than the status's is
+    // superseded; the current one, or one created a moment ago whose attempt the status does
+    // not record yet, is not.
+    (attempt < status.attempts).then(|| {
         format!(
             "pod {pod} is a superseded attempt of trial {} (the current one is {}); stop",
             trial.name_any(),
@@ -314,6 +358,7 @@ async fn record(
     ctx: &Ctx,
     mut trial: Arc<NasTrial>,
     who: &token::PodIdentity,
+    attempt: u32,
     report: &Report,
 ) -> Answer {
     let stop = || ("stop", reply(StatusCode::OK, ReportAction::Stop));
@@ -327,7 +372,7 @@ async fn record(
     };
     let uid = trial.uid().unwrap_or_default();
     for _ in 0..8 {
-        if let Some(why) = superseded(&trial, &who.pod) {
+        if let Some(why) = superseded(&trial, &who.pod, attempt) {
             return not_recorded(why);
         }
         let mut next = trial.status.clone().unwrap_or_default();

@@ -4,10 +4,13 @@
 //! The rule: a replica acts only until [`RENEW_DEADLINE`] after it last *sent* a renewal that
 //! succeeded, measured on its own monotonic clock; another replica takes the lease only after
 //! seeing it unchanged for [`DURATION`] on *its* clock. The deadline is shorter than the
-//! duration, so a leader that is paused (SIGSTOP, a long GC, a frozen VM), partitioned or
-//! throttled stops writing before its lease can be taken, whatever the two clocks say. The
-//! fence is checked by the Kubernetes client itself ([`fence_layer`]) before every request
-//! that changes something, so no code path can forget it.
+//! duration, so a leader that is paused (SIGSTOP, a long GC pause), partitioned or throttled
+//! stops writing before its lease can be taken, whatever the two clocks say. (A suspended
+//! machine is not covered: the monotonic clock stops with it.) The fence is checked by the
+//! Kubernetes client itself ([`fence_layer`]) before every request that changes something,
+//! so no code path can forget it; a request that passed it just before the deadline can
+//! still be on its way (connecting takes at most [`CONNECT_TIMEOUT`]), which the margin
+//! between the deadline and the duration covers.
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
@@ -23,8 +26,10 @@ use tracing::{info, warn};
 pub const DURATION: Duration = Duration::from_secs(15);
 /// How long the leader acts after it sent its last successful renewal.
 pub const RENEW_DEADLINE: Duration = Duration::from_secs(10);
-/// How often the leader renews, and a standby looks.
+/// How often the leader renews, and a standby looks; also the longest one try may take.
 pub const RETRY: Duration = Duration::from_secs(2);
+/// The operator's clients connect within this, or give up.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Until when this replica may act. Without leader election it always may.
 pub struct Leadership {
@@ -66,6 +71,11 @@ impl Leadership {
             .duration_since(self.start)
             .as_nanos() as u64;
         self.until.fetch_max(until, Ordering::SeqCst);
+    }
+
+    /// Whether it has held the lease since it last resigned (whatever the deadline says).
+    fn held(&self) -> bool {
+        self.until.load(Ordering::SeqCst) != 0
     }
 
     /// Stops acting at once (the lease was lost or handed over).
@@ -135,15 +145,16 @@ impl Elector {
     /// Waits until this replica holds the lease.
     pub async fn acquire(&mut self) {
         loop {
-            match self.try_lead().await {
-                Ok(true) => {
+            match tokio::time::timeout(RETRY, self.try_lead()).await {
+                Ok(Ok(true)) => {
                     info!(lease = %self.name, identity = %self.identity, "acquired the leader lease");
                     return;
                 }
-                Ok(false) => {}
-                Err(e) => {
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => {
                     warn!(lease = %self.name, error = %e, "could not read or take the leader lease")
                 }
+                Err(_) => warn!(lease = %self.name, "reading the leader lease took too long"),
             }
             tokio::time::sleep(RETRY).await;
         }
@@ -161,11 +172,15 @@ impl Elector {
                     RENEW_DEADLINE.as_secs()
                 );
             }
-            match self.try_lead().await {
-                Ok(true) => {}
-                Ok(false) => return "another replica holds the lease".into(),
-                Err(e) => {
+            // A try that hangs (a partition) ends after RETRY, so the deadline above is seen.
+            match tokio::time::timeout(RETRY, self.try_lead()).await {
+                Ok(Ok(true)) => {}
+                Ok(Ok(false)) => return "another replica holds the lease".into(),
+                Ok(Err(e)) => {
                     warn!(lease = %self.name, error = %e, "could not renew the leader lease; retrying")
+                }
+                Err(_) => {
+                    warn!(lease = %self.name, "renewing the leader lease took too long; retrying")
                 }
             }
         }
@@ -223,9 +238,10 @@ impl Elector {
             };
         };
         let version = lease.metadata.resource_version.clone().unwrap_or_default();
+        // A change is dated when its reading arrived: a slow read must not shorten the wait.
         let seen_at = match &self.observed {
             Some((v, at)) if *v == version => *at,
-            _ => sent,
+            _ => Instant::now(),
         };
         self.observed = Some((version, seen_at));
         let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
@@ -234,6 +250,11 @@ impl Elector {
         let duration = Duration::from_secs(spec.lease_duration_seconds.unwrap_or(15).max(1) as u64);
         let free = holder.is_empty() || sent.duration_since(seen_at) > duration;
         if !mine && !free {
+            return Ok(false);
+        }
+        // A leader paused between the read and the write is past its deadline: the lease may
+        // be another's already, so the write is not even sent.
+        if mine && self.leadership.held() && !self.leadership.leading() {
             return Ok(false);
         }
         if !mine {

@@ -333,13 +333,21 @@ fn token_volume(spec: &mut PodSpec) {
 
 /// The restricted Pod Security Standard, where the template leaves a setting out: no API
 /// token unless asked for, RuntimeDefault seccomp, a non-root user, no privilege escalation,
-/// no capabilities. A template that sets any of these keeps its own.
+/// no capabilities. A template that sets any of these keeps its own; one that asks for root
+/// (runAsUser 0, for the pod or a container: an init container that chowns a volume) gets
+/// neither runAsNonRoot nor, in that container, the dropped capabilities.
 fn restrict(spec: &mut PodSpec) {
     spec.automount_service_account_token.get_or_insert(false);
+    let root = |sc: Option<&SecurityContext>| sc.and_then(|s| s.run_as_user) == Some(0);
+    let asks_root = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .any(|c| root(c.security_context.as_ref()));
     let pod = spec
         .security_context
         .get_or_insert_with(PodSecurityContext::default);
-    if pod.run_as_user != Some(0) {
+    if pod.run_as_user != Some(0) && !asks_root {
         pod.run_as_non_root.get_or_insert(true);
     }
     pod.seccomp_profile.get_or_insert_with(|| SeccompProfile {
@@ -356,10 +364,12 @@ fn restrict(spec: &mut PodSpec) {
             .get_or_insert_with(SecurityContext::default);
         if sc.privileged != Some(true) {
             sc.allow_privilege_escalation.get_or_insert(false);
-            sc.capabilities.get_or_insert_with(|| Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                add: None,
-            });
+            if sc.run_as_user != Some(0) {
+                sc.capabilities.get_or_insert_with(|| Capabilities {
+                    drop: Some(vec!["ALL".into()]),
+                    add: None,
+                });
+            }
         }
     }
 }
@@ -492,6 +502,20 @@ impl Waiting {
             (Some(r), Some(m)) => Some(format!("{r}: {m}")),
             (Some(r), None) => Some(r.clone()),
             (None, m) => m.clone(),
+        }
+    }
+
+    /// Whether the trial should fail now rather than wait out the pending timeout: an image
+    /// the kubelet failed to pull more than once (it backs off), a name that is no image
+    /// name, or an image that runs as root where the pod asks for non-root.
+    pub fn is_hopeless(&self) -> bool {
+        match self.reason.as_deref() {
+            Some("ImagePullBackOff" | "InvalidImageName") => true,
+            Some("CreateContainerConfigError") => self
+                .message
+                .as_deref()
+                .is_some_and(|m| m.contains("runAsNonRoot")),
+            _ => false,
         }
     }
 

@@ -4,7 +4,7 @@
 use super::context::{Backoff, Ctx, Error, Settings, Stores, WrittenObjects, lock};
 use super::experiment::{self, States};
 use super::health::Health;
-use super::lease::{Elector, Leadership, fence_layer};
+use super::lease::{self, Elector, Leadership, fence_layer};
 use super::metrics::{self, Metrics};
 use super::{http, trial, watch};
 use crate::api::NasExperiment;
@@ -89,9 +89,10 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
     } else {
         Leadership::always()
     };
-    let kube_config = kube::Config::infer()
+    let mut kube_config = kube::Config::infer()
         .await
         .context("connecting to Kubernetes (in a pod: the service account; else $KUBECONFIG or ~/.kube/config)")?;
+    kube_config.connect_timeout = Some(lease::CONNECT_TIMEOUT);
     let client = counted_client(kube_config.clone(), &metrics, leadership.clone())?;
     let pod_namespace = std::env::var("POD_NAMESPACE").ok();
     let report_url = match (&args.report_url, &pod_namespace) {
@@ -119,6 +120,11 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
         settings: Settings {
             report_url: report_url.clone(),
             instance: std::env::var("POD_NAME").unwrap_or_else(|_| "nasop-operator".into()),
+            controller: format!(
+                "{}/{}",
+                lease_namespace(&args, pod_namespace.clone()),
+                args.lease_name
+            ),
             stop_grace: Duration::from_secs(args.stop_grace_seconds),
             max_attempts: args.max_attempts.max(1),
             keep_finished_pods: args.keep_finished_pods,
@@ -134,6 +140,8 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
         written: WrittenObjects::default(),
         reports: Default::default(),
         reviews: Default::default(),
+        elsewhere: Default::default(),
+        leadership: leadership.clone(),
         health,
         backoff: Backoff::default(),
         ready: false.into(),
@@ -187,6 +195,14 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
     outcome
 }
 
+/// The leader Lease's namespace: --lease-namespace, else this pod's, else "default".
+fn lease_namespace(args: &OperatorArgs, pod_namespace: Option<String>) -> String {
+    args.lease_namespace
+        .clone()
+        .or(pod_namespace)
+        .unwrap_or_else(|| "default".into())
+}
+
 /// Waits for the leader lease (`--leader-election`); None when a signal came first. The
 /// lease is read and written with a client of its own, outside the fence it lifts.
 async fn lead(
@@ -195,11 +211,7 @@ async fn lead(
     pod_namespace: Option<String>,
     leadership: Arc<Leadership>,
 ) -> Result<Option<Elector>> {
-    let ns = args
-        .lease_namespace
-        .clone()
-        .or(pod_namespace)
-        .unwrap_or_else(|| "default".into());
+    let ns = lease_namespace(args, pod_namespace);
     let client = Client::try_from(config).context("the leader lease's client")?;
     let identity = format!(
         "{}_{}",

@@ -339,6 +339,7 @@ pub fn experiment_status(input: &StatusInput, trials: &[TrialRecord]) -> NasExpe
     });
     NasExperimentStatus {
         phase: Some(phase),
+        controller: input.previous.controller.clone(),
         conditions,
         observed_generation: g,
         progress: Some(format!("{done}/{active}/{total}")),

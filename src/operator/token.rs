@@ -90,9 +90,16 @@ pub fn peek(token: &str, now: f64) -> Option<Unverified> {
     })
 }
 
-/// How long a review is trusted without asking again (a deleted pod's token stops working
-/// within this time even if the pod's deletion were missed).
-const TRUST_FOR: f64 = 60.0;
+/// How long a valid token is trusted without asking again, at most (never past its expiry):
+/// whether its pod still exists, and is the current attempt, is checked at every report.
+const TRUST_FOR: f64 = 3600.0;
+/// How long a refused token is refused without asking again (not at all when the API
+/// server said it could not tell).
+const REFUSE_FOR: f64 = 5.0;
+/// Reviews per second, and in a burst, of the tokens that claim one pod: a flood of forged
+/// tokens naming a trial's pod cannot spend the budget of all the others.
+const POD_RATE: f64 = 1.0;
+const POD_BURST: f64 = 3.0;
 /// Most cached reviews; past it, the expired ones go, then all.
 const MAX_CACHED: usize = 100_000;
 
@@ -112,14 +119,15 @@ pub enum Verdict {
     Busy,
 }
 
-/// Reviewed tokens, by their SHA-256: the pods of valid ones, and when refused ones may be
-/// asked about again.
 /// Per token's SHA-256: its pod (None: refused) and until when that holds.
 type Cache = HashMap<[u8; 32], (Option<PodIdentity>, f64)>;
 
+/// Reviewed tokens, by their SHA-256: the pods of valid ones, and when refused ones may be
+/// asked about again; and the review budgets, in all and per claimed pod.
 pub struct Reviews {
     cache: Mutex<Cache>,
     budget: Mutex<(f64, f64)>,
+    per_pod: Mutex<HashMap<String, (f64, f64)>>,
 }
 
 impl Default for Reviews {
@@ -127,8 +135,17 @@ impl Default for Reviews {
         Reviews {
             cache: Mutex::default(),
             budget: Mutex::new((REVIEW_BURST, 0.0)),
+            per_pod: Mutex::default(),
         }
     }
+}
+
+/// Takes one from the token bucket `(tokens, last)` refilled at `rate` up to `burst`.
+fn take(bucket: &mut (f64, f64), now: f64, rate: f64, burst: f64) -> bool {
+    let tokens = (bucket.0 + (now - bucket.1).max(0.0) * rate).min(burst);
+    let ok = tokens >= 1.0;
+    *bucket = (if ok { tokens - 1.0 } else { tokens }, now);
+    ok
 }
 
 impl Reviews {
@@ -147,7 +164,7 @@ impl Reviews {
         {
             return Ok(who.clone().map_or(Verdict::Refused, Verdict::Pod));
         }
-        if !self.spend(now) {
+        if !self.spend(&claimed.identity.uid, now) {
             return Ok(Verdict::Busy);
         }
         let review = TokenReview {
@@ -162,6 +179,16 @@ impl Reviews {
             .await?;
         // The claims were read unverified: the review's word is the one that counts.
         let who = reviewed(&answer).filter(|who| *who == claimed.identity);
+        let unsure = answer
+            .status
+            .as_ref()
+            .and_then(|s| s.error.as_deref())
+            .is_some_and(|e| !e.is_empty());
+        let until = match &who {
+            Some(_) => claimed.expires.min(now + TRUST_FOR),
+            None if unsure => now,
+            None => now + REFUSE_FOR,
+        };
         let mut cache = self.lock();
         if cache.len() >= MAX_CACHED {
             cache.retain(|_, (_, until)| *until > now);
@@ -169,21 +196,25 @@ impl Reviews {
                 cache.clear();
             }
         }
-        cache.insert(key, (who.clone(), claimed.expires.min(now + TRUST_FOR)));
+        cache.insert(key, (who.clone(), until));
         Ok(who.map_or(Verdict::Refused, Verdict::Pod))
     }
 
-    /// Takes one review from the budget at `now`; false when it is spent.
-    fn spend(&self, now: f64) -> bool {
+    /// Takes one review of a token claiming pod `uid` from the budgets at `now`; false when
+    /// the pod's or the whole budget is spent.
+    fn spend(&self, uid: &str, now: f64) -> bool {
+        {
+            let mut per_pod = self.per_pod.lock().unwrap_or_else(|e| e.into_inner());
+            if per_pod.len() >= MAX_CACHED {
+                per_pod.clear();
+            }
+            let bucket = per_pod.entry(uid.to_string()).or_insert((POD_BURST, now));
+            if !take(bucket, now, POD_RATE, POD_BURST) {
+                return false;
+            }
+        }
         let mut budget = self.budget.lock().unwrap_or_else(|e| e.into_inner());
-        let (tokens, at) = *budget;
-        let tokens = (tokens + (now - at).max(0.0) * REVIEW_RATE).min(REVIEW_BURST);
-        *budget = if tokens >= 1.0 {
-            (tokens - 1.0, now)
-        } else {
-            (tokens, now)
-        };
-        tokens >= 1.0
+        take(&mut budget, now, REVIEW_RATE, REVIEW_BURST)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Cache> {

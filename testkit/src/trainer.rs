@@ -151,6 +151,7 @@ async fn report(
     let token = &pod_token(&pods.clone().into_client(), pod).await?;
     let metric = input.metrics.first().cloned().unwrap_or_default();
     let mut last = (0, 0.0);
+    let mut superseded = false;
     for (i, v) in values.iter().enumerate() {
         let step = i as u32 + 1;
         last = (step, *v);
@@ -167,7 +168,10 @@ async fn report(
         // 409: the trial ended or this attempt was replaced; the report was not recorded.
         let action = match answer {
             Ok(action) => action,
-            Err(409) => ReportAction::Stop,
+            Err(409) => {
+                superseded = true;
+                ReportAction::Stop
+            }
             Err(_) => ReportAction::Continue,
         };
         player.replied(&input.trial, step, action);
@@ -175,6 +179,13 @@ async fn report(
             break;
         }
         tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    if superseded {
+        // As the trainers do: this run is not the trial's result.
+        let interrupted =
+            serde_json::json!({"step": last.0, "metrics": {&metric: last.1}, "end": "interrupted"});
+        end_pod(pods, &pod.name_any(), 143, &interrupted.to_string()).await?;
+        return Ok(());
     }
     end_pod(
         pods,

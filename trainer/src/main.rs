@@ -467,7 +467,7 @@ fn train_reporting(args: &mut TrainArgs, reporter: &report::Reporter) -> Result<
         }
     };
     let step = outcome.metrics.get("epoch").copied().unwrap_or_default() as u32;
-    if outcome.ending == train::Ending::Terminated {
+    if outcome.ending == train::Ending::Terminated || reporter.superseded() {
         // The final report says the run did not earn its result: the search runs it again
         // from the checkpoint instead of recording an epoch-1 value as the trial's.
         reporter.finish(&Report {
@@ -476,7 +476,14 @@ fn train_reporting(args: &mut TrainArgs, reporter: &report::Reporter) -> Result<
             info: BTreeMap::new(),
             end: Some(RunEnd::Interrupted),
         });
-        eprintln!("nasop-trainer: terminated; the last completed epoch is checkpointed");
+        eprintln!(
+            "nasop-trainer: {}; the last completed epoch is checkpointed",
+            if reporter.superseded() {
+                "this attempt no longer counts"
+            } else {
+                "terminated"
+            }
+        );
         std::process::exit(143);
     }
     let end = match outcome.ending {

@@ -53,6 +53,8 @@ impl Token {
 }
 
 pub struct Reporter {
+    /// A report was answered 409: this attempt no longer counts (or its trial ended).
+    superseded: std::sync::atomic::AtomicBool,
     endpoint: Option<(String, Token)>,
     agent: ureq::Agent,
     termination: Option<PathBuf>,
@@ -78,6 +80,7 @@ impl Reporter {
             .build()
             .into();
         Reporter {
+            superseded: Default::default(),
             endpoint,
             agent,
             termination,
@@ -98,6 +101,12 @@ impl Reporter {
             info: BTreeMap::new(),
             end: None,
         })
+    }
+
+    /// Whether a report was answered 409: the run must not end as a result (its final
+    /// report says `interrupted`, and it exits non-zero).
+    pub fn superseded(&self) -> bool {
+        self.superseded.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Prints and posts a full report (metrics and info).
@@ -133,6 +142,10 @@ impl Reporter {
                         continue;
                     }
                     Answer::Refused(code, why) | Answer::Unauthorized((code, why)) => {
+                        if code == 409 {
+                            self.superseded
+                                .store(true, std::sync::atomic::Ordering::Relaxed);
+                        }
                         return refused(step, code, &why);
                     }
                     Answer::Retry(code) => ureq::Error::StatusCode(code),

@@ -7,7 +7,7 @@ mod upkeep;
 mod warm;
 mod world;
 
-use super::context::{Ctx, Error, MANAGER, lock, now};
+use super::context::{CONTROLLER_ANNOTATION, Ctx, Error, MANAGER, controlled_elsewhere, lock, now};
 use super::status::{self, StatusInput, trial_name};
 use super::written::Written;
 use super::{index, pod, start};
@@ -163,6 +163,14 @@ pub async fn reconcile(object: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Acti
     if object.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
+    if let Some(other) = controlled_elsewhere(
+        &ctx.settings,
+        object.annotations(),
+        stored_status(&object).controller.as_deref(),
+    ) {
+        leave_alone(&ctx, &object, &other);
+        return Ok(Action::await_change());
+    }
     let Some((world, experiment)) = read_world(&ctx, object).await? else {
         return Ok(Action::await_change());
     };
@@ -172,6 +180,7 @@ pub async fn reconcile(object: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Acti
     skip_taken_names(&ctx, &world, &blocked);
     set_conditions(&ctx, &world, &mut plan.status, &blocked);
     clean_up_pods(&ctx, &world);
+    plan.status.controller = Some(ctx.settings.controller.clone());
     let flush = write(&ctx, &world, &plan.status).await?;
     if matches!(world.prior, Some(Prior::Missing(_))) {
         // Nothing announces the experiment it waits for: look again soon.
@@ -180,6 +189,27 @@ pub async fn reconcile(object: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Acti
         ));
     }
     Ok(next_action(&ctx, &world, &plan, flush, !blocked.is_empty()))
+}
+
+/// Says once (a log line and an event) that another installation runs this experiment.
+fn leave_alone(ctx: &Ctx, object: &DynamicObject, other: &str) {
+    let uid = object.uid().unwrap_or_default();
+    if !lock(&ctx.elsewhere).insert(uid) {
+        return;
+    }
+    warn!(namespace = ?object.namespace(), experiment = %object.name_any(), controller = %other, this = %ctx.settings.controller, "another nasop installation runs this experiment; leaving it alone");
+    publish(
+        ctx,
+        object,
+        EventType::Warning,
+        "ControlledElsewhere",
+        format!(
+            "the nasop installation {other} runs this experiment; {} also watches this namespace and leaves it alone (to move it: kubectl annotate nasexp {} {CONTROLLER_ANNOTATION}={} --overwrite)",
+            ctx.settings.controller,
+            object.name_any(),
+            ctx.settings.controller
+        ),
+    );
 }
 
 /// No later trial takes an index whose name another object holds: the engine fills gaps in

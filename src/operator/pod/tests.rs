@@ -562,3 +562,30 @@ fn a_template_that_says_otherwise_keeps_its_own_security_settings() {
     assert_eq!(sidecar.allow_privilege_escalation, None);
     assert_eq!(sidecar.capabilities, None);
 }
+
+#[test]
+fn a_container_that_asks_for_root_keeps_it() {
+    let mut t = template();
+    let spec = t.spec.as_mut().unwrap();
+    spec.init_containers = Some(vec![k8s_openapi::api::core::v1::Container {
+        name: "chown".into(),
+        image: Some("busybox".into()),
+        security_context: Some(k8s_openapi::api::core::v1::SecurityContext {
+            run_as_user: Some(0),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }]);
+    let pod = built(&t, &input(), 1, None);
+    let spec = pod.spec.unwrap();
+    // No pod-wide runAsNonRoot that would refuse the init container, and it keeps its
+    // capabilities (chown needs CAP_CHOWN); the trainer's are still dropped.
+    assert_eq!(spec.security_context.unwrap().run_as_non_root, None);
+    let init = spec.init_containers.unwrap()[0]
+        .security_context
+        .clone()
+        .unwrap();
+    assert_eq!(init.capabilities, None);
+    let trainer = spec.containers[0].security_context.clone().unwrap();
+    assert!(trainer.capabilities.is_some());
+}

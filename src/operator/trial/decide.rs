@@ -34,10 +34,9 @@ pub struct TrialView<'a> {
     pub final_report: Option<Report>,
 }
 
-/// How long a pod may wait on a cause that waiting does not cure (an image that cannot be
-/// pulled, a missing ConfigMap or Secret) before the trial fails with the kubelet's words:
-/// time for a registry hiccup or a Secret applied with the experiment, not the pending
-/// timeout's quarter of an hour of held GPUs.
+/// How long (from its creation) a pod may wait on a cause that waiting does not cure
+/// ([`crate::operator::pod::Waiting::is_hopeless`]: an image the kubelet keeps failing to pull) before the trial
+/// fails with the kubelet's words, instead of holding GPUs for the pending timeout.
 pub const CONFIG_ERROR_SECONDS: f64 = 60.0;
 
 /// How a trial ended.
@@ -219,17 +218,20 @@ pub fn next_step(v: &TrialView) -> Step {
         }
         Outcome::Waiting(w) => {
             let waited = w.since.map_or(0.0, |s| v.now - s);
-            let give_up = if w.is_config_error() {
+            let give_up = if w.is_hopeless() {
                 CONFIG_ERROR_SECONDS.min(v.pending_timeout)
             } else {
                 v.pending_timeout
             };
-            if v.stop.is_none() && w.is_config_error() && waited >= give_up {
+            if v.stop.is_none() && w.is_hopeless() && waited >= give_up {
                 let why = w.describe().unwrap_or_default();
+                let fix = if why.contains("runAsNonRoot") {
+                    "trial pods run as non-root unless their template says otherwise (the restricted Pod Security Standard): set securityContext.runAsUser to a non-zero UID in spec.trialTemplate, or runAsNonRoot: false where the image needs root"
+                } else {
+                    "fix the image in spec.trialTemplate"
+                };
                 return Step::End(Ending {
-                    message: Some(format!(
-                        "the pod cannot start: {why}; fix spec.trialTemplate (the image, or the ConfigMaps and Secrets it names)"
-                    )),
+                    message: Some(format!("the pod cannot start: {why}; {fix}")),
                     ..ending(
                         TrialPhaseName::Failed,
                         w.reason.as_deref().unwrap_or("CreateContainerError"),

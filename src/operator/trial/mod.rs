@@ -172,6 +172,16 @@ async fn read(ctx: &Ctx, trial: Arc<NasTrial>) -> Result<Result<Seen, Action>, E
         // The experiment controller reports it on the experiment.
         Some(Err(_)) => return Ok(Err(Action::await_change())),
     };
+    // Another nasop installation runs this experiment: its trials are its too.
+    if super::context::controlled_elsewhere(
+        &ctx.settings,
+        exp.annotations(),
+        exp.status.as_ref().and_then(|s| s.controller.as_deref()),
+    )
+    .is_some()
+    {
+        return Ok(Err(Action::await_change()));
+    }
     let Some(experiment) = experiment_of(ctx, &key, &exp) else {
         return Ok(Err(Action::await_change()));
     };
