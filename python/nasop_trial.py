@@ -569,7 +569,9 @@ class Trial:
     def checkpoint(self, step):
         """A fresh directory to write epoch ``step``'s checkpoint into; it becomes the trial's
         latest checkpoint only when the block ends without an exception, so a crash or a kill
-        mid-write leaves the previous one whole. Older checkpoints are removed. Without
+        mid-write leaves the previous one whole, and only while this attempt is the trial's
+        (after a 409 it is dropped: report before you checkpoint). Older checkpoints are
+        removed. Without
         NASOP_CHECKPOINT_DIR the block gets a scratch directory that is thrown away."""
         if self.checkpoint_dir is None:
             import tempfile
@@ -587,6 +589,11 @@ class Trial:
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
+        if self._stop_reason == "superseded":
+            # Another attempt runs the trial now: its checkpoint is not this one's to replace.
+            shutil.rmtree(staging, ignore_errors=True)
+            _log(f"not keeping the checkpoint of step {step}: this attempt was superseded")
+            return
         final = self.checkpoint_dir / name
         shutil.rmtree(final, ignore_errors=True)
         os.replace(staging, final)

@@ -271,6 +271,12 @@ def test_a_superseded_attempt_stops_loudly(tmp_path, endpoint, capsys):
         "nasop_trial: ERROR: the report of step 2 was not recorded "
         "(HTTP 409: attempt 2 of trial e-3 replaced this one); stopping"
     ) in err
+    # Its checkpoint is dropped: the trial's checkpoint belongs to the attempt that counts.
+    trial.checkpoint_dir = tmp_path / "ckpt"
+    with trial.checkpoint(2) as path:
+        (path / "state.txt").write_text("stale")
+    assert trial.restore() is None
+    assert "not keeping the checkpoint of step 2" in capsys.readouterr().err
     trial.finish()
     # Not a result: the attempt that counts is another (or the trial has ended).
     assert json.loads((tmp_path / "termination").read_text())["end"] == "interrupted"

@@ -277,8 +277,15 @@ pub fn train(
             ("val_accuracy".to_string(), val_accuracy),
             ("epoch_seconds".to_string(), started.elapsed().as_secs_f64()),
         ]);
-        run.checkpoint(epoch + 1)?;
-        if reporter.report(epoch + 1, &metrics) == ReportAction::Stop {
+        // Report first, then checkpoint: an attempt that another one replaced hears so in
+        // the reply (409) and writes nothing more to the trial's checkpoint, which is the
+        // current attempt's now. (Killed between the two, the next attempt trains this
+        // epoch again and reports it in place of this report.)
+        let action = reporter.report(epoch + 1, &metrics);
+        if !reporter.superseded() {
+            run.checkpoint(epoch + 1)?;
+        }
+        if action == ReportAction::Stop {
             ending = Ending::StoppedByRunner;
             break;
         }

@@ -71,6 +71,12 @@ struct ReportServer {
 
 impl ReportServer {
     fn start(stop_at: usize) -> Self {
+        Self::answering(stop_at, "200 OK")
+    }
+
+    /// Answers `status` (with stop) from the `stop_at`-th report on: "409 Conflict" is the
+    /// operator's word for an attempt that another one replaced.
+    fn answering(stop_at: usize, status: &'static str) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}/v1/report", listener.local_addr().unwrap());
         let seen: Arc<Mutex<Vec<(String, serde_json::Value)>>> = Arc::default();
@@ -97,13 +103,13 @@ impl ReportServer {
                 reader.read_exact(&mut body).unwrap();
                 let mut seen = log.lock().unwrap();
                 seen.push((auth, serde_json::from_slice(&body).unwrap()));
-                let action = if seen.len() >= stop_at {
-                    "stop"
+                let (code, action) = if seen.len() >= stop_at {
+                    (status, "stop")
                 } else {
-                    "continue"
+                    ("200 OK", "continue")
                 };
                 let reply = format!("{{\"action\":\"{action}\"}}");
-                write!(stream, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reply}", reply.len()).unwrap();
+                write!(stream, "HTTP/1.1 {code}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reply}", reply.len()).unwrap();
             }
         });
         ReportServer { url, seen }
@@ -265,6 +271,38 @@ fn resuming_from_a_checkpoint_matches_an_uninterrupted_run() {
             "{name}: uninterrupted {a} vs resumed {b}"
         );
     }
+}
+
+/// An attempt that another one replaced (its report answered 409) writes nothing more to
+/// the trial's checkpoint, which is the current attempt's, and ends as interrupted.
+#[test]
+fn a_superseded_attempt_leaves_the_checkpoint_alone() {
+    let dir = tempdir("superseded");
+    let server = ReportServer::answering(2, "409 Conflict");
+    let out = quick(&mut trainer())
+        .args(["--epochs", "3", "--seed", "5", "--checkpoint-dir"])
+        .arg(&dir)
+        .env("NASOP_REPORT_URL", &server.url)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(143),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Epoch 1 was accepted and checkpointed; epoch 2's report was refused, and its
+    // checkpoint never written.
+    let again = quick(&mut trainer())
+        .args(["--epochs", "3", "--seed", "5", "--checkpoint-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(
+        lines(&again).first().unwrap()["step"],
+        2,
+        "resumed after epoch 1"
+    );
 }
 
 /// A run that completes its epochs leaves its model: weights, description and a TorchScript
