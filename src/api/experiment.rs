@@ -50,6 +50,8 @@ use std::collections::BTreeMap;
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!(has(self.trialTemplate) && has(self.trialJobSet))").message("give one trial kind: trialTemplate (a pod) or trialJobSet, not both"))]
+#[x_kube(validation = Rule::new("has(self.trialJobSet) == has(oldSelf.trialJobSet)").message("the trial kind is immutable: create a new NasExperiment to run its trials as another kind"))]
 pub struct NasExperimentSpec {
     /// What the search optimises: one or more metrics that trials report. The first leads
     /// single-objective strategies; all of them form the Pareto front in the status.
@@ -88,6 +90,19 @@ pub struct NasExperimentSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "pod_template_schema")]
     pub trial_template: Option<PodTemplateSpec>,
+    /// Trials larger than one pod: each trial runs as a JobSet (jobset.x-k8s.io/v1alpha2,
+    /// the JobSet controller v0.12 or newer installed), written as for a plain run. Give
+    /// this or trialTemplate, not both. nasop injects the trial contract into the first
+    /// container of every replicated job's pod template (so that every rank trains the
+    /// same candidate) together with MASTER_ADDR, MASTER_PORT and WORLD_SIZE (and RANK
+    /// where the shape makes it one number); the first replicated job's first pod (job
+    /// index 0, completion index 0) is rank 0, the only one whose reports count. nasop sets
+    /// failurePolicy.maxRestarts 0 and every Job's backoffLimit 0 (a lost pod is nasop's
+    /// to retry, a failed rank fails the trial), Indexed completion, restartPolicy Never,
+    /// DNS hostnames and successPolicy All where the spec does not say; a
+    /// kueue.x-k8s.io/queue-name label in its metadata makes the trial wait in that queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trial_job_set: Option<JobSetTemplate>,
     /// Start from what earlier searches learned: the finished trials of the experiments named
     /// here (their searchSpace must equal this one's) are given to the strategy as results
     /// before it proposes anything. They are not trained again and do not count against
@@ -111,6 +126,58 @@ pub struct NasExperimentSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self == oldSelf").message("finalTraining is immutable"))]
     pub final_training: Option<FinalTrainingSpec>,
+}
+
+/// A JobSet as a trial: its labels and annotations, and its spec.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobSetTemplate {
+    /// Labels and annotations of each trial's JobSet (for example
+    /// kueue.x-k8s.io/queue-name); nasop adds its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<TemplateMetadata>,
+    /// A jobset.x-k8s.io/v1alpha2 JobSetSpec: replicatedJobs (each a Job template), and
+    /// optionally network, successPolicy, suspend.
+    #[schemars(schema_with = "job_set_spec_schema")]
+    pub spec: serde_json::Value,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateMetadata {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+fn job_set_spec_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "description": "A jobset.x-k8s.io/v1alpha2 JobSetSpec.",
+        "required": ["replicatedJobs"],
+        "properties": {
+            "replicatedJobs": {
+                "type": "array",
+                "minItems": 1,
+                "items": {
+                    "type": "object",
+                    "required": ["name", "template"],
+                    "x-kubernetes-preserve-unknown-fields": true,
+                    "properties": {
+                        "name": {"type": "string", "minLength": 1, "maxLength": 63},
+                        "replicas": {"type": "integer", "minimum": 1},
+                        "template": {
+                            "type": "object",
+                            "description": "A batch/v1 JobTemplateSpec.",
+                            "x-kubernetes-preserve-unknown-fields": true,
+                        },
+                    },
+                },
+            },
+        },
+        "x-kubernetes-preserve-unknown-fields": true,
+    })
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]

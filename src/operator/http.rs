@@ -2,9 +2,9 @@
 //! endpoint `POST /v1/report` (TLS when a certificate is mounted).
 
 use super::context::Ctx;
-use super::pod;
 use super::status;
 use super::token;
+use super::{jobset, pod};
 use crate::api::{FinalReport, NasTrial, ReportEntry, TrialPhaseName};
 use axum::Router;
 use axum::body::Bytes;
@@ -217,7 +217,7 @@ async fn handle(ctx: &Ctx, headers: &HeaderMap, body: &[u8]) -> Answer {
         );
     }
     match current_attempt(ctx, &who).await {
-        Ok((trial, attempt)) => record(ctx, trial, &who, attempt, &report).await,
+        Ok((trial, attempt, name)) => record(ctx, trial, &who, (attempt, &name), &report).await,
         Err(answer) => *answer,
     }
 }
@@ -238,7 +238,7 @@ fn read_report(body: &[u8]) -> Result<Report, String> {
 async fn current_attempt(
     ctx: &Ctx,
     who: &token::PodIdentity,
-) -> Result<(Arc<NasTrial>, u32), Box<Answer>> {
+) -> Result<(Arc<NasTrial>, u32, String), Box<Answer>> {
     let pod = match super::start::find_pod(ctx, &who.namespace, &who.pod).await {
         Ok(p) => p,
         Err(super::context::Error::Kube(e)) => return Err(Box::new(unavailable(&e))),
@@ -266,14 +266,16 @@ async fn current_attempt(
             who.pod
         ))));
     };
-    let Some(owner) = pod
+    let owner = match pod
         .metadata
         .owner_references
         .iter()
         .flatten()
         .find(|o| o.controller == Some(true) && o.kind == "NasTrial")
-    else {
-        return Err(Box::new(unauthorized()));
+    {
+        Some(o) => o.clone(),
+        // A pod of a JobSet trial: its Job's, whose JobSet the trial controls.
+        None => job_set_owner(ctx, &pod).await?,
     };
     let owned = |t: &Arc<NasTrial>| t.uid().as_deref() == Some(owner.uid.as_str());
     let trial = match trial_named(ctx, &who.namespace, &owner.name).await {
@@ -296,8 +298,71 @@ async fn current_attempt(
         Err(e) => return Err(Box::new(unavailable(&e))),
     };
     let attempt = attempt_of(&pod);
-    superseded(&trial, &who.pod, attempt)
-        .map_or(Ok((trial, attempt)), |why| Err(Box::new(not_recorded(why))))
+    // The attempt's name, as the trial's status has it: the pod's, or its JobSet's.
+    let name = pod
+        .labels()
+        .get(jobset::LABEL_JOBSET_NAME)
+        .cloned()
+        .unwrap_or_else(|| who.pod.clone());
+    superseded(&trial, &who.pod, attempt).map_or(Ok((trial, attempt, name)), |why| {
+        Err(Box::new(not_recorded(why)))
+    })
+}
+
+/// The trial a JobSet trial's pod reports for, as the owner reference of the JobSet that
+/// made it (read from the API server): only rank 0 of a JobSet the trial controls reports.
+async fn job_set_owner(
+    ctx: &Ctx,
+    pod: &k8s_openapi::api::core::v1::Pod,
+) -> Result<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference, Box<Answer>> {
+    let labels = pod.labels();
+    let (Some(name), Some(uid)) = (
+        labels.get(jobset::LABEL_JOBSET_NAME),
+        labels.get(jobset::LABEL_JOBSET_UID),
+    ) else {
+        return Err(Box::new(unauthorized()));
+    };
+    let by_job = pod
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.controller == Some(true) && o.kind == "Job");
+    if !by_job {
+        return Err(Box::new(unauthorized()));
+    }
+    let ns = pod.namespace().unwrap_or_default();
+    let api: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(ctx.client.clone(), &ns, &jobset::resource());
+    let js = match api.get_opt(name).await {
+        Ok(Some(js)) if js.uid().as_deref() == Some(uid.as_str()) => js,
+        Ok(_) => {
+            return Err(Box::new(not_recorded(format!(
+                "JobSet {name} is gone: this attempt no longer counts"
+            ))));
+        }
+        Err(e) => return Err(Box::new(unavailable(&e))),
+    };
+    let Some(owner) = js
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true) && o.kind == "NasTrial")
+    else {
+        return Err(Box::new(unauthorized()));
+    };
+    let first = jobset::first_job(&js).unwrap_or_default();
+    if !jobset::is_rank_zero(pod, &first) {
+        return Err(Box::new((
+            "refused",
+            refuse(
+                StatusCode::FORBIDDEN,
+                "only rank 0 of a trial's JobSet (its first replicated job's first pod) reports; report from RANK 0 alone",
+            ),
+        )));
+    }
+    Ok(owner.clone())
 }
 
 /// The attempt a trial's pod is (its label; 0, the oldest, when it has none).
@@ -358,7 +423,7 @@ async fn record(
     ctx: &Ctx,
     mut trial: Arc<NasTrial>,
     who: &token::PodIdentity,
-    attempt: u32,
+    (attempt, attempt_name): (u32, &str),
     report: &Report,
 ) -> Answer {
     let stop = || ("stop", reply(StatusCode::OK, ReportAction::Stop));
@@ -386,7 +451,7 @@ async fn record(
         );
         if let Some(end @ (RunEnd::Completed | RunEnd::Stopped)) = report.end {
             next.final_report = Some(FinalReport {
-                pod: who.pod.clone(),
+                pod: attempt_name.to_string(),
                 step: report.step,
                 metrics: status::sanitize_metrics(&report.metrics),
                 info: report.info.clone(),

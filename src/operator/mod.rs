@@ -5,8 +5,8 @@
 //!   NasTrials (named `<experiment>-<index>`, so creating one twice is harmless), asks trials
 //!   to stop, and writes the experiment's status;
 //! - the trial controller ([`trial`]) runs each NasTrial as a Pod from the experiment's
-//!   `trialTemplate` (one pod per attempt, retried when the cluster loses it) and records
-//!   what the pod said.
+//!   `trialTemplate`, or as a JobSet from its `trialJobSet` ([`jobset`]), one per attempt
+//!   (retried when the cluster loses a pod), and records what rank 0 said.
 //!
 //! Both read → decide → act → write: the decisions are pure functions beside them
 //! (`engine::decide`, [`trial::decide`]), tested without a cluster. Trial reports arrive on
@@ -21,6 +21,7 @@ pub mod experiment;
 pub mod health;
 mod http;
 pub mod index;
+pub mod jobset;
 pub mod lease;
 pub mod limit;
 pub mod metrics;

@@ -41,9 +41,11 @@ pub fn pod_names(trial: &str, attempt: u32, trial_uid: &str) -> [String; 2] {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum TemplateError {
     #[error(
-        "spec.trialTemplate is required on Kubernetes: add a pod template whose first container runs the trainer (see examples/)"
+        "spec.trialTemplate is required on Kubernetes: add a pod template whose first container runs the trainer, or spec.trialJobSet for trials of several pods (see examples/)"
     )]
     Missing,
+    #[error("{0}")]
+    JobSet(String),
     #[error(
         "spec.trialTemplate.spec.containers is empty: add the trial container (image and command)"
     )]
@@ -258,28 +260,12 @@ pub fn storage_url(storage: Option<&StorageSpec>, reported: &str) -> String {
 /// an owner reference to the NasTrial, `restartPolicy: Never`, and the restricted Pod
 /// Security Standard's settings wherever the template does not say otherwise.
 pub fn build(p: &PodInput) -> Pod {
-    let template = p.template.clone();
-    let mut meta = template.metadata.unwrap_or_default();
-    let mut labels = meta.labels.take().unwrap_or_default();
-    labels.insert(LABEL_EXPERIMENT.into(), p.experiment.into());
-    labels.insert(LABEL_TRIAL.into(), p.trial.into());
-    labels.insert(LABEL_ATTEMPT.into(), p.attempt.to_string());
-    let mut spec = template.spec.unwrap_or_default();
-    spec.restart_policy = Some("Never".into());
-    let claim = p.storage.and_then(|s| s.persistent_volume_claim.as_ref());
-    if let Some(claim) = claim {
-        mount_claim_volume(&mut spec, &claim.claim_name);
-    }
-    token_volume(&mut spec);
-    restrict(&mut spec);
-    if let Some(c) = spec.containers.first_mut() {
-        inject_contract(c, p, claim.is_some());
-    }
+    let (mut meta, spec) = trial_pod(p, p.template, Vec::new());
     Pod {
         metadata: ObjectMeta {
             name: Some(pod_name(p.trial, p.attempt)),
             namespace: Some(p.namespace.into()),
-            labels: Some(labels),
+            labels: meta.labels.take(),
             annotations: meta.annotations.take(),
             owner_references: Some(vec![OwnerReference {
                 api_version: "nasop.dev/v1alpha1".into(),
@@ -294,6 +280,41 @@ pub fn build(p: &PodInput) -> Pod {
         spec: Some(spec),
         status: None,
     }
+}
+
+/// A pod template of a trial's attempt, as its pods run: the template's metadata with our
+/// labels, and its spec with `restartPolicy: Never`, the storage and token volumes, the
+/// restricted settings, and the trial contract (plus `env`, where the container does not
+/// set those variables itself) in the first container.
+pub fn trial_pod(
+    p: &PodInput,
+    template: &PodTemplateSpec,
+    env: Vec<EnvVar>,
+) -> (ObjectMeta, PodSpec) {
+    let template = template.clone();
+    let mut meta = template.metadata.unwrap_or_default();
+    let labels = meta.labels.get_or_insert_with(BTreeMap::new);
+    labels.insert(LABEL_EXPERIMENT.into(), p.experiment.into());
+    labels.insert(LABEL_TRIAL.into(), p.trial.into());
+    labels.insert(LABEL_ATTEMPT.into(), p.attempt.to_string());
+    let mut spec = template.spec.unwrap_or_default();
+    spec.restart_policy = Some("Never".into());
+    let claim = p.storage.and_then(|s| s.persistent_volume_claim.as_ref());
+    if let Some(claim) = claim {
+        mount_claim_volume(&mut spec, &claim.claim_name);
+    }
+    token_volume(&mut spec);
+    restrict(&mut spec);
+    if let Some(c) = spec.containers.first_mut() {
+        inject_contract(c, p, claim.is_some());
+        let env_of = c.env.get_or_insert_with(Vec::new);
+        for e in env {
+            if !env_of.iter().any(|x| x.name == e.name) {
+                env_of.push(e);
+            }
+        }
+    }
+    (meta, spec)
 }
 
 /// Adds `volume` to the pod, in place of one of its name.

@@ -6,10 +6,11 @@ use super::experiment::{self, States};
 use super::health::Health;
 use super::lease::{self, Elector, Leadership, fence_layer};
 use super::metrics::{self, Metrics};
-use super::{http, trial, watch};
-use crate::api::NasExperiment;
+use super::{http, pod, trial, watch};
+use crate::api::{NasExperiment, NasTrial};
 use anyhow::{Context, Result};
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::ApiResource;
 use kube::runtime::controller::{Action, Config, Controller};
 use kube::runtime::reflector::ObjectRef;
@@ -112,7 +113,18 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
     .reconcile_on(w.wake)
     .with_config(config.clone());
     let trial_controller = Controller::for_stream(w.trials, w.trial_store.clone())
-        .owns_stream(w.pods)
+        // A pod wakes the trial its label names: the trial's own pods, and the pods of its
+        // JobSet (owned by Jobs). Which pods count is the trial controller's to check.
+        .watches_stream(w.pods, |p: Pod| {
+            let ns = p.namespace();
+            pod::trial_of(&p).map(|t| {
+                let r = ObjectRef::<NasTrial>::new(t);
+                match ns {
+                    Some(ns) => r.within(&ns),
+                    None => r,
+                }
+            })
+        })
         .with_config(config);
     let ctx = Arc::new(Ctx {
         client: client.clone(),

@@ -3,12 +3,13 @@
 //! Both controllers start pods: the experiment controller a trial's first, with the trial.
 
 use super::context::{Ctx, Error, lock, now, publish_event};
+use super::jobset;
 use super::pod::{self, PodInput};
 use super::status::{self, micro};
 use crate::api::{NasExperiment, NasTrial, NasTrialStatus, TrialPhaseName};
 use crate::engine::Experiment;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::PostParams;
+use kube::api::{DynamicObject, PostParams};
 use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
 use std::sync::Arc;
@@ -42,6 +43,9 @@ pub async fn start_pod(
     attempt: u32,
     next: &mut NasTrialStatus,
 ) -> Result<Option<Duration>, Error> {
+    if let Some(template) = &exp.spec.trial_job_set {
+        return start_job_set(ctx, trial, exp, experiment, template, attempt, next).await;
+    }
     let ns = trial.namespace().unwrap_or_default();
     let name = trial.name_any();
     let uid = trial.uid().unwrap_or_default();
@@ -77,13 +81,20 @@ pub async fn start_pod(
                 pod_name = other.clone();
             }
             Err(kube::Error::Api(s)) if s.is_invalid() || s.is_forbidden() => {
-                return Ok(refused(ctx, trial, next, &s));
+                return Ok(refused(ctx, trial, next, &s, "spec.trialTemplate"));
             }
             Err(e) => return Err(e.into()),
         }
     }
+    started(ctx, trial, next, attempt, pod_name);
+    Ok(None)
+}
+
+/// Attempt `attempt` was created as `name`: the status says so, and a wait for quota is
+/// over.
+fn started(ctx: &Ctx, trial: &NasTrial, next: &mut NasTrialStatus, attempt: u32, name: String) {
     next.attempts = attempt;
-    next.pod = Some(pod_name);
+    next.pod = Some(name);
     next.phase = Some(TrialPhaseName::Pending);
     if next
         .reason
@@ -93,7 +104,94 @@ pub async fn start_pod(
         next.reason = None;
         next.message = None;
     }
-    ctx.backoff.reset(&format!("quota/{uid}"));
+    ctx.backoff
+        .reset(&format!("quota/{}", trial.uid().unwrap_or_default()));
+}
+
+/// The JobSet of attempt `attempt` of a JobSet trial, as [`start_pod`] does for a pod: a
+/// JobSet of its name that the trial does not control is reported and the trial takes its
+/// other name.
+async fn start_job_set(
+    ctx: &Ctx,
+    trial: &NasTrial,
+    exp: &NasExperiment,
+    experiment: &Experiment,
+    template: &crate::api::JobSetTemplate,
+    attempt: u32,
+    next: &mut NasTrialStatus,
+) -> Result<Option<Duration>, Error> {
+    let ns = trial.namespace().unwrap_or_default();
+    let name = trial.name_any();
+    let uid = trial.uid().unwrap_or_default();
+    let input = trial_input(trial, experiment)?;
+    let unused = Default::default();
+    let p = PodInput {
+        template: &unused,
+        namespace: &ns,
+        experiment: &trial.spec.experiment,
+        experiment_uid: &exp.uid().unwrap_or_default(),
+        trial: &name,
+        trial_uid: &uid,
+        attempt,
+        input: &input,
+        report_url: &ctx.settings.report_url,
+        storage: exp.spec.storage.as_ref(),
+    };
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(ctx.client.clone(), &ns, &jobset::resource());
+    let [own, other] = pod::pod_names(&name, attempt, &uid);
+    let mut js_name = own.clone();
+    loop {
+        let object: DynamicObject = serde_json::from_value(jobset::build(&p, template, &js_name))
+            .expect("a built JobSet is an object with metadata");
+        match api.create(&PostParams::default(), &object).await {
+            Ok(_) => {
+                info!(namespace = %ns, experiment = %trial.spec.experiment, trial = %name, attempt, jobset = %js_name, "created JobSet");
+                if attempt == 1 {
+                    first_pod_created(ctx, trial, &js_name);
+                }
+                break;
+            }
+            Err(kube::Error::Api(s)) if s.is_already_exists() => {
+                let existing = api.get_opt(&js_name).await?;
+                if existing.as_ref().is_some_and(|e| jobset::owned_by(e, &uid)) {
+                    break;
+                }
+                if js_name == other {
+                    return Err(Error::PodTaken { pod: js_name });
+                }
+                warn!(namespace = %ns, trial = %name, jobset = %js_name, "a JobSet of the trial's name belongs to another object");
+                event(
+                    ctx,
+                    trial,
+                    EventType::Warning,
+                    "PodNameTaken",
+                    format!(
+                        "JobSet {js_name} belongs to another object, not to this trial: nothing it says counts; the trial's JobSet is {other}"
+                    ),
+                );
+                js_name = other.clone();
+            }
+            // No JobSet API: the controller is not installed.
+            Err(kube::Error::Api(s)) if s.code == 404 => {
+                next.phase = Some(TrialPhaseName::Failed);
+                next.reason = Some("JobSetNotInstalled".into());
+                next.message = Some(format!(
+                    "spec.trialJobSet: the API server has no {}/{} JobSet resource ({}): install the JobSet controller (v0.12 or newer), or run the trials as pods with spec.trialTemplate",
+                    jobset::GROUP,
+                    jobset::VERSION,
+                    s.message
+                ));
+                next.completion_time = Some(micro(now()));
+                return Ok(None);
+            }
+            Err(kube::Error::Api(s)) if s.is_invalid() || s.is_forbidden() => {
+                return Ok(refused(ctx, trial, next, &s, "spec.trialJobSet"));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    started(ctx, trial, next, attempt, js_name);
     Ok(None)
 }
 
@@ -139,6 +237,7 @@ fn refused(
     trial: &NasTrial,
     next: &mut NasTrialStatus,
     s: &kube::core::Status,
+    field: &str,
 ) -> Option<Duration> {
     if let Some(reason) = waits(&s.message).filter(|_| s.is_forbidden()) {
         // Not the template's fault: a namespace created moments ago has no `default` service
@@ -155,7 +254,7 @@ fn refused(
     // with the API server's words.
     next.phase = Some(TrialPhaseName::Failed);
     next.reason = Some("InvalidPodTemplate".into());
-    next.message = Some(format!("spec.trialTemplate: {}", s.message));
+    next.message = Some(format!("{field}: {}", s.message));
     next.completion_time = Some(micro(now()));
     None
 }
@@ -170,19 +269,7 @@ fn desired_pod(
 ) -> Result<Pod, Error> {
     let ns = trial.namespace().unwrap_or_default();
     let name = trial.name_any();
-    let point = status::point(experiment, trial).map_err(|e| status::RecordError {
-        trial: name.clone(),
-        ..e
-    })?;
-    let input = experiment.trial_input(
-        name.clone(),
-        trial.spec.index,
-        trial.spec.seed,
-        &point,
-        trial.spec.epochs,
-        trial.spec.resume_from,
-        status::stage(trial),
-    );
+    let input = trial_input(trial, experiment)?;
     let uid = trial.uid().unwrap_or_default();
     let template = exp.spec.trial_template.as_ref().ok_or(Error::NoTemplate)?;
     Ok(pod::build(&PodInput {
@@ -218,4 +305,25 @@ fn waits(message: &str) -> Option<&'static str> {
     } else {
         None
     }
+}
+
+/// What the trial's trainer is given (NASOP_TRIAL).
+fn trial_input(
+    trial: &NasTrial,
+    experiment: &Experiment,
+) -> Result<nasop_core::contract::TrialInput, Error> {
+    let name = trial.name_any();
+    let point = status::point(experiment, trial).map_err(|e| status::RecordError {
+        trial: name.clone(),
+        ..e
+    })?;
+    Ok(experiment.trial_input(
+        name,
+        trial.spec.index,
+        trial.spec.seed,
+        &point,
+        trial.spec.epochs,
+        trial.spec.resume_from,
+        status::stage(trial),
+    ))
 }

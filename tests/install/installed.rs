@@ -166,7 +166,14 @@ fn start_as_deployed(env: &mut Env, r: &Release, dir: &Path) -> PathBuf {
 
 /// Enough: the release's operator was refused nothing. Not more: it used every permission
 /// the release grants, and each of `outside` is refused to its ServiceAccount.
-async fn check_rbac(r: &Release, kubeconfig: &Path, outside: &[(&str, Vec<String>)]) {
+/// `job_sets`: whether the run included trials of several pods (JobSets); a release that
+/// ran none cannot have used its JobSet rules.
+async fn check_rbac(
+    r: &Release,
+    kubeconfig: &Path,
+    outside: &[(&str, Vec<String>)],
+    job_sets: bool,
+) {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let user = r.user();
     let requests = audited(&user);
@@ -191,13 +198,17 @@ async fn check_rbac(r: &Release, kubeconfig: &Path, outside: &[(&str, Vec<String
     // delivered yet, or a status write that lost a race, reads the trial itself.
     // And checked by admission, never requested: OwnerReferencesPermissionEnforcement
     // (on in tools/testenv) asks for it on every pod the operator creates.
+    // A JobSet trial's JobSet is deleted only when the trial ends with ranks still running
+    // (an early stop before rank 0 heard it).
     let rare = [
         ("get", "nasop.dev", "nastrials"),
         ("update", "nasop.dev", "nastrials/finalizers"),
+        ("delete", "jobset.x-k8s.io", "jobsets"),
     ];
     let unused: Vec<_> = granted(&rendered)
         .difference(&used)
         .filter(|(v, g, res)| !rare.contains(&(v.as_str(), g.as_str(), res.as_str())))
+        .filter(|(_, g, _)| job_sets || g != "jobset.x-k8s.io")
         .cloned()
         .collect();
     assert!(
@@ -367,6 +378,12 @@ async fn installed_chart_runs_an_example_with_only_its_rbac_and_feeds_the_dashbo
         "vision-research"
     );
 
+    // Trials of several pods, as the release's operator runs them: each a JobSet of two
+    // ranks (the fake trainer plays both; rank 1's reports are refused, rank 0's count).
+    let jobsets = run_example(&env, "jobset.yaml", (2, 2, 3, 60)).await;
+    let js_status = jobsets.status.unwrap();
+    assert_eq!(js_status.trials.succeeded, 2, "{js_status:?}");
+
     let random = repo("examples/k8s/random.yaml").display().to_string();
     check_rbac(
         r,
@@ -389,6 +406,7 @@ async fn installed_chart_runs_an_example_with_only_its_rbac_and_feeds_the_dashbo
                 args(&["label", "nasexperiment", &name, "x=y"]),
             ),
         ],
+        true,
     )
     .await;
 
@@ -493,6 +511,7 @@ async fn a_release_watching_one_namespace_works_there_and_nowhere_else() {
             ("read secrets", args(&["get", "secrets"])),
             ("list nodes", args(&["get", "nodes"])),
         ],
+        false,
     )
     .await;
     uninstall(&r, &name);
@@ -500,7 +519,8 @@ async fn a_release_watching_one_namespace_works_there_and_nowhere_else() {
 
 /// Who may run what: the chart's ValidatingAdmissionPolicy refuses a NasExperiment from a
 /// user who may create NasExperiments but not pods in its namespace, with a message that
-/// says so, and accepts it from a user who may do both.
+/// says so, and accepts it from a user who may do both; one whose trials are JobSets also
+/// needs the right to create JobSets.
 #[test]
 fn only_users_who_may_create_pods_may_create_experiments() {
     let _r = release();
@@ -578,6 +598,33 @@ fn only_users_who_may_create_pods_may_create_experiments() {
         out.status.success(),
         "a user with pod rights was refused: {}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    // Trials as JobSets need the right to create JobSets, which bob lacks.
+    let job_set = r#"
+apiVersion: nasop.dev/v1alpha1
+kind: NasExperiment
+metadata: {name: bob-jobset}
+spec:
+  objectives: [{metric: val_accuracy, goal: maximize}]
+  searchSpace: {cell: {nodes: 4, operations: [none, skip_connect]}}
+  strategy: {algorithm: random, seed: 1}
+  budget: {maxTrials: 1, parallelism: 1, trialEpochs: 1}
+  trialJobSet:
+    spec:
+      replicatedJobs:
+        - name: node
+          template: {spec: {template: {spec: {containers: [{name: t, image: busybox}]}}}}
+"#;
+    let out = with_stdin(
+        kubectl().args(["create", "--as=bob", "-n", &ns, "-f", "-"]),
+        job_set,
+    );
+    let refusal = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && refusal.contains("may not create jobsets in namespace")
+            && refusal.contains("spec.trialJobSet"),
+        "bob, without JobSet rights: {refusal}"
     );
     ok(kubectl().args(["delete", "namespace", &ns, "--wait=false"]));
 }

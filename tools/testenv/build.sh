@@ -4,7 +4,8 @@
 # part): kube-apiserver, kube-controller-manager, kube-scheduler, etcd, and the real node's
 # kubelet and kube-proxy from the wrapper module here (see update-go-mod.sh); CoreDNS, the
 # image registry and Prometheus from slim/ (only what the tests use); kwok and helm with
-# `go install`; the ServiceMonitor CRD from the Prometheus Operator's module.
+# `go install`; the ServiceMonitor CRD from the Prometheus Operator's module; the JobSet
+# controller and its CRD.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/versions.env"
@@ -96,6 +97,24 @@ tools() {
       hl="$hl -X $p.k8sVersionMajor=1 -X $p.k8sVersionMinor=$minor"
     done
     GOBIN=$bin go install -trimpath -ldflags "$hl" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+    stamp "$part"
+  fi
+
+  # The JobSet controller (its module root is its main package; built in the wrapper module
+  # jobset/, which pins its version) and its CRD, as the module ships it
+  # (config/components/crd/bases: without the conversion webhook the kustomize overlay
+  # adds; there is one version).
+  part=jobset-$JOBSET_VERSION
+  if ! built "$part"; then
+    need_go
+    grep -q "sigs.k8s.io/jobset $JOBSET_VERSION" jobset/go.mod ||
+      { echo "tools/testenv/jobset/go.mod does not require jobset $JOBSET_VERSION of versions.env" >&2; exit 1; }
+    echo "  jobset $JOBSET_VERSION" >&2
+    (cd jobset && go build -trimpath -ldflags "-s -w" -o "$bin/jobset" sigs.k8s.io/jobset)
+    dir=$(cd jobset && go list -m -json "sigs.k8s.io/jobset" |
+      python3 -c 'import json, sys; print(json.load(sys.stdin)["Dir"])')
+    cp "$dir/config/components/crd/bases/jobset.x-k8s.io_jobsets.yaml" "$bin/jobsets.crd.yaml"
+    chmod 644 "$bin/jobsets.crd.yaml"
     stamp "$part"
   fi
 

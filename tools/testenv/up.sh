@@ -2,7 +2,7 @@
 # Starts a real Kubernetes control plane on loopback for tests: etcd, kube-apiserver (static
 # token, RBAC), kube-controller-manager (garbage collection, Jobs; node lifecycle with a
 # 24 h grace period, since simulated nodes send no heartbeats), kube-scheduler, KWOK playing three GPU nodes
-# (nvidia.com/gpu: 4 each), and one real node, worker-0 (node.sh: containerd, CNI, kube-proxy,
+# (nvidia.com/gpu: 4 each), the JobSet controller, and one real node, worker-0 (node.sh: containerd, CNI, kube-proxy,
 # CoreDNS, a kubelet, and the image registry it pulls from). Writes a kubeconfig, waits for
 # /readyz and Ready nodes, and prints `export KUBECONFIG=<path> NASOP_TESTENV_BIN=<the tools>
 # NASOP_TESTENV_REGISTRY=127.0.0.1:PORT` as its last line (audit log of service-account
@@ -116,6 +116,24 @@ start kwok "$bin/kwok" --kubeconfig "$kubeconfig" --manage-all-nodes=false \
   --manage-nodes-with-annotation-selector kwok.x-k8s.io/node=fake \
   --config "$here/stages.yaml" --server-address "127.0.0.1:$kwok_port"
 wait_for "KWOK's GPU nodes" kwok 60 kubectl wait --for=condition=Ready node --all --timeout=1s
+# The JobSet controller, for trials of several pods. Its webhooks are not registered (nasop
+# sets every field they would default); its webhook server still listens, on a self-signed
+# certificate of its own.
+jobset_port=$(port); jobset_health=$(port)
+mkdir -p "$state/jobset"
+openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj /CN=jobset-webhook \
+  -keyout "$state/jobset/tls.key" -out "$state/jobset/tls.crt" 2>/dev/null
+cat > "$state/jobset/config.yaml" <<EOF
+apiVersion: config.jobset.x-k8s.io/v1alpha1
+kind: Configuration
+leaderElection: {leaderElect: false}
+internalCertManagement: {enable: false}
+webhook: {host: 127.0.0.1, port: $jobset_port, certDir: $state/jobset}
+EOF
+kubectl apply --server-side -f "$bin/jobsets.crd.yaml" >/dev/null
+start jobset "$bin/jobset" --config "$state/jobset/config.yaml" --kubeconfig "$kubeconfig" \
+  --leader-elect=false --metrics-bind-address 0 --health-probe-bind-address "127.0.0.1:$jobset_health"
+wait_for "the JobSet controller" jobset 60 curl -sf "http://127.0.0.1:$jobset_health/healthz"
 wait_for "the default service account" kube-controller-manager 60 kubectl get serviceaccount default
 node_up "$bin" "$state" "$kubeconfig"
 echo "test control plane up: $(kubectl version -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["serverVersion"]["gitVersion"])'), logs in $state/logs" >&2

@@ -10,7 +10,7 @@ mod world;
 use super::context::{CONTROLLER_ANNOTATION, Ctx, Error, MANAGER, controlled_elsewhere, lock, now};
 use super::status::{self, StatusInput, trial_name};
 use super::written::Written;
-use super::{index, pod, start};
+use super::{index, jobset, pod, start};
 use crate::api::{self, NasExperiment, NasExperimentStatus, NasTrial, NasTrialSpec};
 use crate::engine::Clock;
 use conditions::{Blocked, publish, set_conditions};
@@ -146,7 +146,10 @@ fn read(
         return Err(Invalid::NameTooLong { name });
     }
     let exp = ctx.parse(object)?;
-    pod::check_template(exp.spec.trial_template.as_ref())?;
+    match &exp.spec.trial_job_set {
+        Some(js) => jobset::check(js, &name).map_err(pod::TemplateError::JobSet)?,
+        None => pod::check_template(exp.spec.trial_template.as_ref())?,
+    }
     let experiment = api::validate(&name, &exp.spec)?;
     Ok((exp, experiment))
 }

@@ -7,14 +7,14 @@ use super::context::{Ctx, Error, MANAGER, lock, now};
 use super::experiment::ExpKey;
 use super::index;
 use super::metrics::ExperimentLabels;
-use super::pod;
 use super::start::{self, event, find_pod};
 use super::status::{self, micro};
+use super::{jobset, pod};
 use crate::api::{self, NasExperiment, NasTrial, NasTrialStatus, TrialPhaseName};
 use crate::engine::Experiment;
 use decide::{Ending, Step};
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
@@ -113,11 +113,40 @@ struct Seen {
     experiment: Arc<Experiment>,
     current: NasTrialStatus,
     next: NasTrialStatus,
-    /// Pods started so far, and the current one's pod if it exists.
+    /// Attempts started so far, and the current one's pod (or JobSet) if it exists.
     attempt: u32,
-    pod: Option<Arc<Pod>>,
+    pod: Option<Workload>,
     now: f64,
 }
+
+/// What runs an attempt: a pod, or a JobSet and the pods it made so far.
+enum Workload {
+    Pod(Arc<Pod>),
+    JobSet(Arc<DynamicObject>, Vec<Arc<Pod>>),
+}
+
+impl Workload {
+    fn outcome(&self, now: f64, lost_after: f64) -> pod::Outcome {
+        match self {
+            Workload::Pod(p) => pod::outcome_at(p, now, lost_after),
+            Workload::JobSet(js, pods) => {
+                jobset::outcome(js, &jobset::pods_of(js, pods), now, lost_after)
+            }
+        }
+    }
+
+    fn deleting(&self) -> bool {
+        match self {
+            Workload::Pod(p) => p.metadata.deletion_timestamp.is_some(),
+            Workload::JobSet(js, _) => js.metadata.deletion_timestamp.is_some(),
+        }
+    }
+}
+
+/// How often a JobSet trial is looked at while it has not ended: its JobSet is read, not
+/// watched (its pods are, and wake it), and a queue's admission or the JobSet's own end
+/// comes without a pod event.
+const JOB_SET_POLL: f64 = 5.0;
 
 /// What carrying out a step left to do: when to look again, and the end to record.
 #[derive(Default)]
@@ -132,10 +161,7 @@ pub async fn reconcile(trial: Arc<NasTrial>, ctx: Arc<Ctx>) -> Result<Action, Er
         Err(action) => return Ok(action),
     };
     let lost_after = ctx.settings.stop_grace.as_secs_f64();
-    let outcome = seen
-        .pod
-        .as_deref()
-        .map(|p| pod::outcome_at(p, seen.now, lost_after));
+    let outcome = seen.pod.as_ref().map(|w| w.outcome(seen.now, lost_after));
     let step = decide::next_step(&view(&ctx, &seen, outcome.as_ref()));
     let acted = act(&ctx, &mut seen, step).await?;
     write(&ctx, seen, acted).await
@@ -186,11 +212,13 @@ async fn read(ctx: &Ctx, trial: Arc<NasTrial>) -> Result<Result<Seen, Action>, E
         return Ok(Err(Action::await_change()));
     };
     let mut next = current.clone();
+    let uid = trial.uid().unwrap_or_default();
     // Only a pod the trial controls counts: pod names are predictable, and a pod of the
     // name made by anyone else (or left by an earlier trial of this name) says nothing.
-    let uid = trial.uid().unwrap_or_default();
-    let ours = |p: Option<Arc<Pod>>| p.filter(|p| pod::owned_by(p, &uid));
-    let (attempt, pod) = if current.attempts > 0 {
+    let ours = |p: Option<Arc<Pod>>| p.filter(|p| pod::owned_by(p, &uid)).map(Workload::Pod);
+    let (attempt, pod) = if exp.spec.trial_job_set.is_some() {
+        current_job_set(ctx, &trial, &ns, &current, &mut next).await?
+    } else if current.attempts > 0 {
         let name = current
             .pod
             .clone()
@@ -219,6 +247,72 @@ async fn read(ctx: &Ctx, trial: Arc<NasTrial>) -> Result<Result<Seen, Action>, E
         pod,
         now: now(),
     }))
+}
+
+/// A JobSet trial's current attempt: its JobSet (read from the API server: JobSets are not
+/// watched) if the trial controls it, with the trial's pods from the cache.
+async fn current_job_set(
+    ctx: &Ctx,
+    trial: &NasTrial,
+    ns: &str,
+    current: &NasTrialStatus,
+    next: &mut NasTrialStatus,
+) -> Result<(u32, Option<Workload>), Error> {
+    let uid = trial.uid().unwrap_or_default();
+    let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, &jobset::resource());
+    let find = |name: String| {
+        let api = api.clone();
+        let uid = uid.clone();
+        async move {
+            match api.get_opt(&name).await {
+                Ok(js) => Ok(js.filter(|js| jobset::owned_by(js, &uid)).map(Arc::new)),
+                // No JobSet API (the controller uninstalled): nothing runs the attempt.
+                Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
+                Err(e) => Err(e),
+            }
+        }
+    };
+    let (attempt, js) = if current.attempts > 0 {
+        let name = current
+            .pod
+            .clone()
+            .unwrap_or_else(|| pod::pod_name(&trial.name_any(), current.attempts));
+        (current.attempts, find(name).await?)
+    } else {
+        let mut found = None;
+        for name in pod::pod_names(&trial.name_any(), 1, &uid) {
+            if let Some(js) = find(name.clone()).await? {
+                found = Some((name, js));
+                break;
+            }
+        }
+        match found {
+            Some((name, js)) => {
+                // The experiment controller created the first JobSet with the trial.
+                next.attempts = 1;
+                next.pod = Some(name);
+                next.phase = Some(TrialPhaseName::Pending);
+                (1, Some(js))
+            }
+            None => (0, None),
+        }
+    };
+    let pods = |js: &DynamicObject| -> Vec<Arc<Pod>> {
+        let js_uid = js.uid().unwrap_or_default();
+        ctx.stores
+            .pods
+            .state()
+            .into_iter()
+            .filter(|p| {
+                p.namespace().as_deref() == Some(ns)
+                    && p.labels().get(jobset::LABEL_JOBSET_UID) == Some(&js_uid)
+            })
+            .collect()
+    };
+    Ok((
+        attempt,
+        js.map(|js| Workload::JobSet(js.clone(), pods(&js))),
+    ))
 }
 
 /// What the pure decision sees.
@@ -318,7 +412,14 @@ async fn write(ctx: &Ctx, mut seen: Seen, acted: Acted) -> Result<Action, Error>
     // A trial that has not ended is looked at again at least every RESYNC: a pod deleted
     // while the watch was away (the relist drops it from the cache, but wakes nobody) is
     // then seen to be gone.
-    let resync = acted.ending.is_none().then_some(RESYNC);
+    let resync = acted.ending.is_none().then_some(
+        if matches!(seen.pod, Some(Workload::JobSet(..))) || seen.exp.spec.trial_job_set.is_some() {
+            JOB_SET_POLL
+        } else {
+            RESYNC
+        },
+    );
+
     let again = |requeue: Option<f64>| match (requeue, resync) {
         (Some(s), Some(r)) => Action::requeue(Duration::from_secs_f64(s.min(r))),
         (Some(s), None) | (None, Some(s)) => Action::requeue(Duration::from_secs_f64(s)),
@@ -327,7 +428,10 @@ async fn write(ctx: &Ctx, mut seen: Seen, acted: Acted) -> Result<Action, Error>
     if acted.ending.is_none() && seen.next == seen.current {
         return Ok(again(acted.requeue));
     }
-    let gpus = pod::gpus(seen.exp.spec.trial_template.as_ref());
+    let gpus = match &seen.exp.spec.trial_job_set {
+        Some(js) => jobset::gpus(js),
+        None => pod::gpus(seen.exp.spec.trial_template.as_ref()),
+    };
     let storage = seen.exp.spec.storage.as_ref();
     let ended = acted.ending.map(|end| {
         end::finish(
@@ -340,6 +444,16 @@ async fn write(ctx: &Ctx, mut seen: Seen, acted: Acted) -> Result<Action, Error>
         )
     });
     write_status(ctx, &seen.trial, &seen.next).await?;
+    // A JobSet trial that ended while some of its ranks still run (rank 0 stopped when
+    // asked, a rank failed): they are stopped, once the end is recorded (deleted before, a
+    // lost status write would make the next reconcile take the JobSet for lost).
+    if ended.is_some()
+        && let Some(w @ Workload::JobSet(js, _)) = seen.pod.as_ref()
+        && !jobset::ended(js)
+        && !w.deleting()
+    {
+        delete_workload(ctx, &seen.ns, w).await?;
+    }
     if let Some(end) = ended {
         end::record_end(ctx, &seen.trial, &seen.experiment, &seen.next, end).await;
     }
@@ -370,19 +484,34 @@ fn pod_lost(ctx: &Ctx, trial: &NasTrial, attempt: u32, why: &str) {
     );
 }
 
-/// Deletes the pod of a trial that was asked to stop and did not within its grace.
+/// Deletes the pod (or JobSet, with its pods) of a trial that was asked to stop and did
+/// not within its grace.
 async fn delete_stopped_pod(ctx: &Ctx, seen: &Seen) -> Result<(), Error> {
-    let Some(p) = seen
-        .pod
-        .as_ref()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-    else {
+    let Some(w) = seen.pod.as_ref().filter(|w| !w.deleting()) else {
         return Ok(());
     };
     info!(namespace = %seen.ns, experiment = %seen.trial.spec.experiment, trial = %seen.trial.name_any(), reason = ?seen.trial.spec.stop, "deleting the pod of a stopped trial");
-    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &seen.ns);
-    match api.delete(&p.name_any(), &DeleteParams::default()).await {
-        Ok(_) => Ok(()),
+    delete_workload(ctx, &seen.ns, w).await
+}
+
+async fn delete_workload(ctx: &Ctx, ns: &str, w: &Workload) -> Result<(), Error> {
+    let deleted = match w {
+        Workload::Pod(p) => {
+            let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+            api.delete(&p.name_any(), &DeleteParams::default())
+                .await
+                .map(|_| ())
+        }
+        Workload::JobSet(js, _) => {
+            let api: Api<DynamicObject> =
+                Api::namespaced_with(ctx.client.clone(), ns, &jobset::resource());
+            api.delete(&js.name_any(), &DeleteParams::background())
+                .await
+                .map(|_| ())
+        }
+    };
+    match deleted {
+        Ok(()) => Ok(()),
         Err(kube::Error::Api(s)) if s.is_not_found() => Ok(()),
         Err(e) => Err(e.into()),
     }

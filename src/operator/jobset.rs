@@ -1,0 +1,388 @@
+//! A trial as a JobSet (jobset.x-k8s.io/v1alpha2): built from the experiment's
+//! `trialJobSet` with the trial contract in every replicated job's pod template, and read
+//! back, with its pods, into what happened to the trial. Pure functions.
+//!
+//! The first replicated job's first pod (job index 0, completion index 0) is rank 0: the
+//! only pod whose reports and termination message count. nasop retries nothing through the
+//! JobSet (maxRestarts 0, every Job's backoffLimit 0): a lost pod loses the attempt, which
+//! nasop starts again as a new JobSet; a rank that fails fails the trial.
+
+use super::pod::{self, Outcome, PodInput, Waiting};
+use super::status::seconds;
+use crate::api::JobSetTemplate;
+use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector, Pod, PodTemplateSpec};
+use kube::ResourceExt;
+use kube::api::{ApiResource, DynamicObject};
+use kube::core::GroupVersionKind;
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+pub const GROUP: &str = "jobset.x-k8s.io";
+pub const VERSION: &str = "v1alpha2";
+pub const KIND: &str = "JobSet";
+
+/// The JobSet resource, for the dynamic client.
+pub fn resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(GROUP, VERSION, KIND), "jobsets")
+}
+
+/// Labels JobSet puts on its Jobs' pods, and the Job controller's completion index.
+pub const LABEL_JOBSET_NAME: &str = "jobset.sigs.k8s.io/jobset-name";
+pub const LABEL_JOBSET_UID: &str = "jobset.sigs.k8s.io/jobset-uid";
+pub const LABEL_REPLICATED_JOB: &str = "jobset.sigs.k8s.io/replicatedjob-name";
+pub const LABEL_JOB_INDEX: &str = "jobset.sigs.k8s.io/job-index";
+pub const LABEL_JOB_GLOBAL_INDEX: &str = "jobset.sigs.k8s.io/job-global-index";
+pub const LABEL_COMPLETION_INDEX: &str = "batch.kubernetes.io/job-completion-index";
+/// Kueue's queue label: a JobSet that carries it starts suspended, until Kueue admits it.
+pub const LABEL_QUEUE: &str = "kueue.x-k8s.io/queue-name";
+/// The port rank 0 listens on for the process group (torchrun's default).
+pub const MASTER_PORT: u16 = 29500;
+
+/// Why a trialJobSet cannot run trials: the message names the field and the fix.
+pub fn check(t: &JobSetTemplate, experiment: &str) -> Result<(), String> {
+    let jobs = replicated_jobs(&t.spec);
+    if jobs.is_empty() {
+        return Err("spec.trialJobSet.spec.replicatedJobs is empty: give at least one replicated job with a Job template".into());
+    }
+    for (i, j) in jobs.iter().enumerate() {
+        let name = j["name"].as_str().unwrap_or_default();
+        let field = format!("spec.trialJobSet.spec.replicatedJobs[{i}]");
+        if j["template"]["spec"]["template"]["spec"]["containers"]
+            .as_array()
+            .is_none_or(|c| c.is_empty())
+        {
+            return Err(format!(
+                "{field}.template.spec.template.spec.containers is empty: give the container that trains"
+            ));
+        }
+        pod_template(j)
+            .map_err(|e| format!("{field}.template.spec.template is not a pod template: {e}"))?;
+        // Pod hostnames are <jobset>-<job>-<jobIndex>-<podIndex> (a DNS label, at most 63):
+        // the JobSet is <trial>-<attempt>, <experiment>-<index>-<attempt>.
+        let longest = format!(
+            "{experiment}-99999-9-{name}-{}-{}",
+            count(j, "replicas") - 1,
+            count(&j["template"]["spec"], "parallelism") - 1
+        );
+        if longest.len() > 63 {
+            return Err(format!(
+                "the pods' host names ({longest}: experiment, trial index, attempt, {field}.name and indices) would be longer than 63 characters: shorten the experiment's or the replicated job's name"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn replicated_jobs(spec: &Value) -> Vec<Value> {
+    spec["replicatedJobs"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// A replicated job's `replicas`, or a Job spec's `parallelism` (1 when not given).
+fn count(v: &Value, field: &str) -> u64 {
+    v[field].as_u64().unwrap_or(1).max(1)
+}
+
+fn pod_template(job: &Value) -> Result<PodTemplateSpec, serde_json::Error> {
+    serde_json::from_value(job["template"]["spec"]["template"].clone())
+}
+
+/// GPUs a trial of this JobSet holds: every pod's, over every replicated job.
+pub fn gpus(t: &JobSetTemplate) -> f64 {
+    replicated_jobs(&t.spec)
+        .iter()
+        .map(|j| {
+            let pods = count(j, "replicas") * count(&j["template"]["spec"], "parallelism");
+            let template = pod_template(j).ok();
+            pods as f64 * pod::gpus(template.as_ref())
+        })
+        .sum()
+}
+
+/// An env var from one of the pod's labels (downward API).
+fn label_env(name: &str, label: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: format!("metadata.labels['{label}']"),
+                api_version: None,
+            }),
+            ..EnvVarSource::default()
+        }),
+    }
+}
+
+fn plain_env(name: &str, value: String) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value),
+        value_from: None,
+    }
+}
+
+/// The JobSet of attempt `p.attempt` of a trial, named `name`: the template's spec with the
+/// trial contract and the process group's address in every pod template, no retries of its
+/// own, and owned by the trial. `p.template` is not read.
+pub fn build(p: &PodInput, t: &JobSetTemplate, name: &str) -> Value {
+    let mut spec = t.spec.clone();
+    let jobs = replicated_jobs(&spec);
+    let first = jobs
+        .first()
+        .and_then(|j| j["name"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    let world: u64 = jobs
+        .iter()
+        .map(|j| count(j, "replicas") * count(&j["template"]["spec"], "parallelism"))
+        .sum();
+    // A rank is one number from the pod's labels only when there is one replicated job of
+    // one Job (the completion index) or of one pod per Job (the job index).
+    let rank = match jobs.as_slice() {
+        [j] if count(j, "replicas") == 1 => Some(LABEL_COMPLETION_INDEX),
+        [j] if count(&j["template"]["spec"], "parallelism") == 1 => Some(LABEL_JOB_INDEX),
+        _ => None,
+    };
+    let mut built = Vec::new();
+    for mut j in jobs {
+        let mut env = vec![
+            plain_env("MASTER_ADDR", format!("{name}-{first}-0-0.{name}")),
+            plain_env("MASTER_PORT", MASTER_PORT.to_string()),
+            plain_env("WORLD_SIZE", world.to_string()),
+        ];
+        if let Some(label) = rank {
+            env.push(label_env("RANK", label));
+        }
+        let template = pod_template(&j).unwrap_or_default();
+        let (meta, pod_spec) = pod::trial_pod(p, &template, env);
+        let job = &mut j["template"]["spec"];
+        job["template"] = json!({"metadata": meta, "spec": pod_spec});
+        job["completionMode"] = json!("Indexed");
+        job["backoffLimit"] = json!(0);
+        // An Indexed Job needs its completions: one per pod it runs at once.
+        if job["completions"].is_null() {
+            job["completions"] = json!(count(job, "parallelism"));
+        }
+        built.push(j);
+    }
+    spec["replicatedJobs"] = Value::Array(built);
+    spec["failurePolicy"] = json!({"maxRestarts": 0});
+    if spec["network"].is_null() {
+        spec["network"] = json!({"enableDNSHostnames": true, "publishNotReadyAddresses": true});
+    }
+    if spec["successPolicy"].is_null() {
+        spec["successPolicy"] = json!({"operator": "All"});
+    }
+    let meta = t.metadata.clone().unwrap_or_default();
+    let mut labels = meta.labels;
+    if labels.contains_key(LABEL_QUEUE) && spec["suspend"].is_null() {
+        // Kueue's webhook would suspend it; without the webhook, the queue still holds it.
+        spec["suspend"] = json!(true);
+    }
+    labels.insert(pod::LABEL_EXPERIMENT.into(), p.experiment.into());
+    labels.insert(pod::LABEL_TRIAL.into(), p.trial.into());
+    labels.insert(pod::LABEL_ATTEMPT.into(), p.attempt.to_string());
+    json!({
+        "apiVersion": format!("{GROUP}/{VERSION}"),
+        "kind": KIND,
+        "metadata": {
+            "name": name,
+            "namespace": p.namespace,
+            "labels": labels,
+            "annotations": meta.annotations,
+            "ownerReferences": [{
+                "apiVersion": "nasop.dev/v1alpha1",
+                "kind": "NasTrial",
+                "name": p.trial,
+                "uid": p.trial_uid,
+                "controller": true,
+                "blockOwnerDeletion": true,
+            }],
+        },
+        "spec": spec,
+    })
+}
+
+/// Whether the trial with this UID controls the JobSet.
+pub fn owned_by(js: &DynamicObject, trial_uid: &str) -> bool {
+    js.metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.controller == Some(true) && o.uid == trial_uid)
+}
+
+fn label<'a>(p: &'a Pod, key: &str) -> Option<&'a str> {
+    p.metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(key))
+        .map(String::as_str)
+}
+
+/// Whether `p` is rank 0 of the JobSet whose first replicated job is `first`.
+pub fn is_rank_zero(p: &Pod, first: &str) -> bool {
+    label(p, LABEL_REPLICATED_JOB) == Some(first)
+        && label(p, LABEL_JOB_INDEX) == Some("0")
+        && label(p, LABEL_COMPLETION_INDEX) == Some("0")
+}
+
+/// The name of a JobSet's first replicated job (whose first pod is rank 0).
+pub fn first_job(js: &DynamicObject) -> Option<String> {
+    js.data["spec"]["replicatedJobs"][0]["name"]
+        .as_str()
+        .map(str::to_string)
+}
+
+/// The pods of this JobSet among `pods` (by the JobSet's UID on them).
+pub fn pods_of<'a>(js: &DynamicObject, pods: &'a [Arc<Pod>]) -> Vec<&'a Arc<Pod>> {
+    let uid = js.uid().unwrap_or_default();
+    pods.iter()
+        .filter(|p| label(p, LABEL_JOBSET_UID) == Some(uid.as_str()))
+        .collect()
+}
+
+fn condition(js: &DynamicObject, type_: &str) -> Option<(String, String)> {
+    js.data["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_ && c["status"] == "True")
+        .map(|c| {
+            (
+                c["reason"].as_str().unwrap_or_default().to_string(),
+                c["message"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+}
+
+/// Whether the JobSet has ended (Completed or Failed): its pods are done.
+pub fn ended(js: &DynamicObject) -> bool {
+    condition(js, "Completed").is_some() || condition(js, "Failed").is_some()
+}
+
+/// What a JobSet and its pods say about the trial at `now` (a pod or the JobSet still
+/// terminating `lost_after` seconds past its deletion counts as lost, as for a pod trial).
+pub fn outcome(js: &DynamicObject, pods: &[&Arc<Pod>], now: f64, lost_after: f64) -> Outcome {
+    let created = js
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|t| seconds(&t.0));
+    if let Some(deleted) = js.metadata.deletion_timestamp.as_ref() {
+        let gone_by = seconds(&deleted.0) + lost_after;
+        return if now >= gone_by {
+            Outcome::Lost(format!(
+                "JobSet {} was still terminating {:.0}s after its deletion time",
+                js.name_any(),
+                now - seconds(&deleted.0)
+            ))
+        } else {
+            Outcome::Terminating(Some(gone_by - now + 0.05))
+        };
+    }
+    let first = first_job(js).unwrap_or_default();
+    let seen: Vec<(&Arc<Pod>, Outcome)> = pods
+        .iter()
+        .map(|p| (*p, pod::outcome_at(p, now, lost_after)))
+        .collect();
+    let rank0 = seen
+        .iter()
+        .filter(|(p, _)| is_rank_zero(p, &first))
+        .max_by_key(|(p, _)| p.metadata.creation_timestamp.as_ref().map(|t| t.0));
+    // Rank 0 ended by itself (completed its budget or stopped when asked): that is the
+    // trial's result, whatever the other ranks do next (nasop deletes them).
+    if let Some((_, Outcome::Succeeded { report, .. })) = rank0
+        && report.as_ref().and_then(|r| r.end) == Some(nasop_core::contract::RunEnd::Stopped)
+    {
+        return rank0.unwrap().1.clone();
+    }
+    // A pod the cluster took (evicted, preempted, deleted, its node lost) loses the
+    // attempt, even though the JobSet calls that a failure.
+    if let Some((p, Outcome::Lost(why))) = seen.iter().find(|(_, o)| matches!(o, Outcome::Lost(_)))
+    {
+        return Outcome::Lost(format!("pod {}: {why}", p.name_any()));
+    }
+    if let Some((
+        p,
+        Outcome::Failed {
+            message,
+            started_at,
+            finished_at,
+        },
+    )) = seen
+        .iter()
+        .find(|(_, o)| matches!(o, Outcome::Failed { .. }))
+    {
+        return Outcome::Failed {
+            message: format!("pod {}: {message}", p.name_any()),
+            started_at: *started_at,
+            finished_at: *finished_at,
+        };
+    }
+    if condition(js, "Completed").is_some() {
+        return match rank0 {
+            Some((_, o @ Outcome::Succeeded { .. })) => o.clone(),
+            _ => Outcome::Succeeded {
+                report: None,
+                started_at: None,
+                finished_at: None,
+            },
+        };
+    }
+    if let Some((reason, message)) = condition(js, "Failed") {
+        return Outcome::Failed {
+            message: format!("JobSet {}: {reason}: {message}", js.name_any()),
+            started_at: None,
+            finished_at: None,
+        };
+    }
+    if condition(js, "Suspended").is_some() || js.data["spec"]["suspend"] == true {
+        let queue = js.labels().get(LABEL_QUEUE).cloned();
+        return Outcome::Waiting(Waiting {
+            reason: Some("Queued".into()),
+            message: Some(match queue {
+                Some(q) => format!(
+                    "JobSet {} waits in queue {q} (Kueue admits it when the queue has room)",
+                    js.name_any()
+                ),
+                None => format!("JobSet {} is suspended", js.name_any()),
+            }),
+            // Waiting in a queue is not waiting to start: no pending timeout runs.
+            since: None,
+        });
+    }
+    match rank0 {
+        Some((_, o @ Outcome::Running { .. })) => return o.clone(),
+        // Rank 0 is done; the others are finishing.
+        Some((_, Outcome::Succeeded { started_at, .. })) => {
+            return Outcome::Running {
+                started_at: *started_at,
+            };
+        }
+        _ => {}
+    }
+    // Not running yet: the reason of the pod that waits longest on something hopeless,
+    // else of any that says why, else of the JobSet's creation.
+    let waits: Vec<&Waiting> = seen
+        .iter()
+        .filter_map(|(_, o)| match o {
+            Outcome::Waiting(w) => Some(w),
+            _ => None,
+        })
+        .collect();
+    let pick = waits
+        .iter()
+        .find(|w| w.is_hopeless())
+        .or_else(|| waits.iter().find(|w| w.reason.is_some()));
+    Outcome::Waiting(Waiting {
+        reason: pick.and_then(|w| w.reason.clone()),
+        message: pick.and_then(|w| w.message.clone()),
+        since: pick.and_then(|w| w.since).or(created),
+    })
+}
+
+#[cfg(test)]
+mod tests;
