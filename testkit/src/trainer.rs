@@ -5,7 +5,7 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 use nasop_core::contract::{self, ReportAction, ReportReply, TrialInput};
@@ -121,9 +121,17 @@ async fn play(
     loop {
         match plan {
             Plan::Later(work) => plan = work.await?,
-            Plan::Exit(code, message) => return Ok(end_pod(pods, &name, code, &message).await?),
+            Plan::Exit(code, message) => return Ok(end_this_pod(pods, pod, code, &message).await?),
             Plan::Lose => {
-                let _ = pods.delete(&name, &DeleteParams::default()).await;
+                // This pod only, not one of its name made since.
+                let only = DeleteParams {
+                    preconditions: Some(Preconditions {
+                        uid: pod.uid(),
+                        resource_version: None,
+                    }),
+                    ..DeleteParams::default()
+                };
+                let _ = pods.delete(&name, &only).await;
                 return Ok(());
             }
             Plan::Hang => return Ok(()),
@@ -184,16 +192,10 @@ async fn report(
         // As the trainers do: this run is not the trial's result.
         let interrupted =
             serde_json::json!({"step": last.0, "metrics": {&metric: last.1}, "end": "interrupted"});
-        end_pod(pods, &pod.name_any(), 143, &interrupted.to_string()).await?;
+        end_this_pod(pods, pod, 143, &interrupted.to_string()).await?;
         return Ok(());
     }
-    end_pod(
-        pods,
-        &pod.name_any(),
-        0,
-        &report_json(last.0, &metric, last.1),
-    )
-    .await?;
+    end_this_pod(pods, pod, 0, &report_json(last.0, &metric, last.1)).await?;
     Ok(())
 }
 
@@ -313,7 +315,28 @@ pub async fn end_pod(
     exit: i32,
     message: &str,
 ) -> Result<(), kube::Error> {
-    let patch = end_pod_annotations(exit, message);
+    end_pod_with(pods, name, end_pod_annotations(exit, message)).await
+}
+
+/// Ends `pod` itself, as its own trainer's exit would: a pod of its name made since (a new
+/// attempt of a re-created trial) is not touched (the patch names the UID, which the API
+/// server refuses to change).
+pub async fn end_this_pod(
+    pods: &Api<Pod>,
+    pod: &Pod,
+    exit: i32,
+    message: &str,
+) -> Result<(), kube::Error> {
+    let mut patch = end_pod_annotations(exit, message);
+    patch["metadata"]["uid"] = serde_json::json!(pod.uid());
+    end_pod_with(pods, &pod.name_any(), patch).await
+}
+
+async fn end_pod_with(
+    pods: &Api<Pod>,
+    name: &str,
+    patch: serde_json::Value,
+) -> Result<(), kube::Error> {
     let mut tries = 0;
     loop {
         match pods
@@ -321,7 +344,8 @@ pub async fn end_pod(
             .await
         {
             Ok(_) => return Ok(()),
-            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
+            // Gone, or (a UID that is not this pod's) another pod of its name.
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 422 => return Ok(()),
             Err(e) if tries >= 300 => return Err(e),
             Err(_) => tries += 1,
         }
