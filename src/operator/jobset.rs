@@ -126,7 +126,7 @@ fn plain_env(name: &str, value: String) -> EnvVar {
 
 /// The JobSet of attempt `p.attempt` of a trial, named `name`: the template's spec with the
 /// trial contract and the process group's address in every pod template, no retries of its
-/// own, and owned by the trial. `p.template` is not read.
+/// own, and owned by the trial.
 pub fn build(p: &PodInput, t: &JobSetTemplate, name: &str) -> Value {
     let mut spec = t.spec.clone();
     let jobs = replicated_jobs(&spec);

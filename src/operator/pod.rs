@@ -95,9 +95,8 @@ pub fn gpus(template: Option<&PodTemplateSpec>) -> f64 {
         .sum()
 }
 
-/// Everything a trial pod is made from.
+/// Everything a trial's pods are made from, besides the template they are made from.
 pub struct PodInput<'a> {
-    pub template: &'a PodTemplateSpec,
     pub namespace: &'a str,
     pub experiment: &'a str,
     pub experiment_uid: &'a str,
@@ -259,8 +258,8 @@ pub fn storage_url(storage: Option<&StorageSpec>, reported: &str) -> String {
 /// the first container's environment (its report token as a projected volume), our labels,
 /// an owner reference to the NasTrial, `restartPolicy: Never`, and the restricted Pod
 /// Security Standard's settings wherever the template does not say otherwise.
-pub fn build(p: &PodInput) -> Pod {
-    let (mut meta, spec) = trial_pod(p, p.template, Vec::new());
+pub fn build(p: &PodInput, template: &PodTemplateSpec) -> Pod {
+    let (mut meta, spec) = trial_pod(p, template, Vec::new());
     Pod {
         metadata: ObjectMeta {
             name: Some(pod_name(p.trial, p.attempt)),

@@ -124,9 +124,7 @@ async fn start_job_set(
     let name = trial.name_any();
     let uid = trial.uid().unwrap_or_default();
     let input = trial_input(trial, experiment)?;
-    let unused = Default::default();
     let p = PodInput {
-        template: &unused,
         namespace: &ns,
         experiment: &trial.spec.experiment,
         experiment_uid: &exp.uid().unwrap_or_default(),
@@ -272,18 +270,20 @@ fn desired_pod(
     let input = trial_input(trial, experiment)?;
     let uid = trial.uid().unwrap_or_default();
     let template = exp.spec.trial_template.as_ref().ok_or(Error::NoTemplate)?;
-    Ok(pod::build(&PodInput {
+    Ok(pod::build(
+        &PodInput {
+            namespace: &ns,
+            experiment: &trial.spec.experiment,
+            experiment_uid: &exp.uid().unwrap_or_default(),
+            trial: &name,
+            trial_uid: &uid,
+            attempt,
+            input: &input,
+            report_url: &ctx.settings.report_url,
+            storage: exp.spec.storage.as_ref(),
+        },
         template,
-        namespace: &ns,
-        experiment: &trial.spec.experiment,
-        experiment_uid: &exp.uid().unwrap_or_default(),
-        trial: &name,
-        trial_uid: &uid,
-        attempt,
-        input: &input,
-        report_url: &ctx.settings.report_url,
-        storage: exp.spec.storage.as_ref(),
-    }))
+    ))
 }
 
 /// Whether an API refusal is a ResourceQuota's (admission says "exceeded quota").

@@ -48,10 +48,8 @@ fn input() -> TrialInput {
 
 fn built(t: &JobSetTemplate, storage: Option<&StorageSpec>) -> Value {
     let input = input();
-    let unused = PodTemplateSpec::default();
     build(
         &PodInput {
-            template: &unused,
             namespace: "ns",
             experiment: "e",
             experiment_uid: "e-uid",

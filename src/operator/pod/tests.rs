@@ -35,18 +35,20 @@ fn built(
     attempt: u32,
     storage: Option<&StorageSpec>,
 ) -> Pod {
-    build(&PodInput {
+    build(
+        &PodInput {
+            namespace: "ns",
+            experiment: "e",
+            experiment_uid: "e-uid",
+            trial: "e-3",
+            trial_uid: "uid",
+            attempt,
+            input,
+            report_url: "http://op/v1/report",
+            storage,
+        },
         template,
-        namespace: "ns",
-        experiment: "e",
-        experiment_uid: "e-uid",
-        trial: "e-3",
-        trial_uid: "uid",
-        attempt,
-        input,
-        report_url: "http://op/v1/report",
-        storage,
-    })
+    )
 }
 
 fn input() -> TrialInput {

@@ -412,13 +412,14 @@ async fn write(ctx: &Ctx, mut seen: Seen, acted: Acted) -> Result<Action, Error>
     // A trial that has not ended is looked at again at least every RESYNC: a pod deleted
     // while the watch was away (the relist drops it from the cache, but wakes nobody) is
     // then seen to be gone.
-    let resync = acted.ending.is_none().then_some(
-        if matches!(seen.pod, Some(Workload::JobSet(..))) || seen.exp.spec.trial_job_set.is_some() {
+    let resync = acted
+        .ending
+        .is_none()
+        .then_some(if seen.exp.spec.trial_job_set.is_some() {
             JOB_SET_POLL
         } else {
             RESYNC
-        },
-    );
+        });
 
     let again = |requeue: Option<f64>| match (requeue, resync) {
         (Some(s), Some(r)) => Action::requeue(Duration::from_secs_f64(s.min(r))),
