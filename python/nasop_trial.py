@@ -43,6 +43,16 @@ like the others. The process then exits 0, or 143 when interrupted. NASOP_CHECKP
 the trial's own directory to checkpoint into, NASOP_RESUME_FROM another trial's to continue,
 and NASOP_ARTIFACT_DIR where a trial that completes its epochs leaves its final model
 (``trial.save_model``).
+
+Several ranks (a JobSet or TrainJob trial, torchrun, DDP): run the same loop on every rank.
+The rank comes from ``RANK`` and ``WORLD_SIZE`` (torchrun's), else ``PET_NODE_RANK`` and
+``PET_NNODES`` (a TrainJob's). Rank 0 alone prints and posts reports, writes checkpoints and
+the model, and writes the final report; on the other ranks ``checkpoint()`` and
+``save_model()`` give a scratch directory that is thrown away, and ``report()`` sends
+nothing. When ``torch.distributed`` is initialised, ``report()`` is a collective: every rank
+must call it for the same steps, and every rank gets rank 0's answer, so a stop (or a 409)
+ends the loop on every rank at the same epoch. ``restore()`` reads the trial's checkpoint
+directory, which every pod of the trial mounts (spec.storage).
 """
 
 import contextlib
@@ -73,6 +83,9 @@ ENV_RESUME_FROM = "NASOP_RESUME_FROM"
 ENV_ARTIFACT_DIR = "NASOP_ARTIFACT_DIR"
 ENV_THREADS = "NASOP_THREADS"
 ENV_RETRY_SECONDS = "NASOP_REPORT_RETRY_SECONDS"
+# A process's rank and the number of ranks: torchrun's names, else a TrainJob's (one process
+# per node).
+ENV_RANKS = (("RANK", "WORLD_SIZE"), ("PET_NODE_RANK", "PET_NNODES"))
 DEFAULT_TERMINATION_PATH = "/dev/termination-log"
 
 # The contract's bounds (core/src/contract.rs): the search refuses reports beyond them.
@@ -186,6 +199,37 @@ def _refusal(error):
     return text[:300]
 
 
+def _ranks(env):
+    """(rank, world size) from the environment: (0, 1) for a run of one process."""
+    for rank_name, world_name in ENV_RANKS:
+        rank, world = env.get(rank_name), env.get(world_name)
+        if rank is None and world is None:
+            continue
+        try:
+            rank, world = int(rank or 0), int(world or 1)
+        except ValueError:
+            raise ContractError(
+                f"{rank_name}={env.get(rank_name)!r}, {world_name}={env.get(world_name)!r}: "
+                "both must be whole numbers"
+            ) from None
+        if world < 1 or not 0 <= rank < world:
+            raise ContractError(f"{rank_name}={rank} must be from 0 to {world_name}-1={world - 1}")
+        return rank, world
+    return 0, 1
+
+
+def _collective():
+    """torch.distributed when this process is one of several initialised ranks, else None.
+    Looked up, never imported: a trainer that uses it has imported it already."""
+    dist = sys.modules.get("torch.distributed")
+    try:
+        if dist is not None and dist.is_available() and dist.is_initialized():
+            return dist if dist.get_world_size() > 1 else None
+    except (AttributeError, RuntimeError):
+        pass
+    return None
+
+
 def termination_message(report):
     """The final report as compact JSON of at most 4 KiB, the most Kubernetes keeps: info
     entries go first, then metrics, from the end of the alphabet (as nasop's own trainer)."""
@@ -220,6 +264,8 @@ class Trial:
         artifact_dir=None,
         retry_seconds=RETRY_SECONDS,
         token_file=None,
+        rank=0,
+        world_size=1,
     ):
         for key in ("seed", "budget"):
             if key not in task:
@@ -247,6 +293,8 @@ class Trial:
         self.resume_from = Path(resume_from) if resume_from else None
         self.artifact_dir = Path(artifact_dir) if artifact_dir else None
         self.retry_seconds = float(retry_seconds)
+        self.rank = int(rank)
+        self.world_size = int(world_size)
         self.last_report = None
         self._stop_reason = None
         self._finished = False
@@ -274,6 +322,7 @@ class Trial:
         termination = env.get(ENV_TERMINATION_PATH)
         if not termination and os.path.exists(DEFAULT_TERMINATION_PATH):
             termination = DEFAULT_TERMINATION_PATH  # in a pod, the kubelet provides it
+        rank, world = _ranks(env)
         retry = env.get(ENV_RETRY_SECONDS)
         try:
             retry_seconds = float(retry) if retry else RETRY_SECONDS
@@ -289,6 +338,8 @@ class Trial:
             resume_from=env.get(ENV_RESUME_FROM),
             artifact_dir=env.get(ENV_ARTIFACT_DIR),
             retry_seconds=retry_seconds,
+            rank=rank,
+            world_size=world,
         )
         if handle_sigterm and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, trial._on_sigterm)
@@ -335,6 +386,11 @@ class Trial:
         """CPU threads this trial may use, when nasop says (``nasop run`` shares the cores)."""
         value = os.environ.get(ENV_THREADS)
         return int(value) if value and value.isdigit() else None
+
+    @property
+    def is_primary(self):
+        """Whether this process is rank 0, the one whose reports, checkpoints and model count."""
+        return self.rank == 0
 
     # Stopping.
 
@@ -396,11 +452,18 @@ class Trial:
         training goes on, as the contract asks; one that breaks the contract raises."""
         report = _checked(step, metrics, info)
         self.last_report = report
-        body = _compact(report)
-        print(body, flush=True)
-        if not self.report_url:
-            return "continue"
-        action = self._post(body.encode(), f"the report of step {step}")
+        action = "continue"
+        if self.is_primary:
+            body = _compact(report)
+            print(body, flush=True)
+            if self.report_url:
+                action = self._post(body.encode(), f"the report of step {step}")
+        dist = _collective()
+        if dist is not None:
+            # Every rank does as rank 0 was told.
+            said = [action]
+            dist.broadcast_object_list(said, src=0)
+            action = said[0]
         if action == "superseded":
             if self._stop_reason is None:
                 self._stop_reason = "superseded"
@@ -500,6 +563,8 @@ class Trial:
             report = _checked(step, metrics, info)
         report["end"] = self._end = self.end
         self._finished = True
+        if not self.is_primary:
+            return  # rank 0 writes and posts the run's final report
         # The file first: a pod killed while the post is retried still leaves its result.
         self._write_termination(termination_message(report))
         body = _compact(report)
@@ -511,7 +576,8 @@ class Trial:
     def fail(self, message):
         """Writes why the trial failed as its termination message: the experiment's status
         shows it as the trial's reason. Exit non-zero afterwards."""
-        text = f"nasop_trial: error: {message}".encode()
+        at = f"rank {self.rank}: " if not self.is_primary else ""
+        text = f"nasop_trial: error: {at}{message}".encode()
         self._finished = True
         self._write_termination(text[-TERMINATION_MESSAGE_MAX_BYTES:].decode(errors="ignore"))
 
@@ -545,12 +611,13 @@ class Trial:
     def save_model(self):
         """A directory for the final model of a trial that completed its epochs; when the
         block ends, the final report names it (info ``artifact``), as nasop's trainer does.
-        Without NASOP_ARTIFACT_DIR the block gets a scratch directory that is thrown away::
+        Without NASOP_ARTIFACT_DIR, and on ranks other than 0, the block gets a scratch
+        directory that is thrown away::
 
             with trial.save_model() as path:
                 torch.jit.script(model).save(path / "model.pt")
         """
-        if self.artifact_dir is None:
+        if self.artifact_dir is None or not self.is_primary:
             import tempfile
 
             with tempfile.TemporaryDirectory(prefix="nasop-model-") as scratch:
@@ -571,9 +638,9 @@ class Trial:
         latest checkpoint only when the block ends without an exception, so a crash or a kill
         mid-write leaves the previous one whole, and only while this attempt is the trial's
         (after a 409 it is dropped: report before you checkpoint). Older checkpoints are
-        removed. Without
-        NASOP_CHECKPOINT_DIR the block gets a scratch directory that is thrown away."""
-        if self.checkpoint_dir is None:
+        removed. Without NASOP_CHECKPOINT_DIR, and on ranks other than 0, the block gets a
+        scratch directory that is thrown away."""
+        if self.checkpoint_dir is None or not self.is_primary:
             import tempfile
 
             with tempfile.TemporaryDirectory(prefix="nasop-checkpoint-") as scratch:

@@ -596,3 +596,117 @@ def test_the_module_needs_only_the_standard_library():
         if line.startswith(("import ", "from "))
     }
     assert imported <= set(sys.stdlib_module_names), imported - set(sys.stdlib_module_names)
+
+
+def test_the_rank_comes_from_torchrun_or_a_trainjob(tmp_path):
+    def trial(**extra):
+        return Trial.from_env(env_for(tmp_path, **extra), handle_sigterm=False)
+
+    assert (trial().rank, trial().world_size, trial().is_primary) == (0, 1, True)
+    torchrun = trial(RANK="3", WORLD_SIZE="4")
+    assert (torchrun.rank, torchrun.world_size, torchrun.is_primary) == (3, 4, False)
+    trainjob = trial(PET_NODE_RANK="1", PET_NNODES="2")
+    assert (trainjob.rank, trainjob.world_size) == (1, 2)
+    with pytest.raises(ContractError, match="RANK=4 must be from 0 to WORLD_SIZE-1=3"):
+        trial(RANK="4", WORLD_SIZE="4")
+    with pytest.raises(ContractError, match="must be whole numbers"):
+        trial(RANK="one", WORLD_SIZE="2")
+
+
+def test_only_rank_zero_reports_checkpoints_and_saves(tmp_path, endpoint, capsys):
+    server = endpoint()
+    env = env_for(tmp_path, server.url, RANK="1", WORLD_SIZE="2",
+                  NASOP_ARTIFACT_DIR=str(tmp_path / "model"))
+    trial = Trial.from_env(env, handle_sigterm=False)
+    for epoch in trial.epochs():
+        with trial.checkpoint(epoch) as path:
+            (path / "state.txt").write_text(str(epoch))
+        assert trial.report(epoch, {"val_accuracy": epoch / 10}) == "continue"
+    with trial.save_model() as path:
+        (path / "model.pt").write_text("weights")
+    trial.finish()
+    assert server.seen == [] and capsys.readouterr().out == ""
+    assert not (tmp_path / "checkpoint").exists() and not (tmp_path / "model").exists()
+    assert not (tmp_path / "termination").exists()
+    trial.fail("CUDA out of memory")
+    assert (tmp_path / "termination").read_text() == (
+        "nasop_trial: error: rank 1: CUDA out of memory"
+    )
+
+
+# Two ranks of one run, each a process with a stand-in for torch.distributed (the helper
+# needs only its broadcast_object_list; the test venv has no torch): rank 0 sends each
+# broadcast to rank 1 over a local connection.
+RANK_TRAINER = r"""
+import sys, types
+from multiprocessing.connection import Client, Listener
+sys.path.insert(0, sys.argv[1])
+rank, port = int(sys.argv[2]), int(sys.argv[3])
+if rank == 0:
+    listener = Listener(("127.0.0.1", port))
+    peer = listener.accept()
+else:
+    import time
+    for _ in range(100):
+        try:
+            peer = Client(("127.0.0.1", port))
+            break
+        except ConnectionRefusedError:
+            time.sleep(0.1)
+
+def broadcast_object_list(objects, src=0):
+    if rank == src:
+        peer.send(list(objects))
+    else:
+        objects[:] = peer.recv()
+
+torch = types.ModuleType("torch")
+dist = types.ModuleType("torch.distributed")
+dist.is_available = lambda: True
+dist.is_initialized = lambda: True
+dist.get_world_size = lambda: 2
+dist.broadcast_object_list = broadcast_object_list
+torch.distributed = dist
+sys.modules.update({"torch": torch, "torch.distributed": dist})
+
+import nasop_trial
+with nasop_trial.Trial.from_env() as trial:
+    for epoch in trial.epochs():
+        trial.report(epoch, {"val_accuracy": epoch / 10 + rank})
+    print(f"rank {rank} ended after epoch {epoch}: {trial.end}", file=sys.stderr)
+"""
+
+
+def test_a_stop_reaches_every_rank_through_torch_distributed(tmp_path, endpoint):
+    server = endpoint((200, {"action": "continue"}), (200, {"action": "stop"}))
+    script = tmp_path / "ranks.py"
+    script.write_text(RANK_TRAINER)
+    helper = str(Path(nasop_trial.__file__).parent)
+    port = str(_free_port())
+    (tmp_path / "r0").mkdir()
+    (tmp_path / "r1").mkdir()
+    processes = [
+        subprocess.Popen(
+            [sys.executable, str(script), helper, str(rank), port],
+            env=dict(os.environ, **env_for(tmp_path / f"r{rank}", server.url,
+                                            RANK=str(rank), WORLD_SIZE="2")),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for rank in (0, 1)
+    ]
+    ended = [p.communicate(timeout=60) for p in processes]
+    for rank, (p, (out, err)) in enumerate(zip(processes, ended)):
+        assert p.returncode == 0, err
+        assert f"rank {rank} ended after epoch 2: stopped" in err
+    # Rank 0's reports alone, and its final report: the result is its own.
+    assert [body["step"] for _, body in server.seen] == [1, 2, 2]
+    assert server.seen[-1][1]["metrics"] == {"val_accuracy": 0.2}
+    assert not (tmp_path / "r1" / "termination").exists()
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

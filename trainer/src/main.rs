@@ -4,6 +4,7 @@
 mod artifact;
 mod darts;
 mod data;
+mod dist;
 mod model;
 mod optim;
 mod recipe;
@@ -418,18 +419,39 @@ impl Mirrors {
 }
 
 fn train(mut args: TrainArgs) -> Result<()> {
-    let reporter = report::Reporter::from_env(args.termination_file.clone());
+    let rendezvous = dist::Rendezvous::from_env(|name| std::env::var(name).ok());
+    let rank = match &rendezvous {
+        Ok(Some(r)) => r.rank,
+        _ => 0,
+    };
+    let mut reporter = report::Reporter::from_env(args.termination_file.clone());
+    if rank > 0 {
+        // Rank 0 reports for the whole run (the operator refuses other ranks' reports).
+        reporter.stay_quiet();
+    }
     // A run that cannot train says why where the operator and `nasop run` look: the
     // termination message (a Failed trial's reason), besides stderr.
-    let result =
-        train_reporting(&mut args, &reporter).inspect_err(|e| reporter.fail(&format!("{e:#}")));
+    let result = rendezvous
+        .and_then(|r| train_reporting(&mut args, &reporter, r))
+        .inspect_err(|e| {
+            let at = if rank > 0 {
+                format!("rank {rank}: ")
+            } else {
+                String::new()
+            };
+            reporter.fail(&format!("{at}{e:#}"))
+        });
     // The local mirrors of bucket locations (storage.rs), whether the run succeeded or not:
     // what mattered is uploaded by now.
     let _ = std::fs::remove_dir_all(storage::scratch_root());
     result
 }
 
-fn train_reporting(args: &mut TrainArgs, reporter: &report::Reporter) -> Result<()> {
+fn train_reporting(
+    args: &mut TrainArgs,
+    reporter: &report::Reporter,
+    rendezvous: Option<dist::Rendezvous>,
+) -> Result<()> {
     let trial = read_trial()?;
     let recipe = resolve(args, trial.as_ref())?;
     eprintln!("nasop-trainer: {recipe}");
@@ -449,7 +471,24 @@ fn train_reporting(args: &mut TrainArgs, reporter: &report::Reporter) -> Result<
         Mode::Train => Some(checked_architecture(args, &recipe)?),
         Mode::Darts | Mode::Gdas => None,
     };
+    if let Some(r) = &rendezvous {
+        anyhow::ensure!(
+            args.mode == Mode::Train,
+            "WORLD_SIZE={}: a one-shot search (--mode darts|gdas) runs as one process; data-parallel runs train one architecture (--mode train)",
+            r.world
+        );
+    }
     let data = load_data(args, &recipe, &data_dir)?;
+    let group = match &rendezvous {
+        Some(r) => {
+            eprintln!(
+                "nasop-trainer: rank {} of {}, joining the process group at {}:{}",
+                r.rank, r.world, r.addr, r.port
+            );
+            Some(dist::Group::join(r)?)
+        }
+        None => None,
+    };
     let net = NetConfig {
         channels: recipe.channels,
         cells_per_stage: recipe.cells_per_stage,
@@ -459,13 +498,21 @@ fn train_reporting(args: &mut TrainArgs, reporter: &report::Reporter) -> Result<
     let outcome = match arch {
         Some(arch) => {
             let cfg = train_config(args, &recipe, arch, net, device, data.augment, &mirrors);
-            train::train(&cfg, &data, reporter, &terminate)?
+            train::train(&cfg, &data, reporter, &terminate, group.as_ref())?
         }
         None => {
             let cfg = search_config(args, &recipe, net, device);
             darts::search(&cfg, &data, reporter, &terminate)?
         }
     };
+    if let Some(g) = group.as_ref().filter(|g| !g.is_primary()) {
+        // Rank 0 reports the run's result; this rank ends as it does.
+        eprintln!("nasop-trainer: rank {}: {:?}", g.rank, outcome.ending);
+        if outcome.ending == train::Ending::Terminated {
+            std::process::exit(143);
+        }
+        return Ok(());
+    }
     let step = outcome.metrics.get("epoch").copied().unwrap_or_default() as u32;
     if outcome.ending == train::Ending::Terminated || reporter.superseded() {
         // The final report says the run did not earn its result: the search runs it again

@@ -154,6 +154,25 @@ impl Optimizer {
         });
     }
 
+    /// The state tensors (momentum and second-moment buffers), sharing storage with the
+    /// optimiser's: writing into them sets its state (a data-parallel run's broadcast).
+    pub fn state(&self) -> Vec<Tensor> {
+        self.first
+            .iter()
+            .chain(&self.second)
+            .map(Tensor::shallow_clone)
+            .collect()
+    }
+
+    /// Steps taken (Adam's bias correction).
+    pub fn steps(&self) -> i64 {
+        self.steps
+    }
+
+    pub fn set_steps(&mut self, steps: i64) {
+        self.steps = steps;
+    }
+
     pub fn save(&self, path: &Path) -> Result<()> {
         let mut named: Vec<(String, Tensor)> = Vec::new();
         named.push(("steps".into(), Tensor::from_slice(&[self.steps])));

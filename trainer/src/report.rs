@@ -92,6 +92,11 @@ impl Reporter {
         }
     }
 
+    /// Sends no report: a data-parallel run's other ranks (rank 0 reports).
+    pub fn stay_quiet(&mut self) {
+        self.endpoint = None;
+    }
+
     /// Prints the report as a JSON line and posts it; returns the action the runner asked
     /// for. A report that cannot be delivered is logged and training goes on.
     pub fn report(&self, step: u32, metrics: &BTreeMap<String, f64>) -> ReportAction {

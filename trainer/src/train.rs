@@ -3,6 +3,7 @@
 //! at the end.
 
 use crate::data::{Dataset, Split, augment};
+use crate::dist::Group;
 use crate::model::{NetConfig, Network, mflops, parameter_count};
 use crate::optim::{Optimizer, OptimizerKind};
 use crate::report::Reporter;
@@ -254,13 +255,22 @@ fn load_checkpoint(
     Ok(Some(state))
 }
 
+/// What rank 0 tells the other ranks after each epoch's report.
+const GO_ON: f64 = 0.0;
+const STOPPED: f64 = 1.0;
+const SUPERSEDED: f64 = 2.0;
+
+/// Trains `cfg`'s network; with `group`, as one rank of a data-parallel run (crate::dist):
+/// every rank trains its share of each batch, and rank 0 alone evaluates, reports,
+/// checkpoints and saves the model, and tells the others when to stop.
 pub fn train(
     cfg: &TrainConfig,
     data: &Dataset,
     reporter: &Reporter,
     terminate: &AtomicBool,
+    group: Option<&Group>,
 ) -> Result<Outcome> {
-    let mut run = Training::new(cfg, data)?;
+    let mut run = Training::new(cfg, data, group)?;
     let start_epoch = run.resume()?;
     let mut metrics = BTreeMap::new();
     let mut ending = Ending::Completed;
@@ -269,6 +279,17 @@ pub fn train(
         let Some(train_loss) = run.epoch(epoch, terminate)? else {
             return Ok(Outcome::terminated(metrics));
         };
+        if let Some(g) = group.filter(|g| !g.is_primary()) {
+            // The other ranks wait for rank 0's evaluation and report, then do as it says.
+            match g.share(GO_ON)? {
+                GO_ON => continue,
+                STOPPED => {
+                    ending = Ending::StoppedByRunner;
+                    break;
+                }
+                _ => return Ok(Outcome::terminated(metrics)),
+            }
+        }
         let (val_loss, val_accuracy) = run.evaluate(&data.valid);
         metrics = BTreeMap::from([
             ("epoch".to_string(), (epoch + 1) as f64),
@@ -285,10 +306,36 @@ pub fn train(
         if !reporter.superseded() {
             run.checkpoint(epoch + 1)?;
         }
+        if let Some(g) = group {
+            g.share(if reporter.superseded() {
+                SUPERSEDED
+            } else if action == ReportAction::Stop {
+                STOPPED
+            } else {
+                GO_ON
+            })?;
+        }
         if action == ReportAction::Stop {
             ending = Ending::StoppedByRunner;
             break;
         }
+    }
+    if let Some(g) = group {
+        // Every rank holds the same model; the digest shows it in the logs.
+        eprintln!(
+            "nasop-trainer: rank {} of {}: weights digest {:e}",
+            g.rank,
+            g.world,
+            run.digest()
+        );
+    }
+    if group.is_some_and(|g| !g.is_primary()) {
+        // Rank 0 measures and saves the result.
+        return Ok(Outcome {
+            ending,
+            metrics,
+            info: BTreeMap::new(),
+        });
     }
     if !metrics.contains_key("val_accuracy") {
         // Resumed after the last epoch: the result is the checkpoint's.
@@ -325,11 +372,12 @@ struct Training<'a> {
     /// The architecture as checkpoints name it.
     arch_string: String,
     batches_per_epoch: usize,
+    group: Option<&'a Group>,
 }
 
 impl<'a> Training<'a> {
     /// The freshly initialised network (seeded) and its optimiser.
-    fn new(cfg: &'a TrainConfig, data: &'a Dataset) -> Result<Self> {
+    fn new(cfg: &'a TrainConfig, data: &'a Dataset, group: Option<&'a Group>) -> Result<Self> {
         tch::manual_seed(cfg.seed as i64);
         let vs = nn::VarStore::new(cfg.device);
         let net = Network::new(&vs.root(), &cfg.arch, cfg.net)?;
@@ -352,12 +400,32 @@ impl<'a> Training<'a> {
                 cfg.batch_size,
                 cfg.max_batches,
             ),
+            group,
         })
     }
 
     /// Loads the trial's own checkpoint (a restarted trial), else the parent trial's (a
-    /// promotion), and returns the epochs it holds; 0 without either.
+    /// promotion), and returns the epochs it holds; 0 without either. In a data-parallel run
+    /// rank 0 loads it, and every rank starts from rank 0's weights, optimiser state and epoch.
     fn resume(&mut self) -> Result<u32> {
+        let start_epoch = match self.group {
+            Some(g) if !g.is_primary() => 0,
+            _ => self.load()?,
+        };
+        let Some(g) = self.group else {
+            return Ok(start_epoch);
+        };
+        let mut variables: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
+        variables.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut state: Vec<Tensor> = variables.into_iter().map(|(_, t)| t).collect();
+        state.extend(self.opt.state());
+        g.broadcast(&mut state)?;
+        let steps = g.share(self.opt.steps() as f64)?;
+        self.opt.set_steps(steps as i64);
+        Ok(g.share(start_epoch as f64)? as u32)
+    }
+
+    fn load(&mut self) -> Result<u32> {
         let cfg = self.cfg;
         if let Some(dir) = &cfg.checkpoint_dir
             && let Some(state) = load_checkpoint(dir, &mut self.vs, &mut self.opt)?
@@ -408,30 +476,84 @@ impl<'a> Training<'a> {
         let (order, mut rng) = crate::data::epoch_order(cfg.seed, epoch, n as i64);
         let mut train_loss = 0.0;
         for b in 0..batches {
-            if terminate.load(Ordering::Relaxed) {
+            if terminate.load(Ordering::Relaxed) && self.group.is_none() {
                 return Ok(None);
             }
             let idx = Tensor::from_slice(&order[b * batch..((b + 1) * batch).min(n)]);
             let mut x = data.train.images.index_select(0, &idx);
             if data.augment {
+                // The whole batch, as one process draws it, so that N ranks train on the
+                // images one process would.
                 x = augment(&x, &data.mean, &data.std, &mut rng);
             }
-            let x = x.to_device(cfg.device);
-            let y = data
-                .train
-                .labels
-                .index_select(0, &idx)
-                .to_device(cfg.device);
+            let mut y = data.train.labels.index_select(0, &idx);
+            // This rank's share of the batch, and its weight in the batch's mean loss.
+            let mut weight = 1.0;
+            if let Some(g) = self.group {
+                let len = idx.size()[0] as usize;
+                let (start, end) = crate::dist::share(len, g.rank, g.world);
+                let (start, size) = (start as i64, (end - start) as i64);
+                x = x.narrow(0, start, size);
+                y = y.narrow(0, start, size);
+                weight = size as f64 * g.world as f64 / len as f64;
+            }
+            let (x, y) = (x.to_device(cfg.device), y.to_device(cfg.device));
             let loss = tch::autocast(cfg.device.is_cuda(), || {
                 self.net.forward_t(&x, true).cross_entropy_for_logits(&y)
             });
             self.opt.zero_grad();
-            loss.backward();
+            (&loss * weight).backward();
+            if let Some(g) = self.group
+                && !self.average_gradients(g, terminate)?
+            {
+                return Ok(None);
+            }
             let lr = cosine(cfg.learning_rate, epoch as usize * batches + b, total_steps);
             self.opt.step(lr);
             train_loss += finite_loss(loss.double_value(&[]), epoch, b, lr)?;
         }
-        Ok(Some(train_loss / batches as f64))
+        let mut train_loss = train_loss / batches as f64;
+        if let Some(g) = self.group {
+            let mut mean = [Tensor::from_slice(&[train_loss])];
+            g.average(&mut mean)?;
+            train_loss = mean[0].double_value(&[0]);
+        }
+        Ok(Some(train_loss))
+    }
+
+    /// Replaces each gradient by its mean over the ranks; `false` when a rank received
+    /// SIGTERM (every rank then ends the epoch together). A rank gone without one fails the
+    /// run with the process group's words, unless this rank is being terminated too.
+    fn average_gradients(&self, g: &Group, terminate: &AtomicBool) -> Result<bool> {
+        let mut tensors: Vec<Tensor> = self
+            .vs
+            .trainable_variables()
+            .iter()
+            .map(Tensor::grad)
+            .filter(Tensor::defined)
+            .collect();
+        let flag = if terminate.load(Ordering::Relaxed) {
+            1.0f32
+        } else {
+            0.0
+        };
+        tensors.push(Tensor::from_slice(&[flag]).to_device(self.cfg.device));
+        match g.average(&mut tensors) {
+            Ok(()) => Ok(tensors.pop().expect("the flag").double_value(&[0]) == 0.0),
+            Err(_) if terminate.load(Ordering::Relaxed) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The sum of the trainable weights' magnitudes: equal on every rank of a run.
+    fn digest(&self) -> f64 {
+        tch::no_grad(|| {
+            self.vs
+                .trainable_variables()
+                .iter()
+                .map(|t| t.abs().sum(Kind::Double).double_value(&[]))
+                .sum()
+        })
     }
 
     /// (mean loss, accuracy) of the network on `split`.
@@ -444,6 +566,7 @@ impl<'a> Training<'a> {
         let Some(dir) = &self.cfg.checkpoint_dir else {
             return Ok(());
         };
+        debug_assert!(self.group.is_none_or(Group::is_primary));
         save_checkpoint(
             dir,
             &self.vs,

@@ -1,0 +1,2 @@
+#pragma once
+// Stand-in for Gloo's header: see ../README.md.

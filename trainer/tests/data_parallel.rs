@@ -1,0 +1,249 @@
+//! nasop-trainer as several ranks of one data-parallel run (processes on loopback, gloo
+//! through libtorch's process group): one model, rank 0 alone reports, a stop reaches every
+//! rank, a rank that dies fails the run with the reason.
+
+mod common;
+
+use common::*;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A quick run (common::quick's) on one thread: the ranks share the machine's cores.
+fn one_thread(c: &mut Command) -> &mut Command {
+    c.args([
+        "train",
+        "--arch",
+        SMALL_CELL,
+        "--channels",
+        "4",
+        "--cells-per-stage",
+        "1",
+        "--threads",
+        "1",
+        "--limit",
+        "4000",
+        "--batch-size",
+        "100",
+        "--seed",
+        "3",
+    ])
+}
+
+/// Rank `rank` of `world`, on a quick Fashion-MNIST run, reporting to `url`.
+fn rank(rank: usize, world: usize, port: u16, url: &str, extra: &[&str]) -> Command {
+    let mut c = trainer();
+    one_thread(&mut c)
+        .args(extra)
+        .env("WORLD_SIZE", world.to_string())
+        .env("RANK", rank.to_string())
+        .env("MASTER_ADDR", "127.0.0.1")
+        .env("MASTER_PORT", port.to_string())
+        .env("NASOP_REPORT_URL", url)
+        .env("NASOP_REPORT_TOKEN", "t")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    c
+}
+
+fn spawn_ranks(world: usize, url: &str, extra: &[&str]) -> Vec<Child> {
+    let port = free_port();
+    (0..world)
+        .map(|r| rank(r, world, port, url, extra).spawn().unwrap())
+        .collect()
+}
+
+/// The weights digest a rank logs at its end (each rank must hold the same model).
+fn digest(out: &Output) -> String {
+    let err = String::from_utf8_lossy(&out.stderr);
+    err.lines()
+        .find_map(|l| l.split_once("weights digest ").map(|(_, d)| d.to_string()))
+        .unwrap_or_else(|| panic!("no weights digest in:\n{err}"))
+}
+
+#[test]
+fn two_ranks_train_one_model_and_rank_zero_alone_reports() {
+    let server = ReportServer::start(usize::MAX);
+    let outs: Vec<Output> = spawn_ranks(2, &server.url, &["--epochs", "3"])
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    let printed = lines(&outs[0]);
+    assert!(
+        outs[1].status.success(),
+        "rank 1: {}",
+        String::from_utf8_lossy(&outs[1].stderr)
+    );
+    assert!(outs[1].stdout.is_empty(), "rank 1 prints no report");
+    assert_eq!(printed.len(), 4, "three epochs and the final line");
+    let seen = server.seen.lock().unwrap();
+    assert_eq!(seen.len(), 4, "only rank 0 posts: {seen:?}");
+    assert_eq!(
+        digest(&outs[0]),
+        digest(&outs[1]),
+        "the ranks' models differ"
+    );
+
+    // One process with the same recipe (global batch 100, the same learning rate) trains
+    // to about the same accuracy: the ranks' shares of each batch add up to the batch.
+    let one = lines(
+        &one_thread(&mut trainer())
+            .args(["--epochs", "3"])
+            .output()
+            .unwrap(),
+    );
+    let (two, one) = (
+        metric(printed.last().unwrap(), "val_accuracy"),
+        metric(one.last().unwrap(), "val_accuracy"),
+    );
+    assert!(two > 0.6, "two ranks reached {two}");
+    assert!(
+        (two - one).abs() < 0.1,
+        "two ranks {two} vs one process {one}"
+    );
+}
+
+#[test]
+fn a_stop_reply_to_rank_zero_ends_every_rank() {
+    let server = ReportServer::start(1);
+    let started = Instant::now();
+    let outs: Vec<Output> = spawn_ranks(2, &server.url, &["--epochs", "20"])
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    let last = lines(&outs[0]).last().unwrap().clone();
+    assert_eq!(last["info"]["ending"], "StoppedByRunner");
+    assert_eq!(metric(&last, "epoch"), 1.0);
+    assert!(outs[1].status.success());
+    let err = String::from_utf8_lossy(&outs[1].stderr);
+    assert!(err.contains("rank 1: StoppedByRunner"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(120));
+}
+
+#[test]
+fn a_rank_that_dies_fails_the_run_with_the_reason() {
+    let server = ReportServer::start(usize::MAX);
+    let dir = tempdir("rank-dies");
+    let termination = dir.join("termination-log");
+    let port = free_port();
+    let mut zero = rank(0, 2, port, &server.url, &["--epochs", "20"])
+        .env("NASOP_TERMINATION_PATH", &termination)
+        .spawn()
+        .unwrap();
+    let mut one = rank(1, 2, port, &server.url, &["--epochs", "20"])
+        .spawn()
+        .unwrap();
+    // Rank 1 is killed once training is under way (rank 0 reported an epoch).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while server.seen.lock().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "no epoch was reported");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    one.kill().unwrap();
+    one.wait().unwrap();
+    let killed = Instant::now();
+    let status = zero.wait().unwrap();
+    assert_eq!(status.code(), Some(2));
+    assert!(
+        killed.elapsed() < Duration::from_secs(60),
+        "rank 0 noticed after {:?}",
+        killed.elapsed()
+    );
+    let message = std::fs::read_to_string(&termination).unwrap();
+    assert!(
+        message.contains("across 2 ranks failed"),
+        "the termination message says why: {message}"
+    );
+
+    // A rank whose peers never come fails at the rendezvous, after the timeout it names.
+    let out = rank(0, 2, free_port(), &server.url, &["--epochs", "1"])
+        .env("NASOP_DIST_TIMEOUT_SECONDS", "3")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("joining the process group of 2 ranks") && err.contains("waited up to 3 s"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_one_shot_search_refuses_several_ranks() {
+    let out = trainer()
+        .args(["train", "--mode", "darts", "--limit", "100"])
+        .env("WORLD_SIZE", "2")
+        .env("RANK", "0")
+        .env("MASTER_ADDR", "127.0.0.1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("a one-shot search"), "{err}");
+}
+
+/// SIGTERM to every rank (a deleted JobSet) ends the run as interrupted, with rank 0's
+/// checkpoint of the last epoch; the next attempt resumes there on every rank.
+#[test]
+fn terminated_ranks_resume_together_from_rank_zeros_checkpoint() {
+    let server = ReportServer::start(usize::MAX);
+    let dir = tempdir("dp-resume");
+    let checkpoint = dir.to_str().unwrap();
+    let port = free_port();
+    let extra = ["--epochs", "30"];
+    let zero = rank(0, 2, port, &server.url, &extra)
+        .args(["--checkpoint-dir", checkpoint])
+        .spawn()
+        .unwrap();
+    let one = rank(1, 2, port, &server.url, &extra).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while server.seen.lock().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "no epoch was reported");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for child in [&zero, &one] {
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+    }
+    for (r, child) in [zero, one].into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(143),
+            "rank {r}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let reported = server.seen.lock().unwrap().len();
+
+    let server = ReportServer::start(1);
+    let port = free_port();
+    let zero = rank(0, 2, port, &server.url, &extra)
+        .args(["--checkpoint-dir", checkpoint])
+        .spawn()
+        .unwrap();
+    let one = rank(1, 2, port, &server.url, &extra).spawn().unwrap();
+    let outs: Vec<Output> = [zero, one]
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    let printed = lines(&outs[0]);
+    assert!(
+        printed[0]["step"].as_u64().unwrap() >= reported as u64,
+        "resumed after the checkpointed epoch {reported}: {}",
+        printed[0]
+    );
+    assert_eq!(
+        digest(&outs[0]),
+        digest(&outs[1]),
+        "rank 1 took rank 0's state"
+    );
+}
