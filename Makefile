@@ -10,7 +10,7 @@ VERSION ?= $(shell sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}/\1/p' chart
 # tch finds libtorch through these; scripts/libtorch.sh installs it once into ~/.cache/nasop.
 TORCH = LIBTORCH="$$(scripts/libtorch.sh)" LIBTORCH_CXX11_ABI=1
 
-.PHONY: all build build-demo build-bench test lint crds bench bench-trainer bench-operator bench-katib demo toolchain data testenv-build testenv-up testenv-down static images push test-images pytest examples
+.PHONY: all build build-demo build-bench test lint crds bench bench-trainer bench-data-parallel bench-operator bench-katib demo toolchain data testenv-build testenv-up testenv-down static images push test-images pytest examples
 
 all: build
 
@@ -97,6 +97,10 @@ bench-katib: build-bench testenv-build
 # nasop-trainer against PyTorch eager on the same network (installs a Python torch once).
 bench-trainer: build data
 	scripts/bench-trainer.sh cpu
+
+# nasop-trainer on several ranks against one process, on this machine's cores (~4 minutes).
+bench-data-parallel: build data
+	scripts/bench-data-parallel.sh
 
 # The operator as a static binary, the way the Dockerfile builds it (no container engine needed).
 static: toolchain

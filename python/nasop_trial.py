@@ -51,7 +51,7 @@ the model, and writes the final report; on the other ranks ``checkpoint()`` and
 ``save_model()`` give a scratch directory that is thrown away, and ``report()`` sends
 nothing. When ``torch.distributed`` is initialised, ``report()`` is a collective: every rank
 must call it for the same steps, and every rank gets rank 0's answer, so a stop (or a 409)
-ends the loop on every rank at the same epoch. ``restore()`` reads the trial's checkpoint
+ends the loop on every rank at the same epoch, as does a SIGTERM that reached any rank. ``restore()`` reads the trial's checkpoint
 directory, which every pod of the trial mounts (spec.storage).
 """
 
@@ -460,10 +460,14 @@ class Trial:
                 action = self._post(body.encode(), f"the report of step {step}")
         dist = _collective()
         if dist is not None:
-            # Every rank does as rank 0 was told.
-            said = [action]
-            dist.broadcast_object_list(said, src=0)
-            action = said[0]
+            # Every rank does as rank 0 was told, and stops for a SIGTERM that reached any
+            # rank (a drain may evict one pod): all leave the loop at the same epoch.
+            said = [None] * dist.get_world_size()
+            dist.all_gather_object(said, (action, self._stop_reason == "SIGTERM"))
+            action = said[0][0]
+            if any(terminated for _, terminated in said) and self._stop_reason is None:
+                self._stop_reason = "SIGTERM"
+                _log("another rank received SIGTERM: stopping with it")
         if action == "superseded":
             if self._stop_reason is None:
                 self._stop_reason = "superseded"

@@ -475,6 +475,7 @@ fn a_cpu_search_runs_on_a_real_node_through_the_helm_installed_operator() {
     log(&format!("all done after {:?}", started.elapsed()));
 
     a_missing_image_fails_the_trial_fast(&images);
+    jobset_trials_train_data_parallel_on_two_pods(&images);
     storage_continues_promotions_and_keeps_models(&images, &dir);
     a_bucket_continues_promotions_and_keeps_models(&images);
 
@@ -654,6 +655,138 @@ spec:
         "pv",
         &format!("nasop-e2e-{}", std::process::id()),
         "--wait=false",
+    ]));
+}
+
+/// examples/k8s/jobset-cpu.yaml: every trial a JobSet of two trainer pods on the real node
+/// (the JobSet controller of the test plane, CoreDNS for rank 0's address), training one
+/// model data-parallel: rank 0 alone reports, both ranks end with the same weights, and a
+/// median stop reaches both pods, which exit by themselves.
+fn jobset_trials_train_data_parallel_on_two_pods(images: &str) {
+    const JOBSET_EXPERIMENT: &str = "jobset-cpu";
+    let started = Instant::now();
+    let manifest = std::fs::read_to_string(repo("examples/k8s/jobset-cpu.yaml"))
+        .unwrap()
+        .replace(EXAMPLE_IMAGE, &format!("{images}/nasop-trainer:0.1.0-cpu"));
+    let out = with_stdin(&mut kube(&["apply", "-n", NAMESPACE, "-f", "-"]), &manifest);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Each trial's pods, with their logs, kept while they exist: a stopped trial's JobSet
+    // is deleted once rank 0 has ended.
+    let mut seen: std::collections::BTreeMap<String, (String, String, Value)> = Default::default();
+    let mut last = String::new();
+    let experiment = loop {
+        assert!(
+            started.elapsed() < TIMEOUT,
+            "{JOBSET_EXPERIMENT} did not end within {TIMEOUT:?}"
+        );
+        for p in items(
+            "pods",
+            NAMESPACE,
+            &format!("nasop.dev/experiment={JOBSET_EXPERIMENT}"),
+        ) {
+            let name = p["metadata"]["name"].as_str().unwrap().to_string();
+            let state = &p["status"]["containerStatuses"][0]["state"];
+            if state["terminated"].is_object() && !seen.contains_key(&name) {
+                let logs = run(&mut kube(&["logs", "-n", NAMESPACE, &name]));
+                let trial = p["metadata"]["labels"]["nasop.dev/trial"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                seen.insert(
+                    name,
+                    (
+                        trial,
+                        String::from_utf8_lossy(&logs.stdout).into_owned(),
+                        p.clone(),
+                    ),
+                );
+            }
+        }
+        let exp = json(&["get", "nasexp", JOBSET_EXPERIMENT, "-n", NAMESPACE]);
+        let status = &exp["status"];
+        let line = format!(
+            "{JOBSET_EXPERIMENT}: phase {} progress {}",
+            status["phase"], status["progress"]
+        );
+        if line != last {
+            log(&line);
+            last = line;
+        }
+        match status["phase"].as_str() {
+            Some("Succeeded") => break exp,
+            Some("Failed") => panic!("{JOBSET_EXPERIMENT} failed: {status}"),
+            _ => {}
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    };
+    assert_eq!(experiment["status"]["trials"]["failed"], 0);
+    let trials = items(
+        "nastrials",
+        NAMESPACE,
+        &format!("nasop.dev/experiment={JOBSET_EXPERIMENT}"),
+    );
+    let digest = |logs: &str| {
+        logs.lines()
+            .find_map(|l| l.split_once("weights digest ").map(|(_, d)| d.to_string()))
+    };
+    let (mut stopped, mut checked) = (0, 0);
+    for t in &trials {
+        let name = t["metadata"]["name"].as_str().unwrap();
+        let s = &t["status"];
+        let history = s["history"].as_array().cloned().unwrap_or_default();
+        match (s["phase"].as_str(), s["reason"].as_str()) {
+            (Some("Succeeded"), _) => assert_eq!(history.len(), 3, "{name}: {s}"),
+            (Some("Stopped"), Some("EarlyStopped")) => {
+                assert!(history.len() < 3, "{name} was stopped but trained on: {s}");
+                stopped += 1;
+            }
+            other => panic!("{name} ended {other:?}: {s}"),
+        }
+        // Both ranks of the trial's last attempt, when the poll saw them end.
+        let pods: Vec<_> = seen
+            .values()
+            .filter(|(trial, _, _)| trial == name)
+            .collect();
+        if pods.len() != 2 {
+            log(&format!("{name}: {} of its pods seen ended", pods.len()));
+            continue;
+        }
+        let mut digests = Vec::new();
+        for (_, logs, p) in &pods {
+            let pod = p["metadata"]["name"].as_str().unwrap();
+            let terminated = &p["status"]["containerStatuses"][0]["state"]["terminated"];
+            assert_eq!(terminated["exitCode"], 0, "{pod}: {terminated}\n{logs}");
+            let rank0 = p["metadata"]["labels"]["jobset.sigs.k8s.io/job-index"] == "0";
+            assert_eq!(
+                logs.contains("\"step\""),
+                rank0,
+                "{pod}: rank 0 alone prints reports:\n{logs}"
+            );
+            digests.push(digest(logs).unwrap_or_else(|| panic!("{pod}: no digest:\n{logs}")));
+        }
+        assert_eq!(digests[0], digests[1], "{name}: the ranks' models differ");
+        checked += 1;
+    }
+    assert!(
+        checked >= 1,
+        "no trial's two pods were seen ending: {seen:?}"
+    );
+    assert!(stopped >= 1, "no trial was stopped early: {trials:?}");
+    log(&format!(
+        "{JOBSET_EXPERIMENT}: {} trials on two pods each ({checked} with both ranks checked, {stopped} stopped early); {:?}",
+        trials.len(),
+        started.elapsed()
+    ));
+    ok(&mut kube(&[
+        "delete",
+        "nasexp",
+        JOBSET_EXPERIMENT,
+        "-n",
+        NAMESPACE,
     ]));
 }
 

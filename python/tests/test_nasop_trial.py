@@ -635,8 +635,9 @@ def test_only_rank_zero_reports_checkpoints_and_saves(tmp_path, endpoint, capsys
 
 
 # Two ranks of one run, each a process with a stand-in for torch.distributed (the helper
-# needs only its broadcast_object_list; the test venv has no torch): rank 0 sends each
-# broadcast to rank 1 over a local connection.
+# needs only its all_gather_object; the test venv has no torch): the two exchange each
+# gather over a local connection. With argv[4] set, that rank sends itself SIGTERM during
+# that epoch.
 RANK_TRAINER = r"""
 import sys, types
 from multiprocessing.connection import Client, Listener
@@ -654,49 +655,57 @@ else:
         except ConnectionRefusedError:
             time.sleep(0.1)
 
-def broadcast_object_list(objects, src=0):
-    if rank == src:
-        peer.send(list(objects))
-    else:
-        objects[:] = peer.recv()
+def all_gather_object(out, obj):
+    peer.send(obj)
+    theirs = peer.recv()
+    out[:] = [obj, theirs] if rank == 0 else [theirs, obj]
 
 torch = types.ModuleType("torch")
 dist = types.ModuleType("torch.distributed")
 dist.is_available = lambda: True
 dist.is_initialized = lambda: True
 dist.get_world_size = lambda: 2
-dist.broadcast_object_list = broadcast_object_list
+dist.all_gather_object = all_gather_object
 torch.distributed = dist
 sys.modules.update({"torch": torch, "torch.distributed": dist})
 
 import nasop_trial
 with nasop_trial.Trial.from_env() as trial:
     for epoch in trial.epochs():
+        if len(sys.argv) > 4 and epoch == int(sys.argv[4]):
+            import os, signal
+            os.kill(os.getpid(), signal.SIGTERM)
         trial.report(epoch, {"val_accuracy": epoch / 10 + rank})
     print(f"rank {rank} ended after epoch {epoch}: {trial.end}", file=sys.stderr)
 """
 
 
-def test_a_stop_reaches_every_rank_through_torch_distributed(tmp_path, endpoint):
-    server = endpoint((200, {"action": "continue"}), (200, {"action": "stop"}))
+def _run_ranks(tmp_path, url, sigterm_rank_1_at=None):
+    """Runs RANK_TRAINER as ranks 0 and 1; returns [(returncode, stderr)] by rank."""
     script = tmp_path / "ranks.py"
     script.write_text(RANK_TRAINER)
     helper = str(Path(nasop_trial.__file__).parent)
     port = str(_free_port())
-    (tmp_path / "r0").mkdir()
-    (tmp_path / "r1").mkdir()
-    processes = [
-        subprocess.Popen(
-            [sys.executable, str(script), helper, str(rank), port],
-            env=dict(os.environ, **env_for(tmp_path / f"r{rank}", server.url,
-                                            RANK=str(rank), WORLD_SIZE="2")),
+    processes = []
+    for rank in (0, 1):
+        (tmp_path / f"r{rank}").mkdir()
+        args = [sys.executable, str(script), helper, str(rank), port]
+        if rank == 1 and sigterm_rank_1_at is not None:
+            args.append(str(sigterm_rank_1_at))
+        env = env_for(tmp_path / f"r{rank}", url, RANK=str(rank), WORLD_SIZE="2")
+        processes.append(subprocess.Popen(
+            args, env=dict(os.environ, **env),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
-        for rank in (0, 1)
-    ]
-    ended = [p.communicate(timeout=60) for p in processes]
-    for rank, (p, (out, err)) in enumerate(zip(processes, ended)):
-        assert p.returncode == 0, err
+        ))
+    errs = [p.communicate(timeout=60)[1] for p in processes]
+    return [(p.returncode, err) for p, err in zip(processes, errs)]
+
+
+def test_a_stop_reaches_every_rank_through_torch_distributed(tmp_path, endpoint):
+    server = endpoint((200, {"action": "continue"}), (200, {"action": "stop"}))
+    ended = _run_ranks(tmp_path, server.url)
+    for rank, (code, err) in enumerate(ended):
+        assert code == 0, err
         assert f"rank {rank} ended after epoch 2: stopped" in err
     # Rank 0's reports alone, and its final report: the result is its own.
     assert [body["step"] for _, body in server.seen] == [1, 2, 2]
@@ -710,3 +719,16 @@ def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_a_sigterm_on_one_rank_stops_every_rank(tmp_path, endpoint):
+    # A drain evicts rank 1's pod during epoch 2: rank 0 stops with it at that epoch (it
+    # would wait in its next collective otherwise), and both end as interrupted.
+    server = endpoint()
+    ended = _run_ranks(tmp_path, server.url, sigterm_rank_1_at=2)
+    for rank, (code, err) in enumerate(ended):
+        assert code == 143, err
+        assert f"rank {rank} ended after epoch 2: interrupted" in err
+    assert "another rank received SIGTERM" in ended[0][1]
+    final = json.loads((tmp_path / "r0" / "termination").read_text())
+    assert final["end"] == "interrupted" and final["step"] == 2

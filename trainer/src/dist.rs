@@ -6,16 +6,19 @@
 //! The rule (README, "Trials on several pods"): the recipe's batch size is the global batch
 //! and the learning rate is the recipe's, whatever the number of ranks; each rank computes
 //! the gradient of its contiguous share of every batch, and the shares' gradients, weighted by
-//! their sizes, average to the whole batch's. N ranks train what one process trains (batch
-//! norm statistics aside, which each rank takes over its own share, as PyTorch's DDP does).
+//! their sizes, average to the whole batch's. N ranks train what one process trains, except
+//! that batch norm normalises over each rank's share rather than the whole batch (as
+//! PyTorch's DDP does without SyncBatchNorm), so the two differ slightly.
 
 use anyhow::{Context, Result, bail};
 use std::ffi::{CStr, CString, c_char, c_int};
 use tch::Tensor;
 
 /// How long a rank waits for the others: at the rendezvous (pods start at different times)
-/// and in each collective. NASOP_DIST_TIMEOUT_SECONDS sets another.
-const DEFAULT_TIMEOUT_SECONDS: u64 = 600;
+/// and in each collective, which includes rank 0's evaluation, report and checkpoint after
+/// each epoch (a rank that dies is noticed at once: its connections close).
+/// NASOP_DIST_TIMEOUT_SECONDS sets another.
+const DEFAULT_TIMEOUT_SECONDS: u64 = 1800;
 const ENV_TIMEOUT: &str = "NASOP_DIST_TIMEOUT_SECONDS";
 /// torch.distributed's default port.
 pub const DEFAULT_PORT: u16 = 29500;
@@ -162,7 +165,7 @@ impl Group {
                 r.port,
                 r.rank as c_int,
                 r.world as c_int,
-                (timeout * 1000) as i64,
+                timeout.saturating_mul(1000).min(i64::MAX as u64) as i64,
                 &mut error,
             )
         };
@@ -192,10 +195,8 @@ impl Group {
         if tensors.is_empty() {
             return Ok(());
         }
-        let ptrs: Vec<*mut torch_sys::C_tensor> = tensors
-            .iter_mut()
-            .map(|t| t.as_mut_ptr())
-            .collect();
+        let ptrs: Vec<*mut torch_sys::C_tensor> =
+            tensors.iter_mut().map(|t| t.as_mut_ptr()).collect();
         let mut error = std::ptr::null_mut();
         if f(ptrs.as_ptr(), ptrs.len(), &mut error) != 0 {
             bail!(

@@ -78,6 +78,13 @@ impl Optimizer {
         }
     }
 
+    /// Zeroes the gradients in place from now on instead of resetting them to undefined:
+    /// a data-parallel run exchanges every parameter's gradient at every step, so each must
+    /// stay defined (call it once the gradients are).
+    pub fn keep_gradients(&mut self) {
+        self.resetter = None;
+    }
+
     pub fn zero_grad(&mut self) {
         match &self.resetter {
             Some(o) if o.zero_grad().is_ok() => {}

@@ -381,13 +381,26 @@ impl<'a> Training<'a> {
         tch::manual_seed(cfg.seed as i64);
         let vs = nn::VarStore::new(cfg.device);
         let net = Network::new(&vs.root(), &cfg.arch, cfg.net)?;
-        let opt = Optimizer::new(
+        let mut opt = Optimizer::new(
             cfg.optimizer,
             vs.trainable_variables(),
             cfg.weight_decay,
             cfg.momentum,
             (0.9, 0.999),
         );
+        if group.is_some() {
+            // Every rank exchanges the same list of gradients at every step (a rank whose
+            // share of a short last batch is empty, too): all defined from the start, zeroed
+            // in place.
+            let zero = vs
+                .trainable_variables()
+                .iter()
+                .fold(Tensor::zeros([], (Kind::Float, cfg.device)), |acc, p| {
+                    acc + p.sum(Kind::Float) * 0.0
+                });
+            zero.backward();
+            opt.keep_gradients();
+        }
         Ok(Training {
             cfg,
             data,
@@ -487,7 +500,8 @@ impl<'a> Training<'a> {
                 x = augment(&x, &data.mean, &data.std, &mut rng);
             }
             let mut y = data.train.labels.index_select(0, &idx);
-            // This rank's share of the batch, and its weight in the batch's mean loss.
+            // This rank's share of the batch, and its weight in the batch's mean loss (the
+            // weighted shares' losses and gradients average to the batch's).
             let mut weight = 1.0;
             if let Some(g) = self.group {
                 let len = idx.size()[0] as usize;
@@ -497,20 +511,22 @@ impl<'a> Training<'a> {
                 y = y.narrow(0, start, size);
                 weight = size as f64 * g.world as f64 / len as f64;
             }
-            let (x, y) = (x.to_device(cfg.device), y.to_device(cfg.device));
-            let loss = tch::autocast(cfg.device.is_cuda(), || {
-                self.net.forward_t(&x, true).cross_entropy_for_logits(&y)
-            });
+            let lr = cosine(cfg.learning_rate, epoch as usize * batches + b, total_steps);
             self.opt.zero_grad();
-            (&loss * weight).backward();
+            if weight > 0.0 {
+                let (x, y) = (x.to_device(cfg.device), y.to_device(cfg.device));
+                let loss = tch::autocast(cfg.device.is_cuda(), || {
+                    self.net.forward_t(&x, true).cross_entropy_for_logits(&y)
+                });
+                (&loss * weight).backward();
+                train_loss += weight * finite_loss(loss.double_value(&[]), epoch, b, lr)?;
+            }
             if let Some(g) = self.group
                 && !self.average_gradients(g, terminate)?
             {
                 return Ok(None);
             }
-            let lr = cosine(cfg.learning_rate, epoch as usize * batches + b, total_steps);
             self.opt.step(lr);
-            train_loss += finite_loss(loss.double_value(&[]), epoch, b, lr)?;
         }
         let mut train_loss = train_loss / batches as f64;
         if let Some(g) = self.group {
@@ -521,7 +537,7 @@ impl<'a> Training<'a> {
         Ok(Some(train_loss))
     }
 
-    /// Replaces each gradient by its mean over the ranks; `false` when a rank received
+    /// Replaces each gradient by its mean over the ranks (every one is defined: see new()); `false` when a rank received
     /// SIGTERM (every rank then ends the epoch together). A rank gone without one fails the
     /// run with the process group's words, unless this rank is being terminated too.
     fn average_gradients(&self, g: &Group, terminate: &AtomicBool) -> Result<bool> {
@@ -530,8 +546,8 @@ impl<'a> Training<'a> {
             .trainable_variables()
             .iter()
             .map(Tensor::grad)
-            .filter(Tensor::defined)
             .collect();
+        debug_assert!(tensors.iter().all(Tensor::defined), "keep_gradients");
         let flag = if terminate.load(Ordering::Relaxed) {
             1.0f32
         } else {

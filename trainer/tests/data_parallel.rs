@@ -28,20 +28,25 @@ fn one_thread(c: &mut Command) -> &mut Command {
         "1",
         "--threads",
         "1",
-        "--limit",
-        "4000",
-        "--batch-size",
-        "100",
         "--seed",
         "3",
     ])
+}
+
+/// The quick runs' data: 4000 images in batches of 100, unless `extra` says otherwise.
+fn sized<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = extra.to_vec();
+    if !extra.contains(&"--batch-size") {
+        args.extend(["--limit", "4000", "--batch-size", "100"]);
+    }
+    args
 }
 
 /// Rank `rank` of `world`, on a quick Fashion-MNIST run, reporting to `url`.
 fn rank(rank: usize, world: usize, port: u16, url: &str, extra: &[&str]) -> Command {
     let mut c = trainer();
     one_thread(&mut c)
-        .args(extra)
+        .args(sized(extra))
         .env("WORLD_SIZE", world.to_string())
         .env("RANK", rank.to_string())
         .env("MASTER_ADDR", "127.0.0.1")
@@ -95,7 +100,7 @@ fn two_ranks_train_one_model_and_rank_zero_alone_reports() {
     // to about the same accuracy: the ranks' shares of each batch add up to the batch.
     let one = lines(
         &one_thread(&mut trainer())
-            .args(["--epochs", "3"])
+            .args(sized(&["--epochs", "3"]))
             .output()
             .unwrap(),
     );
@@ -246,4 +251,35 @@ fn terminated_ranks_resume_together_from_rank_zeros_checkpoint() {
         digest(&outs[1]),
         "rank 1 took rank 0's state"
     );
+}
+
+/// A batch smaller than the number of ranks leaves some ranks an empty share: they still
+/// take part in every exchange, and the ranks end with one model.
+#[test]
+fn a_batch_smaller_than_the_ranks_still_trains_one_model() {
+    let server = ReportServer::start(usize::MAX);
+    let extra = [
+        "--epochs",
+        "1",
+        "--batch-size",
+        "3",
+        "--max-batches",
+        "20",
+        "--limit",
+        "500",
+    ];
+    let outs: Vec<Output> = spawn_ranks(4, &server.url, &extra)
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    let last = lines(&outs[0]).last().unwrap().clone();
+    assert!(metric(&last, "train_loss").is_finite());
+    for out in &outs[1..] {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(digest(out), digest(&outs[0]));
+    }
 }
