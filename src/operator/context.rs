@@ -49,6 +49,8 @@ pub struct Ctx {
     pub reviews: Reviews,
     /// Consecutive failed reconciles per object, for the error backoff.
     pub backoff: Backoff,
+    /// What Kueue said lately about trials waiting in its queues (queue.rs).
+    pub queue_messages: super::queue::Messages,
     /// Leading, with caches that have listed everything: reports are taken.
     pub ready: AtomicBool,
 }

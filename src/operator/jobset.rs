@@ -266,11 +266,26 @@ pub fn ended(js: &DynamicObject) -> bool {
 /// What a JobSet and its pods say about the trial at `now` (a pod or the JobSet still
 /// terminating `lost_after` seconds past its deletion counts as lost, as for a pod trial).
 pub fn outcome(js: &DynamicObject, pods: &[&Arc<Pod>], now: f64, lost_after: f64) -> Outcome {
+    // Its pending time runs from its creation, or from when a queue resumed it.
+    let resumed = js.data["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| {
+            cs.iter()
+                .find(|c| c["type"] == "Suspended" && c["status"] == "False")
+        })
+        .and_then(|c| {
+            serde_json::from_value::<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>(
+                c["lastTransitionTime"].clone(),
+            )
+            .ok()
+        })
+        .map(|t| seconds(&t.0));
     let created = js
         .metadata
         .creation_timestamp
         .as_ref()
-        .map(|t| seconds(&t.0));
+        .map(|t| seconds(&t.0))
+        .map(|c| resumed.map_or(c, |r| c.max(r)));
     if let Some(deleted) = js.metadata.deletion_timestamp.as_ref() {
         let gone_by = seconds(&deleted.0) + lost_after;
         return if now >= gone_by {
@@ -342,12 +357,9 @@ pub fn outcome(js: &DynamicObject, pods: &[&Arc<Pod>], now: f64, lost_after: f64
     if condition(js, "Suspended").is_some() || js.data["spec"]["suspend"] == true {
         let queue = js.labels().get(LABEL_QUEUE).cloned();
         return Outcome::Waiting(Waiting {
-            reason: Some("Queued".into()),
+            reason: Some(pod::QUEUED.into()),
             message: Some(match queue {
-                Some(q) => format!(
-                    "JobSet {} waits in queue {q} (Kueue admits it when the queue has room)",
-                    js.name_any()
-                ),
+                Some(q) => format!("JobSet {} waits in queue {q}", js.name_any()),
                 None => format!("JobSet {} is suspended", js.name_any()),
             }),
             // Waiting in a queue is not waiting to start: no pending timeout runs.

@@ -26,6 +26,7 @@ pub mod lease;
 pub mod limit;
 pub mod metrics;
 pub mod pod;
+pub mod queue;
 mod run;
 pub mod start;
 pub mod status;

@@ -9,6 +9,7 @@ use k8s_openapi::api::core::v1::{
     ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::ResourceExt;
 use nasop_core::contract::{self, Report, RunEnd, TrialInput};
 use std::collections::BTreeMap;
 
@@ -651,8 +652,34 @@ pub fn outcome(pod: &Pod) -> Outcome {
         "Running" => Outcome::Running {
             started_at: started_at.or(pod_started),
         },
+        _ if queued(pod) => Outcome::Waiting(Waiting {
+            reason: Some(QUEUED.into()),
+            message: Some(format!(
+                "pod {} waits in queue {}",
+                pod.name_any(),
+                pod.labels()
+                    .get(super::jobset::LABEL_QUEUE)
+                    .map_or("?", String::as_str)
+            )),
+            // Waiting in a queue is not waiting to start: no pending timeout runs.
+            since: None,
+        }),
         _ => Outcome::Waiting(waiting(pod, &status, first.as_ref())),
     }
+}
+
+/// The reason of a trial whose pod (or JobSet) waits in a Kueue queue.
+pub const QUEUED: &str = "Queued";
+/// The scheduling gate Kueue's webhook puts on a pod that names a queue, and lifts when
+/// the queue admits it.
+pub const KUEUE_GATE: &str = "kueue.x-k8s.io/admission";
+
+/// Whether Kueue holds the pod in its queue (its admission gate is still on).
+pub fn queued(pod: &Pod) -> bool {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.scheduling_gates.as_ref())
+        .is_some_and(|gates| gates.iter().any(|g| g.name == KUEUE_GATE))
 }
 
 /// Why an ended pod's result is not the trial's, if it is not: its final report says the
@@ -749,11 +776,28 @@ fn failed(
 /// Why a pod that has not started waits: its container's waiting reason (past the normal
 /// ones), else the scheduler's.
 fn waiting(pod: &Pod, status: &PodStatus, first: Option<&ContainerStatus>) -> Waiting {
-    let since = pod
+    let created = pod
         .metadata
         .creation_timestamp
         .as_ref()
         .map(|t| super::status::seconds(&t.0));
+    // A pod that waited in a queue starts its pending time when the queue let it go: when
+    // the scheduler's condition changed after its gate was lifted (until then, none runs).
+    let scheduled = status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "PodScheduled");
+    let since = match scheduled {
+        _ if !pod.labels().contains_key(super::jobset::LABEL_QUEUE) => created,
+        Some(c) if c.reason.as_deref() == Some("SchedulingGated") => None,
+        Some(c) => c
+            .last_transition_time
+            .as_ref()
+            .map(|t| super::status::seconds(&t.0))
+            .map(|a| created.map_or(a, |c| c.max(a))),
+        None => created,
+    };
     let container = first
         .and_then(|c| c.state.as_ref())
         .and_then(|s| s.waiting.as_ref())
@@ -787,13 +831,22 @@ pub fn parse_report(text: &str) -> Option<Report> {
     serde_json::from_str::<Report>(text.trim()).ok()
 }
 
-/// Drops what the operator never reads from a watched pod (its spec, annotations, managed
-/// fields, all but the first container's state), so that thousands of finished pods cost
-/// little memory. [`outcome`] reads the same from a stripped pod as from the full one.
+/// Drops what the operator never reads from a watched pod (its spec but the scheduling
+/// gates, annotations, managed fields, all but the first container's state), so that
+/// thousands of finished pods cost little memory. [`outcome`] reads the same from a
+/// stripped pod as from the full one.
 pub fn strip(p: &mut Pod) {
     p.metadata.managed_fields = None;
     p.metadata.annotations = None;
-    p.spec = None;
+    p.spec = p
+        .spec
+        .take()
+        .and_then(|s| s.scheduling_gates)
+        .filter(|g| !g.is_empty())
+        .map(|gates| PodSpec {
+            scheduling_gates: Some(gates),
+            ..Default::default()
+        });
     if let Some(s) = p.status.as_mut() {
         s.pod_ips = None;
         s.host_ips = None;

@@ -156,6 +156,7 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
         leadership: leadership.clone(),
         health,
         backoff: Backoff::default(),
+        queue_messages: Default::default(),
         ready: false.into(),
     });
     let server = tokio::spawn(http::serve(

@@ -153,7 +153,15 @@ fn drive<K: Send + 'static>(
 /// when the experiment stops trials early (the one decision that reads reports), so a
 /// report costs a status write, not a reconcile of the whole experiment.
 struct Wake {
-    phases: HashMap<(String, String), Option<TrialPhaseName>>,
+    /// Each trial's phase, and its reason and message while Pending.
+    #[allow(clippy::type_complexity)]
+    phases: HashMap<
+        (String, String),
+        (
+            Option<TrialPhaseName>,
+            Option<(Option<String>, Option<String>)>,
+        ),
+    >,
     reporting: Arc<Mutex<HashSet<ExpKey>>>,
     index: Arc<index::TrialIndex>,
     resource: ApiResource,
@@ -180,11 +188,22 @@ impl Wake {
         let ns = trial.namespace().unwrap_or_default();
         let id = (ns.clone(), trial.name_any());
         let phase = trial.status.as_ref().and_then(|s| s.phase);
+        // A waiting trial's reason and message, which the experiment's TrialsPending
+        // condition shows (a queue's word can change while the phase does not).
+        let waits = trial
+            .status
+            .as_ref()
+            .filter(|s| s.phase == Some(TrialPhaseName::Pending))
+            .map(|s| (s.reason.clone(), s.message.clone()));
         let changed = if deleted {
             self.phases.remove(&id);
             true
         } else {
-            self.phases.insert(id, phase) != Some(phase)
+            let seen = (phase, waits);
+            self.phases.get(&id) != Some(&seen) && {
+                self.phases.insert(id, seen);
+                true
+            }
         };
         let key = (ns, trial.spec.experiment.clone());
         (changed || trial.spec.stop.is_some() || lock(&self.reporting).contains(&key))

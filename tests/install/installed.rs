@@ -200,10 +200,13 @@ async fn check_rbac(
     // (on in tools/testenv) asks for it on every pod the operator creates.
     // A JobSet trial's JobSet is deleted only when the trial ends with ranks still running
     // (an early stop before rank 0 heard it).
+    // Kueue's Workloads are read only while a trial waits in a queue (tests/operator/
+    // kueue.rs runs that, without the chart).
     let rare = [
         ("get", "nasop.dev", "nastrials"),
         ("update", "nasop.dev", "nastrials/finalizers"),
         ("delete", "jobset.x-k8s.io", "jobsets"),
+        ("list", "kueue.x-k8s.io", "workloads"),
     ];
     let unused: Vec<_> = granted(&rendered)
         .difference(&used)

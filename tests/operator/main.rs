@@ -6,6 +6,7 @@ mod hardening;
 #[allow(dead_code)]
 mod harness;
 mod jobsets;
+mod kueue;
 
 use harness::{Env, Plan, manifest, post_report, report_json, value_of};
 use k8s_openapi::api::coordination::v1::Lease;

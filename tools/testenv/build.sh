@@ -118,6 +118,26 @@ tools() {
     stamp "$part"
   fi
 
+  # Kueue (built in the wrapper module kueue/, which pins its version), its CRDs and its
+  # webhook configurations, as the module ships them (config/components: the CRDs without
+  # the conversion webhooks the kustomize overlay adds; v1beta2 is their storage version).
+  part=kueue-$KUEUE_VERSION
+  if ! built "$part"; then
+    need_go
+    grep -q "sigs.k8s.io/kueue $KUEUE_VERSION" kueue/go.mod ||
+      { echo "tools/testenv/kueue/go.mod does not require kueue $KUEUE_VERSION of versions.env" >&2; exit 1; }
+    echo "  kueue $KUEUE_VERSION" >&2
+    (cd kueue && go build -trimpath -ldflags "-s -w" -o "$bin/kueue" sigs.k8s.io/kueue/cmd/kueue)
+    dir=$(cd kueue && go list -m -json "sigs.k8s.io/kueue" |
+      python3 -c 'import json, sys; print(json.load(sys.stdin)["Dir"])')
+    for f in "$dir"/config/components/crd/bases/*.yaml; do
+      cat "$f"; echo "---"
+    done > "$bin/kueue.crds.yaml"
+    cp "$dir/config/components/webhook/manifests.yaml" "$bin/kueue.webhooks.yaml"
+    chmod 644 "$bin/kueue.crds.yaml" "$bin/kueue.webhooks.yaml"
+    stamp "$part"
+  fi
+
   part=servicemonitor-crd-$PROMETHEUS_OPERATOR_VERSION
   if ! built "$part"; then
     need_go

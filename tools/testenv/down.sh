@@ -16,5 +16,6 @@ for _ in $(seq 50); do
 done
 for pid in $pids; do kill -9 "$pid" 2>/dev/null; done
 rm -f "$state/pids"
+rm -rf /etc/kueue  # the metrics certificate up.sh wrote for Kueue
 NASOP_TESTENV_BIN=${NASOP_TESTENV_BIN:-${NASOP_CACHE:-$HOME/.cache/nasop}/testenv/bin} node_down "$state"
 echo "test control plane stopped" >&2

@@ -134,6 +134,35 @@ kubectl apply --server-side -f "$bin/jobsets.crd.yaml" >/dev/null
 start jobset "$bin/jobset" --config "$state/jobset/config.yaml" --kubeconfig "$kubeconfig" \
   --leader-elect=false --metrics-bind-address 0 --health-probe-bind-address "127.0.0.1:$jobset_health"
 wait_for "the JobSet controller" jobset 60 curl -sf "http://127.0.0.1:$jobset_health/healthz"
+# Kueue, for trials that wait in a queue. Its webhooks are registered as in a cluster, at its
+# address on the host (a certificate for 127.0.0.1), for objects that name a queue only: the
+# rest of the test plane never waits on it. It reads a metrics certificate from a fixed path.
+kueue_port=$(port); kueue_health=$(port)
+mkdir -p "$state/kueue" /etc/kueue/metrics/certs
+openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj /CN=127.0.0.1 \
+  -addext subjectAltName=IP:127.0.0.1 \
+  -keyout "$state/kueue/tls.key" -out "$state/kueue/tls.crt" 2>/dev/null
+cp "$state/kueue/tls.crt" "$state/kueue/tls.key" /etc/kueue/metrics/certs/
+cat > "$state/kueue/config.yaml" <<YML
+apiVersion: config.kueue.x-k8s.io/v1beta2
+kind: Configuration
+namespace: kube-system
+internalCertManagement: {enable: false}
+webhook: {host: 127.0.0.1, port: $kueue_port, certDir: $state/kueue}
+metrics: {bindAddress: "0"}
+health: {healthProbeBindAddress: "127.0.0.1:$kueue_health"}
+leaderElection: {leaderElect: false}
+featureGates: {VisibilityOnDemand: false}
+integrations:
+  frameworks: [pod, jobset.x-k8s.io/jobset]
+YML
+kubectl apply --server-side -f "$bin/kueue.crds.yaml" >/dev/null
+kubectl wait --for condition=established --timeout=60s -f "$bin/kueue.crds.yaml" >/dev/null
+start kueue "$bin/kueue" --config "$state/kueue/config.yaml" --kubeconfig "$kubeconfig"
+wait_for "Kueue" kueue 60 curl -sf "http://127.0.0.1:$kueue_health/readyz"
+python3 "$here/kueue/webhooks.py" "$bin/kueue.webhooks.yaml" "$kueue_port" "$state/kueue/tls.crt" \
+  > "$state/kueue/webhooks.json"
+kubectl apply -f "$state/kueue/webhooks.json" >/dev/null
 wait_for "the default service account" kube-controller-manager 60 kubectl get serviceaccount default
 node_up "$bin" "$state" "$kubeconfig"
 echo "test control plane up: $(kubectl version -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["serverVersion"]["gitVersion"])'), logs in $state/logs" >&2

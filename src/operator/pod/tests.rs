@@ -392,6 +392,39 @@ fn a_stripped_pod_says_the_same() {
     assert_eq!(outcome(&ok), before);
 }
 
+/// Kueue's webhook gates a pod that names a queue: it waits there, with no pending timeout,
+/// as long as the gate is on (the watch's stripped pod keeps the gates).
+#[test]
+fn a_pod_kueue_holds_is_queued() {
+    use k8s_openapi::api::core::v1::PodSchedulingGate;
+    let mut gated = pod_with("Pending", None, None);
+    let mut spec = template().spec.unwrap();
+    spec.scheduling_gates = Some(vec![PodSchedulingGate {
+        name: KUEUE_GATE.into(),
+    }]);
+    gated.spec = Some(spec);
+    gated
+        .metadata
+        .labels
+        .get_or_insert_with(Default::default)
+        .insert(crate::operator::jobset::LABEL_QUEUE.into(), "gpus".into());
+    strip(&mut gated);
+    match outcome(&gated) {
+        Outcome::Waiting(w) => {
+            assert_eq!(w.reason.as_deref(), Some(QUEUED));
+            assert!(w.message.unwrap().ends_with("waits in queue gpus"));
+            assert_eq!(w.since, None, "no pending timeout runs");
+        }
+        o => panic!("{o:?}"),
+    }
+    // Admitted: the gate is gone, and the pod waits as any other.
+    gated.spec = None;
+    match outcome(&gated) {
+        Outcome::Waiting(w) => assert_ne!(w.reason.as_deref(), Some(QUEUED)),
+        o => panic!("{o:?}"),
+    }
+}
+
 #[test]
 fn a_pod_terminating_past_its_deletion_time_is_lost() {
     let mut pod = pod_with("Running", None, None);

@@ -250,13 +250,18 @@ pub fn next_step(v: &TrialView) -> Step {
                     )),
                 ));
             }
+            let after = if w.reason.as_deref() == Some(crate::operator::pod::QUEUED) {
+                crate::operator::queue::POLL
+            } else {
+                give_up - waited + 0.05
+            };
             Step::Track {
                 phase: TrialPhaseName::Pending,
                 reason: w.reason.clone(),
                 message: w.describe(),
                 started_at: None,
                 stop: stop_progress(true),
-                after: Some(give_up - waited + 0.05),
+                after: Some(after),
             }
         }
         Outcome::Running { started_at } => Step::Track {

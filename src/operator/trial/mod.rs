@@ -135,6 +135,15 @@ impl Workload {
         }
     }
 
+    /// The UID of the pod or JobSet (what Kueue's Workload names).
+    fn uid(&self) -> String {
+        match self {
+            Workload::Pod(p) => p.uid(),
+            Workload::JobSet(js, _) => js.uid(),
+        }
+        .unwrap_or_default()
+    }
+
     fn deleting(&self) -> bool {
         match self {
             Workload::Pod(p) => p.metadata.deletion_timestamp.is_some(),
@@ -161,7 +170,19 @@ pub async fn reconcile(trial: Arc<NasTrial>, ctx: Arc<Ctx>) -> Result<Action, Er
         Err(action) => return Ok(action),
     };
     let lost_after = ctx.settings.stop_grace.as_secs_f64();
-    let outcome = seen.pod.as_ref().map(|w| w.outcome(seen.now, lost_after));
+    let mut outcome = seen.pod.as_ref().map(|w| w.outcome(seen.now, lost_after));
+    if let (Some(pod::Outcome::Waiting(w)), Some(workload)) = (outcome.as_mut(), &seen.pod)
+        && w.reason.as_deref() == Some(pod::QUEUED)
+        && let Some(why) = ctx
+            .queue_messages
+            .why_queued(&ctx.client, &seen.ns, &workload.uid())
+            .await
+    {
+        w.message = Some(format!(
+            "{}: {why}",
+            w.message.as_deref().unwrap_or("waits in its queue")
+        ));
+    }
     let step = decide::next_step(&view(&ctx, &seen, outcome.as_ref()));
     let acted = act(&ctx, &mut seen, step).await?;
     write(&ctx, seen, acted).await
