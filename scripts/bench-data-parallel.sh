@@ -5,6 +5,8 @@
 # Usage: scripts/bench-data-parallel.sh (`make bench-data-parallel`, ~4 minutes on 2 cores).
 # On one machine the ranks share its cores, so the ratio says what the exchange costs and
 # what splitting the batch gains there; across pods each rank has its own.
+# On a GPU machine: DEVICE=cuda (one process on GPU 0, then rank r on GPU r modulo the GPUs;
+# the gradients go through host memory and gloo, as in a pod).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 threads=${THREADS:-$(nproc)}
@@ -16,23 +18,27 @@ arch=${ARCH:-'|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|n
 trainer=${TRAINER:-target/release/nasop-trainer}
 [ -x "$trainer" ] || { echo "build the trainer first: make build" >&2; exit 1; }
 [ -d "$data" ] || { echo "Fashion-MNIST is missing at $data: make data" >&2; exit 1; }
+device=${DEVICE:-cpu}
+gpus=1
+[ "$device" = cuda ] && gpus=$(nvidia-smi -L | wc -l)
 per_rank=$(( threads / ranks > 0 ? threads / ranks : 1 ))
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 common=(train --arch "$arch" --dataset fashion-mnist --data-dir "$data" --recipe nb201 --seed 1
-  --epochs "$epochs" --limit "$limit" --valid-fraction 0.25 --channels 16 --cells-per-stage 1)
+  --epochs "$epochs" --limit "$limit" --valid-fraction 0.25 --channels 16 --cells-per-stage 1
+  --device "$device")
 
 echo "one process, $threads threads" >&2
-"$trainer" "${common[@]}" --threads "$threads" >"$out/one.jsonl" 2>"$out/one.err"
+CUDA_VISIBLE_DEVICES=0 "$trainer" "${common[@]}" --threads "$threads" >"$out/one.jsonl" 2>"$out/one.err"
 echo "$ranks ranks, $per_rank threads each" >&2
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 pids=()
 for r in $(seq 1 $((ranks - 1))); do
-  WORLD_SIZE=$ranks RANK=$r MASTER_ADDR=127.0.0.1 MASTER_PORT=$port \
+  CUDA_VISIBLE_DEVICES=$((r % gpus)) WORLD_SIZE=$ranks RANK=$r MASTER_ADDR=127.0.0.1 MASTER_PORT=$port \
     "$trainer" "${common[@]}" --threads "$per_rank" >/dev/null 2>"$out/rank$r.err" &
   pids+=($!)
 done
-WORLD_SIZE=$ranks RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port \
+CUDA_VISIBLE_DEVICES=0 WORLD_SIZE=$ranks RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port \
   "$trainer" "${common[@]}" --threads "$per_rank" >"$out/ranks.jsonl" 2>"$out/rank0.err"
 for p in "${pids[@]}"; do wait "$p"; done
 

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Copies python/nasop_trial.py into examples/k8s/custom-trainer.yaml's ConfigMap (the key
-# nasop_trial.py, the last of its data), so that the example applies on its own;
-# tests/install/examples.rs fails when the copy drifts.
+# Copies python/nasop_trial.py into the ConfigMaps of the examples whose trainers use it
+# (the key nasop_trial.py, the last of its data), so that each example applies on its own;
+# tests/install/examples.rs fails when a copy drifts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 - examples/k8s/custom-trainer.yaml python/nasop_trial.py <<'PY'
+for example in examples/k8s/custom-trainer.yaml examples/k8s/trainjob.yaml; do
+python3 - "$example" python/nasop_trial.py <<'PY'
 import sys
 example, module = sys.argv[1:]
 text = open(example).read()
@@ -17,3 +18,4 @@ if new != text:
     open(example, "w").write(new)
     print(f"updated {example}")
 PY
+done

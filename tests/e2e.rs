@@ -476,6 +476,7 @@ fn a_cpu_search_runs_on_a_real_node_through_the_helm_installed_operator() {
 
     a_missing_image_fails_the_trial_fast(&images);
     jobset_trials_train_data_parallel_on_two_pods(&images);
+    trainjob_trials_train_data_parallel_on_two_pods(&images);
     storage_continues_promotions_and_keeps_models(&images, &dir);
     a_bucket_continues_promotions_and_keeps_models(&images);
 
@@ -663,9 +664,26 @@ spec:
 /// model data-parallel: rank 0 alone reports, both ranks end with the same weights, and a
 /// median stop reaches both pods, which exit by themselves.
 fn jobset_trials_train_data_parallel_on_two_pods(images: &str) {
-    const JOBSET_EXPERIMENT: &str = "jobset-cpu";
+    trials_train_data_parallel_on_two_pods(images, "jobset-cpu", "jobset.sigs.k8s.io/job-index");
+}
+
+/// examples/k8s/trainjob-cpu.yaml: the same with every trial a Kubeflow TrainJob (the
+/// Trainer controller of the test plane, on examples/k8s/trainjob-runtime.yaml): the ranks
+/// meet through the runtime's PET_* variables; rank 0 is the `node` job's completion index 0.
+fn trainjob_trials_train_data_parallel_on_two_pods(images: &str) {
+    ok(kube(&["apply", "--server-side", "-f"]).arg(repo("examples/k8s/trainjob-runtime.yaml")));
+    trials_train_data_parallel_on_two_pods(
+        images,
+        "trainjob-cpu",
+        "batch.kubernetes.io/job-completion-index",
+    );
+}
+
+/// examples/k8s/`experiment`.yaml, run to success; `rank_label` is the pod label
+/// that is "0" on rank 0 alone.
+fn trials_train_data_parallel_on_two_pods(images: &str, experiment: &str, rank_label: &str) {
     let started = Instant::now();
-    let manifest = std::fs::read_to_string(repo("examples/k8s/jobset-cpu.yaml"))
+    let manifest = std::fs::read_to_string(repo(&format!("examples/k8s/{experiment}.yaml")))
         .unwrap()
         .replace(EXAMPLE_IMAGE, &format!("{images}/nasop-trainer:0.1.0-cpu"));
     let out = with_stdin(&mut kube(&["apply", "-n", NAMESPACE, "-f", "-"]), &manifest);
@@ -678,15 +696,15 @@ fn jobset_trials_train_data_parallel_on_two_pods(images: &str) {
     // is deleted once rank 0 has ended.
     let mut seen: std::collections::BTreeMap<String, (String, String, Value)> = Default::default();
     let mut last = String::new();
-    let experiment = loop {
+    let finished = loop {
         assert!(
             started.elapsed() < TIMEOUT,
-            "{JOBSET_EXPERIMENT} did not end within {TIMEOUT:?}"
+            "{experiment} did not end within {TIMEOUT:?}"
         );
         for p in items(
             "pods",
             NAMESPACE,
-            &format!("nasop.dev/experiment={JOBSET_EXPERIMENT}"),
+            &format!("nasop.dev/experiment={experiment}"),
         ) {
             let name = p["metadata"]["name"].as_str().unwrap().to_string();
             let state = &p["status"]["containerStatuses"][0]["state"];
@@ -706,10 +724,10 @@ fn jobset_trials_train_data_parallel_on_two_pods(images: &str) {
                 );
             }
         }
-        let exp = json(&["get", "nasexp", JOBSET_EXPERIMENT, "-n", NAMESPACE]);
+        let exp = json(&["get", "nasexp", experiment, "-n", NAMESPACE]);
         let status = &exp["status"];
         let line = format!(
-            "{JOBSET_EXPERIMENT}: phase {} progress {}",
+            "{experiment}: phase {} progress {}",
             status["phase"], status["progress"]
         );
         if line != last {
@@ -718,16 +736,16 @@ fn jobset_trials_train_data_parallel_on_two_pods(images: &str) {
         }
         match status["phase"].as_str() {
             Some("Succeeded") => break exp,
-            Some("Failed") => panic!("{JOBSET_EXPERIMENT} failed: {status}"),
+            Some("Failed") => panic!("{experiment} failed: {status}"),
             _ => {}
         }
         std::thread::sleep(Duration::from_secs(2));
     };
-    assert_eq!(experiment["status"]["trials"]["failed"], 0);
+    assert_eq!(finished["status"]["trials"]["failed"], 0);
     let trials = items(
         "nastrials",
         NAMESPACE,
-        &format!("nasop.dev/experiment={JOBSET_EXPERIMENT}"),
+        &format!("nasop.dev/experiment={experiment}"),
     );
     let digest = |logs: &str| {
         logs.lines()
@@ -760,7 +778,7 @@ fn jobset_trials_train_data_parallel_on_two_pods(images: &str) {
             let pod = p["metadata"]["name"].as_str().unwrap();
             let terminated = &p["status"]["containerStatuses"][0]["state"]["terminated"];
             assert_eq!(terminated["exitCode"], 0, "{pod}: {terminated}\n{logs}");
-            let rank0 = p["metadata"]["labels"]["jobset.sigs.k8s.io/job-index"] == "0";
+            let rank0 = p["metadata"]["labels"][rank_label] == "0";
             assert_eq!(
                 logs.contains("\"step\""),
                 rank0,
@@ -777,16 +795,12 @@ fn jobset_trials_train_data_parallel_on_two_pods(images: &str) {
     );
     assert!(stopped >= 1, "no trial was stopped early: {trials:?}");
     log(&format!(
-        "{JOBSET_EXPERIMENT}: {} trials on two pods each ({checked} with both ranks checked, {stopped} stopped early); {:?}",
+        "{experiment}: {} trials on two pods each ({checked} with both ranks checked, {stopped} stopped early); {:?}",
         trials.len(),
         started.elapsed()
     ));
     ok(&mut kube(&[
-        "delete",
-        "nasexp",
-        JOBSET_EXPERIMENT,
-        "-n",
-        NAMESPACE,
+        "delete", "nasexp", experiment, "-n", NAMESPACE,
     ]));
 }
 

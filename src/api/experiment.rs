@@ -50,8 +50,8 @@ use std::collections::BTreeMap;
     )
 )]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("!(has(self.trialTemplate) && has(self.trialJobSet))").message("give one trial kind: trialTemplate (a pod) or trialJobSet, not both"))]
-#[x_kube(validation = Rule::new("has(self.trialJobSet) == has(oldSelf.trialJobSet)").message("the trial kind is immutable: create a new NasExperiment to run its trials as another kind"))]
+#[x_kube(validation = Rule::new("(has(self.trialTemplate) ? 1 : 0) + (has(self.trialJobSet) ? 1 : 0) + (has(self.trialTrainJob) ? 1 : 0) <= 1").message("give one trial kind: trialTemplate (a pod), trialJobSet or trialTrainJob, not several"))]
+#[x_kube(validation = Rule::new("has(self.trialJobSet) == has(oldSelf.trialJobSet) && has(self.trialTrainJob) == has(oldSelf.trialTrainJob)").message("the trial kind is immutable: create a new NasExperiment to run its trials as another kind"))]
 pub struct NasExperimentSpec {
     /// What the search optimises: one or more metrics that trials report. The first leads
     /// single-objective strategies; all of them form the Pareto front in the status.
@@ -103,6 +103,20 @@ pub struct NasExperimentSpec {
     /// kueue.x-k8s.io/queue-name label in its metadata makes the trial wait in that queue.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trial_job_set: Option<JobSetTemplate>,
+    /// Trials as Kubeflow Trainer TrainJobs (trainer.kubeflow.org/v1alpha1, Kubeflow
+    /// Trainer v2.3 or newer installed), written as for a plain run: a runtimeRef and a
+    /// trainer (image, command, numNodes, resourcesPerNode). Give one of trialTemplate,
+    /// trialJobSet and trialTrainJob. nasop adds the trial contract to spec.trainer.env
+    /// (the runtime adds the PET_* variables), and a runtime patch of its own (manager
+    /// nasop.dev/operator) that labels the `node` pods and mounts the report token (and
+    /// spec.storage's claim) into their `node` container. Rank 0 is the `node` job's first
+    /// pod (completion index 0): the only one whose reports count. A TrainJob cannot switch
+    /// off its runtime's retries, so nasop fails the trial at the first restart of any
+    /// rank; a runtime with backoffLimit 0, restartPolicy Never and failurePolicy
+    /// maxRestarts 0 (examples/k8s/trainjob-runtime.yaml) never restarts one. A
+    /// kueue.x-k8s.io/queue-name label in its metadata makes the trial wait in that queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trial_train_job: Option<TrainJobTemplate>,
     /// Start from what earlier searches learned: the finished trials of the experiments named
     /// here (their searchSpace must equal this one's) are given to the strategy as results
     /// before it proposes anything. They are not trained again and do not count against
@@ -140,6 +154,44 @@ pub struct JobSetTemplate {
     /// optionally network, successPolicy, suspend.
     #[schemars(schema_with = "job_set_spec_schema")]
     pub spec: serde_json::Value,
+}
+
+/// A TrainJob as a trial: its labels and annotations, and its spec.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TrainJobTemplate {
+    /// Labels and annotations of each trial's TrainJob (for example
+    /// kueue.x-k8s.io/queue-name); nasop adds its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<TemplateMetadata>,
+    /// A trainer.kubeflow.org/v1alpha1 TrainJobSpec: runtimeRef, trainer, and optionally
+    /// initializer and runtimePatches.
+    #[schemars(schema_with = "train_job_spec_schema")]
+    pub spec: serde_json::Value,
+}
+
+fn train_job_spec_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "description": "A trainer.kubeflow.org/v1alpha1 TrainJobSpec.",
+        "required": ["runtimeRef", "trainer"],
+        "properties": {
+            "runtimeRef": {
+                "type": "object",
+                "description": "The (Cluster)TrainingRuntime the trials run on, e.g. torch-distributed.",
+                "required": ["name"],
+                "x-kubernetes-preserve-unknown-fields": true,
+                "properties": {"name": {"type": "string", "minLength": 1}},
+            },
+            "trainer": {
+                "type": "object",
+                "description": "The trainer: image, command, args, env, numNodes, resourcesPerNode, numProcPerNode.",
+                "x-kubernetes-preserve-unknown-fields": true,
+                "properties": {"numNodes": {"type": "integer", "minimum": 1}},
+            },
+        },
+        "x-kubernetes-preserve-unknown-fields": true,
+    })
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]

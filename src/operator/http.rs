@@ -4,7 +4,7 @@
 use super::context::Ctx;
 use super::status;
 use super::token;
-use super::{jobset, pod};
+use super::{jobset, pod, trainjob};
 use crate::api::{FinalReport, NasTrial, ReportEntry, TrialPhaseName};
 use axum::Router;
 use axum::body::Bytes;
@@ -13,6 +13,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use kube::api::DynamicObject;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 use nasop_core::contract::{Report, ReportAction, ReportReply, RunEnd};
@@ -332,7 +333,7 @@ async fn job_set_owner(
         return Err(Box::new(unauthorized()));
     }
     let ns = pod.namespace().unwrap_or_default();
-    let api: Api<kube::api::DynamicObject> =
+    let api: Api<DynamicObject> =
         Api::namespaced_with(ctx.client.clone(), &ns, &jobset::resource());
     let js = match api.get_opt(name).await {
         Ok(Some(js)) if js.uid().as_deref() == Some(uid.as_str()) => js,
@@ -343,26 +344,48 @@ async fn job_set_owner(
         }
         Err(e) => return Err(Box::new(unavailable(&e))),
     };
-    let Some(owner) = js
-        .metadata
-        .owner_references
-        .iter()
-        .flatten()
-        .find(|o| o.controller == Some(true) && o.kind == "NasTrial")
-    else {
-        return Err(Box::new(unauthorized()));
+    let controller = |o: &DynamicObject, kind: &str| {
+        o.metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .find(|r| r.controller == Some(true) && r.kind == kind)
+            .cloned()
     };
-    let first = jobset::first_job(&js).unwrap_or_default();
-    if !jobset::is_rank_zero(pod, &first) {
+    // A TrainJob trial's JobSet is the TrainJob's, and the TrainJob the trial's.
+    let (kind, owner) = match (controller(&js, "NasTrial"), controller(&js, trainjob::KIND)) {
+        (Some(owner), _) => (jobset::Kind::JobSet, owner),
+        (None, Some(tj)) => {
+            let api: Api<DynamicObject> =
+                Api::namespaced_with(ctx.client.clone(), &ns, &trainjob::resource());
+            match api.get_opt(&tj.name).await {
+                Ok(Some(t)) if t.uid().as_deref() == Some(tj.uid.as_str()) => {
+                    match controller(&t, "NasTrial") {
+                        Some(owner) => (jobset::Kind::TrainJob, owner),
+                        None => return Err(Box::new(unauthorized())),
+                    }
+                }
+                Ok(_) => {
+                    return Err(Box::new(not_recorded(format!(
+                        "TrainJob {} is gone: this attempt no longer counts",
+                        tj.name
+                    ))));
+                }
+                Err(e) => return Err(Box::new(unavailable(&e))),
+            }
+        }
+        (None, None) => return Err(Box::new(unauthorized())),
+    };
+    if !jobset::is_rank_zero(pod, &kind.rank_zero_job(&js)) {
         return Err(Box::new((
             "refused",
             refuse(
                 StatusCode::FORBIDDEN,
-                "only rank 0 of a trial's JobSet (its first replicated job's first pod) reports; report from RANK 0 alone",
+                "only rank 0 of a trial (its first replicated job's first pod; a TrainJob's first node) reports; report from RANK 0 alone",
             ),
         )));
     }
-    Ok(owner.clone())
+    Ok(owner)
 }
 
 /// The attempt a trial's pod is (its label; 0, the oldest, when it has none).

@@ -9,7 +9,8 @@
 
 use super::pod::{self, Outcome, PodInput, Waiting};
 use super::status::seconds;
-use crate::api::JobSetTemplate;
+use super::trainjob;
+use crate::api::{JobSetTemplate, NasExperimentSpec, TemplateMetadata};
 use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector, Pod, PodTemplateSpec};
 use kube::ResourceExt;
 use kube::api::{ApiResource, DynamicObject};
@@ -37,6 +38,96 @@ pub const LABEL_COMPLETION_INDEX: &str = "batch.kubernetes.io/job-completion-ind
 pub const LABEL_QUEUE: &str = "kueue.x-k8s.io/queue-name";
 /// The port rank 0 listens on for the process group (torchrun's default).
 pub const MASTER_PORT: u16 = 29500;
+
+/// What a trial of several pods runs as: a JobSet it writes, or a TrainJob whose JobSet the
+/// Kubeflow Trainer controller writes (named as the TrainJob, its trainer job `node`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    JobSet,
+    TrainJob,
+}
+
+impl Kind {
+    /// The kind an experiment's trials run as, when not a pod.
+    pub fn of(spec: &NasExperimentSpec) -> Option<Kind> {
+        if spec.trial_train_job.is_some() {
+            Some(Kind::TrainJob)
+        } else if spec.trial_job_set.is_some() {
+            Some(Kind::JobSet)
+        } else {
+            None
+        }
+    }
+
+    pub fn resource(self) -> ApiResource {
+        match self {
+            Kind::JobSet => resource(),
+            Kind::TrainJob => trainjob::resource(),
+        }
+    }
+
+    /// The kind's name, as the API has it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::JobSet => KIND,
+            Kind::TrainJob => trainjob::KIND,
+        }
+    }
+
+    /// The experiment's field that gives it.
+    pub fn field(self) -> &'static str {
+        match self {
+            Kind::JobSet => "spec.trialJobSet",
+            Kind::TrainJob => "spec.trialTrainJob",
+        }
+    }
+
+    /// The condition that says it completed.
+    fn completed(self) -> &'static str {
+        match self {
+            Kind::JobSet => "Completed",
+            Kind::TrainJob => "Complete",
+        }
+    }
+
+    /// The replicated job whose first pod is rank 0.
+    pub fn rank_zero_job(self, obj: &DynamicObject) -> String {
+        match self {
+            Kind::JobSet => first_job(obj).unwrap_or_default(),
+            Kind::TrainJob => trainjob::NODE.into(),
+        }
+    }
+
+    /// The pods of this object among `pods`: a JobSet's by its UID on them, a TrainJob's by
+    /// the name of its JobSet (the TrainJob's own: unique per attempt).
+    pub fn pods_of<'a>(self, obj: &DynamicObject, pods: &'a [Arc<Pod>]) -> Vec<&'a Arc<Pod>> {
+        let (key, want) = match self {
+            Kind::JobSet => (LABEL_JOBSET_UID, obj.uid().unwrap_or_default()),
+            Kind::TrainJob => (LABEL_JOBSET_NAME, obj.name_any()),
+        };
+        pods.iter()
+            .filter(|p| label(p, key) == Some(want.as_str()))
+            .collect()
+    }
+
+    /// Whether it has ended (completed or failed): its pods are done.
+    pub fn ended(self, obj: &DynamicObject) -> bool {
+        condition(obj, self.completed()).is_some() || condition(obj, "Failed").is_some()
+    }
+
+    /// What the object and its pods say about the trial at `now` (a pod or the object still
+    /// terminating `lost_after` seconds past its deletion counts as lost, as for a pod
+    /// trial).
+    pub fn outcome(
+        self,
+        obj: &DynamicObject,
+        pods: &[&Arc<Pod>],
+        now: f64,
+        lost_after: f64,
+    ) -> Outcome {
+        group_outcome(self, obj, pods, now, lost_after)
+    }
+}
 
 /// Why a trialJobSet cannot run trials: the message names the field and the fix.
 pub fn check(t: &JobSetTemplate, experiment: &str) -> Result<(), String> {
@@ -177,17 +268,29 @@ pub fn build(p: &PodInput, t: &JobSetTemplate, name: &str) -> Value {
         spec["successPolicy"] = json!({"operator": "All"});
     }
     let meta = t.metadata.clone().unwrap_or_default();
-    let mut labels = meta.labels;
-    if labels.contains_key(LABEL_QUEUE) && spec["suspend"].is_null() {
+    if meta.labels.contains_key(LABEL_QUEUE) && spec["suspend"].is_null() {
         // Kueue's webhook would suspend it; without the webhook, the queue still holds it.
         spec["suspend"] = json!(true);
     }
+    trial_object(p, (GROUP, VERSION, KIND), name, meta, spec)
+}
+
+/// A trial's object of kind `(group, version, kind)` named `name`: the template's labels
+/// with ours, its annotations, the trial as its controller, and `spec`.
+pub(super) fn trial_object(
+    p: &PodInput,
+    (group, version, kind): (&str, &str, &str),
+    name: &str,
+    meta: TemplateMetadata,
+    spec: Value,
+) -> Value {
+    let mut labels = meta.labels;
     labels.insert(pod::LABEL_EXPERIMENT.into(), p.experiment.into());
     labels.insert(pod::LABEL_TRIAL.into(), p.trial.into());
     labels.insert(pod::LABEL_ATTEMPT.into(), p.attempt.to_string());
     json!({
-        "apiVersion": format!("{GROUP}/{VERSION}"),
-        "kind": KIND,
+        "apiVersion": format!("{group}/{version}"),
+        "kind": kind,
         "metadata": {
             "name": name,
             "namespace": p.namespace,
@@ -237,14 +340,6 @@ pub fn first_job(js: &DynamicObject) -> Option<String> {
         .map(str::to_string)
 }
 
-/// The pods of this JobSet among `pods` (by the JobSet's UID on them).
-pub fn pods_of<'a>(js: &DynamicObject, pods: &'a [Arc<Pod>]) -> Vec<&'a Arc<Pod>> {
-    let uid = js.uid().unwrap_or_default();
-    pods.iter()
-        .filter(|p| label(p, LABEL_JOBSET_UID) == Some(uid.as_str()))
-        .collect()
-}
-
 fn condition(js: &DynamicObject, type_: &str) -> Option<(String, String)> {
     js.data["status"]["conditions"]
         .as_array()?
@@ -258,14 +353,39 @@ fn condition(js: &DynamicObject, type_: &str) -> Option<(String, String)> {
         })
 }
 
-/// Whether the JobSet has ended (Completed or Failed): its pods are done.
-pub fn ended(js: &DynamicObject) -> bool {
-    condition(js, "Completed").is_some() || condition(js, "Failed").is_some()
+/// A rank's container that restarted in place (a runtime whose pods restart on failure): the
+/// rank failed, and nasop's retry rules are the only ones, so the trial fails with why.
+fn restarted(p: &Pod) -> Option<String> {
+    let statuses = p.status.as_ref()?.container_statuses.as_ref()?;
+    let c = statuses.iter().find(|c| c.restart_count > 0)?;
+    let last = c.last_state.as_ref().and_then(|s| s.terminated.as_ref());
+    let why = last.map_or_else(String::new, |t| {
+        let mut why = format!(
+            ": exit code {}{}",
+            t.exit_code,
+            t.reason
+                .as_deref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default()
+        );
+        if let Some(m) = t.message.as_deref().filter(|m| !m.trim().is_empty()) {
+            why.push_str(&format!(": {}", m.trim()));
+        }
+        why
+    });
+    Some(format!(
+        "container {} ended and was restarted in place{why}; a trial's ranks are not restarted (give the runtime restartPolicy Never and backoffLimit 0)",
+        c.name
+    ))
 }
 
-/// What a JobSet and its pods say about the trial at `now` (a pod or the JobSet still
-/// terminating `lost_after` seconds past its deletion counts as lost, as for a pod trial).
-pub fn outcome(js: &DynamicObject, pods: &[&Arc<Pod>], now: f64, lost_after: f64) -> Outcome {
+fn group_outcome(
+    kind: Kind,
+    js: &DynamicObject,
+    pods: &[&Arc<Pod>],
+    now: f64,
+    lost_after: f64,
+) -> Outcome {
     // Its pending time runs from its creation, or from when a queue resumed it.
     let resumed = js.data["status"]["conditions"]
         .as_array()
@@ -290,7 +410,8 @@ pub fn outcome(js: &DynamicObject, pods: &[&Arc<Pod>], now: f64, lost_after: f64
         let gone_by = seconds(&deleted.0) + lost_after;
         return if now >= gone_by {
             Outcome::Lost(format!(
-                "JobSet {} was still terminating {:.0}s after its deletion time",
+                "{} {} was still terminating {:.0}s after its deletion time",
+                kind.name(),
                 js.name_any(),
                 now - seconds(&deleted.0)
             ))
@@ -298,10 +419,20 @@ pub fn outcome(js: &DynamicObject, pods: &[&Arc<Pod>], now: f64, lost_after: f64
             Outcome::Terminating(Some(gone_by - now + 0.05))
         };
     }
-    let first = first_job(js).unwrap_or_default();
+    let first = kind.rank_zero_job(js);
     let seen: Vec<(&Arc<Pod>, Outcome)> = pods
         .iter()
-        .map(|p| (*p, pod::outcome_at(p, now, lost_after)))
+        .map(|p| {
+            let o = match restarted(p) {
+                Some(message) => Outcome::Failed {
+                    message,
+                    started_at: None,
+                    finished_at: None,
+                },
+                None => pod::outcome_at(p, now, lost_after),
+            };
+            (*p, o)
+        })
         .collect();
     let rank0 = seen
         .iter()
@@ -337,7 +468,7 @@ pub fn outcome(js: &DynamicObject, pods: &[&Arc<Pod>], now: f64, lost_after: f64
             finished_at: *finished_at,
         };
     }
-    if condition(js, "Completed").is_some() {
+    if condition(js, kind.completed()).is_some() {
         return match rank0 {
             Some((_, o @ Outcome::Succeeded { .. })) => o.clone(),
             _ => Outcome::Succeeded {
@@ -349,7 +480,7 @@ pub fn outcome(js: &DynamicObject, pods: &[&Arc<Pod>], now: f64, lost_after: f64
     }
     if let Some((reason, message)) = condition(js, "Failed") {
         return Outcome::Failed {
-            message: format!("JobSet {}: {reason}: {message}", js.name_any()),
+            message: format!("{} {}: {reason}: {message}", kind.name(), js.name_any()),
             started_at: None,
             finished_at: None,
         };
@@ -359,8 +490,8 @@ pub fn outcome(js: &DynamicObject, pods: &[&Arc<Pod>], now: f64, lost_after: f64
         return Outcome::Waiting(Waiting {
             reason: Some(pod::QUEUED.into()),
             message: Some(match queue {
-                Some(q) => format!("JobSet {} waits in queue {q}", js.name_any()),
-                None => format!("JobSet {} is suspended", js.name_any()),
+                Some(q) => format!("{} {} waits in queue {q}", kind.name(), js.name_any()),
+                None => format!("{} {} is suspended", kind.name(), js.name_any()),
             }),
             // Waiting in a queue is not waiting to start: no pending timeout runs.
             since: None,

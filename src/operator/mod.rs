@@ -32,6 +32,7 @@ pub mod start;
 pub mod status;
 mod sync;
 pub mod token;
+pub mod trainjob;
 pub mod trial;
 mod watch;
 pub mod written;

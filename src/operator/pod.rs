@@ -42,11 +42,11 @@ pub fn pod_names(trial: &str, attempt: u32, trial_uid: &str) -> [String; 2] {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum TemplateError {
     #[error(
-        "spec.trialTemplate is required on Kubernetes: add a pod template whose first container runs the trainer, or spec.trialJobSet for trials of several pods (see examples/)"
+        "spec.trialTemplate is required on Kubernetes: add a pod template whose first container runs the trainer, or spec.trialJobSet or spec.trialTrainJob for trials of several pods (see examples/)"
     )]
     Missing,
     #[error("{0}")]
-    JobSet(String),
+    Group(String),
     #[error(
         "spec.trialTemplate.spec.containers is empty: add the trial container (image and command)"
     )]
@@ -315,6 +315,34 @@ pub fn trial_pod(
         }
     }
     (meta, spec)
+}
+
+/// The trial contract in parts, for pods whose template nasop does not write (a TrainJob's,
+/// from its runtime): our labels, the trainer container's environment and volume mounts,
+/// and the pod's volumes (the report token's, and spec.storage's claim).
+pub struct ContractParts {
+    pub labels: BTreeMap<String, String>,
+    pub env: Vec<EnvVar>,
+    pub mounts: Vec<VolumeMount>,
+    pub volumes: Vec<Volume>,
+}
+
+pub fn contract_parts(p: &PodInput) -> ContractParts {
+    let template = PodTemplateSpec {
+        metadata: None,
+        spec: Some(PodSpec {
+            containers: vec![Container::default()],
+            ..PodSpec::default()
+        }),
+    };
+    let (meta, spec) = trial_pod(p, &template, Vec::new());
+    let c = spec.containers.into_iter().next().unwrap_or_default();
+    ContractParts {
+        labels: meta.labels.unwrap_or_default(),
+        env: c.env.unwrap_or_default(),
+        mounts: c.volume_mounts.unwrap_or_default(),
+        volumes: spec.volumes.unwrap_or_default(),
+    }
 }
 
 /// Adds `volume` to the pod, in place of one of its name.
@@ -889,4 +917,4 @@ pub fn trial_of(pod: &Pod) -> Option<&str> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -3,9 +3,9 @@
 //! Both controllers start pods: the experiment controller a trial's first, with the trial.
 
 use super::context::{Ctx, Error, lock, now, publish_event};
-use super::jobset;
 use super::pod::{self, PodInput};
 use super::status::{self, micro};
+use super::{jobset, trainjob};
 use crate::api::{NasExperiment, NasTrial, NasTrialStatus, TrialPhaseName};
 use crate::engine::Experiment;
 use k8s_openapi::api::core::v1::Pod;
@@ -43,8 +43,8 @@ pub async fn start_pod(
     attempt: u32,
     next: &mut NasTrialStatus,
 ) -> Result<Option<Duration>, Error> {
-    if let Some(template) = &exp.spec.trial_job_set {
-        return start_job_set(ctx, trial, exp, experiment, template, attempt, next).await;
+    if let Some(kind) = jobset::Kind::of(&exp.spec) {
+        return start_group(ctx, trial, exp, experiment, kind, attempt, next).await;
     }
     let ns = trial.namespace().unwrap_or_default();
     let name = trial.name_any();
@@ -108,15 +108,15 @@ fn started(ctx: &Ctx, trial: &NasTrial, next: &mut NasTrialStatus, attempt: u32,
         .reset(&format!("quota/{}", trial.uid().unwrap_or_default()));
 }
 
-/// The JobSet of attempt `attempt` of a JobSet trial, as [`start_pod`] does for a pod: a
-/// JobSet of its name that the trial does not control is reported and the trial takes its
-/// other name.
-async fn start_job_set(
+/// The JobSet (or TrainJob) of attempt `attempt` of a trial of several pods, as
+/// [`start_pod`] does for a pod: an object of its name that the trial does not control is
+/// reported and the trial takes its other name.
+async fn start_group(
     ctx: &Ctx,
     trial: &NasTrial,
     exp: &NasExperiment,
     experiment: &Experiment,
-    template: &crate::api::JobSetTemplate,
+    kind: jobset::Kind,
     attempt: u32,
     next: &mut NasTrialStatus,
 ) -> Result<Option<Duration>, Error> {
@@ -135,61 +135,69 @@ async fn start_job_set(
         report_url: &ctx.settings.report_url,
         storage: exp.spec.storage.as_ref(),
     };
-    let api: Api<DynamicObject> =
-        Api::namespaced_with(ctx.client.clone(), &ns, &jobset::resource());
+    let build = |object_name: &str| match (&exp.spec.trial_train_job, &exp.spec.trial_job_set) {
+        (Some(t), _) => trainjob::build(&p, t, object_name),
+        (None, Some(t)) => jobset::build(&p, t, object_name),
+        (None, None) => unreachable!("Kind::of found a trial kind"),
+    };
+    let (what, field) = (kind.name(), kind.field());
+    let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &ns, &kind.resource());
     let [own, other] = pod::pod_names(&name, attempt, &uid);
-    let mut js_name = own.clone();
+    let mut object_name = own.clone();
     loop {
-        let object: DynamicObject = serde_json::from_value(jobset::build(&p, template, &js_name))
-            .expect("a built JobSet is an object with metadata");
+        let object: DynamicObject = serde_json::from_value(build(&object_name))
+            .expect("a built JobSet or TrainJob is an object with metadata");
         match api.create(&PostParams::default(), &object).await {
             Ok(_) => {
-                info!(namespace = %ns, experiment = %trial.spec.experiment, trial = %name, attempt, jobset = %js_name, "created JobSet");
+                info!(namespace = %ns, experiment = %trial.spec.experiment, trial = %name, attempt, kind = what, object = %object_name, "created the trial's object");
                 if attempt == 1 {
-                    first_pod_created(ctx, trial, &js_name);
+                    first_pod_created(ctx, trial, &object_name);
                 }
                 break;
             }
             Err(kube::Error::Api(s)) if s.is_already_exists() => {
-                let existing = api.get_opt(&js_name).await?;
+                let existing = api.get_opt(&object_name).await?;
                 if existing.as_ref().is_some_and(|e| jobset::owned_by(e, &uid)) {
                     break;
                 }
-                if js_name == other {
-                    return Err(Error::PodTaken { pod: js_name });
+                if object_name == other {
+                    return Err(Error::PodTaken { pod: object_name });
                 }
-                warn!(namespace = %ns, trial = %name, jobset = %js_name, "a JobSet of the trial's name belongs to another object");
+                warn!(namespace = %ns, trial = %name, kind = what, object = %object_name, "an object of the trial's name belongs to another");
                 event(
                     ctx,
                     trial,
                     EventType::Warning,
                     "PodNameTaken",
                     format!(
-                        "JobSet {js_name} belongs to another object, not to this trial: nothing it says counts; the trial's JobSet is {other}"
+                        "{what} {object_name} belongs to another object, not to this trial: nothing it says counts; the trial's {what} is {other}"
                     ),
                 );
-                js_name = other.clone();
+                object_name = other.clone();
             }
-            // No JobSet API: the controller is not installed.
+            // No such API: the controller is not installed.
             Err(kube::Error::Api(s)) if s.code == 404 => {
+                let r = kind.resource();
+                let install = match kind {
+                    jobset::Kind::JobSet => "the JobSet controller (v0.12 or newer)",
+                    jobset::Kind::TrainJob => "Kubeflow Trainer (v2.3 or newer)",
+                };
                 next.phase = Some(TrialPhaseName::Failed);
-                next.reason = Some("JobSetNotInstalled".into());
+                next.reason = Some(format!("{what}NotInstalled"));
                 next.message = Some(format!(
-                    "spec.trialJobSet: the API server has no {}/{} JobSet resource ({}): install the JobSet controller (v0.12 or newer), or run the trials as pods with spec.trialTemplate",
-                    jobset::GROUP,
-                    jobset::VERSION,
-                    s.message
+                    "{field}: the API server has no {}/{} {what} resource ({}): install {install}, or run the trials as pods with spec.trialTemplate",
+                    r.group, r.version, s.message
                 ));
                 next.completion_time = Some(micro(now()));
                 return Ok(None);
             }
             Err(kube::Error::Api(s)) if s.is_invalid() || s.is_forbidden() => {
-                return Ok(refused(ctx, trial, next, &s, "spec.trialJobSet"));
+                return Ok(refused(ctx, trial, next, &s, field));
             }
             Err(e) => return Err(e.into()),
         }
     }
-    started(ctx, trial, next, attempt, js_name);
+    started(ctx, trial, next, attempt, object_name);
     Ok(None)
 }
 

@@ -45,19 +45,24 @@ fn every_example_is_accepted_by_the_crds_and_the_operators_checks() {
     assert!(seen >= 15, "only {seen} examples");
 }
 
-/// The custom-trainer example's ConfigMap carries python/nasop_trial.py as it is.
+/// The Python trainers' ConfigMaps (the custom trainer's, the TrainJob's) carry
+/// python/nasop_trial.py as it is.
 #[test]
-fn the_custom_trainer_example_carries_the_python_helper() {
-    let docs =
-        documents(&std::fs::read_to_string(repo("examples/k8s/custom-trainer.yaml")).unwrap());
-    let copy = of_kind(&docs, "ConfigMap")[0]["data"]["nasop_trial.py"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    assert!(
-        copy == std::fs::read_to_string(repo("python/nasop_trial.py")).unwrap(),
-        "examples/k8s/custom-trainer.yaml's nasop_trial.py differs from python/nasop_trial.py: run `make examples`"
-    );
+fn the_python_examples_carry_the_python_helper() {
+    for example in [
+        "examples/k8s/custom-trainer.yaml",
+        "examples/k8s/trainjob.yaml",
+    ] {
+        let docs = documents(&std::fs::read_to_string(repo(example)).unwrap());
+        let copy = of_kind(&docs, "ConfigMap")[0]["data"]["nasop_trial.py"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            copy == std::fs::read_to_string(repo("python/nasop_trial.py")).unwrap(),
+            "{example}'s nasop_trial.py differs from python/nasop_trial.py: run `make examples`"
+        );
+    }
 }
 
 /// Writes the custom-trainer example's scripts into `dir` and its experiment with `spec`

@@ -166,8 +166,8 @@ fn start_as_deployed(env: &mut Env, r: &Release, dir: &Path) -> PathBuf {
 
 /// Enough: the release's operator was refused nothing. Not more: it used every permission
 /// the release grants, and each of `outside` is refused to its ServiceAccount.
-/// `job_sets`: whether the run included trials of several pods (JobSets); a release that
-/// ran none cannot have used its JobSet rules.
+/// `job_sets`: whether the run included trials of several pods (JobSets and TrainJobs); a
+/// release that ran none cannot have used those rules.
 async fn check_rbac(
     r: &Release,
     kubeconfig: &Path,
@@ -198,7 +198,7 @@ async fn check_rbac(
     // delivered yet, or a status write that lost a race, reads the trial itself.
     // And checked by admission, never requested: OwnerReferencesPermissionEnforcement
     // (on in tools/testenv) asks for it on every pod the operator creates.
-    // A JobSet trial's JobSet is deleted only when the trial ends with ranks still running
+    // A JobSet (TrainJob) trial's object is deleted only when the trial ends with ranks still running
     // (an early stop before rank 0 heard it).
     // Kueue's Workloads are read only while a trial waits in a queue (tests/operator/
     // kueue.rs runs that, without the chart).
@@ -206,12 +206,13 @@ async fn check_rbac(
         ("get", "nasop.dev", "nastrials"),
         ("update", "nasop.dev", "nastrials/finalizers"),
         ("delete", "jobset.x-k8s.io", "jobsets"),
+        ("delete", "trainer.kubeflow.org", "trainjobs"),
         ("list", "kueue.x-k8s.io", "workloads"),
     ];
     let unused: Vec<_> = granted(&rendered)
         .difference(&used)
         .filter(|(v, g, res)| !rare.contains(&(v.as_str(), g.as_str(), res.as_str())))
-        .filter(|(_, g, _)| job_sets || g != "jobset.x-k8s.io")
+        .filter(|(_, g, _)| job_sets || (g != "jobset.x-k8s.io" && g != "trainer.kubeflow.org"))
         .cloned()
         .collect();
     assert!(
@@ -235,9 +236,24 @@ fn args(words: &[&str]) -> Vec<String> {
 /// Applies examples/k8s/`file` with a smaller budget (trials, parallelism, epochs,
 /// timeout seconds) and waits until it has Succeeded.
 async fn run_example(env: &Env, file: &str, budget: (u32, u32, u32, u64)) -> NasExperiment {
+    run_example_with(env, file, budget, |_| {}).await
+}
+
+/// [`run_example`], the example's experiment changed by `tweak` first.
+async fn run_example_with(
+    env: &Env,
+    file: &str,
+    budget: (u32, u32, u32, u64),
+    tweak: impl FnOnce(&mut NasExperiment),
+) -> NasExperiment {
     let path = repo("examples/k8s").join(file);
-    let mut exp: NasExperiment =
-        serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let text = std::fs::read_to_string(path).unwrap();
+    let doc = documents(&text)
+        .into_iter()
+        .find(|d| d["kind"] == "NasExperiment")
+        .unwrap();
+    let mut exp: NasExperiment = serde_json::from_value(doc).unwrap();
+    tweak(&mut exp);
     let b = &mut exp.spec.budget;
     (b.max_trials, b.parallelism, b.trial_epochs) = (budget.0, budget.1, budget.2);
     b.trial_timeout_seconds = Some(budget.3);
@@ -386,6 +402,23 @@ async fn installed_chart_runs_an_example_with_only_its_rbac_and_feeds_the_dashbo
     let jobsets = run_example(&env, "jobset.yaml", (2, 2, 3, 60)).await;
     let js_status = jobsets.status.unwrap();
     assert_eq!(js_status.trials.succeeded, 2, "{js_status:?}");
+    // And as TrainJobs, on the runtime of examples/k8s/trainjob-runtime.yaml (the stock
+    // torch-distributed runtime needs JobSet's webhook, which the test plane does not
+    // register), tolerating the GPU nodes.
+    ok(kubectl()
+        .args(["apply", "--server-side", "-f"])
+        .arg(repo("examples/k8s/trainjob-runtime.yaml")));
+    let trainjobs = run_example_with(&env, "trainjob.yaml", (2, 2, 3, 60), |e| {
+        let spec = &mut e.spec.trial_train_job.as_mut().unwrap().spec;
+        spec["runtimeRef"]["name"] = "nasop-torch-distributed".into();
+        spec["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]
+            ["template"]["spec"]["template"]["spec"]["tolerations"] = serde_json::json!([
+            {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+        ]);
+    })
+    .await;
+    let tj_status = trainjobs.status.unwrap();
+    assert_eq!(tj_status.trials.succeeded, 2, "{tj_status:?}");
 
     let random = repo("examples/k8s/random.yaml").display().to_string();
     check_rbac(
@@ -628,6 +661,32 @@ spec:
             && refusal.contains("may not create jobsets in namespace")
             && refusal.contains("spec.trialJobSet"),
         "bob, without JobSet rights: {refusal}"
+    );
+    // And trials as TrainJobs, the right to create TrainJobs.
+    let train_job = r#"
+apiVersion: nasop.dev/v1alpha1
+kind: NasExperiment
+metadata: {name: bob-trainjob}
+spec:
+  objectives: [{metric: val_accuracy, goal: maximize}]
+  searchSpace: {cell: {nodes: 4, operations: [none, skip_connect]}}
+  strategy: {algorithm: random, seed: 1}
+  budget: {maxTrials: 1, parallelism: 1, trialEpochs: 1}
+  trialTrainJob:
+    spec:
+      runtimeRef: {name: torch-distributed}
+      trainer: {image: busybox, numNodes: 2}
+"#;
+    let out = with_stdin(
+        kubectl().args(["create", "--as=bob", "-n", &ns, "-f", "-"]),
+        train_job,
+    );
+    let refusal = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && refusal.contains("may not create trainjobs in namespace")
+            && refusal.contains("spec.trialTrainJob"),
+        "bob, without TrainJob rights: {refusal}"
     );
     ok(kubectl().args(["delete", "namespace", &ns, "--wait=false"]));
 }

@@ -45,18 +45,20 @@ spec:
     )
 }
 
-/// Plays each rank: rank 0 reports three epochs and ends with the last; the other rank
-/// ends at once, with `rank1` (exit code, message). Every rank's environment is kept.
-struct Ranks {
+/// Plays each rank (the pod label `rank` names it): rank 0 reports three epochs and ends
+/// with the last; the other rank ends at once, with `rank1` (exit code, message). Every
+/// rank's environment is kept.
+pub(super) struct Ranks {
+    rank: &'static str,
     rank1: (i32, String),
-    envs: Mutex<Vec<(String, std::collections::BTreeMap<String, String>)>>,
+    pub(super) envs: Mutex<Vec<(String, std::collections::BTreeMap<String, String>)>>,
 }
 
 impl Player for Ranks {
     fn plan(&self, pod: &Pod) -> Option<Plan> {
         let env = pod_env(pod);
         let input: TrialInput = serde_json::from_str(env.get(contract::ENV_TRIAL)?).ok()?;
-        let rank = pod.labels().get(jobset::LABEL_JOB_INDEX)?.clone();
+        let rank = pod.labels().get(self.rank)?.clone();
         self.envs.lock().unwrap().push((pod.name_any(), env));
         let v = value_of(&input.candidate);
         Some(if rank == "0" {
@@ -68,7 +70,12 @@ impl Player for Ranks {
 }
 
 fn ranks(code: i32, message: &str) -> Arc<Ranks> {
+    ranks_by(jobset::LABEL_JOB_INDEX, code, message)
+}
+
+pub(super) fn ranks_by(rank: &'static str, code: i32, message: &str) -> Arc<Ranks> {
     Arc::new(Ranks {
+        rank,
         rank1: (code, message.into()),
         envs: Mutex::default(),
     })
@@ -107,7 +114,11 @@ async fn a_jobset_trial_trains_on_all_its_ranks_and_records_rank_zeros_result() 
         let js = jobsets.get(&js_name).await.unwrap();
         assert!(jobset::owned_by(&js, &t.uid().unwrap()));
         assert_eq!(js.data["spec"]["failurePolicy"]["maxRestarts"], 0);
-        assert!(jobset::ended(&js), "{js_name}: {:?}", js.data["status"]);
+        assert!(
+            jobset::Kind::JobSet.ended(&js),
+            "{js_name}: {:?}",
+            js.data["status"]
+        );
     }
     // Both ranks of every trial got the contract and the process group's address.
     let envs = player.envs.lock().unwrap().clone();

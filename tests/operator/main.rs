@@ -7,6 +7,7 @@ mod hardening;
 mod harness;
 mod jobsets;
 mod kueue;
+mod trainjobs;
 
 use harness::{Env, Plan, manifest, post_report, report_json, value_of};
 use k8s_openapi::api::coordination::v1::Lease;

@@ -138,6 +138,25 @@ tools() {
     stamp "$part"
   fi
 
+  # Kubeflow Trainer's controller manager (a tool of the wrapper module trainer/, which pins
+  # its version) and its CRDs, as the module ships them (manifests/base/crds).
+  part=trainer-$TRAINER_VERSION
+  if ! built "$part"; then
+    need_go
+    grep -q "github.com/kubeflow/trainer/v2 $TRAINER_VERSION" trainer/go.mod ||
+      { echo "tools/testenv/trainer/go.mod does not require trainer $TRAINER_VERSION of versions.env" >&2; exit 1; }
+    echo "  kubeflow trainer $TRAINER_VERSION" >&2
+    (cd trainer && go build -trimpath -ldflags "-s -w" -o "$bin/trainer-controller-manager" \
+      github.com/kubeflow/trainer/v2/cmd/trainer-controller-manager)
+    dir=$(cd trainer && go list -m -json "github.com/kubeflow/trainer/v2" |
+      python3 -c 'import json, sys; print(json.load(sys.stdin)["Dir"])')
+    for f in "$dir"/manifests/base/crds/trainer.kubeflow.org_*.yaml; do
+      cat "$f"; echo "---"
+    done > "$bin/trainer.crds.yaml"
+    chmod 644 "$bin/trainer.crds.yaml"
+    stamp "$part"
+  fi
+
   part=servicemonitor-crd-$PROMETHEUS_OPERATOR_VERSION
   if ! built "$part"; then
     need_go

@@ -134,6 +134,28 @@ kubectl apply --server-side -f "$bin/jobsets.crd.yaml" >/dev/null
 start jobset "$bin/jobset" --config "$state/jobset/config.yaml" --kubeconfig "$kubeconfig" \
   --leader-elect=false --metrics-bind-address 0 --health-probe-bind-address "127.0.0.1:$jobset_health"
 wait_for "the JobSet controller" jobset 60 curl -sf "http://127.0.0.1:$jobset_health/healthz"
+# Kubeflow Trainer's controller manager, for TrainJob trials, on the JobSet controller. Its
+# webhooks are not registered (they default and check nothing a TrainJob needs: the CRDs
+# default runtimeRef and managedBy); its webhook server still listens, on a self-signed
+# certificate in the directory it reads ($TMPDIR/k8s-webhook-server/serving-certs).
+trainer_port=$(port); trainer_health=$(port)
+certs=$state/trainer/k8s-webhook-server/serving-certs
+mkdir -p "$certs"
+openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj /CN=trainer-webhook \
+  -keyout "$certs/tls.key" -out "$certs/tls.crt" 2>/dev/null
+cat > "$state/trainer/config.yaml" <<YML
+apiVersion: config.trainer.kubeflow.org/v1alpha1
+kind: Configuration
+webhook: {host: 127.0.0.1, port: $trainer_port}
+metrics: {bindAddress: "0"}
+health: {healthProbeBindAddress: "127.0.0.1:$trainer_health"}
+certManagement: {enable: false}
+YML
+kubectl apply --server-side -f "$bin/trainer.crds.yaml" >/dev/null
+kubectl wait --for condition=established --timeout=60s -f "$bin/trainer.crds.yaml" >/dev/null
+start trainer env TMPDIR="$state/trainer" "$bin/trainer-controller-manager" \
+  --config "$state/trainer/config.yaml" --kubeconfig "$kubeconfig"
+wait_for "Kubeflow Trainer" trainer 60 curl -sf "http://127.0.0.1:$trainer_health/healthz"
 # Kueue, for trials that wait in a queue. Its webhooks are registered as in a cluster, at its
 # address on the host (a certificate for 127.0.0.1), for objects that name a queue only: the
 # rest of the test plane never waits on it. It reads a metrics certificate from a fixed path.

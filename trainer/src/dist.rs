@@ -48,8 +48,11 @@ impl Rendezvous {
                 .parse::<usize>()
                 .with_context(|| format!("{name}={value:?}: must be a whole number"))
         };
+        // A TrainJob's runtime says `auto` when the node asks for GPUs: one process per GPU,
+        // and a node of one GPU (the shape nasop-trainer runs in) is one process.
         if let Some((name, per_node)) = get(&["PET_NPROC_PER_NODE"])
             && per_node != "1"
+            && per_node != "auto"
         {
             bail!(
                 "{name}={per_node}: nasop-trainer runs one process per pod, on one device; set the TrainJob's numProcPerNode to 1 and ask for more nodes"
@@ -292,7 +295,7 @@ mod tests {
         let trainjob = env(&[
             ("PET_NNODES", "2"),
             ("PET_NODE_RANK", "1"),
-            ("PET_NPROC_PER_NODE", "1"),
+            ("PET_NPROC_PER_NODE", "auto"),
             ("PET_MASTER_ADDR", "tj-node-0-0.tj"),
             ("PET_MASTER_PORT", "29400"),
         ]);
@@ -328,7 +331,7 @@ mod tests {
             .contains("MASTER_PORT=\"0\"")
         );
         assert!(
-            message(&[("PET_NPROC_PER_NODE", "auto"), ("PET_NNODES", "2")])
+            message(&[("PET_NPROC_PER_NODE", "4"), ("PET_NNODES", "2")])
                 .contains("numProcPerNode to 1")
         );
     }

@@ -10,7 +10,7 @@ mod world;
 use super::context::{CONTROLLER_ANNOTATION, Ctx, Error, MANAGER, controlled_elsewhere, lock, now};
 use super::status::{self, StatusInput, trial_name};
 use super::written::Written;
-use super::{index, jobset, pod, start};
+use super::{index, jobset, pod, start, trainjob};
 use crate::api::{self, NasExperiment, NasExperimentStatus, NasTrial, NasTrialSpec};
 use crate::engine::Clock;
 use conditions::{Blocked, publish, set_conditions};
@@ -146,9 +146,10 @@ fn read(
         return Err(Invalid::NameTooLong { name });
     }
     let exp = ctx.parse(object)?;
-    match &exp.spec.trial_job_set {
-        Some(js) => jobset::check(js, &name).map_err(pod::TemplateError::JobSet)?,
-        None => pod::check_template(exp.spec.trial_template.as_ref())?,
+    match (&exp.spec.trial_train_job, &exp.spec.trial_job_set) {
+        (Some(tj), _) => trainjob::check(tj, &name).map_err(pod::TemplateError::Group)?,
+        (None, Some(js)) => jobset::check(js, &name).map_err(pod::TemplateError::Group)?,
+        (None, None) => pod::check_template(exp.spec.trial_template.as_ref())?,
     }
     let experiment = api::validate(&name, &exp.spec)?;
     Ok((exp, experiment))

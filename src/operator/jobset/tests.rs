@@ -1,6 +1,7 @@
 use super::*;
 use crate::api::StorageSpec;
-use nasop_core::contract::{self, TrialInput};
+use crate::operator::pod::tests::{input, pod_input};
+use nasop_core::contract;
 use std::collections::BTreeMap;
 
 fn template(yaml: &str) -> JobSetTemplate {
@@ -30,39 +31,9 @@ spec:
     )
 }
 
-fn input() -> TrialInput {
-    TrialInput {
-        experiment: "e".into(),
-        trial: "e-3".into(),
-        index: 3,
-        seed: 1,
-        candidate: "c".into(),
-        architecture: None,
-        hyperparameters: BTreeMap::new(),
-        budget: contract::Budget { epochs: 4 },
-        metrics: vec!["acc".into()],
-        resume_from: None,
-        stage: Default::default(),
-    }
-}
-
 fn built(t: &JobSetTemplate, storage: Option<&StorageSpec>) -> Value {
     let input = input();
-    build(
-        &PodInput {
-            namespace: "ns",
-            experiment: "e",
-            experiment_uid: "e-uid",
-            trial: "e-3",
-            trial_uid: "uid",
-            attempt: 2,
-            input: &input,
-            report_url: "http://op/v1/report",
-            storage,
-        },
-        t,
-        "e-3-2",
-    )
+    build(&pod_input(&input, 2, storage), t, "e-3-2")
 }
 
 fn env_of(pod_spec: &Value) -> BTreeMap<String, Value> {
@@ -196,7 +167,12 @@ fn jobset(conditions: Value, suspend: bool) -> DynamicObject {
 
 /// Pod `index` (job index) of the JobSet, in `phase`, its container ended with `exit` and
 /// `message`; `disrupted` when the cluster evicted it.
-fn rank(index: u32, phase: &str, exit: Option<(i32, &str)>, disrupted: bool) -> Arc<Pod> {
+pub(super) fn rank(
+    index: u32,
+    phase: &str,
+    exit: Option<(i32, &str)>,
+    disrupted: bool,
+) -> Arc<Pod> {
     let terminated = exit.map(|(code, message)| {
         json!({"terminated": {"exitCode": code, "message": message, "reason": "Error"}})
     });
@@ -233,7 +209,7 @@ const DONE: &str = r#"{"step": 4, "metrics": {"acc": 0.9}, "end": "completed"}"#
 const STOPPED: &str = r#"{"step": 2, "metrics": {"acc": 0.5}, "end": "stopped"}"#;
 
 fn outcome_of(js: &DynamicObject, pods: &[Arc<Pod>]) -> Outcome {
-    outcome(js, &pods_of(js, pods), 1.8e9, 30.0)
+    Kind::JobSet.outcome(js, &Kind::JobSet.pods_of(js, pods), 1.8e9, 30.0)
 }
 
 #[test]
@@ -336,5 +312,34 @@ fn pods_of_another_jobset_say_nothing() {
         .as_mut()
         .unwrap()
         .insert(LABEL_JOBSET_UID.into(), "old".into());
-    assert!(pods_of(&js, &[Arc::new(other)]).is_empty());
+    assert!(Kind::JobSet.pods_of(&js, &[Arc::new(other)]).is_empty());
+}
+
+#[test]
+fn a_rank_restarted_in_place_fails_the_trial_with_its_reason() {
+    let js = jobset(json!([]), false);
+    let mut restarted = (*rank(1, "Running", None, false)).clone();
+    let c = &mut restarted
+        .status
+        .as_mut()
+        .unwrap()
+        .container_statuses
+        .as_mut()
+        .unwrap()[0];
+    c.restart_count = 1;
+    c.last_state = serde_json::from_value(
+        json!({"terminated": {"exitCode": 1, "reason": "Error", "message": "rank 1: NCCL timeout"}}),
+    )
+    .unwrap();
+    let pods = [rank(0, "Running", None, false), Arc::new(restarted)];
+    match outcome_of(&js, &pods) {
+        Outcome::Failed { message, .. } => assert!(
+            message.contains("e-3-1-node-1-0")
+                && message.contains("exit code 1")
+                && message.contains("NCCL timeout")
+                && message.contains("restartPolicy Never"),
+            "{message}"
+        ),
+        other => panic!("{other:?}"),
+    }
 }

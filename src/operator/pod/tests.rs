@@ -35,23 +35,31 @@ fn built(
     attempt: u32,
     storage: Option<&StorageSpec>,
 ) -> Pod {
-    build(
-        &PodInput {
-            namespace: "ns",
-            experiment: "e",
-            experiment_uid: "e-uid",
-            trial: "e-3",
-            trial_uid: "uid",
-            attempt,
-            input,
-            report_url: "http://op/v1/report",
-            storage,
-        },
-        template,
-    )
+    build(&pod_input(input, attempt, storage), template)
 }
 
-fn input() -> TrialInput {
+/// Attempt `attempt` of trial e-3 (UID `uid`) of experiment e (UID `e-uid`) in namespace
+/// ns, for the tests of every kind.
+pub(crate) fn pod_input<'a>(
+    input: &'a TrialInput,
+    attempt: u32,
+    storage: Option<&'a StorageSpec>,
+) -> PodInput<'a> {
+    PodInput {
+        namespace: "ns",
+        experiment: "e",
+        experiment_uid: "e-uid",
+        trial: "e-3",
+        trial_uid: "uid",
+        attempt,
+        input,
+        report_url: "http://op/v1/report",
+        storage,
+    }
+}
+
+/// A trial's input, for the tests of the kinds built on pods.
+pub(crate) fn input() -> TrialInput {
     TrialInput {
         experiment: "e".into(),
         trial: "e-3".into(),

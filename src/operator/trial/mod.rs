@@ -9,7 +9,7 @@ use super::index;
 use super::metrics::ExperimentLabels;
 use super::start::{self, event, find_pod};
 use super::status::{self, micro};
-use super::{jobset, pod};
+use super::{jobset, pod, trainjob};
 use crate::api::{self, NasExperiment, NasTrial, NasTrialStatus, TrialPhaseName};
 use crate::engine::Experiment;
 use decide::{Ending, Step};
@@ -119,18 +119,18 @@ struct Seen {
     now: f64,
 }
 
-/// What runs an attempt: a pod, or a JobSet and the pods it made so far.
+/// What runs an attempt: a pod, or a JobSet (or TrainJob) and the pods made for it so far.
 enum Workload {
     Pod(Arc<Pod>),
-    JobSet(Arc<DynamicObject>, Vec<Arc<Pod>>),
+    Group(jobset::Kind, Arc<DynamicObject>, Vec<Arc<Pod>>),
 }
 
 impl Workload {
     fn outcome(&self, now: f64, lost_after: f64) -> pod::Outcome {
         match self {
             Workload::Pod(p) => pod::outcome_at(p, now, lost_after),
-            Workload::JobSet(js, pods) => {
-                jobset::outcome(js, &jobset::pods_of(js, pods), now, lost_after)
+            Workload::Group(kind, obj, pods) => {
+                kind.outcome(obj, &kind.pods_of(obj, pods), now, lost_after)
             }
         }
     }
@@ -139,7 +139,7 @@ impl Workload {
     fn uid(&self) -> String {
         match self {
             Workload::Pod(p) => p.uid(),
-            Workload::JobSet(js, _) => js.uid(),
+            Workload::Group(_, obj, _) => obj.uid(),
         }
         .unwrap_or_default()
     }
@@ -147,7 +147,7 @@ impl Workload {
     fn deleting(&self) -> bool {
         match self {
             Workload::Pod(p) => p.metadata.deletion_timestamp.is_some(),
-            Workload::JobSet(js, _) => js.metadata.deletion_timestamp.is_some(),
+            Workload::Group(_, obj, _) => obj.metadata.deletion_timestamp.is_some(),
         }
     }
 }
@@ -237,8 +237,8 @@ async fn read(ctx: &Ctx, trial: Arc<NasTrial>) -> Result<Result<Seen, Action>, E
     // Only a pod the trial controls counts: pod names are predictable, and a pod of the
     // name made by anyone else (or left by an earlier trial of this name) says nothing.
     let ours = |p: Option<Arc<Pod>>| p.filter(|p| pod::owned_by(p, &uid)).map(Workload::Pod);
-    let (attempt, pod) = if exp.spec.trial_job_set.is_some() {
-        current_job_set(ctx, &trial, &ns, &current, &mut next).await?
+    let (attempt, pod) = if let Some(kind) = jobset::Kind::of(&exp.spec) {
+        current_group(ctx, kind, &trial, &ns, &current, &mut next).await?
     } else if current.attempts > 0 {
         let name = current
             .pod
@@ -270,24 +270,25 @@ async fn read(ctx: &Ctx, trial: Arc<NasTrial>) -> Result<Result<Seen, Action>, E
     }))
 }
 
-/// A JobSet trial's current attempt: its JobSet (read from the API server: JobSets are not
-/// watched) if the trial controls it, with the trial's pods from the cache.
-async fn current_job_set(
+/// A JobSet (or TrainJob) trial's current attempt: its object (read from the API server:
+/// those are not watched) if the trial controls it, with the trial's pods from the cache.
+async fn current_group(
     ctx: &Ctx,
+    kind: jobset::Kind,
     trial: &NasTrial,
     ns: &str,
     current: &NasTrialStatus,
     next: &mut NasTrialStatus,
 ) -> Result<(u32, Option<Workload>), Error> {
     let uid = trial.uid().unwrap_or_default();
-    let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, &jobset::resource());
+    let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, &kind.resource());
     let find = |name: String| {
         let api = api.clone();
         let uid = uid.clone();
         async move {
             match api.get_opt(&name).await {
                 Ok(js) => Ok(js.filter(|js| jobset::owned_by(js, &uid)).map(Arc::new)),
-                // No JobSet API (the controller uninstalled): nothing runs the attempt.
+                // No such API (the controller uninstalled): nothing runs the attempt.
                 Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
                 Err(e) => Err(e),
             }
@@ -309,7 +310,7 @@ async fn current_job_set(
         }
         match found {
             Some((name, js)) => {
-                // The experiment controller created the first JobSet with the trial.
+                // The experiment controller created the first object with the trial.
                 next.attempts = 1;
                 next.pod = Some(name);
                 next.phase = Some(TrialPhaseName::Pending);
@@ -318,21 +319,19 @@ async fn current_job_set(
             None => (0, None),
         }
     };
-    let pods = |js: &DynamicObject| -> Vec<Arc<Pod>> {
-        let js_uid = js.uid().unwrap_or_default();
-        ctx.stores
+    let pods = |obj: &DynamicObject| -> Vec<Arc<Pod>> {
+        let in_ns: Vec<Arc<Pod>> = ctx
+            .stores
             .pods
             .state()
             .into_iter()
-            .filter(|p| {
-                p.namespace().as_deref() == Some(ns)
-                    && p.labels().get(jobset::LABEL_JOBSET_UID) == Some(&js_uid)
-            })
-            .collect()
+            .filter(|p| p.namespace().as_deref() == Some(ns))
+            .collect();
+        kind.pods_of(obj, &in_ns).into_iter().cloned().collect()
     };
     Ok((
         attempt,
-        js.map(|js| Workload::JobSet(js.clone(), pods(&js))),
+        js.map(|obj| Workload::Group(kind, obj.clone(), pods(&obj))),
     ))
 }
 
@@ -436,7 +435,7 @@ async fn write(ctx: &Ctx, mut seen: Seen, acted: Acted) -> Result<Action, Error>
     let resync = acted
         .ending
         .is_none()
-        .then_some(if seen.exp.spec.trial_job_set.is_some() {
+        .then_some(if jobset::Kind::of(&seen.exp.spec).is_some() {
             JOB_SET_POLL
         } else {
             RESYNC
@@ -450,9 +449,10 @@ async fn write(ctx: &Ctx, mut seen: Seen, acted: Acted) -> Result<Action, Error>
     if acted.ending.is_none() && seen.next == seen.current {
         return Ok(again(acted.requeue));
     }
-    let gpus = match &seen.exp.spec.trial_job_set {
-        Some(js) => jobset::gpus(js),
-        None => pod::gpus(seen.exp.spec.trial_template.as_ref()),
+    let gpus = match (&seen.exp.spec.trial_train_job, &seen.exp.spec.trial_job_set) {
+        (Some(tj), _) => trainjob::gpus(tj),
+        (None, Some(js)) => jobset::gpus(js),
+        (None, None) => pod::gpus(seen.exp.spec.trial_template.as_ref()),
     };
     let storage = seen.exp.spec.storage.as_ref();
     let ended = acted.ending.map(|end| {
@@ -470,8 +470,8 @@ async fn write(ctx: &Ctx, mut seen: Seen, acted: Acted) -> Result<Action, Error>
     // asked, a rank failed): they are stopped, once the end is recorded (deleted before, a
     // lost status write would make the next reconcile take the JobSet for lost).
     if ended.is_some()
-        && let Some(w @ Workload::JobSet(js, _)) = seen.pod.as_ref()
-        && !jobset::ended(js)
+        && let Some(w @ Workload::Group(kind, obj, _)) = seen.pod.as_ref()
+        && !kind.ended(obj)
         && !w.deleting()
     {
         delete_workload(ctx, &seen.ns, w).await?;
@@ -524,10 +524,10 @@ async fn delete_workload(ctx: &Ctx, ns: &str, w: &Workload) -> Result<(), Error>
                 .await
                 .map(|_| ())
         }
-        Workload::JobSet(js, _) => {
+        Workload::Group(kind, obj, _) => {
             let api: Api<DynamicObject> =
-                Api::namespaced_with(ctx.client.clone(), ns, &jobset::resource());
-            api.delete(&js.name_any(), &DeleteParams::background())
+                Api::namespaced_with(ctx.client.clone(), ns, &kind.resource());
+            api.delete(&obj.name_any(), &DeleteParams::background())
                 .await
                 .map(|_| ())
         }
