@@ -25,9 +25,6 @@ pub const KIND: &str = "TrainJob";
 pub const NODE: &str = "node";
 /// nasop's runtime patch's manager.
 pub const MANAGER: &str = "nasop.dev/operator";
-/// The runtime patch Kueue writes its admission into (its webhook adds it; nasop does too,
-/// so that a queued TrainJob works where that webhook does not run).
-const KUEUE_MANAGER: &str = "kueue.x-k8s.io/manager";
 
 /// The TrainJob resource, for the dynamic client.
 pub fn resource() -> ApiResource {
@@ -129,18 +126,11 @@ pub fn build(p: &PodInput, t: &TrainJobTemplate, name: &str) -> Value {
         .unwrap_or_default();
     patches.push(ours);
     let meta = t.metadata.clone().unwrap_or_default();
-    if meta.labels.contains_key(LABEL_QUEUE) {
-        // Kueue's webhook would suspend it and add its patch; without the webhook, the queue
-        // still holds it and has its patch to write the admission into.
-        if spec["suspend"].is_null() {
-            spec["suspend"] = json!(true);
-        }
-        if !patches.iter().any(|p| p["manager"] == KUEUE_MANAGER) {
-            patches.push(json!({
-                "manager": KUEUE_MANAGER,
-                "trainingRuntimeSpec": {"template": {"spec": {}}},
-            }));
-        }
+    // Queued: created suspended, as Kueue's webhook would make it. That webhook also appends
+    // the runtime patch Kueue writes its admission into (manager kueue.x-k8s.io/manager),
+    // always: nasop must not add one too (runtimePatches is keyed by manager).
+    if meta.labels.contains_key(LABEL_QUEUE) && spec["suspend"].is_null() {
+        spec["suspend"] = json!(true);
     }
     spec["runtimePatches"] = Value::Array(patches);
     jobset::trial_object(p, (GROUP, VERSION, KIND), name, meta, spec)
