@@ -355,7 +355,7 @@ async fn job_set_owner(
     // A TrainJob trial's JobSet is the TrainJob's, and the TrainJob the trial's.
     let (kind, owner) = match (controller(&js, "NasTrial"), controller(&js, trainjob::KIND)) {
         (Some(owner), _) => (jobset::Kind::JobSet, owner),
-        (None, Some(tj)) => {
+        (None, Some(tj)) if tj.name == *name => {
             let api: Api<DynamicObject> =
                 Api::namespaced_with(ctx.client.clone(), &ns, &trainjob::resource());
             match api.get_opt(&tj.name).await {
@@ -374,8 +374,14 @@ async fn job_set_owner(
                 Err(e) => return Err(Box::new(unavailable(&e))),
             }
         }
-        (None, None) => return Err(Box::new(unauthorized())),
+        _ => return Err(Box::new(unauthorized())),
     };
+    // The object is the trial's own attempt, by the names nasop gives it (a JobSet or
+    // TrainJob anyone made with an owner reference to the trial is not); a TrainJob's JobSet
+    // has the TrainJob's name.
+    if !pod::pod_names(&owner.name, attempt_of(pod), &owner.uid).contains(name) {
+        return Err(Box::new(unauthorized()));
+    }
     if !jobset::is_rank_zero(pod, &kind.rank_zero_job(&js)) {
         return Err(Box::new((
             "refused",

@@ -520,9 +520,18 @@ fn group_outcome(
         .iter()
         .find(|w| w.is_hopeless())
         .or_else(|| waits.iter().find(|w| w.reason.is_some()));
+    // A TrainJob that made no pods: its runtime may be missing (without the Trainer's
+    // webhook, only an event says so).
+    let none_yet = (kind == Kind::TrainJob && pods.is_empty()).then(|| {
+        let name = js.name_any();
+        format!(
+            "TrainJob {name} has no pods yet; if it stays so, see `kubectl describe trainjob {name}` (does its runtime {} exist?)",
+            js.data["spec"]["runtimeRef"]["name"].as_str().unwrap_or_default()
+        )
+    });
     Outcome::Waiting(Waiting {
         reason: pick.and_then(|w| w.reason.clone()),
-        message: pick.and_then(|w| w.message.clone()),
+        message: pick.and_then(|w| w.message.clone()).or(none_yet),
         since: pick.and_then(|w| w.since).or(created),
     })
 }

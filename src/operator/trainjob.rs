@@ -39,6 +39,35 @@ pub fn check(t: &TrainJobTemplate, experiment: &str) -> Result<(), String> {
     {
         return Err("spec.trialTrainJob.spec.runtimeRef.name is missing: name the (Cluster)TrainingRuntime, e.g. torch-distributed".into());
     }
+    let runtime = &t.spec["runtimeRef"];
+    if let Some(kind) = runtime["kind"].as_str()
+        && !["ClusterTrainingRuntime", "TrainingRuntime"].contains(&kind)
+    {
+        return Err(format!(
+            "spec.trialTrainJob.spec.runtimeRef.kind is {kind:?}: give ClusterTrainingRuntime (the default) or TrainingRuntime"
+        ));
+    }
+    if let Some(group) = runtime["apiGroup"].as_str()
+        && group != GROUP
+    {
+        return Err(format!(
+            "spec.trialTrainJob.spec.runtimeRef.apiGroup is {group:?}: give {GROUP} or leave it out"
+        ));
+    }
+    if !t.spec["activeDeadlineSeconds"].is_null() {
+        return Err("spec.trialTrainJob.spec.activeDeadlineSeconds is set: bound a trial with spec.budget.trialTimeoutSeconds instead (nasop ends the trial and its TrainJob then)".into());
+    }
+    if !experiment.starts_with(|c: char| c.is_ascii_lowercase()) {
+        return Err(format!(
+            "the experiment's name {experiment:?} does not start with a letter, and its trials' TrainJobs (named <experiment>-<index>-<attempt>) must: rename the experiment"
+        ));
+    }
+    if t.spec["runtimePatches"]
+        .as_array()
+        .is_some_and(|p| p.len() > 14)
+    {
+        return Err("spec.trialTrainJob.spec.runtimePatches has more than 14 patches: a TrainJob holds 16, and nasop and Kueue add one each".into());
+    }
     if !t.spec["trainer"].is_object() {
         return Err("spec.trialTrainJob.spec.trainer is missing: give the trainer (image, command, numNodes); without it the runtime sets no PET_* variables".into());
     }

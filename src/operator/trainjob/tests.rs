@@ -109,6 +109,22 @@ fn a_template_that_cannot_run_is_refused_with_the_field() {
         refused("spec: {runtimeRef: {name: t}, trainer: {}, runtimePatches: [{manager: nasop.dev/operator}]}")
             .contains("nasop's own")
     );
+    assert!(
+        refused("spec: {runtimeRef: {name: t, kind: Runtime}, trainer: {}}")
+            .contains("runtimeRef.kind is \"Runtime\"")
+    );
+    assert!(
+        refused("spec: {runtimeRef: {name: t}, trainer: {}, activeDeadlineSeconds: 60}")
+            .contains("trialTimeoutSeconds")
+    );
+    assert!(
+        check(
+            &template("spec: {runtimeRef: {name: t}, trainer: {}}"),
+            "1e"
+        )
+        .unwrap_err()
+        .contains("does not start with a letter")
+    );
     let long = check(
         &template("spec: {runtimeRef: {name: t}, trainer: {numNodes: 16}}"),
         &"x".repeat(48),

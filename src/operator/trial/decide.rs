@@ -228,7 +228,7 @@ pub fn next_step(v: &TrialView) -> Step {
                 let fix = if why.contains("runAsNonRoot") {
                     "trial pods run as non-root unless their template says otherwise (the restricted Pod Security Standard): set securityContext.runAsUser to a non-zero UID in spec.trialTemplate, or runAsNonRoot: false where the image needs root"
                 } else {
-                    "fix the image in spec.trialTemplate (or spec.trialJobSet)"
+                    "fix the image in spec.trialTemplate (or spec.trialJobSet, spec.trialTrainJob)"
                 };
                 return Step::End(Ending {
                     message: Some(format!("the pod cannot start: {why}; {fix}")),

@@ -319,20 +319,43 @@ async fn current_group(
             None => (0, None),
         }
     };
-    let pods = |obj: &DynamicObject| -> Vec<Arc<Pod>> {
-        let in_ns: Vec<Arc<Pod>> = ctx
-            .stores
-            .pods
-            .state()
-            .into_iter()
-            .filter(|p| p.namespace().as_deref() == Some(ns))
-            .collect();
-        kind.pods_of(obj, &in_ns).into_iter().cloned().collect()
+    let Some(obj) = js else {
+        return Ok((attempt, None));
     };
-    Ok((
-        attempt,
-        js.map(|obj| Workload::Group(kind, obj.clone(), pods(&obj))),
-    ))
+    // A TrainJob's pods are its JobSet's (named as the TrainJob), and only while the TrainJob
+    // controls it: a JobSet of the name left by an earlier TrainJob says nothing.
+    let job_set_uid = match kind {
+        jobset::Kind::JobSet => None,
+        jobset::Kind::TrainJob => {
+            let job_sets: Api<DynamicObject> =
+                Api::namespaced_with(ctx.client.clone(), ns, &jobset::resource());
+            let owner = obj.uid().unwrap_or_default();
+            let js = match job_sets.get_opt(&obj.name_any()).await {
+                Ok(js) => js,
+                Err(kube::Error::Api(s)) if s.code == 404 => None,
+                Err(e) => return Err(e.into()),
+            };
+            Some(
+                js.filter(|js| jobset::owned_by(js, &owner))
+                    .and_then(|js| js.uid())
+                    .unwrap_or_default(),
+            )
+        }
+    };
+    let pods: Vec<Arc<Pod>> = ctx
+        .stores
+        .pods
+        .state()
+        .into_iter()
+        .filter(|p| p.namespace().as_deref() == Some(ns))
+        .filter(|p| {
+            job_set_uid.as_ref().is_none_or(|uid| {
+                !uid.is_empty() && p.labels().get(jobset::LABEL_JOBSET_UID) == Some(uid)
+            })
+        })
+        .collect();
+    let pods = kind.pods_of(&obj, &pods).into_iter().cloned().collect();
+    Ok((attempt, Some(Workload::Group(kind, obj, pods))))
 }
 
 /// What the pure decision sees.
@@ -384,6 +407,14 @@ async fn act(ctx: &Ctx, seen: &mut Seen, step: Step) -> Result<Acted, Error> {
         Step::Start { attempt, lost } => {
             if let Some(why) = lost {
                 pod_lost(ctx, &seen.trial, attempt, &why);
+                // A JobSet or TrainJob that lost a pod may go on with the rest (a runtime
+                // that retries): the attempt is over, its object goes before the next starts.
+                if let Some(w @ Workload::Group(kind, obj, _)) = seen.pod.as_ref()
+                    && !kind.ended(obj)
+                    && !w.deleting()
+                {
+                    delete_workload(ctx, &seen.ns, w).await?;
+                }
             }
             let started = start::start_pod(
                 ctx,
