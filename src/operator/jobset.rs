@@ -525,7 +525,7 @@ fn group_outcome(
     let none_yet = (kind == Kind::TrainJob && pods.is_empty()).then(|| {
         let name = js.name_any();
         format!(
-            "TrainJob {name} has no pods yet; if it stays so, see `kubectl describe trainjob {name}` (does its runtime {} exist?)",
+            "TrainJob {name} has no pods yet; if it stays so, see `kubectl describe trainjob {name}` (does its runtime {} exist?) and its Jobs' events (`kubectl describe jobs -l jobset.sigs.k8s.io/jobset-name={name}`: a pod the namespace's Pod Security level refuses?)",
             js.data["spec"]["runtimeRef"]["name"].as_str().unwrap_or_default()
         )
     });

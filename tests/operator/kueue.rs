@@ -1,5 +1,5 @@
 //! Trials that wait in a Kueue queue: Kueue v0.17 (started by tools/testenv/up.sh, its
-//! webhooks registered) admits pod trials and JobSet trials on KWOK's GPU nodes by a
+//! webhooks registered) admits pod, JobSet and TrainJob trials on KWOK's GPU nodes by a
 //! ClusterQueue's quota of one GPU. A held trial is Pending with reason Queued and Kueue's
 //! own message, is not failed by its pending timeout, counts against parallelism, and runs
 //! once admitted; deleting the experiment takes its trials out of the queue.
@@ -67,11 +67,20 @@ async fn one_gpu_queue(env: &Env) {
     }
 }
 
+/// What a queued experiment's trials run as.
+#[derive(Clone, Copy)]
+enum Kind {
+    Pod,
+    JobSet,
+    TrainJob,
+}
+
 /// An experiment of three one-GPU trials, two at a time, through queue `trials`: as pods,
-/// or as JobSets of one pod.
-fn queued_manifest(name: &str, job_set: bool) -> String {
-    let trial = if job_set {
-        r#"  trialJobSet:
+/// as JobSets of one pod, or as TrainJobs of one node.
+fn queued_manifest(name: &str, kind: Kind) -> String {
+    let trial = match kind {
+        Kind::JobSet => {
+            r#"  trialJobSet:
     metadata:
       labels: {kueue.x-k8s.io/queue-name: trials}
     spec:
@@ -87,8 +96,32 @@ fn queued_manifest(name: &str, job_set: bool) -> String {
                     - name: trainer
                       image: ghcr.io/nasop/nasop-trainer:dev
                       resources: {limits: {nvidia.com/gpu: "1"}}"#
-    } else {
-        r#"  trialTemplate:
+        }
+        Kind::TrainJob => {
+            r#"  trialTrainJob:
+    metadata:
+      labels: {kueue.x-k8s.io/queue-name: trials}
+    spec:
+      runtimeRef: {name: nasop-torch-distributed}
+      trainer:
+        image: ghcr.io/nasop/nasop-trainer:dev
+        numNodes: 1
+        resourcesPerNode: {limits: {nvidia.com/gpu: "1"}}
+      runtimePatches:
+        - manager: example.com/gpu-nodes
+          trainingRuntimeSpec:
+            template:
+              spec:
+                replicatedJobs:
+                  - name: node
+                    template:
+                      spec:
+                        template:
+                          spec:
+                            tolerations: [{key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}]"#
+        }
+        Kind::Pod => {
+            r#"  trialTemplate:
     metadata:
       labels: {kueue.x-k8s.io/queue-name: trials}
     spec:
@@ -97,6 +130,7 @@ fn queued_manifest(name: &str, job_set: bool) -> String {
         - name: trainer
           image: ghcr.io/nasop/nasop-trainer:dev
           resources: {limits: {nvidia.com/gpu: "1"}}"#
+        }
     };
     format!(
         r#"
@@ -138,12 +172,12 @@ async fn trial_states(
         .collect()
 }
 
-async fn a_queued_trial_waits_for_its_queue_then_runs(env_name: &str, job_set: bool) {
+async fn a_queued_trial_waits_for_its_queue_then_runs(env_name: &str, kind: Kind) {
     let mut env = Env::new(env_name).await;
     one_gpu_queue(&env).await;
     env.start_operator(&[]);
     let name = "queued";
-    env.apply(&queued_manifest(name, job_set)).await.unwrap();
+    env.apply(&queued_manifest(name, kind)).await.unwrap();
     let trials = env.trials();
 
     // One GPU: one trial runs (its pod holds the GPU until the trainer ends it), the
@@ -218,12 +252,18 @@ async fn a_queued_trial_waits_for_its_queue_then_runs(env_name: &str, job_set: b
 
 #[tokio::test]
 async fn a_pod_trial_waits_in_its_queue_and_runs_once_admitted() {
-    a_queued_trial_waits_for_its_queue_then_runs("kueue-pods", false).await;
+    a_queued_trial_waits_for_its_queue_then_runs("kueue-pods", Kind::Pod).await;
 }
 
 #[tokio::test]
 async fn a_jobset_trial_waits_in_its_queue_and_runs_once_admitted() {
-    a_queued_trial_waits_for_its_queue_then_runs("kueue-jobsets", true).await;
+    a_queued_trial_waits_for_its_queue_then_runs("kueue-jobsets", Kind::JobSet).await;
+}
+
+#[tokio::test]
+async fn a_trainjob_trial_waits_in_its_queue_and_runs_once_admitted() {
+    super::trainjobs::apply_runtime();
+    a_queued_trial_waits_for_its_queue_then_runs("kueue-trainjobs", Kind::TrainJob).await;
 }
 
 /// Deleting the experiment while a trial waits takes it out of the queue: its pod and so
@@ -233,7 +273,9 @@ async fn a_stopped_queued_trial_leaves_the_queue() {
     let mut env = Env::new("kueue-stop").await;
     one_gpu_queue(&env).await;
     env.start_operator(&[]);
-    env.apply(&queued_manifest("leave", false)).await.unwrap();
+    env.apply(&queued_manifest("leave", Kind::Pod))
+        .await
+        .unwrap();
     let trials = env.trials();
     poll(
         Duration::from_secs(60),

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// The runtime of examples/k8s/trainjob-runtime.yaml, applied once (cluster-scoped).
-fn apply_runtime() {
+pub(super) fn apply_runtime() {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/examples/k8s/trainjob-runtime.yaml"

@@ -135,9 +135,11 @@ start jobset "$bin/jobset" --config "$state/jobset/config.yaml" --kubeconfig "$k
   --leader-elect=false --metrics-bind-address 0 --health-probe-bind-address "127.0.0.1:$jobset_health"
 wait_for "the JobSet controller" jobset 60 curl -sf "http://127.0.0.1:$jobset_health/healthz"
 # Kubeflow Trainer's controller manager, for TrainJob trials, on the JobSet controller. Its
-# webhooks are not registered (they default and check nothing a TrainJob needs: the CRDs
-# default runtimeRef and managedBy); its webhook server still listens, on a self-signed
-# certificate in the directory it reads ($TMPDIR/k8s-webhook-server/serving-certs).
+# webhooks are not registered: they only check a TrainJob (its runtime exists, patches name
+# the runtime's jobs, no env patched into `node`, no PET_* in trainer.env, which nasop's own
+# check refuses too) and stamp patch times; the CRDs default runtimeRef and managedBy. Its
+# webhook server still listens, on a self-signed certificate in the directory it reads
+# ($TMPDIR/k8s-webhook-server/serving-certs).
 trainer_port=$(port); trainer_health=$(port)
 certs=$state/trainer/k8s-webhook-server/serving-certs
 mkdir -p "$certs"
@@ -176,7 +178,7 @@ health: {healthProbeBindAddress: "127.0.0.1:$kueue_health"}
 leaderElection: {leaderElect: false}
 featureGates: {VisibilityOnDemand: false}
 integrations:
-  frameworks: [pod, jobset.x-k8s.io/jobset]
+  frameworks: [pod, jobset.x-k8s.io/jobset, trainer.kubeflow.org/trainjob]
 YML
 kubectl apply --server-side -f "$bin/kueue.crds.yaml" >/dev/null
 kubectl wait --for condition=established --timeout=60s -f "$bin/kueue.crds.yaml" >/dev/null

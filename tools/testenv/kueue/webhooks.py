@@ -1,7 +1,8 @@
 """Kueue's webhook configurations (config/components/webhook/manifests.yaml in its module),
 pointed at Kueue on the host: its URL on 127.0.0.1 and the certificate it serves. Only the
-webhooks of what the test plane runs (pods, JobSets, Kueue's own objects) are kept, and the
-pod and JobSet ones see only objects that name a queue, so that nothing else waits on Kueue.
+webhooks of what the test plane runs (pods, JobSets, TrainJobs, Kueue's own objects) are kept,
+and the pod, JobSet and TrainJob ones see only objects that name a queue, so that nothing else
+waits on Kueue.
 Prints a kubectl List (JSON). Usage: webhooks.py MANIFEST PORT CERT"""
 
 import base64
@@ -37,7 +38,7 @@ for doc in documents():
     hooks = []
     for hook in doc.get("webhooks") or []:
         path = hook["clientConfig"]["service"]["path"]
-        if not any(kind in path for kind in ("-v1-pod", "jobset", "kueue-x-k8s-io")):
+        if not any(kind in path for kind in ("-v1-pod", "jobset", "trainjob", "kueue-x-k8s-io")):
             continue
         hook["clientConfig"] = {"url": f"https://127.0.0.1:{PORT}{path}", "caBundle": ca}
         if "kueue-x-k8s-io" not in path:
