@@ -710,6 +710,11 @@ fn trials_train_data_parallel_on_two_pods(images: &str, experiment: &str, rank_l
             let state = &p["status"]["containerStatuses"][0]["state"];
             if state["terminated"].is_object() && !seen.contains_key(&name) {
                 let logs = run(&mut kube(&["logs", "-n", NAMESPACE, &name]));
+                // A stopped trial's object is deleted once rank 0 has ended: its pods' logs
+                // may be gone by now (kubectl fails); such a pod is not checked.
+                if !logs.status.success() || logs.stdout.is_empty() {
+                    continue;
+                }
                 let trial = p["metadata"]["labels"]["nasop.dev/trial"]
                     .as_str()
                     .unwrap_or_default()
