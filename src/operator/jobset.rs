@@ -10,7 +10,7 @@
 use super::pod::{self, Outcome, PodInput, Waiting};
 use super::status::seconds;
 use super::trainjob;
-use crate::api::{JobSetTemplate, NasExperimentSpec, TemplateMetadata};
+use crate::api::{JobSetTemplate, NasExperimentSpec};
 use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector, Pod, PodTemplateSpec};
 use kube::ResourceExt;
 use kube::api::{ApiResource, DynamicObject};
@@ -35,7 +35,7 @@ pub const LABEL_JOB_INDEX: &str = "jobset.sigs.k8s.io/job-index";
 pub const LABEL_JOB_GLOBAL_INDEX: &str = "jobset.sigs.k8s.io/job-global-index";
 pub const LABEL_COMPLETION_INDEX: &str = "batch.kubernetes.io/job-completion-index";
 /// Kueue's queue label: a JobSet that carries it starts suspended, until Kueue admits it.
-pub const LABEL_QUEUE: &str = "kueue.x-k8s.io/queue-name";
+pub use super::pod::LABEL_QUEUE;
 /// The port rank 0 listens on for the process group (torchrun's default).
 pub const MASTER_PORT: u16 = 29500;
 
@@ -272,41 +272,7 @@ pub fn build(p: &PodInput, t: &JobSetTemplate, name: &str) -> Value {
         // Kueue's webhook would suspend it; without the webhook, the queue still holds it.
         spec["suspend"] = json!(true);
     }
-    trial_object(p, (GROUP, VERSION, KIND), name, meta, spec)
-}
-
-/// A trial's object of kind `(group, version, kind)` named `name`: the template's labels
-/// with ours, its annotations, the trial as its controller, and `spec`.
-pub(super) fn trial_object(
-    p: &PodInput,
-    (group, version, kind): (&str, &str, &str),
-    name: &str,
-    meta: TemplateMetadata,
-    spec: Value,
-) -> Value {
-    let mut labels = meta.labels;
-    labels.insert(pod::LABEL_EXPERIMENT.into(), p.experiment.into());
-    labels.insert(pod::LABEL_TRIAL.into(), p.trial.into());
-    labels.insert(pod::LABEL_ATTEMPT.into(), p.attempt.to_string());
-    json!({
-        "apiVersion": format!("{group}/{version}"),
-        "kind": kind,
-        "metadata": {
-            "name": name,
-            "namespace": p.namespace,
-            "labels": labels,
-            "annotations": meta.annotations,
-            "ownerReferences": [{
-                "apiVersion": "nasop.dev/v1alpha1",
-                "kind": "NasTrial",
-                "name": p.trial,
-                "uid": p.trial_uid,
-                "controller": true,
-                "blockOwnerDeletion": true,
-            }],
-        },
-        "spec": spec,
-    })
+    pod::trial_object(p, (GROUP, VERSION, KIND), name, meta, spec)
 }
 
 /// Whether the trial with this UID controls the JobSet.

@@ -1,7 +1,7 @@
 //! A trial's pod: built from the experiment's `trialTemplate` with the trial contract
 //! injected, and read back into what happened to it. Pure functions.
 
-use crate::api::StorageSpec;
+use crate::api::{StorageSpec, TemplateMetadata};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerStateTerminated, ContainerStatus, EnvVar, EnvVarSource,
     PersistentVolumeClaimVolumeSource, Pod, PodSecurityContext, PodSpec, PodStatus,
@@ -17,6 +17,8 @@ pub const LABEL_EXPERIMENT: &str = "nasop.dev/experiment";
 pub const LABEL_TRIAL: &str = "nasop.dev/trial";
 pub const LABEL_ATTEMPT: &str = "nasop.dev/attempt";
 pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
+/// Kueue's queue label: a pod, JobSet or TrainJob that carries it waits until Kueue admits it.
+pub const LABEL_QUEUE: &str = "kueue.x-k8s.io/queue-name";
 
 /// The name of attempt `attempt` (from 1) of a trial's pod.
 pub fn pod_name(trial: &str, attempt: u32) -> String {
@@ -315,6 +317,40 @@ pub fn trial_pod(
         }
     }
     (meta, spec)
+}
+
+/// A trial's object of kind `(group, version, kind)` named `name`: the template's labels
+/// with ours, its annotations, the trial as its controller, and `spec`.
+pub fn trial_object(
+    p: &PodInput,
+    (group, version, kind): (&str, &str, &str),
+    name: &str,
+    meta: TemplateMetadata,
+    spec: serde_json::Value,
+) -> serde_json::Value {
+    let mut labels = meta.labels;
+    labels.insert(LABEL_EXPERIMENT.into(), p.experiment.into());
+    labels.insert(LABEL_TRIAL.into(), p.trial.into());
+    labels.insert(LABEL_ATTEMPT.into(), p.attempt.to_string());
+    serde_json::json!({
+        "apiVersion": format!("{group}/{version}"),
+        "kind": kind,
+        "metadata": {
+            "name": name,
+            "namespace": p.namespace,
+            "labels": labels,
+            "annotations": meta.annotations,
+            "ownerReferences": [{
+                "apiVersion": "nasop.dev/v1alpha1",
+                "kind": "NasTrial",
+                "name": p.trial,
+                "uid": p.trial_uid,
+                "controller": true,
+                "blockOwnerDeletion": true,
+            }],
+        },
+        "spec": spec,
+    })
 }
 
 /// The trial contract in parts, for pods whose template nasop does not write (a TrainJob's,
@@ -685,9 +721,7 @@ pub fn outcome(pod: &Pod) -> Outcome {
             message: Some(format!(
                 "pod {} waits in queue {}",
                 pod.name_any(),
-                pod.labels()
-                    .get(super::jobset::LABEL_QUEUE)
-                    .map_or("?", String::as_str)
+                pod.labels().get(LABEL_QUEUE).map_or("?", String::as_str)
             )),
             // Waiting in a queue is not waiting to start: no pending timeout runs.
             since: None,
@@ -817,7 +851,7 @@ fn waiting(pod: &Pod, status: &PodStatus, first: Option<&ContainerStatus>) -> Wa
         .flatten()
         .find(|c| c.type_ == "PodScheduled");
     let since = match scheduled {
-        _ if !pod.labels().contains_key(super::jobset::LABEL_QUEUE) => created,
+        _ if !pod.labels().contains_key(LABEL_QUEUE) => created,
         Some(c) if c.reason.as_deref() == Some("SchedulingGated") => None,
         Some(c) => c
             .last_transition_time

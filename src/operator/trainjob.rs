@@ -11,8 +11,7 @@
 //! (`backoffLimit`, `failurePolicy` are not in the TrainJob API); a rank that restarts
 //! anyway fails the trial ([`super::jobset::Kind::outcome`]).
 
-use super::jobset::{self, LABEL_QUEUE};
-use super::pod::{self, PodInput};
+use super::pod::{self, LABEL_QUEUE, PodInput};
 use crate::api::TrainJobTemplate;
 use kube::api::ApiResource;
 use kube::core::GroupVersionKind;
@@ -162,7 +161,7 @@ pub fn build(p: &PodInput, t: &TrainJobTemplate, name: &str) -> Value {
         spec["suspend"] = json!(true);
     }
     spec["runtimePatches"] = Value::Array(patches);
-    jobset::trial_object(p, (GROUP, VERSION, KIND), name, meta, spec)
+    pod::trial_object(p, (GROUP, VERSION, KIND), name, meta, spec)
 }
 
 #[cfg(test)]

@@ -286,6 +286,20 @@ async fn a_stopped_queued_trial_leaves_the_queue() {
     .await;
     let workloads: Api<DynamicObject> =
         Api::namespaced_with(env.client.clone(), &env.ns, &kueue("Workload", "workloads"));
+    // Both trials' Workloads (the second may come a moment after the first is Queued).
+    poll(
+        Duration::from_secs(30),
+        async || {
+            workloads
+                .list(&Default::default())
+                .await
+                .map(|l| l.items.len())
+                .unwrap_or(0)
+        },
+        |n| *n == 2,
+        |n| format!("{n} workloads"),
+    )
+    .await;
     assert_eq!(
         workloads
             .list(&Default::default())
