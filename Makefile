@@ -10,7 +10,7 @@ VERSION ?= $(shell sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}/\1/p' chart
 # tch finds libtorch through these; scripts/libtorch.sh installs it once into ~/.cache/nasop.
 TORCH = LIBTORCH="$$(scripts/libtorch.sh)" LIBTORCH_CXX11_ABI=1
 
-.PHONY: all build build-demo build-bench test lint crds bench bench-trainer bench-data-parallel bench-operator bench-katib demo toolchain data testenv-build testenv-up testenv-down static images push test-images pytest examples
+.PHONY: all build build-demo build-bench test lint crds bench bench-trainer bench-data-parallel bench-operator bench-katib bench-ui demo toolchain data testenv-build testenv-up testenv-down static images push test-images pytest examples browser ui-screenshots
 
 all: build
 
@@ -34,6 +34,10 @@ build-demo: toolchain
 # nasop-bench (bench/): the cluster benchmarks, and the nasop binary they run as the operator.
 build-bench: toolchain
 	$(CARGO) build --release -p nasop -p nasop-bench --bins
+
+# Headless Chromium and chromedriver (Debian's packages) for the UI's browser tests.
+browser:
+	scripts/chromium.sh >/dev/null
 
 # The Python helper for custom trainers (python/nasop_trial.py), with pytest from PyPI.
 pytest:
@@ -93,6 +97,15 @@ KATIB_BENCH_ARGS ?=
 bench-katib: build-bench testenv-build
 	tools/katib/build.sh >/dev/null
 	tools/testenv/with.sh tools/katib/with.sh target/release/nasop-bench operators $(KATIB_BENCH_ARGS)
+
+# `nasop ui`'s server time on an experiment of 10,000 trials.
+bench-ui: build
+	$(NASOP) bench ui
+
+# The README's pictures of `nasop ui`, from the browser tests' screenshots.
+ui-screenshots: browser
+	CARGO_TARGET_DIR="$${CARGO_TARGET_DIR:-target}" $(CARGO) test --release -p nasop --test ui
+	cp "$${CARGO_TARGET_DIR:-target}"/ui-screenshots/{experiments,experiment,experiment-dark,trial}.png docs/ui/
 
 # nasop-trainer against PyTorch eager on the same network (installs a Python torch once).
 bench-trainer: build data

@@ -11,7 +11,7 @@ make=${MAKE:-make}
 setsid tools/testenv/build.sh > /dev/null 2> >(sed -u 's/^/[test tools] /' >&2) &
 tools_pid=$!
 trap 'kill -- -$tools_pid 2>/dev/null || true' EXIT
-"$make" --no-print-directory lint pytest data test-images
+"$make" --no-print-directory lint pytest data test-images browser
 if ! wait $tools_pid; then
   echo "building the test tools failed (its messages above, marked [test tools])" >&2
   exit 1

@@ -81,7 +81,17 @@ enum Command {
         #[arg(long, default_value = "charts/nasop/templates/crds")]
         chart_out: PathBuf,
     },
-    /// Benchmarks search strategies on tabular results.
+    /// Serves a web page on this machine for watching searches: a runs directory's
+    /// (`nasop ui nasop-runs`) or, with your kubeconfig, a cluster's (`nasop ui --cluster`).
+    #[cfg(feature = "ui")]
+    Ui(nasop::ui::UiArgs),
+    /// Serves the web UI (not in this build of nasop: `make build` builds it).
+    #[cfg(not(feature = "ui"))]
+    Ui {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        args: Vec<String>,
+    },
+    /// Benchmarks search strategies on tabular results, and the UI on a big experiment.
     #[command(subcommand)]
     Bench(Bench),
 }
@@ -92,10 +102,13 @@ enum Bench {
     Nb201(Box<nasop::bench::command::Nb201Args>),
     /// Times one proposal of every strategy after a long history.
     Proposal(nasop::bench::proposal::ProposalArgs),
+    /// Times the UI's pages on an experiment of 10,000 trials.
+    #[cfg(feature = "ui")]
+    Ui(nasop::ui::bench::UiBenchArgs),
 }
 
 /// A part this nasop was built without (`make demo` builds the local runner alone).
-#[cfg(not(all(feature = "operator", feature = "plot")))]
+#[cfg(not(all(feature = "operator", feature = "plot", feature = "ui")))]
 fn not_built(part: &str) -> anyhow::Error {
     anyhow::anyhow!(
         "this nasop was built without {part} (`make demo` builds only what a local search needs); `make build` builds all of nasop"
@@ -180,6 +193,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             .enable_all()
             .build()?
             .block_on(nasop::operator::run(args)),
+        #[cfg(not(feature = "ui"))]
+        Command::Ui { .. } => Err(not_built("`nasop ui`")),
+        #[cfg(feature = "ui")]
+        Command::Ui(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(nasop::ui::run(args)),
         Command::Crds { out, chart_out } => {
             let chart = (!chart_out.as_os_str().is_empty()).then_some(chart_out.as_path());
             for path in nasop::api::write_crds(&out, chart)? {
@@ -188,6 +208,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench(Bench::Nb201(args)) => nasop::bench::command::run(&args),
+        #[cfg(feature = "ui")]
+        Command::Bench(Bench::Ui(args)) => nasop::ui::bench::run(&args),
         Command::Bench(Bench::Proposal(args)) => {
             let timings = nasop::bench::proposal::run(&args);
             if args.json {

@@ -8,6 +8,9 @@
 //! image is missing fails fast. On failure it prints what a user would look at.
 
 #[allow(dead_code)]
+#[path = "support/browser.rs"]
+mod browser;
+#[allow(dead_code)]
 #[path = "support/cli.rs"]
 mod cli;
 #[allow(dead_code)]
@@ -305,6 +308,7 @@ fn a_cpu_search_runs_on_a_real_node_through_the_helm_installed_operator() {
             if let Some(t) = reported {
                 let trial = t["metadata"]["name"].as_str().unwrap().to_string();
                 let pod = t["status"]["pod"].as_str().unwrap().to_string();
+                the_ui_shows_a_running_trials_log(t["spec"]["index"].as_u64().unwrap());
                 log(&format!("evicting {trial}'s pod {pod}"));
                 evict(&pod);
                 evicted = Some((trial, pod));
@@ -493,6 +497,34 @@ fn a_cpu_search_runs_on_a_real_node_through_the_helm_installed_operator() {
 }
 
 /// Evicts a pod of the e2e namespace through the eviction API, as `kubectl drain` does.
+/// `nasop ui --cluster`, as a user with the kubeconfig runs it, shows the running trial's
+/// logs from the real node (pods/log through the API server) in a browser.
+fn the_ui_shows_a_running_trials_log(index: u64) {
+    log(&format!("nasop ui: trial {index}'s page and log"));
+    let ui = browser::Ui::start(&["--cluster", "-n", NAMESPACE], &[]);
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let b = browser::Browser::start().await;
+            b.goto(&format!("{}/e/{NAMESPACE}/{EXPERIMENT}/{index}", ui.url))
+                .await;
+            b.wait_until(
+                "the trainer's log on the trial page",
+                "document.querySelector('#log').innerText.includes('nasop-trainer:')",
+                Duration::from_secs(30),
+            )
+            .await;
+            assert!(
+                b.count("svg.cell g.edge").await == 6,
+                "the trial's cell is drawn"
+            );
+            b.screenshot("e2e-trial", "light").await;
+            b.close().await;
+        });
+}
+
 fn evict(pod: &str) {
     let body = serde_json::json!({
         "apiVersion": "policy/v1",

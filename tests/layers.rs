@@ -294,3 +294,40 @@ fn the_operators_modules_import_each_other_without_a_cycle() {
     // The check sees imports at all: the trial controller uses the base.
     assert!(graph[&module("operator::trial")].contains(&module("operator::context")));
 }
+
+/// The top-level modules of src/ that `part`'s files name as `crate::<module>`.
+fn crate_imports(part: &str) -> BTreeSet<String> {
+    let src = PathBuf::from(ROOT).join("src");
+    let mut found = BTreeSet::new();
+    for file in files(&src.join(part)) {
+        let code = code_of(&file);
+        for (k, _) in code.match_indices("crate::") {
+            let rest = &code[k + "crate::".len()..];
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            found.insert(name);
+        }
+    }
+    found
+}
+
+#[test]
+fn the_ui_reads_runs_and_the_api_but_no_operator_and_nothing_imports_it() {
+    let ui = crate_imports("ui");
+    assert!(
+        !ui.contains("operator"),
+        "src/ui imports the operator: {ui:?}"
+    );
+    assert!(
+        !ui.contains("bench"),
+        "src/ui imports the strategy benchmark: {ui:?}"
+    );
+    for part in ["local", "operator", "api", "bench", "tabular"] {
+        assert!(
+            !crate_imports(part).contains("ui"),
+            "src/{part} imports src/ui, which sits on top"
+        );
+    }
+}

@@ -126,6 +126,37 @@ impl Journal {
         Ok(())
     }
 
+    /// Reads what was appended to a journal since `offset` (a byte position a previous call
+    /// returned, 0 at first) into `replay`; returns the new position. Only whole lines are
+    /// read: a line still being written is left for the next call. `nasop ui` follows a
+    /// running search this way without reading its journal again.
+    pub fn follow(
+        path: &Path,
+        space: Option<&SearchSpace>,
+        replay: &mut Replay,
+        offset: u64,
+    ) -> Result<u64> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(offset),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        file.seek(SeekFrom::Start(offset))?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)?;
+        let whole = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |k| k + 1);
+        let text = std::str::from_utf8(&bytes[..whole])
+            .with_context(|| format!("{}: not UTF-8 after byte {offset}", path.display()))?;
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let entry: Entry = serde_json::from_str(line).with_context(|| {
+                format!("{}: unreadable journal entry {line:?}", path.display())
+            })?;
+            apply(replay, entry, space).with_context(|| path.display().to_string())?;
+        }
+        Ok(offset + whole as u64)
+    }
+
     /// Reads a journal. A torn last line (a crash mid-write) is ignored; anything else
     /// unreadable is an error naming the line.
     pub fn replay(path: &Path, space: Option<&SearchSpace>) -> Result<Replay> {
@@ -244,4 +275,56 @@ fn apply(r: &mut Replay, entry: Entry, space: Option<&SearchSpace>) -> Result<()
         } => r.done = Some((succeeded, reason, message)),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(e: &Entry) -> String {
+        serde_json::to_string(e).unwrap() + "\n"
+    }
+
+    #[test]
+    fn following_reads_whole_lines_only_and_picks_up_where_it_stopped() {
+        let path = std::env::temp_dir().join(format!("nasop-follow-{}.jsonl", std::process::id()));
+        let trial = Entry::Trial {
+            index: 0,
+            candidate: "c".into(),
+            epochs: 3,
+            seed: 1,
+            resume_from: None,
+            stage: Default::default(),
+            at: 1.0,
+        };
+        let started = Entry::Started {
+            index: 0,
+            attempt: 1,
+            at: 2.0,
+        };
+        let report = line(&Entry::Report {
+            index: 0,
+            step: 1,
+            metrics: BTreeMap::from([("acc".to_string(), 0.5)]),
+        });
+        // A report half written: only the first two lines count.
+        let (head, rest) = report.split_at(10);
+        std::fs::write(&path, line(&trial) + &line(&started) + head).unwrap();
+        let mut replay = Replay::default();
+        let offset = Journal::follow(&path, None, &mut replay, 0).unwrap();
+        assert_eq!(offset as usize, line(&trial).len() + line(&started).len());
+        assert_eq!(replay.trials[0].phase, TrialPhase::Running);
+        assert!(replay.trials[0].reports.is_empty());
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(rest.as_bytes()).unwrap();
+        let offset = Journal::follow(&path, None, &mut replay, offset).unwrap();
+        assert_eq!(offset, std::fs::metadata(&path).unwrap().len());
+        assert_eq!(replay.trials[0].reports.len(), 1);
+        // Nothing new: nothing changes.
+        assert_eq!(
+            Journal::follow(&path, None, &mut replay, offset).unwrap(),
+            offset
+        );
+        let _ = std::fs::remove_file(&path);
+    }
 }

@@ -193,9 +193,14 @@ impl Env {
     /// A kubeconfig that authenticates as a new ServiceAccount `name` of this namespace
     /// bound to cluster-admin: its requests are in the API server's audit log.
     pub async fn service_account_kubeconfig(&self, name: &str) -> PathBuf {
+        self.account_kubeconfig(name, Some("cluster-admin")).await
+    }
+
+    /// A kubeconfig that authenticates as a new ServiceAccount `name` of this namespace,
+    /// bound to `cluster_role` everywhere, or to nothing (it may do nothing).
+    pub async fn account_kubeconfig(&self, name: &str, cluster_role: Option<&str>) -> PathBuf {
         use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
         use k8s_openapi::api::core::v1::ServiceAccount;
-        use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleRef, Subject};
         let accounts: Api<ServiceAccount> = Api::namespaced(self.client.clone(), &self.ns);
         let mut account = ServiceAccount::default();
         account.metadata.name = Some(name.into());
@@ -203,31 +208,9 @@ impl Env {
             .create(&PostParams::default(), &account)
             .await
             .unwrap();
-        let binding = ClusterRoleBinding {
-            metadata: kube::api::ObjectMeta {
-                name: Some(format!("{}-{name}", self.ns)),
-                ..Default::default()
-            },
-            role_ref: RoleRef {
-                api_group: "rbac.authorization.k8s.io".into(),
-                kind: "ClusterRole".into(),
-                name: "cluster-admin".into(),
-            },
-            subjects: Some(vec![Subject {
-                kind: "ServiceAccount".into(),
-                name: name.into(),
-                namespace: Some(self.ns.clone()),
-                ..Default::default()
-            }]),
-        };
-        let bindings: Api<ClusterRoleBinding> = Api::all(self.client.clone());
-        let _ = bindings
-            .delete(&format!("{}-{name}", self.ns), &Default::default())
-            .await;
-        bindings
-            .create(&PostParams::default(), &binding)
-            .await
-            .unwrap();
+        if let Some(role) = cluster_role {
+            self.bind(name, role).await;
+        }
         let request = TokenRequest {
             spec: TokenRequestSpec {
                 audiences: vec![],
@@ -256,6 +239,36 @@ impl Env {
         )
         .unwrap();
         path
+    }
+
+    /// Binds ServiceAccount `name` of this namespace to `cluster_role` everywhere.
+    async fn bind(&self, name: &str, cluster_role: &str) {
+        use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleRef, Subject};
+        let binding = ClusterRoleBinding {
+            metadata: kube::api::ObjectMeta {
+                name: Some(format!("{}-{name}", self.ns)),
+                ..Default::default()
+            },
+            role_ref: RoleRef {
+                api_group: "rbac.authorization.k8s.io".into(),
+                kind: "ClusterRole".into(),
+                name: cluster_role.into(),
+            },
+            subjects: Some(vec![Subject {
+                kind: "ServiceAccount".into(),
+                name: name.into(),
+                namespace: Some(self.ns.clone()),
+                ..Default::default()
+            }]),
+        };
+        let bindings: Api<ClusterRoleBinding> = Api::all(self.client.clone());
+        let _ = bindings
+            .delete(&format!("{}-{name}", self.ns), &Default::default())
+            .await;
+        bindings
+            .create(&PostParams::default(), &binding)
+            .await
+            .unwrap();
     }
 
     /// Starts `nasop <args>` with extra environment variables; returns its index.

@@ -1,6 +1,9 @@
 //! `nasop operator` on the test control plane (tools/testenv; `make test` starts it and sets
 //! KUBECONFIG): whole experiments on KWOK GPU nodes with the test playing the trainer.
 
+#[allow(dead_code)]
+#[path = "../support/browser.rs"]
+mod browser;
 // Shared with tests/install, which uses parts of it this binary does not.
 mod hardening;
 #[allow(dead_code)]
@@ -8,6 +11,7 @@ mod harness;
 mod jobsets;
 mod kueue;
 mod trainjobs;
+mod ui;
 
 use harness::{Env, Plan, manifest, post_report, report_json, value_of};
 use k8s_openapi::api::coordination::v1::Lease;
