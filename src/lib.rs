@@ -11,6 +11,7 @@ pub mod operator;
 pub mod tabular;
 #[cfg(feature = "ui")]
 pub mod ui;
+pub mod wrap;
 
 pub use nasop_engine as engine;
 pub use nasop_engine::strategy;

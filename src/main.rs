@@ -72,6 +72,10 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
         args: Vec<String>,
     },
+    /// Runs an unmodified training command as a trial: hands it the candidate and
+    /// hyperparameters, reports the metrics it prints (`name=value`) or writes to
+    /// TensorBoard, stops it when the search says stop. `nasop wrap -- python train.py --lr {lr}`
+    Wrap(nasop::wrap::WrapArgs),
     /// Writes the CRD YAML generated from the API types (crds/ by default), and the Helm
     /// chart's CRD templates.
     Crds {
@@ -200,6 +204,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             .enable_all()
             .build()?
             .block_on(nasop::ui::run(args)),
+        Command::Wrap(args) => {
+            let code = nasop::wrap::run(&args)?;
+            std::process::exit(code)
+        }
         Command::Crds { out, chart_out } => {
             let chart = (!chart_out.as_os_str().is_empty()).then_some(chart_out.as_path());
             for path in nasop::api::write_crds(&out, chart)? {

@@ -6,10 +6,10 @@
 use crate::data::{Dataset, Split};
 use crate::model::{CELL_OPERATIONS, NetConfig, Op, Skeleton, sum_or_zeros};
 use crate::optim::{Optimizer, OptimizerKind};
-use crate::report::Reporter;
 use crate::train::{Ending, Outcome, batches_per_epoch, cosine, evaluate, finite_loss};
 use anyhow::{Result, bail};
 use nasop_core::arch::{Architecture, Edge, cell_edges};
+use nasop_core::client::Reporter;
 use nasop_core::contract::{Report, ReportAction};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};

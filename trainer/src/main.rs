@@ -8,7 +8,6 @@ mod dist;
 mod model;
 mod optim;
 mod recipe;
-mod report;
 mod storage;
 mod train;
 
@@ -17,6 +16,7 @@ use clap::{Args, Parser, Subcommand};
 use data::{DatasetKind, LoadOptions};
 use model::NetConfig;
 use nasop_core::Architecture;
+use nasop_core::client::Reporter;
 use nasop_core::contract::{ENV_TRIAL, Report, RunEnd, TrialInput};
 use optim::OptimizerKind;
 use recipe::{Origins, Recipe, RecipeName};
@@ -424,7 +424,7 @@ fn train(mut args: TrainArgs) -> Result<()> {
         Ok(Some(r)) => r.rank,
         _ => 0,
     };
-    let mut reporter = report::Reporter::from_env(args.termination_file.clone());
+    let mut reporter = Reporter::from_env("nasop-trainer", args.termination_file.clone());
     if rank > 0 {
         // Rank 0 reports for the whole run (the operator refuses other ranks' reports).
         reporter.stay_quiet();
@@ -449,7 +449,7 @@ fn train(mut args: TrainArgs) -> Result<()> {
 
 fn train_reporting(
     args: &mut TrainArgs,
-    reporter: &report::Reporter,
+    reporter: &Reporter,
     rendezvous: Option<dist::Rendezvous>,
 ) -> Result<()> {
     let trial = read_trial()?;

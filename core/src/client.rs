@@ -1,7 +1,10 @@
-//! The trainer's side of the trial contract: JSON lines on stdout, reports posted to
-//! NASOP_REPORT_URL with the trial's token, the final metrics in the termination-message file.
+//! A trial's side of the contract (feature `client`): JSON lines on stdout, reports posted
+//! to NASOP_REPORT_URL with the trial's token, the final metrics in the termination-message
+//! file. nasop-trainer and `nasop wrap` both report through it, so that the operator and
+//! `nasop run` see the same requests from either (python/nasop_trial.py is the same
+//! protocol in Python).
 
-use nasop_core::contract::{
+use crate::contract::{
     DEFAULT_TERMINATION_PATH, ENV_REPORT_TOKEN, ENV_REPORT_TOKEN_FILE, ENV_REPORT_URL,
     ENV_TERMINATION_PATH, Report, ReportAction, ReportReply, termination_message,
 };
@@ -35,14 +38,14 @@ impl Token {
         }
     }
 
-    fn read(&self) -> String {
+    fn read(&self, who: &str) -> String {
         match self {
             Token::Plain(t) => t.clone(),
             Token::File(path) => match std::fs::read_to_string(path) {
                 Ok(t) => t.trim().to_string(),
                 Err(e) => {
                     eprintln!(
-                        "nasop-trainer: ERROR: cannot read the report token {} ({e}); the report will be refused",
+                        "{who}: ERROR: cannot read the report token {} ({e}); the report will be refused",
                         path.display()
                     );
                     String::new()
@@ -53,6 +56,8 @@ impl Token {
 }
 
 pub struct Reporter {
+    /// Who is speaking in log lines: `nasop-trainer`, `nasop wrap`.
+    who: &'static str,
     /// A report was answered 409: this attempt no longer counts (or its trial ended).
     superseded: std::sync::atomic::AtomicBool,
     endpoint: Option<(String, Token)>,
@@ -62,8 +67,9 @@ pub struct Reporter {
 }
 
 impl Reporter {
-    /// From the environment; `termination` overrides NASOP_TERMINATION_PATH.
-    pub fn from_env(termination: Option<PathBuf>) -> Self {
+    /// From the environment; `termination` overrides NASOP_TERMINATION_PATH. `who` names
+    /// the program in log lines.
+    pub fn from_env(who: &'static str, termination: Option<PathBuf>) -> Self {
         let endpoint = std::env::var(ENV_REPORT_URL)
             .ok()
             .filter(|url| !url.is_empty())
@@ -80,6 +86,7 @@ impl Reporter {
             .build()
             .into();
         Reporter {
+            who,
             superseded: Default::default(),
             endpoint,
             agent,
@@ -136,10 +143,10 @@ impl Reporter {
                 .config()
                 .http_status_as_error(false)
                 .build()
-                .header("Authorization", format!("Bearer {}", token.read()))
+                .header("Authorization", format!("Bearer {}", token.read(self.who)))
                 .send_json(report);
             let error = match sent {
-                Ok(mut response) => match Answer::of(&mut response) {
+                Ok(mut response) => match Answer::of(self.who, &mut response) {
                     Answer::Action(action) => return action,
                     // The kubelet may have just rotated the token: read it again, once.
                     Answer::Unauthorized(_) if !reread => {
@@ -151,7 +158,7 @@ impl Reporter {
                             self.superseded
                                 .store(true, std::sync::atomic::Ordering::Relaxed);
                         }
-                        return refused(step, code, &why);
+                        return refused(self.who, step, code, &why);
                     }
                     Answer::Retry(code) => ureq::Error::StatusCode(code),
                 },
@@ -160,14 +167,16 @@ impl Reporter {
             match error {
                 e if started.elapsed() + delay < self.retry_for => {
                     eprintln!(
-                        "nasop-trainer: report of step {step} failed ({e}); retrying in {delay:?}"
+                        "{}: report of step {step} failed ({e}); retrying in {delay:?}",
+                        self.who
                     );
                     std::thread::sleep(delay);
                     delay = (delay * 2).min(MAX_DELAY);
                 }
                 e => {
                     eprintln!(
-                        "nasop-trainer: report of step {step} failed {attempt} times in {:.0?} ({e}); training goes on",
+                        "{}: report of step {step} failed {attempt} times in {:.0?} ({e}); training goes on",
+                        self.who,
                         started.elapsed()
                     );
                     return ReportAction::Continue;
@@ -189,7 +198,7 @@ enum Answer {
 }
 
 impl Answer {
-    fn of(response: &mut ureq::http::Response<ureq::Body>) -> Answer {
+    fn of(who: &str, response: &mut ureq::http::Response<ureq::Body>) -> Answer {
         let code = response.status().as_u16();
         let mut text = || {
             response
@@ -205,7 +214,7 @@ impl Answer {
                 Ok(reply) => Answer::Action(reply.action),
                 Err(e) => {
                     eprintln!(
-                        "nasop-trainer: the report endpoint answered something unreadable ({e}); continuing"
+                        "{who}: the report endpoint answered something unreadable ({e}); continuing"
                     );
                     Answer::Action(ReportAction::Continue)
                 }
@@ -219,15 +228,15 @@ impl Answer {
 
 /// A report the endpoint refused: said loudly, never dropped in silence. A 409 means the
 /// trial has ended or another attempt replaced this one: stop.
-fn refused(step: u32, code: u16, why: &str) -> ReportAction {
+fn refused(who: &str, step: u32, code: u16, why: &str) -> ReportAction {
     if code == 409 {
         eprintln!(
-            "nasop-trainer: ERROR: the report of step {step} was not recorded (HTTP 409: {why}); stopping: this attempt no longer counts"
+            "{who}: ERROR: the report of step {step} was not recorded (HTTP 409: {why}); stopping: this attempt no longer counts"
         );
         return ReportAction::Stop;
     }
     eprintln!(
-        "nasop-trainer: ERROR: the report of step {step} was refused and not recorded (HTTP {code}: {why}); training goes on, its result still goes to the termination message"
+        "{who}: ERROR: the report of step {step} was refused and not recorded (HTTP {code}: {why}); training goes on, its result still goes to the termination message"
     );
     ReportAction::Continue
 }
@@ -237,10 +246,10 @@ impl Reporter {
     /// Writes why the run failed as the termination message: the operator puts it in the
     /// Failed trial's reason, `nasop run` in its journal (Kubernetes keeps the last 4 KiB).
     pub fn fail(&self, message: &str) {
-        let message = format!("nasop-trainer: error: {message}");
+        let message = format!("{}: error: {message}", self.who);
         let keep = message
             .len()
-            .min(nasop_core::contract::TERMINATION_MESSAGE_MAX_BYTES);
+            .min(crate::contract::TERMINATION_MESSAGE_MAX_BYTES);
         let mut start = message.len() - keep;
         while !message.is_char_boundary(start) {
             start += 1;
@@ -249,7 +258,8 @@ impl Reporter {
             && let Err(e) = std::fs::write(path, &message[start..])
         {
             eprintln!(
-                "nasop-trainer: cannot write the termination message to {}: {e}",
+                "{}: cannot write the termination message to {}: {e}",
+                self.who,
                 path.display()
             );
         }
@@ -260,7 +270,8 @@ impl Reporter {
             && let Err(e) = std::fs::write(path, termination_message(report))
         {
             eprintln!(
-                "nasop-trainer: cannot write the termination message to {}: {e}",
+                "{}: cannot write the termination message to {}: {e}",
+                self.who,
                 path.display()
             );
         }

@@ -1,0 +1,452 @@
+//! `nasop wrap -- <command>`: runs an unmodified training command as a trial. It reads the
+//! trial contract, hands the command its candidate and hyperparameters (`{name}` in its
+//! arguments, and `NASOP_HP_<NAME>` in its environment), reports the metrics it prints
+//! (`name=value` lines, Katib's format, or a regular expression) or writes to TensorBoard
+//! event files, turns the search's "stop" into SIGTERM for the command's process group
+//! (SIGKILL after a grace), and writes the final report as the termination message.
+//! Reports go through the same client as nasop-trainer's (`nasop_core::client`).
+
+pub mod lines;
+pub mod tfevents;
+
+use anyhow::{Context, Result};
+use nasop_core::client::Reporter;
+use nasop_core::contract::{self, ReportAction, RunEnd, TrialInput};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
+
+const WHO: &str = "nasop wrap";
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct WrapArgs {
+    /// A regular expression for metrics in the command's output, capturing the name and
+    /// the value (two groups, or groups named `name` and `value`). Default: Katib's
+    /// `name=value` format.
+    #[arg(long)]
+    pub metrics_regex: Option<String>,
+    /// Names whose value is the step rather than a metric (default: epoch, step). A line
+    /// without one reports at the last step named, or at the next step.
+    #[arg(long = "step-metric")]
+    pub step_metrics: Vec<String>,
+    /// Also read scalars from TensorBoard event files under this directory.
+    #[arg(long)]
+    pub tensorboard: Option<PathBuf>,
+    /// Seconds between SIGTERM and SIGKILL when the command must stop.
+    #[arg(long, default_value_t = 30.0)]
+    pub stop_grace_seconds: f64,
+    /// The command and its arguments; `{lr}`, `{architecture}`, `{candidate}`, `{epochs}`,
+    /// `{seed}`, `{trial}`, `{index}` in them become the trial's values.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+    pub command: Vec<String>,
+}
+
+/// The values a `{name}` in the command may take, and the environment the command gets.
+fn values(input: &TrialInput) -> BTreeMap<String, String> {
+    let mut v = BTreeMap::new();
+    for (name, value) in &input.hyperparameters {
+        let text = match value {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        v.insert(name.clone(), text);
+    }
+    v.insert("candidate".into(), input.candidate.clone());
+    // The architecture's string, or the candidate's part before its hyperparameters.
+    let from_candidate = input
+        .candidate
+        .split(';')
+        .next()
+        .filter(|a| !a.contains('='))
+        .unwrap_or_default()
+        .to_string();
+    v.insert(
+        "architecture".into(),
+        input
+            .architecture
+            .as_ref()
+            .map_or(from_candidate, |a| a.string.clone()),
+    );
+    v.insert("epochs".into(), input.budget.epochs.to_string());
+    v.insert("seed".into(), input.seed.to_string());
+    v.insert("trial".into(), input.trial.clone());
+    v.insert("index".into(), input.index.to_string());
+    v
+}
+
+/// The command's arguments with every `{name}` replaced; an unknown name is an error that
+/// lists the known ones.
+pub fn substitute(args: &[String], values: &BTreeMap<String, String>) -> Result<Vec<String>> {
+    let placeholder =
+        regex::Regex::new(r"\{([A-Za-z_][A-Za-z0-9_.-]*)\}").expect("a valid pattern");
+    args.iter()
+        .map(|arg| {
+            let mut missing = None;
+            let out = placeholder.replace_all(arg, |c: &regex::Captures| {
+                values.get(&c[1]).cloned().unwrap_or_else(|| {
+                    missing = Some(c[1].to_string());
+                    String::new()
+                })
+            });
+            match missing {
+                Some(name) => anyhow::bail!(
+                    "the argument {arg:?} names {{{name}}}, which this trial has no value for; it has {}",
+                    values
+                        .keys()
+                        .map(|k| format!("{{{k}}}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                None => Ok(out.into_owned()),
+            }
+        })
+        .collect()
+}
+
+fn env_name(name: &str) -> String {
+    format!(
+        "NASOP_HP_{}",
+        name.chars()
+            .map(|c| if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            })
+            .collect::<String>()
+    )
+}
+
+enum Seen {
+    Line(lines::Found),
+    Scalars(Vec<tfevents::Scalar>),
+}
+
+/// What has been reported so far.
+#[derive(Default)]
+struct Progress {
+    /// Each metric's last value: the final report's metrics.
+    last: BTreeMap<String, f64>,
+    /// Each step's metrics, as reported (a step may gain metrics from later lines).
+    steps: BTreeMap<u32, BTreeMap<String, f64>>,
+    step: u32,
+    /// Whether the output has named a step: then lines without one belong to it.
+    named: bool,
+}
+
+impl Progress {
+    /// Takes what was seen; the reports to send.
+    fn take(&mut self, seen: Seen) -> Vec<(u32, BTreeMap<String, f64>)> {
+        let mut touched = Vec::new();
+        let mut add = |p: &mut Progress, step: u32, metrics: BTreeMap<String, f64>| {
+            if metrics.is_empty() {
+                return;
+            }
+            p.step = p.step.max(step);
+            p.last.extend(metrics.clone());
+            p.steps.entry(step).or_default().extend(metrics);
+            if !touched.contains(&step) {
+                touched.push(step);
+            }
+        };
+        match seen {
+            Seen::Line(found) => {
+                let step = match found.step {
+                    Some(s) => {
+                        self.named = true;
+                        self.step = s;
+                        s
+                    }
+                    None if self.named => self.step,
+                    None => self.step + 1,
+                };
+                add(self, step, found.metrics);
+            }
+            Seen::Scalars(scalars) => {
+                for (step, name, value) in scalars {
+                    add(self, step, BTreeMap::from([(name, value)]));
+                }
+            }
+        }
+        touched.sort();
+        touched
+            .into_iter()
+            .map(|s| (s, self.steps[&s].clone()))
+            .collect()
+    }
+}
+
+/// Why the command is being ended.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Ending {
+    Stopped,
+    Interrupted,
+}
+
+/// Runs the wrapped command to its end; the exit code `nasop wrap` ends with.
+pub fn run(args: &WrapArgs) -> Result<i32> {
+    let reporter = Reporter::from_env(WHO, None);
+    match run_with(args, &reporter) {
+        Ok(code) => Ok(code),
+        Err(e) => {
+            reporter.fail(&format!("{e:#}"));
+            Err(e)
+        }
+    }
+}
+
+fn run_with(args: &WrapArgs, reporter: &Reporter) -> Result<i32> {
+    let raw = std::env::var(contract::ENV_TRIAL).with_context(|| {
+        format!(
+            "{} is not set: nasop wrap runs as a trial (nasop run and the operator set the trial contract)",
+            contract::ENV_TRIAL
+        )
+    })?;
+    let input: TrialInput = serde_json::from_str(&raw)
+        .with_context(|| format!("{} is not a trial's JSON", contract::ENV_TRIAL))?;
+    let values = values(&input);
+    let argv = substitute(&args.command, &values)?;
+    let step_names = if args.step_metrics.is_empty() {
+        vec!["epoch".to_string(), "step".to_string()]
+    } else {
+        args.step_metrics.clone()
+    };
+    let scanner = lines::LineMetrics::new(args.metrics_regex.as_deref(), step_names)
+        .map_err(anyhow::Error::msg)?;
+    let terminated = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, terminated.clone())?;
+    signal_hook::flag::register(signal_hook::consts::SIGINT, terminated.clone())?;
+
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .stdin(Stdio::null());
+    for (name, value) in &input.hyperparameters {
+        let text = values
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| value.to_string());
+        cmd.env(env_name(name), text);
+    }
+    cmd.env("NASOP_CANDIDATE", &input.candidate)
+        .env("NASOP_ARCHITECTURE", &values["architecture"])
+        .env("NASOP_EPOCHS", input.budget.epochs.to_string())
+        .env("NASOP_SEED", input.seed.to_string());
+    // SAFETY: setpgid in the child before exec: the command and what it starts form one
+    // process group that a stop can signal whole.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setpgid(0, 0);
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("starting {:?}", argv[0]))?;
+    let pgid = child.id() as i32;
+
+    let (tx, rx) = mpsc::channel::<Seen>();
+    let stdout = child.stdout.take().expect("piped");
+    let tail = Arc::new(std::sync::Mutex::new(
+        std::collections::VecDeque::<String>::new(),
+    ));
+    let reader = {
+        let tx = tx.clone();
+        let tail = tail.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                {
+                    let mut out = std::io::stdout().lock();
+                    let _ = writeln!(out, "{line}");
+                    let _ = out.flush();
+                }
+                let mut t = tail.lock().unwrap_or_else(|e| e.into_inner());
+                t.push_back(line.clone());
+                if t.len() > 5 {
+                    t.pop_front();
+                }
+                drop(t);
+                let found = scanner.scan(&line);
+                if !found.metrics.is_empty() || found.step.is_some() {
+                    let _ = tx.send(Seen::Line(found));
+                }
+            }
+        })
+    };
+    let watching = Arc::new(AtomicBool::new(true));
+    if let Some(dir) = &args.tensorboard {
+        let mut events = tfevents::EventDir::new(dir.clone());
+        let tx = tx.clone();
+        let watching = watching.clone();
+        std::thread::spawn(move || {
+            loop {
+                let last_round = !watching.load(Ordering::Relaxed);
+                let scalars = events.poll();
+                if !scalars.is_empty() && tx.send(Seen::Scalars(scalars)).is_err() {
+                    break;
+                }
+                if last_round {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        });
+    }
+    drop(tx);
+
+    let grace = Duration::from_secs_f64(args.stop_grace_seconds.max(0.0));
+    let signal = |sig: i32| {
+        // SAFETY: kill(2) on the command's own process group.
+        unsafe { libc::kill(-pgid, sig) };
+    };
+    let mut progress = Progress::default();
+    let mut ending: Option<(Ending, Instant)> = None;
+    let mut killed = false;
+    let stop = |why: Ending, ending: &mut Option<(Ending, Instant)>| {
+        if ending.is_none() {
+            eprintln!(
+                "{WHO}: {}; SIGTERM to the command, SIGKILL in {grace:?} if it is still running",
+                match why {
+                    Ending::Stopped => "the search said stop",
+                    Ending::Interrupted => "terminated",
+                }
+            );
+            signal(libc::SIGTERM);
+            *ending = Some((why, Instant::now()));
+        }
+    };
+    let status = loop {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(seen) => {
+                for (step, metrics) in progress.take(seen) {
+                    if reporter.report(step, &metrics) == ReportAction::Stop && ending.is_none() {
+                        let why = if reporter.superseded() {
+                            Ending::Interrupted
+                        } else {
+                            Ending::Stopped
+                        };
+                        stop(why, &mut ending);
+                    }
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {}
+        }
+        if terminated.load(Ordering::Relaxed) {
+            stop(Ending::Interrupted, &mut ending);
+        }
+        if let Some((_, since)) = ending
+            && !killed
+            && since.elapsed() >= grace
+        {
+            eprintln!("{WHO}: the command outlived its {grace:?} grace; SIGKILL");
+            signal(libc::SIGKILL);
+            killed = true;
+        }
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+    };
+    // What the command printed last, and its last event files, still count.
+    let _ = reader.join();
+    watching.store(false, Ordering::Relaxed);
+    let drain_until = Instant::now() + Duration::from_secs(2);
+    while let Ok(seen) = rx.recv_timeout(drain_until.saturating_duration_since(Instant::now())) {
+        for (step, metrics) in progress.take(seen) {
+            reporter.report(step, &metrics);
+        }
+    }
+    let ending = ending.map(|e| e.0);
+    let end = match ending {
+        Some(Ending::Stopped) => RunEnd::Stopped,
+        Some(Ending::Interrupted) => RunEnd::Interrupted,
+        None if status.success() => RunEnd::Completed,
+        None => {
+            let tail = tail.lock().unwrap_or_else(|e| e.into_inner());
+            anyhow::bail!(
+                "{} ended with {status}{}",
+                argv[0],
+                if tail.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "; its last output: {}",
+                        tail.iter().cloned().collect::<Vec<_>>().join(" | ")
+                    )
+                }
+            );
+        }
+    };
+    let last = contract::Report {
+        step: progress.step,
+        metrics: progress.last,
+        info: BTreeMap::new(),
+        end: Some(end),
+    };
+    if end != RunEnd::Interrupted {
+        reporter.send(&last);
+    }
+    reporter.finish(&last);
+    Ok(if end == RunEnd::Interrupted { 143 } else { 0 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_take_the_trials_values_and_unknown_ones_are_named() {
+        let values = BTreeMap::from([
+            ("lr".to_string(), "0.1".to_string()),
+            ("architecture".to_string(), "|skip~0|".to_string()),
+        ]);
+        let out = substitute(
+            &[
+                "train.py".into(),
+                "--lr={lr}".into(),
+                "--arch".into(),
+                "{architecture}".into(),
+            ],
+            &values,
+        )
+        .unwrap();
+        assert_eq!(out, vec!["train.py", "--lr=0.1", "--arch", "|skip~0|"]);
+        let e = substitute(&["--wd={wd}".into()], &values)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("{wd}") && e.contains("{lr}"), "{e}");
+        assert_eq!(env_name("learning-rate"), "NASOP_HP_LEARNING_RATE");
+    }
+
+    #[test]
+    fn lines_without_a_step_count_up_until_one_names_it() {
+        let mut p = Progress::default();
+        let line = |step: Option<u32>, m: &[(&str, f64)]| {
+            Seen::Line(lines::Found {
+                step,
+                metrics: m.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            })
+        };
+        assert_eq!(p.take(line(None, &[("loss", 1.0)]))[0].0, 1);
+        assert_eq!(p.take(line(None, &[("loss", 0.9)]))[0].0, 2);
+        assert_eq!(p.take(line(Some(5), &[("acc", 0.5)]))[0].0, 5);
+        // Named once, a line without a step adds to it.
+        let r = p.take(line(None, &[("loss", 0.4)]));
+        assert_eq!(r[0].0, 5);
+        assert_eq!(
+            r[0].1,
+            BTreeMap::from([("acc".into(), 0.5), ("loss".into(), 0.4)])
+        );
+        assert_eq!(p.last["loss"], 0.4);
+        assert!(
+            p.take(line(Some(6), &[])).is_empty(),
+            "a step alone reports nothing"
+        );
+    }
+}
