@@ -242,3 +242,27 @@ fn tensorboard_scalars_are_reported_per_step_while_they_are_written() {
     // More than one report arrived before the script ended: read while written.
     assert!(reports.len() >= 3);
 }
+
+#[test]
+fn a_process_left_holding_the_output_does_not_hold_the_trial() {
+    let dir = scratch("orphan");
+    let endpoint = Endpoint::start(None);
+    let started = Instant::now();
+    let (out, message) = wrap(
+        &dir,
+        &endpoint,
+        &["--", "sh", "-c", "sleep 30 & echo epoch=1 val_accuracy=0.5"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    let last: Report = serde_json::from_str(&message).unwrap();
+    assert_eq!(last.metrics["val_accuracy"], 0.5);
+}

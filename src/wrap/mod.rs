@@ -353,8 +353,15 @@ fn run_with(args: &WrapArgs, reporter: &Reporter) -> Result<i32> {
             break status;
         }
     };
-    // What the command printed last, and its last event files, still count.
-    let _ = reader.join();
+    // What the command printed last, and its last event files, still count. A process it
+    // left behind may hold its output open: wait for the end of the output 2 s at most,
+    // then end what is left of its process group.
+    let output_ends = Instant::now() + Duration::from_secs(2);
+    while !reader.is_finished() && Instant::now() < output_ends {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The trial has ended: nothing it started keeps running (or holds its output).
+    signal(libc::SIGKILL);
     watching.store(false, Ordering::Relaxed);
     let drain_until = Instant::now() + Duration::from_secs(2);
     while let Ok(seen) = rx.recv_timeout(drain_until.saturating_duration_since(Instant::now())) {
