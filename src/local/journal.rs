@@ -101,12 +101,23 @@ pub struct Journal {
 }
 
 impl Journal {
+    /// Opens a journal for appending. A torn last line (a crash mid-write, which `replay`
+    /// skips) is cut off first: appended to, it would merge with the next entry into a line
+    /// no replay could read.
     pub fn open(path: &Path) -> Result<Journal> {
         let file = OpenOptions::new()
             .create(true)
             .append(true)
+            .read(true)
             .open(path)
             .with_context(|| format!("opening the journal {}", path.display()))?;
+        let bytes = std::fs::read(path)
+            .with_context(|| format!("reading the journal {}", path.display()))?;
+        if bytes.last().is_some_and(|b| *b != b'\n') {
+            let whole = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |k| k + 1);
+            file.set_len(whole as u64)
+                .with_context(|| format!("cutting the torn last line of {}", path.display()))?;
+        }
         Ok(Journal {
             path: path.to_path_buf(),
             file,

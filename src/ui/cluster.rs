@@ -314,6 +314,13 @@ impl Cluster {
             .map(|t| seconds(&t.0))
             .or(summary.created);
         let mut detail = Detail::new(summary, engine, trials, started);
+        detail.container = exp
+            .spec
+            .trial_template
+            .as_ref()
+            .and_then(|t| t.spec.as_ref())
+            .and_then(|s| s.containers.first())
+            .map(|c| c.name.clone());
         if let Some(status) = &exp.status {
             detail.message = status.message.clone();
             detail.conditions = status
@@ -380,6 +387,8 @@ impl Cluster {
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &key.namespace);
         let params = LogParams {
             tail_lines: Some(200),
+            // A pod with a sidecar needs the container named.
+            container: detail.container.clone(),
             ..Default::default()
         };
         match api.logs(pod, &params).await {

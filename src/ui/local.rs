@@ -54,6 +54,8 @@ impl Local {
             "{} is not a directory: give the runs directory `nasop run` writes (nasop-runs by default) or one run directory in it",
             root.display()
         );
+        // `nasop ui .` inside a run: the run is named by its directory's real name.
+        let root = root.canonicalize().unwrap_or(root);
         let (changes, _) = tokio::sync::watch::channel(0);
         Ok(Arc::new(Local {
             root,
@@ -133,12 +135,19 @@ impl Local {
             // The same manifest and a journal that only grew: read what was appended.
             if f.manifest[..] == s[..1] && s[1].0 >= f.offset {
                 let path = dir.join("journal.jsonl");
-                f.offset =
-                    Journal::follow(&path, Some(&f.experiment.space), &mut f.replay, f.offset)
-                        .map_err(problem)?;
-                f.detail = Arc::new(detail_of(dir, &f.experiment, &f.replay));
-                f.stamp = s;
-                return Ok(Arc::clone(&f.detail));
+                match Journal::follow(&path, Some(&f.experiment.space), &mut f.replay, f.offset) {
+                    Ok(offset) => {
+                        f.offset = offset;
+                        f.detail = Arc::new(detail_of(dir, &f.experiment, &f.replay));
+                        f.stamp = s;
+                        return Ok(Arc::clone(&f.detail));
+                    }
+                    Err(e) => {
+                        // Half applied: the run is read whole next time.
+                        cache.remove(dir);
+                        return Err(problem(e));
+                    }
+                }
             }
         }
         let m = manifest::load(&dir.join("manifest.yaml")).map_err(|e| problem(e.into()))?;

@@ -269,7 +269,10 @@ async fn trial_log(
 async fn events(
     State(source): State<Source>,
 ) -> Sse<impl futures::Stream<Item = Result<SseEvent, Infallible>>> {
-    let rx = source.changes();
+    let mut rx = source.changes();
+    // A change between the page's render and this connection (or a reconnect) would be
+    // missed: every new connection refreshes the page once.
+    rx.mark_changed();
     let stream = futures::stream::unfold(rx, |mut rx| async move {
         rx.changed().await.ok()?;
         let version = *rx.borrow_and_update();
@@ -321,10 +324,10 @@ pub async fn run(args: UiArgs) -> anyhow::Result<()> {
         "nasop ui: http://{addr}/ ({}); Ctrl-C stops it",
         source.label()
     );
-    axum::serve(listener, router(source))
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await?;
+    // Not a graceful shutdown: an open page's event stream never ends, and would hold it.
+    tokio::select! {
+        served = axum::serve(listener, router(source)) => served?,
+        _ = tokio::signal::ctrl_c() => {}
+    }
     Ok(())
 }

@@ -72,6 +72,8 @@ pub struct Detail {
     pub message: Option<String>,
     /// Where the experiment started (unix seconds): the time axis' zero.
     pub started: Option<f64>,
+    /// The trial pods' container whose log is the trial's (a pod template's first).
+    pub container: Option<String>,
     /// `trial.index` → position in `trials`.
     positions: BTreeMap<u32, usize>,
     /// The trials' records, and what the engine makes of them: computed once per change
@@ -125,6 +127,7 @@ impl Detail {
             conditions: Vec::new(),
             message: None,
             started,
+            container: None,
             positions,
             records,
             best,

@@ -295,10 +295,19 @@ fn charts(s: &mut String, d: &Detail, records: &[TrialRecord], base: &str) {
             });
         }
     }
-    // Best so far counts only trials the engine would pick (succeeded).
+    // Best so far counts only what the engine could pick as the best: succeeded search
+    // trials that meet the constraints, by their final metric.
     let succeeded = |p: &Point| {
-        d.trial(p.trial)
-            .is_some_and(|t| t.record.phase == TrialPhase::Succeeded)
+        d.trial(p.trial).is_some_and(|t| {
+            let r = &t.record;
+            r.phase == TrialPhase::Succeeded
+                && r.stage == crate::engine::Stage::Search
+                && r.metrics.contains_key(objective)
+                && exp
+                    .constraints
+                    .iter()
+                    .all(|c| c.violation(r.metrics.get(&c.metric).copied()) == 0.0)
+        })
     };
     let ok_time: Vec<Point> = by_time.iter().copied().filter(succeeded).collect();
     let ok_trial: Vec<Point> = by_trial.iter().copied().filter(succeeded).collect();

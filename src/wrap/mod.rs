@@ -37,11 +37,13 @@ pub struct WrapArgs {
     /// Also read scalars from TensorBoard event files under this directory.
     #[arg(long)]
     pub tensorboard: Option<PathBuf>,
-    /// Seconds between SIGTERM and SIGKILL when the command must stop.
-    #[arg(long, default_value_t = 30.0)]
+    /// Seconds between SIGTERM and SIGKILL when the command must stop (shorter than a
+    /// pod's default 30 s, so that the final report is written before the kubelet's SIGKILL).
+    #[arg(long, default_value_t = 20.0)]
     pub stop_grace_seconds: f64,
     /// The command and its arguments; `{lr}`, `{architecture}`, `{candidate}`, `{epochs}`,
-    /// `{seed}`, `{trial}`, `{index}` in them become the trial's values.
+    /// `{seed}`, `{trial}`, `{index}` in them become the trial's values (`${NAME}` is left
+    /// to the shell).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
     pub command: Vec<String>,
 }
@@ -88,6 +90,11 @@ pub fn substitute(args: &[String], values: &BTreeMap<String, String>) -> Result<
         .map(|arg| {
             let mut missing = None;
             let out = placeholder.replace_all(arg, |c: &regex::Captures| {
+                let whole = c.get(0).expect("the match");
+                // `${NAME}` is the shell's, not ours.
+                if arg[..whole.start()].ends_with('$') {
+                    return whole.as_str().to_string();
+                }
                 values.get(&c[1]).cloned().unwrap_or_else(|| {
                     missing = Some(c[1].to_string());
                     String::new()
@@ -142,7 +149,13 @@ impl Progress {
     /// Takes what was seen; the reports to send.
     fn take(&mut self, seen: Seen) -> Vec<(u32, BTreeMap<String, f64>)> {
         let mut touched = Vec::new();
-        let mut add = |p: &mut Progress, step: u32, metrics: BTreeMap<String, f64>| {
+        let mut add = |p: &mut Progress, step: u32, mut metrics: BTreeMap<String, f64>| {
+            // What the endpoint refuses is not sent: invalid names, and names beyond the
+            // first 64 (a report of more is refused whole).
+            metrics.retain(|name, _| {
+                contract::valid_name(name)
+                    && (p.last.contains_key(name) || p.last.len() < contract::MAX_METRICS)
+            });
             if metrics.is_empty() {
                 return;
             }
@@ -242,6 +255,8 @@ fn run_with(args: &WrapArgs, reporter: &Reporter) -> Result<i32> {
     unsafe {
         cmd.pre_exec(|| {
             libc::setpgid(0, 0);
+            // Out of our process group it would outlive a killed wrapper: it dies with it.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
             Ok(())
         });
     }
@@ -259,8 +274,18 @@ fn run_with(args: &WrapArgs, reporter: &Reporter) -> Result<i32> {
         let tx = tx.clone();
         let tail = tail.clone();
         std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
+            let mut out = BufReader::new(stdout);
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                match out.read_until(b'\n', &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+                // A line that is not UTF-8 is read as well as it can be, never dropped.
+                let line = String::from_utf8_lossy(&buf)
+                    .trim_end_matches(['\n', '\r'])
+                    .to_string();
                 {
                     let mut out = std::io::stdout().lock();
                     let _ = writeln!(out, "{line}");
@@ -336,7 +361,10 @@ fn run_with(args: &WrapArgs, reporter: &Reporter) -> Result<i32> {
                 }
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => {}
+            // The output has ended but the command runs on: wait without spinning.
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                std::thread::sleep(Duration::from_millis(100))
+            }
         }
         if terminated.load(Ordering::Relaxed) {
             stop(Ending::Interrupted, &mut ending);
@@ -429,6 +457,8 @@ mod tests {
             .to_string();
         assert!(e.contains("{wd}") && e.contains("{lr}"), "{e}");
         assert_eq!(env_name("learning-rate"), "NASOP_HP_LEARNING_RATE");
+        let shell = substitute(&["echo ${OUT} {lr}".into()], &values).unwrap();
+        assert_eq!(shell, vec!["echo ${OUT} 0.1"]);
     }
 
     #[test]
