@@ -185,6 +185,76 @@ fn append_trial(journal: &Path, index: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The cluster source's model of the written run: its trials as NasTrial objects (as the
+/// watch cache holds them), turned into the pages' model as after each change. The
+/// median of 5 builds, in ms.
+fn cluster_model_ms(run_dir: &Path) -> anyhow::Result<f64> {
+    use crate::api::{NasTrial, NasTrialSpec, NasTrialStatus, ReportEntry, TrialPhaseName};
+    use crate::engine::TrialPhase;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+    let m = crate::local::manifest::load(&run_dir.join("manifest.yaml"))?;
+    let replay = Journal::replay(&run_dir.join("journal.jsonl"), Some(&m.experiment.space))?;
+    let mut resource = m.resource.clone();
+    resource.metadata.namespace = Some("bench".into());
+    let obj: kube::api::DynamicObject = serde_json::from_value(serde_json::to_value(&resource)?)?;
+    let time = |t: f64| {
+        MicroTime(
+            k8s_openapi::jiff::Timestamp::from_millisecond((t * 1000.0) as i64).unwrap_or_default(),
+        )
+    };
+    let trials: Vec<NasTrial> = replay
+        .trials
+        .iter()
+        .map(|r| {
+            let mut t = NasTrial::new(
+                &format!("ui-bench-{}", r.index),
+                NasTrialSpec {
+                    experiment: "ui-bench".into(),
+                    index: r.index,
+                    candidate: r.candidate.clone(),
+                    epochs: r.epochs,
+                    seed: 0,
+                    resume_from: None,
+                    stage: None,
+                    stop: None,
+                },
+            );
+            t.metadata.namespace = Some("bench".into());
+            t.status = Some(NasTrialStatus {
+                phase: Some(match r.phase {
+                    TrialPhase::Succeeded => TrialPhaseName::Succeeded,
+                    TrialPhase::Failed => TrialPhaseName::Failed,
+                    _ => TrialPhaseName::Running,
+                }),
+                attempts: 1,
+                history: r
+                    .reports
+                    .iter()
+                    .map(|rep| ReportEntry {
+                        step: rep.step,
+                        metrics: rep.metrics.clone(),
+                    })
+                    .collect(),
+                metrics: r.metrics.clone(),
+                start_time: r.started_at.map(time),
+                completion_time: r.finished_at.map(time),
+                ..Default::default()
+            });
+            t
+        })
+        .collect();
+    let mut times = Vec::new();
+    for _ in 0..5 {
+        let started = Instant::now();
+        let detail =
+            super::cluster::detail_from(&obj, trials.iter()).map_err(anyhow::Error::msg)?;
+        times.push(started.elapsed().as_secs_f64() * 1000.0);
+        anyhow::ensure!(detail.trials.len() == trials.len());
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[2])
+}
+
 /// One GET over a fresh connection: (server time in ms from Server-Timing, total ms, bytes,
 /// status line).
 fn get(
@@ -329,6 +399,18 @@ pub fn run(args: &UiBenchArgs) -> anyhow::Result<()> {
                 gzipped as f64 / 1024.0
             );
         }
+    }
+    let model = cluster_model_ms(&run_dir)?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({"page": "cluster source: the model from NasTrials", "trials": args.trials, "ms_p50": model})
+        );
+    } else {
+        println!(
+            "cluster source: the model from {} NasTrials after a change: {model:.1}ms (median of 5)",
+            args.trials
+        );
     }
     if args.keep.is_none() {
         let _ = std::fs::remove_dir_all(&dir);

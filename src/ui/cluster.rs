@@ -287,54 +287,8 @@ impl Cluster {
     }
 
     fn build(&self, obj: &DynamicObject) -> Result<Detail, String> {
-        let (summary, parsed) = summary(obj);
-        let exp: NasExperiment =
-            parsed.ok_or_else(|| summary.problem.clone().unwrap_or_default())?;
-        let engine =
-            crate::api::validate(&summary.key.name, &exp.spec).map_err(|e| e.to_string())?;
-        let uid = obj.uid();
-        let trials: Vec<Trial> = self
-            .trials
-            .state()
-            .iter()
-            .filter(|t| {
-                t.namespace().as_deref() == Some(&summary.key.namespace)
-                    && t.spec.experiment == summary.key.name
-                    && (uid.is_none()
-                        || t.owner_references()
-                            .iter()
-                            .any(|o| Some(&o.uid) == uid.as_ref()))
-            })
-            .map(|t| trial(&engine, t))
-            .collect();
-        let started = exp
-            .status
-            .as_ref()
-            .and_then(|s| s.start_time.as_ref())
-            .map(|t| seconds(&t.0))
-            .or(summary.created);
-        let mut detail = Detail::new(summary, engine, trials, started);
-        detail.container = exp
-            .spec
-            .trial_template
-            .as_ref()
-            .and_then(|t| t.spec.as_ref())
-            .and_then(|s| s.containers.first())
-            .map(|c| c.name.clone());
-        if let Some(status) = &exp.status {
-            detail.message = status.message.clone();
-            detail.conditions = status
-                .conditions
-                .iter()
-                .map(|c| Condition {
-                    type_: c.type_.clone(),
-                    status: c.status.clone(),
-                    reason: c.reason.clone(),
-                    message: c.message.clone(),
-                })
-                .collect();
-        }
-        Ok(detail)
+        let trials = self.trials.state();
+        detail_from(obj, trials.iter().map(|t| t.as_ref()))
     }
 
     /// The experiment's recent events; an error (no rights on events) is shown as one.
@@ -406,6 +360,57 @@ impl Cluster {
             }),
         }
     }
+}
+
+/// An experiment object and its trials (any of them: those of other experiments are left
+/// out) as the pages' model.
+pub fn detail_from<'a>(
+    obj: &DynamicObject,
+    trials: impl Iterator<Item = &'a NasTrial>,
+) -> Result<Detail, String> {
+    let (summary, parsed) = summary(obj);
+    let exp: NasExperiment = parsed.ok_or_else(|| summary.problem.clone().unwrap_or_default())?;
+    let engine = crate::api::validate(&summary.key.name, &exp.spec).map_err(|e| e.to_string())?;
+    let uid = obj.uid();
+    let trials: Vec<Trial> = trials
+        .filter(|t| {
+            t.namespace().as_deref() == Some(&summary.key.namespace)
+                && t.spec.experiment == summary.key.name
+                && (uid.is_none()
+                    || t.owner_references()
+                        .iter()
+                        .any(|o| Some(&o.uid) == uid.as_ref()))
+        })
+        .map(|t| trial(&engine, t))
+        .collect();
+    let started = exp
+        .status
+        .as_ref()
+        .and_then(|s| s.start_time.as_ref())
+        .map(|t| seconds(&t.0))
+        .or(summary.created);
+    let mut detail = Detail::new(summary, engine, trials, started);
+    detail.container = exp
+        .spec
+        .trial_template
+        .as_ref()
+        .and_then(|t| t.spec.as_ref())
+        .and_then(|s| s.containers.first())
+        .map(|c| c.name.clone());
+    if let Some(status) = &exp.status {
+        detail.message = status.message.clone();
+        detail.conditions = status
+            .conditions
+            .iter()
+            .map(|c| Condition {
+                type_: c.type_.clone(),
+                status: c.status.clone(),
+                reason: c.reason.clone(),
+                message: c.message.clone(),
+            })
+            .collect();
+    }
+    Ok(detail)
 }
 
 trait NowOrNever {
