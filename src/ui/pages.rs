@@ -328,6 +328,7 @@ fn charts(s: &mut String, d: &Detail, records: &[TrialRecord], base: &str) {
                 }],
                 link: base,
                 x_integer: false,
+                x_range: Some(shape::extent(by_time.iter().map(|p| p.x))),
             }
             .render()
         );
@@ -344,6 +345,7 @@ fn charts(s: &mut String, d: &Detail, records: &[TrialRecord], base: &str) {
                 }],
                 link: base,
                 x_integer: true,
+                x_range: Some(shape::extent(by_trial.iter().map(|p| p.x))),
             }
             .render()
         );
@@ -370,6 +372,7 @@ fn charts(s: &mut String, d: &Detail, records: &[TrialRecord], base: &str) {
                 }],
                 link: base,
                 x_integer: false,
+                x_range: None,
             }
             .render()
         );
@@ -446,6 +449,7 @@ fn pareto(s: &mut String, d: &Detail, records: &[TrialRecord], base: &str) {
             layers,
             link: base,
             x_integer: false,
+            x_range: None,
         }
         .render()
     );
@@ -886,6 +890,7 @@ fn curves(s: &mut String, d: &Detail, r: &TrialRecord) {
                 layers,
                 link: "#",
                 x_integer: true,
+                x_range: None,
             }
             .render()
         );

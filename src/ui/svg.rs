@@ -46,6 +46,8 @@ pub struct Chart<'a> {
     pub link: &'a str,
     /// Integer ticks on x (steps, trial numbers).
     pub x_integer: bool,
+    /// The x axis' range when it must match another chart's (else the layers' extent).
+    pub x_range: Option<(f64, f64)>,
 }
 
 /// Round tick positions covering [lo, hi], about `n` of them.
@@ -103,7 +105,9 @@ impl Chart<'_> {
                 Layer::Rule { .. } => {}
             }
         }
-        let (mut x0, mut x1) = shape::extent(xs.into_iter());
+        let (mut x0, mut x1) = self
+            .x_range
+            .unwrap_or_else(|| shape::extent(xs.into_iter()));
         let (mut y0, mut y1) = shape::extent(ys.into_iter());
         if x1 <= x0 {
             x1 = x0 + 1.0;
@@ -461,6 +465,7 @@ mod tests {
             }],
             link: "t/",
             x_integer: true,
+            x_range: None,
         }
         .render();
         assert_eq!(svg.matches("<circle").count(), 7);
