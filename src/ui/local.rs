@@ -270,8 +270,6 @@ fn detail_of(dir: &Path, exp: &crate::engine::Experiment, replay: &Replay) -> De
             .trials
             .iter()
             .map(|r| {
-                let trial_dir = dir.join("trials").join(r.index.to_string());
-                let artifact = trial_dir.join("artifact");
                 let info = replay.info.get(&r.index).cloned().unwrap_or_default();
                 Trial {
                     name: format!("{name}-{}", r.index),
@@ -284,8 +282,9 @@ fn detail_of(dir: &Path, exp: &crate::engine::Experiment, replay: &Replay) -> De
                     message: info.get("message").cloned().unwrap_or_default(),
                     attempts: replay.attempts.get(&r.index).copied().unwrap_or(0),
                     pod: None,
-                    artifact: (r.phase == TrialPhase::Succeeded && artifact.is_dir())
-                        .then(|| artifact.display().to_string()),
+                    // Looked for when a page shows it (Detail::artifact): a stat per trial
+                    // here cost more than the rest of a 10,000-trial page.
+                    artifact: None,
                     resume_from: replay.seeds.get(&r.index).and_then(|s| s.1),
                     info,
                     record: r.clone(),
@@ -317,6 +316,7 @@ fn detail_of(dir: &Path, exp: &crate::engine::Experiment, replay: &Replay) -> De
         problem: None,
     };
     let mut detail = Detail::new(summary, exp.clone(), trials, created);
+    detail.run_dir = Some(dir.to_path_buf());
     detail.message = replay
         .done
         .as_ref()

@@ -74,6 +74,8 @@ pub struct Detail {
     pub started: Option<f64>,
     /// The trial pods' container whose log is the trial's (a pod template's first).
     pub container: Option<String>,
+    /// A local run's directory, where a trial's model is `trials/<index>/artifact`.
+    pub run_dir: Option<std::path::PathBuf>,
     /// `trial.index` → position in `trials`.
     positions: BTreeMap<u32, usize>,
     /// The trials' records, and what the engine makes of them: computed once per change
@@ -128,6 +130,7 @@ impl Detail {
             message: None,
             started,
             container: None,
+            run_dir: None,
             positions,
             records,
             best,
@@ -138,6 +141,20 @@ impl Detail {
 
     pub fn trial(&self, index: u32) -> Option<&Trial> {
         self.positions.get(&index).map(|&i| &self.trials[i])
+    }
+
+    /// Where a trial's model is: its status' artifact on a cluster, the run directory's
+    /// `trials/<index>/artifact` once a succeeded local trial has written it.
+    pub fn artifact(&self, t: &Trial) -> Option<String> {
+        t.artifact.clone().or_else(|| {
+            let dir = self.run_dir.as_ref()?;
+            let path = dir
+                .join("trials")
+                .join(t.record.index.to_string())
+                .join("artifact");
+            (t.record.phase == TrialPhase::Succeeded && path.is_dir())
+                .then(|| path.display().to_string())
+        })
     }
 
     /// Every trial's record, by index.

@@ -204,7 +204,7 @@ pub fn experiment(d: &Detail, events: &[Event], q: &TableQuery, now: f64) -> Str
         let _ = write!(s, r#"<p class="message">{}</p>"#, esc(m));
     }
     if let Some(t) = best.and_then(|b| d.trial(b))
-        && let Some(a) = &t.artifact
+        && let Some(a) = &d.artifact(t)
     {
         let _ = write!(
             s,
@@ -297,9 +297,9 @@ fn charts(s: &mut String, d: &Detail, records: &[TrialRecord], base: &str) {
     }
     // Best so far counts only what the engine could pick as the best: succeeded search
     // trials that meet the constraints, by their final metric.
-    let succeeded = |p: &Point| {
-        d.trial(p.trial).is_some_and(|t| {
-            let r = &t.record;
+    let eligible: std::collections::HashSet<u32> = records
+        .iter()
+        .filter(|r| {
             r.phase == TrialPhase::Succeeded
                 && r.stage == crate::engine::Stage::Search
                 && r.metrics.contains_key(objective)
@@ -308,7 +308,9 @@ fn charts(s: &mut String, d: &Detail, records: &[TrialRecord], base: &str) {
                     .iter()
                     .all(|c| c.violation(r.metrics.get(&c.metric).copied()) == 0.0)
         })
-    };
+        .map(|r| r.index)
+        .collect();
+    let succeeded = |p: &Point| eligible.contains(&p.trial);
     let ok_time: Vec<Point> = by_time.iter().copied().filter(succeeded).collect();
     let ok_trial: Vec<Point> = by_trial.iter().copied().filter(succeeded).collect();
     s.push_str(r#"<h2>Search</h2><div class="charts">"#);
@@ -586,16 +588,22 @@ fn trial_table(
                 .cmp(&b.reason)
                 .then(a.record.index.cmp(&b.record.index))
         }),
-        _ => rows.sort_by(|a, b| {
-            // Trials without a value go last whichever the direction.
-            match (key_f(a), key_f(b)) {
-                (Some(x), Some(y)) => x.total_cmp(&y),
-                (Some(_), None) => std::cmp::Ordering::Less,
-                (None, Some(_)) => std::cmp::Ordering::Greater,
-                (None, None) => std::cmp::Ordering::Equal,
-            }
-            .then(a.record.index.cmp(&b.record.index))
-        }),
+        _ => {
+            // Each key once (a value is a map lookup), then sorted; trials without one go
+            // last whichever the direction.
+            let mut keyed: Vec<(Option<f64>, &Trial)> =
+                rows.into_iter().map(|t| (key_f(t), t)).collect();
+            keyed.sort_by(|(ka, a), (kb, b)| {
+                match (ka, kb) {
+                    (Some(x), Some(y)) => x.total_cmp(y),
+                    (Some(_), None) => std::cmp::Ordering::Less,
+                    (None, Some(_)) => std::cmp::Ordering::Greater,
+                    (None, None) => std::cmp::Ordering::Equal,
+                }
+                .then(a.record.index.cmp(&b.record.index))
+            });
+            rows = keyed.into_iter().map(|(_, t)| t).collect();
+        }
     }
     if q.desc {
         let (with, without): (Vec<&Trial>, Vec<&Trial>) = rows
@@ -776,7 +784,7 @@ pub fn trial(d: &Detail, t: &Trial, now: f64) -> String {
         r#"<h2>Candidate</h2><p><code id="candidate">{}</code></p>"#,
         esc(&r.candidate)
     );
-    if let Some(a) = &t.artifact {
+    if let Some(a) = &d.artifact(t) {
         let _ = write!(
             s,
             r#"<p class="artifact">Model: <code>{}</code></p>"#,
