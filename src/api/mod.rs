@@ -2,6 +2,7 @@
 //! their validation into the engine's model.
 
 mod experiment;
+pub mod record;
 mod trial;
 mod validate;
 

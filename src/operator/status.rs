@@ -4,14 +4,17 @@
 
 use crate::api::{
     ExperimentPhase, FinalCandidateStatus, FinalTrainingStatus, MetricSpread, NasExperimentStatus,
-    NasTrial, ReportEntry, TrialCounts, TrialPhaseName, TrialStage, TrialSummary,
+    ReportEntry, TrialCounts, TrialStage, TrialSummary,
 };
-use crate::engine::{self, Experiment, Finish, Report, Stage, TrialPhase, TrialRecord};
+use crate::engine::{self, Experiment, Finish, Stage, TrialPhase, TrialRecord};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, Time};
 use k8s_openapi::jiff::Timestamp;
-use nasop_core::Point;
 use nasop_core::contract;
 use std::collections::{BTreeMap, HashMap};
+
+// The NasTrial → TrialRecord translation lives with the API types (`nasop ui` reads
+// trials too); the operator's callers keep their names for it.
+pub use crate::api::record::{RecordError, engine_phase, point, record, seconds, stage};
 
 /// Progress reports kept in a trial's status; older ones are thinned out.
 pub const HISTORY_LIMIT: usize = 64;
@@ -63,28 +66,6 @@ pub fn time(seconds: f64) -> Time {
     Time(timestamp(seconds))
 }
 
-pub fn seconds(t: &Timestamp) -> f64 {
-    t.as_microsecond() as f64 / 1e6
-}
-
-pub fn engine_phase(p: TrialPhaseName) -> TrialPhase {
-    match p {
-        TrialPhaseName::Pending => TrialPhase::Pending,
-        TrialPhaseName::Running => TrialPhase::Running,
-        TrialPhaseName::Succeeded => TrialPhase::Succeeded,
-        TrialPhaseName::Failed => TrialPhase::Failed,
-        TrialPhaseName::Stopped => TrialPhase::Stopped,
-    }
-}
-
-/// What a NasTrial is for (no stage: the search).
-pub fn stage(trial: &NasTrial) -> Stage {
-    match trial.spec.stage {
-        Some(TrialStage::Final) => Stage::Final,
-        Some(TrialStage::Search) | None => Stage::Search,
-    }
-}
-
 /// The NasTrial's stage field for the engine's stage (the search's trials have none, as
 /// before final training existed).
 pub fn stage_field(stage: Stage) -> Option<TrialStage> {
@@ -92,52 +73,6 @@ pub fn stage_field(stage: Stage) -> Option<TrialStage> {
         Stage::Search => None,
         Stage::Final => Some(TrialStage::Final),
     }
-}
-
-/// A recorded trial whose candidate the experiment's search space cannot read (its spec was
-/// written by hand, or by another version).
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("trial {trial}: {error}")]
-pub struct RecordError {
-    /// The trial's index, or its name where one is at hand.
-    pub trial: String,
-    pub error: String,
-}
-
-/// The trial's candidate as a point of the experiment's search space.
-pub fn point(exp: &Experiment, trial: &NasTrial) -> Result<Point, RecordError> {
-    exp.space
-        .parse(&trial.spec.candidate)
-        .map_err(|e| RecordError {
-            trial: trial.spec.index.to_string(),
-            error: e.to_string(),
-        })
-}
-
-/// The engine's view of a NasTrial.
-pub fn record(exp: &Experiment, trial: &NasTrial) -> Result<TrialRecord, RecordError> {
-    let point = point(exp, trial)?;
-    let status = trial.status.clone().unwrap_or_default();
-    Ok(TrialRecord {
-        index: trial.spec.index,
-        candidate: trial.spec.candidate.clone(),
-        key: exp.space.key(&point),
-        point,
-        epochs: trial.spec.epochs,
-        stage: stage(trial),
-        phase: status.phase.map_or(TrialPhase::Pending, engine_phase),
-        started_at: status.start_time.as_ref().map(|t| seconds(&t.0)),
-        finished_at: status.completion_time.as_ref().map(|t| seconds(&t.0)),
-        reports: status
-            .history
-            .into_iter()
-            .map(|r| Report {
-                step: r.step,
-                metrics: r.metrics,
-            })
-            .collect(),
-        metrics: status.metrics,
-    })
 }
 
 /// Adds a report to a trial's history (a repeated step replaces the earlier one) and keeps

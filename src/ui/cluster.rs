@@ -5,8 +5,8 @@
 
 use super::Problem;
 use super::model::{Condition, Detail, Event, Key, Summary, Trial};
-use crate::api::{NasExperiment, NasTrial, TrialPhaseName, TrialStage};
-use crate::engine::{Report, Stage, TrialPhase, TrialRecord};
+use crate::api::record::{self, seconds};
+use crate::api::{NasExperiment, NasTrial};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Event as CoreEvent, Pod};
 use kube::api::{Api, ApiResource, DynamicObject, ListParams, LogParams};
@@ -72,10 +72,6 @@ fn watch_text(e: &watcher::Error) -> String {
         watcher::Error::WatchError(status) => status.message.clone(),
         other => error_text(other),
     }
-}
-
-fn seconds(t: &k8s_openapi::jiff::Timestamp) -> f64 {
-    t.as_millisecond() as f64 / 1000.0
 }
 
 impl Cluster {
@@ -433,7 +429,8 @@ fn summary(o: &DynamicObject) -> (Summary, Option<NasExperiment>) {
     };
     let created = o.meta().creation_timestamp.as_ref().map(|t| seconds(&t.0));
     let parsed = serde_json::to_value(o)
-        .and_then(serde_json::from_value::<NasExperiment>)
+        .map_err(crate::api::ParseError::json)
+        .and_then(crate::api::parse_experiment)
         .map_err(|e| format!("this nasop cannot read it: {e}"));
     let mut s = Summary {
         key,
@@ -476,42 +473,14 @@ fn summary(o: &DynamicObject) -> (Summary, Option<NasExperiment>) {
 
 fn trial(exp: &crate::engine::Experiment, t: &NasTrial) -> Trial {
     let status = t.status.clone().unwrap_or_default();
-    let point = exp.space.parse(&t.spec.candidate).unwrap_or_default();
+    // A trial whose candidate this space cannot read is still shown, without a point.
+    let point = record::point(exp, t).unwrap_or_default();
     let key = if point.is_empty() {
         t.spec.candidate.clone()
     } else {
         exp.space.key(&point)
     };
-    let phase = match status.phase {
-        None | Some(TrialPhaseName::Pending) => TrialPhase::Pending,
-        Some(TrialPhaseName::Running) => TrialPhase::Running,
-        Some(TrialPhaseName::Succeeded) => TrialPhase::Succeeded,
-        Some(TrialPhaseName::Failed) => TrialPhase::Failed,
-        Some(TrialPhaseName::Stopped) => TrialPhase::Stopped,
-    };
-    let record = TrialRecord {
-        index: t.spec.index,
-        candidate: t.spec.candidate.clone(),
-        point,
-        key,
-        epochs: t.spec.epochs,
-        stage: match t.spec.stage {
-            Some(TrialStage::Final) => Stage::Final,
-            _ => Stage::Search,
-        },
-        phase,
-        started_at: status.start_time.as_ref().map(|s| seconds(&s.0)),
-        finished_at: status.completion_time.as_ref().map(|s| seconds(&s.0)),
-        reports: status
-            .history
-            .iter()
-            .map(|r| Report {
-                step: r.step,
-                metrics: r.metrics.clone(),
-            })
-            .collect(),
-        metrics: status.metrics.clone(),
-    };
+    let record = record::record_at(t, point, key);
     Trial {
         name: t.name_any(),
         reason: status.reason.clone().unwrap_or_default(),

@@ -1,5 +1,5 @@
 use super::*;
-use crate::api::{NasExperimentSpec, NasTrialSpec, NasTrialStatus};
+use crate::api::{NasExperimentSpec, NasTrial, NasTrialSpec, NasTrialStatus, TrialPhaseName};
 use crate::engine::FinishReason;
 
 fn spec(yaml: &str) -> NasExperimentSpec {
