@@ -129,6 +129,7 @@ images:
 push: images
 	scripts/images.sh push $(REGISTRY) $(VERSION) "$(TRAINER_VARIANTS)"
 
-# What the end-to-end test installs: the operator and the cpu trainer, on local bases.
+# What the end-to-end test installs: the operator, the cpu trainer and a plain Python image
+# (for a wrapped, unmodified script), on local bases.
 test-images:
-	IMAGE_BASES=local scripts/images.sh build localhost/nasop $(VERSION) cpu
+	IMAGE_BASES=local scripts/images.sh build localhost/nasop $(VERSION) "cpu python"

@@ -3,7 +3,9 @@
 #   scripts/images.sh build REGISTRY VERSION [VARIANTS]   (make images)
 #   scripts/images.sh push  REGISTRY VERSION [VARIANTS]   (make push)
 # Images: REGISTRY/nasop:VERSION, REGISTRY/nasop-trainer:VERSION (cuda) and
-# REGISTRY/nasop-trainer:VERSION-cpu. VARIANTS: the trainer variants, "cuda cpu" by default.
+# REGISTRY/nasop-trainer:VERSION-cpu. VARIANTS: the trainer variants, "cuda cpu" by default;
+# "python" adds REGISTRY/python:3.11-slim, a plain Python image for the end-to-end test's
+# unmodified script (examples/k8s/unmodified-script.yaml).
 # The engine is docker when a Docker engine answers, else podman or buildah (Debian's
 # packages; run as root). IMAGE_BASES=local builds the base images from Debian's packages
 # first (tools/images/bases.sh), for machines that reach no public container registry.
@@ -48,7 +50,8 @@ for v in $variants; do
   case $v in
     cuda) images+=("nasop-trainer:$version|trainer/Dockerfile|--build-arg VARIANT=cuda|$trainer_inputs") ;;
     cpu) images+=("nasop-trainer:$version-cpu|trainer/Dockerfile|--build-arg VARIANT=cpu|$trainer_inputs") ;;
-    *) echo "unknown trainer variant $v: use cuda or cpu" >&2; exit 1 ;;
+    python) images+=("python:3.11-slim|tools/images/python.Dockerfile||tools/images/python.Dockerfile") ;;
+    *) echo "unknown variant $v: use cuda, cpu or python" >&2; exit 1 ;;
   esac
 done
 
@@ -69,7 +72,7 @@ if [ "$action" = build ]; then
   bases=""
   if [ "${IMAGE_BASES:-public}" = local ]; then
     python=""
-    case " $variants " in *" cuda "*) python=python ;; esac
+    case " $variants " in *" cuda "*|*" python "*) python=python ;; esac
     bases=$(tools/images/bases.sh "$engine" $python)
   fi
   for entry in "${images[@]}"; do

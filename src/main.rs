@@ -76,6 +76,10 @@ enum Command {
     /// hyperparameters, reports the metrics it prints (`name=value`) or writes to
     /// TensorBoard, stops it when the search says stop. `nasop wrap -- python train.py --lr {lr}`
     Wrap(nasop::wrap::WrapArgs),
+    /// Copies this nasop binary to FILE (executable by anyone): the init container of a
+    /// wrapped trial pod (spec.wrap) runs it, as the operator's image has no cp.
+    #[command(hide = true)]
+    CopySelf { file: PathBuf },
     /// Writes the CRD YAML generated from the API types (crds/ by default), and the Helm
     /// chart's CRD templates.
     Crds {
@@ -84,6 +88,9 @@ enum Command {
         /// Where the chart's CRD templates go; "" skips them.
         #[arg(long, default_value = "charts/nasop/templates/crds")]
         chart_out: PathBuf,
+        /// Where the Python client's copy of the NasExperiment CRD goes; "" skips it.
+        #[arg(long, default_value = "python/nasop/_crd")]
+        python_out: PathBuf,
     },
     /// Serves a web page on this machine for watching searches: a runs directory's
     /// (`nasop ui nasop-runs`) or, with your kubeconfig, a cluster's (`nasop ui --cluster`).
@@ -208,9 +215,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let code = nasop::wrap::run(&args)?;
             std::process::exit(code)
         }
-        Command::Crds { out, chart_out } => {
-            let chart = (!chart_out.as_os_str().is_empty()).then_some(chart_out.as_path());
-            for path in nasop::api::write_crds(&out, chart)? {
+        Command::CopySelf { file } => nasop::wrap::copy_self(&file),
+        Command::Crds {
+            out,
+            chart_out,
+            python_out,
+        } => {
+            fn some(p: &std::path::Path) -> Option<&std::path::Path> {
+                (!p.as_os_str().is_empty()).then_some(p)
+            }
+            for path in nasop::api::write_crds(&out, some(&chart_out), some(&python_out))? {
                 println!("wrote {path}");
             }
             Ok(())

@@ -38,6 +38,11 @@ fn chart_crds_match_the_types() {
 }
 
 #[test]
+fn the_python_clients_crd_matches_the_types() {
+    check("python/nasop/_crd", nasop::api::python_crd_files());
+}
+
+#[test]
 fn chart_crds_are_the_plain_crds_behind_the_install_switch() {
     for ((name, plain), (chart_name, chart)) in nasop::api::crd_files()
         .into_iter()

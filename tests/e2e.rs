@@ -194,7 +194,7 @@ fn a_cpu_search_runs_on_a_real_node_through_the_helm_installed_operator() {
     ok(Command::new("make").current_dir(repo(".")).args([
         "push",
         &format!("REGISTRY={images}"),
-        "TRAINER_VARIANTS=cpu",
+        "TRAINER_VARIANTS=cpu python",
         "IMAGE_BASES=local",
     ]));
 
@@ -479,6 +479,7 @@ fn a_cpu_search_runs_on_a_real_node_through_the_helm_installed_operator() {
     log(&format!("all done after {:?}", started.elapsed()));
 
     a_missing_image_fails_the_trial_fast(&images);
+    an_unmodified_script_reports_through_the_injected_wrapper(&images);
     jobset_trials_train_data_parallel_on_two_pods(&images);
     trainjob_trials_train_data_parallel_on_two_pods(&images);
     storage_continues_promotions_and_keeps_models(&images, &dir);
@@ -601,6 +602,84 @@ fn a_missing_image_fails_the_trial_fast(images: &str) {
         "{trial}: {status}"
     );
     ok(&mut kube(&["delete", "nasexp", NAME, "-n", NAMESPACE]));
+}
+
+/// examples/k8s/unmodified-script.yaml in a plain Python image: nothing of nasop is in it,
+/// the init container copies the operator image's nasop in, and the script's printed epochs
+/// are the trials' reports; the result is the last value printed.
+fn an_unmodified_script_reports_through_the_injected_wrapper(images: &str) {
+    const NAME: &str = "unmodified-script";
+    let started = Instant::now();
+    let example = std::fs::read_to_string(repo("examples/k8s/unmodified-script.yaml")).unwrap();
+    let manifest = example
+        .replace(
+            "image: python:3.11-slim",
+            &format!("image: {images}/python:3.11-slim"),
+        )
+        .replace("maxTrials: 12", "maxTrials: 3")
+        .replace("trialEpochs: 5", "trialEpochs: 3");
+    let out = with_stdin(&mut kube(&["apply", "-n", NAMESPACE, "-f", "-"]), &manifest);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut last = String::new();
+    loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "{NAME} did not end within 600 s: {last}"
+        );
+        let exp = json(&["get", "nasexp", NAME, "-n", NAMESPACE]);
+        let status = &exp["status"];
+        let line = format!(
+            "{NAME}: phase {} progress {} conditions {}",
+            status["phase"], status["progress"], status["conditions"]
+        );
+        if line != last {
+            log(&line);
+            last = line;
+        }
+        match status["phase"].as_str() {
+            Some("Succeeded") => break,
+            Some("Failed") => panic!("{NAME} failed: {status}"),
+            _ => std::thread::sleep(Duration::from_secs(2)),
+        }
+    }
+    let trials = items(
+        "nastrials",
+        NAMESPACE,
+        &format!("nasop.dev/experiment={NAME}"),
+    );
+    assert_eq!(trials.len(), 3);
+    for t in &trials {
+        let status = &t["status"];
+        assert_eq!(status["phase"], "Succeeded", "{t}");
+        let history = status["history"].as_array().unwrap();
+        let mut steps: Vec<u64> = history.iter().filter_map(|r| r["step"].as_u64()).collect();
+        // The final report repeats the last step.
+        steps.dedup();
+        assert_eq!(steps, [1, 2, 3], "one report per printed epoch: {status}");
+        let printed = history.last().unwrap()["metrics"]["val_accuracy"]
+            .as_f64()
+            .unwrap();
+        let result = status["metrics"]["val_accuracy"].as_f64();
+        assert_eq!(result, Some(printed), "{status}");
+    }
+    // The trial pod: the user's image and command, under the copied nasop.
+    let pod = &items("pods", NAMESPACE, &format!("nasop.dev/experiment={NAME}"))[0];
+    let command = pod["spec"]["containers"][0]["command"].to_string();
+    assert!(
+        command.contains("/nasop-wrap/nasop") && command.contains("train.py"),
+        "{command}"
+    );
+    assert_eq!(pod["spec"]["initContainers"][0]["name"], "nasop-wrap");
+    log(&format!(
+        "{NAME}: 3 wrapped trials after {:?}",
+        started.elapsed()
+    ));
+    ok(&mut kube(&["delete", "nasexp", NAME, "-n", NAMESPACE]));
+    ok(&mut kube(&["delete", "configmap", NAME, "-n", NAMESPACE]));
 }
 
 /// examples/k8s/fashion-mnist-storage.yaml on a PersistentVolume of the real node: a promoted

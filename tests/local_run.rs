@@ -142,6 +142,77 @@ fn a_short_search_of_real_processes_ends_with_a_results_table() {
     assert!(csv.lines().next().unwrap().contains("val_accuracy"));
 }
 
+/// spec.wrap: an unmodified script that only prints `epoch=… val_accuracy=…` lines, its
+/// architecture given as an argument, is a trial: it reports each epoch (the journal holds
+/// them), and its result is the last value it printed.
+#[test]
+fn an_unmodified_script_is_a_trial_under_spec_wrap() {
+    let dir = scratch("wrap");
+    let path = dir.join("wrap.yaml");
+    let script = "n=$(printf %s \"$1\" | grep -o nor_conv_3x3 | wc -l); for e in 1 2 3; do echo \"epoch=$e val_accuracy=0.$n$e loss=1.$e\"; done";
+    let yaml = script_yaml(
+        "wrapped",
+        "{algorithm: random, seed: 4}",
+        "{maxTrials: 4, parallelism: 2, trialEpochs: 3}",
+        "  wrap: {stepMetrics: [epoch]}",
+        script,
+    )
+    .replace(
+        &format!("args: [{script:?}]"),
+        // `sh -c SCRIPT NAME ARG`: $1 is the architecture.
+        &format!("args: [{script:?}, wrapped, \"{{architecture}}\"]"),
+    );
+    std::fs::write(&path, &yaml).unwrap();
+    ok(nasop()
+        .arg("run")
+        .arg(&path)
+        .arg("--runs-dir")
+        .arg(dir.join("runs"))
+        .arg("--plain")
+        .output()
+        .unwrap());
+    let r = results(&dir.join("runs/wrapped"));
+    let trials = r["trials"].as_array().unwrap();
+    assert_eq!(trials.len(), 4, "{r}");
+    for t in trials {
+        assert_eq!(t["phase"], "Succeeded", "{t}");
+        let convs = t["architecture"]
+            .as_str()
+            .unwrap()
+            .matches("nor_conv_3x3")
+            .count();
+        let value = t["metrics"]["val_accuracy"].as_f64().unwrap();
+        assert!(
+            (value - format!("0.{convs}3").parse::<f64>().unwrap()).abs() < 1e-9,
+            "the last printed value is the result: {t}"
+        );
+        assert_eq!(t["metrics"]["loss"].as_f64(), Some(1.3), "{t}");
+    }
+    // Every epoch was reported while the script ran.
+    let reports = journal_counts(&dir.join("runs/wrapped/journal.jsonl"), "report");
+    assert_eq!(reports.len(), 4, "{reports:?}");
+    assert!(reports.values().all(|&n| n >= 3), "{reports:?}");
+    // Without a written command there is nothing to wrap: the error names the field.
+    std::fs::write(
+        &path,
+        yaml.replace("command: [sh, -c]", "image: python:3.11"),
+    )
+    .unwrap();
+    let out = nasop()
+        .arg("run")
+        .arg(&path)
+        .arg("--runs-dir")
+        .arg(dir.join("runs2"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("spec.trialTemplate.spec.containers[0].command") && err.contains("entrypoint"),
+        "{err}"
+    );
+}
+
 /// Journal entries of one kind, by trial index.
 fn journal_counts(path: &Path, event: &str) -> BTreeMap<u64, usize> {
     let mut counts = BTreeMap::new();

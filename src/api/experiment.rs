@@ -140,6 +140,64 @@ pub struct NasExperimentSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self == oldSelf").message("finalTraining is immutable"))]
     pub final_training: Option<FinalTrainingSpec>,
+    /// For a program that does not speak the trial contract: each trial's command runs under
+    /// `nasop wrap`, which gives it the candidate and hyperparameters (`{lr}`,
+    /// `{architecture}`, ... in its command and args, and NASOP_HP_* in its environment),
+    /// reports the metrics it prints (`name=value` lines, or metricsRegex) or writes as
+    /// TensorBoard events, and turns a stop into SIGTERM (SIGKILL after stopGraceSeconds).
+    /// On Kubernetes the image needs nothing: an init container copies the static `nasop`
+    /// binary from the operator's image into an emptyDir at /nasop-wrap, and the trial
+    /// container's command becomes `/nasop-wrap/nasop wrap ... -- <command> <args>`; the
+    /// command must therefore be written in the template (nasop cannot read an image's
+    /// entrypoint). `nasop run` runs the command under `nasop wrap` the same way. For
+    /// trialTemplate and trialJobSet trials (every rank is wrapped; rank 0 reports).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wrap: Option<WrapSpec>,
+}
+
+/// How `nasop wrap` reads an unmodified command's metrics.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WrapSpec {
+    /// A regular expression for metrics in the command's output, capturing the name and the
+    /// value (two groups, or groups named `name` and `value`). Default: Katib's `name=value`
+    /// format (`epoch=3 val_accuracy=0.81`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_regex: Option<String>,
+    /// Names whose value is the step rather than a metric (default: epoch, step).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub step_metrics: Vec<String>,
+    /// A directory where the command writes TensorBoard event files: their scalars are
+    /// reported too (a path inside the trial's container, or on this machine for nasop run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tensorboard_dir: Option<String>,
+    /// Seconds between SIGTERM and SIGKILL when the command must stop (default 20: shorter
+    /// than a pod's 30 s grace, so that the final report is written).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 3600))]
+    pub stop_grace_seconds: Option<u32>,
+}
+
+impl WrapSpec {
+    /// `nasop wrap`'s arguments up to and including `--`: the command follows.
+    pub fn args(&self) -> Vec<String> {
+        let mut args = vec!["wrap".to_string()];
+        if let Some(r) = &self.metrics_regex {
+            args.extend(["--metrics-regex".into(), r.clone()]);
+        }
+        for s in &self.step_metrics {
+            args.extend(["--step-metric".into(), s.clone()]);
+        }
+        if let Some(d) = &self.tensorboard_dir {
+            args.extend(["--tensorboard".into(), d.clone()]);
+        }
+        if let Some(g) = self.stop_grace_seconds {
+            args.extend(["--stop-grace-seconds".into(), g.to_string()]);
+        }
+        args.push("--".into());
+        args
+    }
 }
 
 /// A JobSet as a trial: its labels and annotations, and its spec.

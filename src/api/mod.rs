@@ -58,12 +58,28 @@ pub fn chart_crd_files() -> Vec<(String, String)> {
     })
 }
 
-/// Writes the CRD files into `dir`, and their Helm templates into `chart_dir` when given.
-pub fn write_crds(dir: &Path, chart_dir: Option<&Path>) -> std::io::Result<Vec<String>> {
+/// The NasExperiment CRD for python/nasop/_crd: the Python client validates a spec against
+/// its schema and rules before sending it.
+pub fn python_crd_files() -> Vec<(String, String)> {
+    let mut files = crd_files();
+    files.retain(|(name, _)| name.starts_with("nasexperiments."));
+    files
+}
+
+/// Writes the CRD files into `dir`, their Helm templates into `chart_dir` and the Python
+/// client's copy into `python_dir`, when given.
+pub fn write_crds(
+    dir: &Path,
+    chart_dir: Option<&Path>,
+    python_dir: Option<&Path>,
+) -> std::io::Result<Vec<String>> {
     let mut written = Vec::new();
     let mut sets = vec![(dir, crd_files())];
     if let Some(chart) = chart_dir {
         sets.push((chart, chart_crd_files()));
+    }
+    if let Some(python) = python_dir {
+        sets.push((python, python_crd_files()));
     }
     for (dir, files) in sets {
         std::fs::create_dir_all(dir)?;

@@ -44,6 +44,9 @@ pub fn validate(name: &str, spec: &NasExperimentSpec) -> Result<Experiment, Vali
     if let Some(storage) = &spec.storage {
         self::storage(storage)?;
     }
+    if let Some(w) = &spec.wrap {
+        wrap(w, spec)?;
+    }
     let final_training = spec
         .final_training
         .as_ref()
@@ -179,6 +182,81 @@ fn storage(spec: &StorageSpec) -> Result<(), ValidationError> {
                 "give exactly one of persistentVolumeClaim and s3",
             ));
         }
+    }
+    Ok(())
+}
+
+/// spec.wrap: a regular expression that compiles with two captures, and a written command
+/// for every container it wraps (an image's entrypoint is out of nasop's sight).
+fn wrap(w: &WrapSpec, spec: &NasExperimentSpec) -> Result<(), ValidationError> {
+    if let Some(r) = &w.metrics_regex {
+        let re = regex::Regex::new(r).map_err(|e| {
+            invalid(
+                "spec.wrap.metricsRegex",
+                format!("{r:?} is not a regular expression: {e}"),
+            )
+        })?;
+        let named = re.capture_names().flatten().any(|n| n == "name")
+            && re.capture_names().flatten().any(|n| n == "value");
+        if !named && re.captures_len() < 3 {
+            return Err(invalid(
+                "spec.wrap.metricsRegex",
+                format!(
+                    "{r:?} must capture the name and the value: two groups, or groups named `name` and `value` (e.g. `(\\w+)=([-+.\\deE]+)`)"
+                ),
+            ));
+        }
+    }
+    for (i, s) in w.step_metrics.iter().enumerate() {
+        if s.is_empty() {
+            return Err(invalid(
+                format!("spec.wrap.stepMetrics[{i}]"),
+                "name a metric, or remove the entry",
+            ));
+        }
+    }
+    let needs_command = "nasop wrap runs the command written here (nasop cannot read an image's entrypoint); write the program and its arguments as command (and args)";
+    if spec.trial_train_job.is_some() {
+        return Err(invalid(
+            "spec.wrap",
+            "is for trialTemplate and trialJobSet trials; in a TrainJob, run the command as `nasop wrap -- <command>` with nasop in the image, or use the Python helper",
+        ));
+    }
+    if let Some(js) = &spec.trial_job_set {
+        let jobs = js
+            .spec
+            .get("replicatedJobs")
+            .and_then(|j| j.as_array())
+            .cloned()
+            .unwrap_or_default();
+        for (i, job) in jobs.iter().enumerate() {
+            let command = job
+                .pointer("/template/spec/template/spec/containers/0/command")
+                .and_then(|c| c.as_array())
+                .is_some_and(|c| !c.is_empty());
+            if !command {
+                return Err(invalid(
+                    format!(
+                        "spec.trialJobSet.spec.replicatedJobs[{i}].template.spec.template.spec.containers[0].command"
+                    ),
+                    needs_command,
+                ));
+            }
+        }
+        return Ok(());
+    }
+    let command = spec
+        .trial_template
+        .as_ref()
+        .and_then(|t| t.spec.as_ref())
+        .and_then(|s| s.containers.first())
+        .and_then(|c| c.command.as_ref())
+        .is_some_and(|c| !c.is_empty());
+    if !command {
+        return Err(invalid(
+            "spec.trialTemplate.spec.containers[0].command",
+            needs_command,
+        ));
     }
     Ok(())
 }

@@ -33,9 +33,11 @@ pub fn find_program(name: &str) -> Option<PathBuf> {
 }
 
 /// The executor a manifest asks for: its trial template's first container's command and
-/// args, `nasop nb201-trial …` for the tables, or nasop-trainer when it has none.
+/// args (under `nasop wrap` with spec.wrap), `nasop nb201-trial …` for the tables, or
+/// nasop-trainer when it has none.
 pub fn from_template(
     template: Option<&k8s_openapi::api::core::v1::PodTemplateSpec>,
+    wrap: Option<&crate::api::WrapSpec>,
 ) -> Result<Executor> {
     let container = template
         .and_then(|t| t.spec.as_ref())
@@ -60,7 +62,10 @@ pub fn from_template(
         .and_then(|n| n.to_str())
         .unwrap_or_default()
         .to_string();
-    if program == "nasop" && command.get(1).map(String::as_str) == Some("nb201-trial") {
+    if wrap.is_none()
+        && program == "nasop"
+        && command.get(1).map(String::as_str) == Some("nb201-trial")
+    {
         return Ok(Executor::Tabular(Box::new(Tabular::from_args(
             &command[2..],
         )?)));
@@ -72,6 +77,18 @@ pub fn from_template(
             format!("the trial command {:?} was not found beside nasop or on PATH", command[0])
         }
     })?;
+    if let Some(wrap) = wrap {
+        // The same wrapper as in a pod: this nasop, `wrap … --`, then the command.
+        let nasop = std::env::current_exe().context("finding the running nasop for spec.wrap")?;
+        let mut args = wrap.args();
+        args.push(path.to_string_lossy().into_owned());
+        args.extend(command[1..].iter().cloned());
+        return Ok(Executor::Process {
+            program: nasop,
+            args,
+            env,
+        });
+    }
     Ok(Executor::Process {
         program: path,
         args: command[1..].to_vec(),

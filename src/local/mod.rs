@@ -141,7 +141,10 @@ impl Run {
     fn open(opts: &RunOptions) -> Result<Run> {
         let manifest = manifest::load(&opts.manifest)?;
         let name = manifest.experiment.name.clone();
-        let executor = executor::from_template(manifest.resource.spec.trial_template.as_ref())?;
+        let executor = executor::from_template(
+            manifest.resource.spec.trial_template.as_ref(),
+            manifest.resource.spec.wrap.as_ref(),
+        )?;
         // Before anything is written: a warm start that cannot be made leaves no run behind.
         let prior = warm::prior_trials(
             &opts.runs_dir,

@@ -67,6 +67,8 @@ pub struct Settings {
     pub stop_grace: Duration,
     pub max_attempts: u32,
     pub keep_finished_pods: usize,
+    /// The image whose `/nasop` wrapped trials (spec.wrap) copy: the operator's own.
+    pub wrap_image: String,
 }
 
 /// The watch caches.

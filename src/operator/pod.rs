@@ -1,12 +1,13 @@
 //! A trial's pod: built from the experiment's `trialTemplate` with the trial contract
 //! injected, and read back into what happened to it. Pure functions.
 
-use crate::api::{StorageSpec, TemplateMetadata};
+use crate::api::{StorageSpec, TemplateMetadata, WrapSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerStateTerminated, ContainerStatus, EnvVar, EnvVarSource,
-    PersistentVolumeClaimVolumeSource, Pod, PodSecurityContext, PodSpec, PodStatus,
-    PodTemplateSpec, ProjectedVolumeSource, SeccompProfile, SecretKeySelector, SecurityContext,
-    ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
+    Capabilities, Container, ContainerStateTerminated, ContainerStatus, EmptyDirVolumeSource,
+    EnvVar, EnvVarSource, PersistentVolumeClaimVolumeSource, Pod, PodSecurityContext, PodSpec,
+    PodStatus, PodTemplateSpec, ProjectedVolumeSource, ResourceRequirements, SeccompProfile,
+    SecretKeySelector, SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount,
+    VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::ResourceExt;
@@ -110,7 +111,14 @@ pub struct PodInput<'a> {
     pub report_url: &'a str,
     /// spec.storage: where checkpoints and models go.
     pub storage: Option<&'a StorageSpec>,
+    /// spec.wrap, and the image whose `/nasop` the init container copies.
+    pub wrap: Option<(&'a WrapSpec, &'a str)>,
 }
+
+/// Where a wrapped trial's pod (spec.wrap) finds nasop: an emptyDir the init container
+/// `nasop-wrap` copies the operator image's static binary into.
+pub const WRAP_MOUNT: &str = "/nasop-wrap";
+const WRAP_VOLUME: &str = "nasop-wrap";
 
 /// Where the trial's report token (a projected service-account token for the audience
 /// `nasop.dev`, bound to the pod, rotated by the kubelet) is mounted.
@@ -306,6 +314,9 @@ pub fn trial_pod(
         mount_claim_volume(&mut spec, &claim.claim_name);
     }
     token_volume(&mut spec);
+    if let Some((w, image)) = p.wrap {
+        wrap(&mut spec, w, image);
+    }
     restrict(&mut spec);
     if let Some(c) = spec.containers.first_mut() {
         inject_contract(c, p, claim.is_some());
@@ -392,6 +403,73 @@ fn put_volume(spec: &mut PodSpec, volume: Volume) {
         .collect();
     volumes.push(volume);
     spec.volumes = Some(volumes);
+}
+
+/// spec.wrap in a pod: an emptyDir, an init container that copies nasop into it from
+/// `image` (the operator's own, static, so that it runs in any Linux image), and the first
+/// container's command and args run under `nasop wrap`. The Argo emissary's way: nothing
+/// runs beside the trial, and the user's image is used as it is.
+fn wrap(spec: &mut PodSpec, w: &WrapSpec, image: &str) {
+    let Some(c) = spec.containers.first_mut() else {
+        return;
+    };
+    let mut command = vec![format!("{WRAP_MOUNT}/nasop")];
+    command.extend(w.args());
+    command.extend(c.command.take().unwrap_or_default());
+    command.extend(c.args.take().unwrap_or_default());
+    c.command = Some(command);
+    let mut mounts: Vec<VolumeMount> = c
+        .volume_mounts
+        .take()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|m| m.name != WRAP_VOLUME && m.mount_path != WRAP_MOUNT)
+        .collect();
+    let mount = VolumeMount {
+        name: WRAP_VOLUME.into(),
+        mount_path: WRAP_MOUNT.into(),
+        ..VolumeMount::default()
+    };
+    mounts.push(VolumeMount {
+        read_only: Some(true),
+        ..mount.clone()
+    });
+    c.volume_mounts = Some(mounts);
+    put_volume(
+        spec,
+        Volume {
+            name: WRAP_VOLUME.into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Volume::default()
+        },
+    );
+    // Small and bounded, requests equal to limits: an init container's resources count only
+    // while it runs, and a namespace that demands limits (a ResourceQuota) admits it.
+    let quantity = |q: &str| k8s_openapi::apimachinery::pkg::api::resource::Quantity(q.into());
+    let resources: BTreeMap<String, _> = BTreeMap::from([
+        ("cpu".into(), quantity("100m")),
+        ("memory".into(), quantity("64Mi")),
+    ]);
+    let init = Container {
+        name: WRAP_VOLUME.into(),
+        image: Some(image.into()),
+        image_pull_policy: Some("IfNotPresent".into()),
+        command: Some(vec![
+            "/nasop".into(),
+            "copy-self".into(),
+            format!("{WRAP_MOUNT}/nasop"),
+        ]),
+        volume_mounts: Some(vec![mount]),
+        resources: Some(ResourceRequirements {
+            requests: Some(resources.clone()),
+            limits: Some(resources),
+            ..ResourceRequirements::default()
+        }),
+        ..Container::default()
+    };
+    let inits = spec.init_containers.get_or_insert_with(Vec::new);
+    inits.retain(|c| c.name != WRAP_VOLUME);
+    inits.insert(0, init);
 }
 
 /// The report token's projected volume (replacing one of that name).

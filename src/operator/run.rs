@@ -60,6 +60,10 @@ pub struct OperatorArgs {
     /// Reconciliations run at once, per controller.
     #[arg(long, default_value_t = 16)]
     pub concurrency: u16,
+    /// The image wrapped trials (spec.wrap) copy the static `nasop` from, in an init
+    /// container: the operator's own (the Helm chart passes it).
+    #[arg(long, default_value = concat!("ghcr.io/nasop/nasop:", env!("CARGO_PKG_VERSION")))]
+    pub wrap_image: String,
     /// Log format: json (one object per line) or text.
     #[arg(long, default_value = "json")]
     pub log_format: String,
@@ -140,6 +144,7 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
             stop_grace: Duration::from_secs(args.stop_grace_seconds),
             max_attempts: args.max_attempts.max(1),
             keep_finished_pods: args.keep_finished_pods,
+            wrap_image: args.wrap_image.clone(),
         },
         stores: Stores {
             experiments: w.experiment_store,

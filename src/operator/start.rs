@@ -134,6 +134,11 @@ async fn start_group(
         input: &input,
         report_url: &ctx.settings.report_url,
         storage: exp.spec.storage.as_ref(),
+        wrap: exp
+            .spec
+            .wrap
+            .as_ref()
+            .map(|w| (w, ctx.settings.wrap_image.as_str())),
     };
     let build = |object_name: &str| match (&exp.spec.trial_train_job, &exp.spec.trial_job_set) {
         (Some(t), _) => trainjob::build(&p, t, object_name),
@@ -289,6 +294,11 @@ fn desired_pod(
             input: &input,
             report_url: &ctx.settings.report_url,
             storage: exp.spec.storage.as_ref(),
+            wrap: exp
+                .spec
+                .wrap
+                .as_ref()
+                .map(|w| (w, ctx.settings.wrap_image.as_str())),
         },
         template,
     ))

@@ -200,9 +200,35 @@ enum Ending {
     Interrupted,
 }
 
+/// Copies the running nasop to `file`, readable and executable by anyone (the trial
+/// container's user is not the init container's), whole or not at all.
+pub fn copy_self(file: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let exe = std::env::current_exe().context("finding the running nasop")?;
+    let partial = file.with_extension("partial");
+    std::fs::copy(&exe, &partial)
+        .with_context(|| format!("copying {} to {}", exe.display(), partial.display()))?;
+    std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(0o755))
+        .with_context(|| format!("making {} executable", partial.display()))?;
+    std::fs::rename(&partial, file)
+        .with_context(|| format!("renaming {} to {}", partial.display(), file.display()))?;
+    eprintln!("nasop: copied {} to {}", exe.display(), file.display());
+    Ok(())
+}
+
 /// Runs the wrapped command to its end; the exit code `nasop wrap` ends with.
 pub fn run(args: &WrapArgs) -> Result<i32> {
-    let reporter = Reporter::from_env(WHO, None);
+    let mut reporter = Reporter::from_env(WHO, None);
+    // In a trial of several ranks (a JobSet's, a TrainJob's), rank 0 alone reports.
+    let rank = ["RANK", "PET_NODE_RANK"]
+        .iter()
+        .find_map(|n| std::env::var(n).ok())
+        .and_then(|r| r.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    if rank != 0 {
+        eprintln!("{WHO}: rank {rank}: rank 0 reports, this one runs the command only");
+        reporter.stay_quiet();
+    }
     match run_with(args, &reporter) {
         Ok(code) => Ok(code),
         Err(e) => {
@@ -459,6 +485,51 @@ mod tests {
         assert_eq!(env_name("learning-rate"), "NASOP_HP_LEARNING_RATE");
         let shell = substitute(&["echo ${OUT} {lr}".into()], &values).unwrap();
         assert_eq!(shell, vec!["echo ${OUT} 0.1"]);
+    }
+
+    /// What spec.wrap turns into on a trial's command line is what `nasop wrap` reads.
+    #[test]
+    fn spec_wrap_becomes_the_wrappers_own_arguments() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(subcommand)]
+            command: Sub,
+        }
+        #[derive(clap::Subcommand)]
+        enum Sub {
+            Wrap(WrapArgs),
+        }
+        let spec = crate::api::WrapSpec {
+            metrics_regex: Some(r"(?P<name>\w+)=(?P<value>\S+)".into()),
+            step_metrics: vec!["epoch".into(), "iter".into()],
+            tensorboard_dir: Some("/logs".into()),
+            stop_grace_seconds: Some(7),
+        };
+        let mut argv = vec!["nasop".to_string()];
+        argv.extend(spec.args());
+        argv.extend([
+            "python".into(),
+            "train.py".into(),
+            "--lr".into(),
+            "{lr}".into(),
+        ]);
+        let Sub::Wrap(args) = Cli::try_parse_from(&argv).unwrap().command;
+        assert_eq!(args.metrics_regex, spec.metrics_regex);
+        assert_eq!(args.step_metrics, spec.step_metrics);
+        assert_eq!(args.tensorboard, Some(PathBuf::from("/logs")));
+        assert_eq!(args.stop_grace_seconds, 7.0);
+        assert_eq!(args.command, ["python", "train.py", "--lr", "{lr}"]);
+        let Sub::Wrap(plain) = Cli::try_parse_from(
+            ["nasop".to_string()]
+                .into_iter()
+                .chain(crate::api::WrapSpec::default().args())
+                .chain(["./run.sh".to_string()]),
+        )
+        .unwrap()
+        .command;
+        assert_eq!(plain.stop_grace_seconds, 20.0);
+        assert_eq!(plain.command, ["./run.sh"]);
     }
 
     #[test]

@@ -178,3 +178,65 @@ fn the_python_helper_continues_a_promoted_trials_parent() {
     }
     assert!(promoted >= 2, "only {promoted} promotions:\n{journal}");
 }
+
+/// examples/k8s/unmodified-script.yaml's script, run by `nasop run` under spec.wrap as the
+/// cluster runs it: each printed epoch is a report, the last printed value the result, and
+/// the best trial is the one nearest the script's optimum.
+#[test]
+fn the_unmodified_script_example_reports_through_the_wrapper() {
+    let dir = scratch("unmodified-script");
+    let docs =
+        documents(&std::fs::read_to_string(repo("examples/k8s/unmodified-script.yaml")).unwrap());
+    let script = dir.join("train.py");
+    std::fs::write(
+        &script,
+        of_kind(&docs, "ConfigMap")[0]["data"]["train.py"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    let mut exp = of_kind(&docs, "NasExperiment")[0].clone();
+    exp["spec"]["budget"] = serde_json::json!({"maxTrials": 4, "parallelism": 2, "trialEpochs": 3});
+    // The image's path to the script becomes this machine's.
+    exp["spec"]["trialTemplate"]["spec"]["containers"][0]["command"] =
+        serde_json::json!(["python3", script.display().to_string()]);
+    let manifest = dir.join("unmodified-script.yaml");
+    std::fs::write(&manifest, serde_yaml::to_string(&exp).unwrap()).unwrap();
+    let runs = dir.join("runs");
+    ok(Command::new(env!("CARGO_BIN_EXE_nasop"))
+        .arg("run")
+        .arg(&manifest)
+        .arg("--runs-dir")
+        .arg(&runs)
+        .arg("--plain"));
+    let run = runs.join("unmodified-script");
+    let journal = std::fs::read_to_string(run.join("journal.jsonl")).unwrap();
+    let results: Value = serde_json::from_str(&ok(Command::new(env!("CARGO_BIN_EXE_nasop"))
+        .arg("results")
+        .arg(&run)
+        .arg("--json")))
+    .unwrap();
+    let trials = results["trials"].as_array().unwrap();
+    assert_eq!(trials.len(), 4, "{results}");
+    for t in trials {
+        assert_eq!(t["phase"], "Succeeded", "{t}");
+        let reports: Vec<Value> = journal
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|e| e["event"] == "report" && e["index"] == t["index"])
+            .collect();
+        let steps: Vec<u64> = reports.iter().filter_map(|r| r["step"].as_u64()).collect();
+        assert!(steps.starts_with(&[1, 2, 3]), "{steps:?}");
+        let last_printed = reports
+            .iter()
+            .filter(|r| r["step"] == 3)
+            .filter_map(|r| r["metrics"]["val_accuracy"].as_f64())
+            .next_back()
+            .unwrap();
+        assert_eq!(
+            t["metrics"]["val_accuracy"].as_f64(),
+            Some(last_printed),
+            "{t}"
+        );
+    }
+}

@@ -233,3 +233,44 @@ fn final_training_defaults_to_the_largest_budget_and_is_checked_by_field() {
     assert_eq!(e.field, "spec.objectives[0].metric");
     assert!(e.problem.contains("validation metric"), "{e}");
 }
+
+#[test]
+fn wrap_needs_a_written_command_and_a_regex_with_two_captures() {
+    let wrap = |w: WrapSpec| {
+        move |s: &mut NasExperimentSpec| {
+            s.wrap = Some(w);
+        }
+    };
+    // GOOD's template names no command: nasop cannot wrap an image's entrypoint.
+    let e = error_for(wrap(WrapSpec::default()));
+    assert_eq!(e.field, "spec.trialTemplate.spec.containers[0].command");
+    assert!(e.problem.contains("entrypoint"), "{e}");
+    let with_command = |w: WrapSpec| {
+        move |s: &mut NasExperimentSpec| {
+            let t = s.trial_template.get_or_insert_with(Default::default);
+            let spec = t.spec.get_or_insert_with(Default::default);
+            if spec.containers.is_empty() {
+                spec.containers.push(Default::default());
+            }
+            spec.containers[0].command = Some(vec!["python".into(), "train.py".into()]);
+            s.wrap = Some(w);
+        }
+    };
+    let e = error_for(with_command(WrapSpec {
+        metrics_regex: Some("acc=(.*)".into()),
+        ..WrapSpec::default()
+    }));
+    assert_eq!(e.field, "spec.wrap.metricsRegex");
+    assert!(e.problem.contains("two groups"), "{e}");
+    let e = error_for(with_command(WrapSpec {
+        metrics_regex: Some("(unclosed".into()),
+        ..WrapSpec::default()
+    }));
+    assert!(e.problem.contains("not a regular expression"), "{e}");
+    let mut exp = parse(GOOD);
+    with_command(WrapSpec {
+        metrics_regex: Some(r"(?P<name>\w+): (?P<value>\S+)".into()),
+        ..WrapSpec::default()
+    })(&mut exp.spec);
+    validate("nb201", &exp.spec).unwrap();
+}

@@ -55,6 +55,7 @@ pub(crate) fn pod_input<'a>(
         input,
         report_url: "http://op/v1/report",
         storage,
+        wrap: None,
     }
 }
 
@@ -170,6 +171,75 @@ fn the_pod_is_the_template_plus_the_contract() {
         "only the first container gets the contract"
     );
     assert_eq!(gpus(Some(&t)), 2.0);
+}
+
+/// spec.wrap: the command runs under the copied nasop, which an init container from the
+/// operator's image puts in an emptyDir; the rest of the pod is as without it.
+#[test]
+fn a_wrapped_trial_runs_its_command_under_the_copied_nasop() {
+    let mut t = template();
+    let c = &mut t.spec.as_mut().unwrap().containers[0];
+    c.command = Some(vec!["python".into(), "train.py".into()]);
+    c.args = Some(vec!["--lr".into(), "{lr}".into()]);
+    let w = WrapSpec {
+        metrics_regex: Some(r"(\w+): ([\d.]+)".into()),
+        ..WrapSpec::default()
+    };
+    let input = input();
+    let mut p = pod_input(&input, 1, None);
+    p.wrap = Some((&w, "registry.local/nasop:9"));
+    let pod = build(&p, &t);
+    let spec = pod.spec.unwrap();
+    let trainer = &spec.containers[0];
+    assert_eq!(
+        trainer.command.as_ref().unwrap(),
+        &[
+            "/nasop-wrap/nasop",
+            "wrap",
+            "--metrics-regex",
+            r"(\w+): ([\d.]+)",
+            "--",
+            "python",
+            "train.py",
+            "--lr",
+            "{lr}"
+        ]
+    );
+    assert_eq!(trainer.args, None);
+    let mount = trainer
+        .volume_mounts
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|m| m.mount_path == WRAP_MOUNT)
+        .unwrap();
+    assert_eq!(mount.read_only, Some(true));
+    // The contract is still the trainer's, and the other container is untouched.
+    let env = trainer.env.as_ref().unwrap();
+    assert!(env.iter().any(|e| e.name == contract::ENV_TRIAL));
+    assert_eq!(spec.containers[1].command, None);
+    let init = &spec.init_containers.as_ref().unwrap()[0];
+    assert_eq!(init.image.as_deref(), Some("registry.local/nasop:9"));
+    assert_eq!(
+        init.command.as_ref().unwrap(),
+        &["/nasop", "copy-self", "/nasop-wrap/nasop"]
+    );
+    // It runs restricted like the rest, with bounded resources.
+    let sc = init.security_context.as_ref().unwrap();
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert!(init.resources.as_ref().unwrap().limits.is_some());
+    let volume = spec
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|v| v.name == "nasop-wrap")
+        .unwrap();
+    assert!(volume.empty_dir.is_some());
+    // Without spec.wrap, nothing of it.
+    let plain = built(&t, &input, 1, None).spec.unwrap();
+    assert_eq!(plain.init_containers, None);
+    assert_eq!(plain.containers[0].command.as_ref().unwrap()[0], "python");
 }
 
 #[test]
