@@ -10,7 +10,7 @@ VERSION ?= $(shell sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}/\1/p' chart
 # tch finds libtorch through these; scripts/libtorch.sh installs it once into ~/.cache/nasop.
 TORCH = LIBTORCH="$$(scripts/libtorch.sh)" LIBTORCH_CXX11_ABI=1
 
-.PHONY: all build build-demo build-bench test lint crds bench bench-trainer bench-data-parallel bench-operator bench-katib bench-ui demo toolchain data testenv-build testenv-up testenv-down static images push test-images pytest examples browser ui-screenshots
+.PHONY: all build build-demo build-bench test lint crds bench bench-trainer bench-data-parallel bench-operator bench-katib bench-ui demo toolchain data testenv-build testenv-up testenv-down static images push test-images pytest pyclient examples browser ui-screenshots
 
 all: build
 
@@ -39,9 +39,17 @@ build-bench: toolchain
 browser:
 	scripts/chromium.sh >/dev/null
 
-# The Python helper for custom trainers (python/nasop_trial.py), with pytest from PyPI.
+# The Python helper for custom trainers (python/nasop_trial.py), with pytest from PyPI; the
+# Python client's tests that need no nasop binary (its environment is made here, once). The
+# rest of the client's tests and the notebook run in `cargo test` (tests/python.rs,
+# tests/operator/python.rs), beside the binaries and the test control plane.
 pytest:
 	scripts/pytest.sh
+	scripts/pyclient.sh python/tests/test_client_api.py
+
+# Every test of the Python client and the notebook (needs a release build and `make data`).
+pyclient:
+	scripts/pyclient.sh
 
 lint: toolchain
 	$(CARGO) fmt --all -- --check

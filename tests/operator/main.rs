@@ -10,6 +10,9 @@ mod hardening;
 mod harness;
 mod jobsets;
 mod kueue;
+#[path = "../support/pyclient.rs"]
+mod pyclient;
+mod python;
 mod trainjobs;
 mod ui;
 
