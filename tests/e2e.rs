@@ -660,11 +660,20 @@ fn an_unmodified_script_reports_through_the_injected_wrapper(images: &str) {
         // The final report repeats the last step.
         steps.dedup();
         assert_eq!(steps, [1, 2, 3], "one report per printed epoch: {status}");
-        let printed = history.last().unwrap()["metrics"]["val_accuracy"]
-            .as_f64()
+        // The result is the last value the script printed, read from its own log.
+        let pod = status["pod"].as_str().expect("the trial names its pod");
+        let log = ok(&mut kube(&["logs", "-n", NAMESPACE, pod, "-c", "trainer"]));
+        let printed: f64 = log
+            .lines()
+            .filter(|l| l.starts_with("epoch="))
+            .filter_map(|l| l.split("val_accuracy=").nth(1))
+            .next_back()
+            .unwrap_or_else(|| panic!("no printed epoch in {pod}'s log:\n{log}"))
+            .trim()
+            .parse()
             .unwrap();
         let result = status["metrics"]["val_accuracy"].as_f64();
-        assert_eq!(result, Some(printed), "{status}");
+        assert_eq!(result, Some(printed), "{status}\n{log}");
     }
     // The trial pod: the user's image and command, under the copied nasop.
     let pod = &items("pods", NAMESPACE, &format!("nasop.dev/experiment={NAME}"))[0];

@@ -29,6 +29,7 @@ from .experiment import (
     SearchSpace,
     Strategy,
     TrialTemplate,
+    Wrap,
 )
 from .local import LocalClient
 from .model import Model
@@ -40,5 +41,5 @@ __all__ = [
     "ApiError", "Budget", "Categorical", "Cell", "Client", "ClusterClient", "Constraint", "Experiment",
     "FinalTraining", "Fidelity", "Float", "Int", "Layer", "LocalClient", "MedianStop", "Model",
     "NB201_OPERATIONS", "NasopError", "Objective", "Run", "SearchSpace", "Strategy", "TrialTemplate",
-    "Trials", "ValidationError",
+    "Trials", "ValidationError", "Wrap",
 ]

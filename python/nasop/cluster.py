@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from .client import Client, Run
-from .errors import ApiError, NasopError, missing_extra
+from .errors import ApiError, NasopError, ValidationError, missing_extra
 from .experiment import Experiment
 from .model import Model, download_s3, open_directory
 from .progress import Snapshot, follow
@@ -88,13 +88,18 @@ class ClusterClient(Client):
     # --- experiments ---------------------------------------------------------------
 
     def create(self, experiment: Experiment, **options: Any) -> Run:
-        """Validates ``experiment`` and creates it (in its metadata.namespace, else the
-        client's namespace)."""
+        """Validates ``experiment`` and creates it in the client's namespace (a different
+        metadata.namespace is refused: the later calls would not find it)."""
         if options:
             raise TypeError(f"ClusterClient.create() takes no options, got {sorted(options)}")
         experiment.validate()
         body = experiment.to_dict()
         namespace = body["metadata"].get("namespace") or self.namespace
+        if namespace != self.namespace:
+            # Every later call (get, wait, trials, delete) is in the client's namespace.
+            raise ValidationError([("metadata.namespace",
+                                    f"metadata.namespace: {namespace!r} is not this client's namespace "
+                                    f"{self.namespace!r}: use ClusterClient({namespace!r}), or remove it")])
         body["metadata"]["namespace"] = namespace
         self._call(self.custom.create_namespaced_custom_object, GROUP, VERSION, namespace, EXPERIMENTS, body)
         return Run(self, experiment.name)
@@ -147,7 +152,8 @@ class ClusterClient(Client):
             and all(ref.get("uid") == uid for ref in t["metadata"].get("ownerReferences") or []
                     if ref.get("kind") == "NasExperiment")
         ]
-        return Trials(sorted((from_nastrial(t) for t in items), key=lambda t: t["index"]))
+        space = (experiment.get("spec") or {}).get("searchSpace")
+        return Trials(sorted((from_nastrial(t, space) for t in items), key=lambda t: t["index"]))
 
     def _summary(self, name: str, summary: Optional[Dict[str, Any]], trials: Optional[Trials]) -> Optional[Trial]:
         """A status TrialSummary as the full trial dict (from its NasTrial when it is
@@ -161,7 +167,8 @@ class ClusterClient(Client):
                 return t
         architecture, hyperparameters = split_candidate(summary.get("candidate", ""))
         return {
-            "name": summary.get("name"), "index": summary.get("index"), "stage": None, "phase": "Succeeded",
+            "name": summary.get("name"), "index": summary.get("index"),
+            "stage": "final" if summary.get("stage") == "Final" else "search", "phase": "Succeeded",
             "epochs": summary.get("epochs"), "candidate": summary.get("candidate"),
             "architecture": architecture, "hyperparameters": hyperparameters,
             "metrics": dict(summary.get("metrics") or {}), "reason": None, "message": None,

@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 import yaml
 
 from .errors import ValidationError
-from .rules import validate_rules
+from .rules import validate_nasop, validate_rules
 from .schema import API_VERSION, KIND, validate_structure
 
 # NAS-Bench-201's operations, the default of a cell.
@@ -267,6 +267,28 @@ class TrialTemplate:
         return {"spec": spec}
 
 
+class Wrap:
+    """spec.wrap: the trial's command runs under `nasop wrap`, for a script that only prints
+    its metrics (``epoch=3 val_accuracy=0.81``) or writes TensorBoard event files. The
+    command must be given in the trial template (nasop cannot read an image's entrypoint);
+    ``{lr}``-style placeholders in its arguments become the trial's values."""
+
+    def __init__(self, metrics_regex: Optional[str] = None, step_metrics: Sequence[str] = (),
+                 tensorboard_dir: Optional[str] = None, stop_grace_seconds: Optional[int] = None):
+        self.metrics_regex = metrics_regex
+        self.step_metrics = list(step_metrics)
+        self.tensorboard_dir = tensorboard_dir
+        self.stop_grace_seconds = stop_grace_seconds
+
+    def to_dict(self) -> Dict[str, Any]:
+        return _clean({
+            "metricsRegex": self.metrics_regex,
+            "stepMetrics": self.step_metrics or None,
+            "tensorboardDir": self.tensorboard_dir,
+            "stopGraceSeconds": self.stop_grace_seconds,
+        })
+
+
 class Experiment:
     """A NasExperiment manifest.
 
@@ -290,7 +312,7 @@ class Experiment:
         final_training: Optional[Union[FinalTraining, Mapping[str, Any]]] = None,
         warm_start: Optional[Sequence[str]] = None,
         storage: Optional[Mapping[str, Any]] = None,
-        wrap: Optional[Mapping[str, Any]] = None,
+        wrap: Optional[Union[Wrap, Mapping[str, Any]]] = None,
         namespace: Optional[str] = None,
         labels: Optional[Mapping[str, str]] = None,
     ):
@@ -309,7 +331,7 @@ class Experiment:
             "storage": storage,
             # spec.wrap: the trial's command runs under `nasop wrap` (an unmodified script
             # whose printed `name=value` lines are its metrics); {} for the defaults.
-            "wrap": dict(wrap) if wrap is not None else None,
+            "wrap": (wrap.to_dict() if isinstance(wrap, Wrap) else dict(wrap)) if wrap is not None else None,
             "trialTemplate": trial,
         }
         spec.update({k: _plain(v) for k, v in optional.items() if v is not None})
@@ -339,10 +361,15 @@ class Experiment:
     def from_yaml(cls, source: Union[str, "os.PathLike[str]"]) -> "Experiment":
         """An experiment from a YAML file (a path) or YAML text (a string with a newline)."""
         text = str(source) if isinstance(source, str) and "\n" in source else Path(source).read_text(encoding="utf-8")
-        manifest = yaml.safe_load(text)
-        if not isinstance(manifest, dict):
-            raise ValidationError([("", f"{source}: not a NasExperiment manifest (a YAML mapping)")])
-        return cls.from_dict(manifest)
+        # A file may hold several documents (a ConfigMap beside the experiment): the
+        # NasExperiment is the one.
+        documents = [d for d in yaml.safe_load_all(text) if d is not None]
+        found = [d for d in documents if isinstance(d, dict) and d.get("kind", KIND) == KIND]
+        if len(found) != 1:
+            what = "no NasExperiment" if not found else f"{len(found)} NasExperiments"
+            raise ValidationError([("", f"{source}: {what} among its {len(documents)} YAML documents; "
+                                        "give a file with exactly one (kind: NasExperiment)")])
+        return cls.from_dict(found[0])
 
     @property
     def name(self) -> str:
@@ -360,9 +387,12 @@ class Experiment:
 
     def problems(self, old: Optional["Experiment"] = None) -> List[tuple]:
         """Every problem as ``(field, message)``: the schema's checks, then the CEL rules
-        (``old``, the stored experiment, for the immutability rules of an update)."""
+        (``old``, the stored experiment, for the immutability rules of an update), then the
+        checks nasop makes when it reads the spec that a schema cannot express (spec.wrap)."""
         errors = validate_structure(self.manifest)
         errors += validate_rules(self.manifest, old.manifest if old else None)
+        if not errors:
+            errors += validate_nasop(self.manifest)
         return errors
 
     def validate(self, old: Optional["Experiment"] = None) -> "Experiment":

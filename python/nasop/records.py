@@ -49,16 +49,44 @@ def _value(text: str) -> Any:
     return text
 
 
-def split_candidate(candidate: str) -> Tuple[Optional[str], Dict[str, Any]]:
+def _typed(text: str, kind: Optional[str]) -> Any:
+    """A hyperparameter's value as the engine gives it: int and float by the space's kind,
+    a categorical always a string; guessed without the space."""
+    if kind == "categorical":
+        return text
+    if kind == "float":
+        try:
+            return float(text)
+        except ValueError:
+            return text
+    if kind == "int":
+        try:
+            return int(text)
+        except ValueError:
+            return _value(text)
+    return _value(text)
+
+
+def split_candidate(candidate: str, space: Optional[Mapping[str, Any]] = None) -> Tuple[Optional[str], Dict[str, Any]]:
     """A candidate string as its architecture (None for a hyperparameters-only space) and
-    hyperparameters: ``|a~0|+|b~0|c~1|;lr=0.1`` -> (``|a~0|+|b~0|c~1|``, {"lr": 0.1})."""
-    parts = candidate.split(";")
-    architecture = parts[0] or None
+    hyperparameters: ``|a~0|+|b~0|c~1|;lr=0.1`` -> (``|a~0|+|b~0|c~1|``, {"lr": 0.1}),
+    ``lr=0.1;hidden=12`` -> (None, {"lr": 0.1, "hidden": 12}). With the experiment's
+    ``spec.searchSpace``, each value has its declared type (a categorical "16" stays a
+    string, a float 1.0 stays a float), as `nasop results` gives them."""
+    kinds: Dict[str, str] = {}
+    for hp in (space or {}).get("hyperparameters") or []:
+        kind = next((k for k in ("int", "float", "categorical") if hp.get(k) is not None), None)
+        if kind:
+            kinds[hp.get("name", "")] = kind
+    parts = candidate.split(";") if candidate else []
+    architecture = None
+    if parts and "=" not in parts[0]:
+        architecture = parts.pop(0) or None
     hyperparameters: Dict[str, Any] = {}
-    for part in parts[1:]:
+    for part in parts:
         if "=" in part:
             name, value = part.split("=", 1)
-            hyperparameters[name] = _value(value)
+            hyperparameters[name] = _typed(value, kinds.get(name))
     return architecture, hyperparameters
 
 
@@ -68,12 +96,13 @@ def _seconds(text: Optional[str]) -> Optional[float]:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
-def from_nastrial(obj: Mapping[str, Any]) -> Trial:
+def from_nastrial(obj: Mapping[str, Any], space: Optional[Mapping[str, Any]] = None) -> Trial:
     """A NasTrial object as a trial dict (as src/api/record.rs reads one: no phase is
-    Pending, no stage is the search)."""
+    Pending, no stage is the search); ``space``, the experiment's spec.searchSpace, types
+    the hyperparameters."""
     spec = obj.get("spec") or {}
     status = obj.get("status") or {}
-    architecture, hyperparameters = split_candidate(spec.get("candidate", ""))
+    architecture, hyperparameters = split_candidate(spec.get("candidate", ""), space)
     started, finished = _seconds(status.get("startTime")), _seconds(status.get("completionTime"))
     return {
         "name": (obj.get("metadata") or {}).get("name"),

@@ -35,6 +35,8 @@ RULES: Dict[Tuple[str, str], Rule] = {
             _has(s, "trialJobSet") == _has(old, "trialJobSet")
             and _has(s, "trialTrainJob") == _has(old, "trialTrainJob")
         ),
+    ("spec", "wrap is for trialTemplate and trialJobSet trials; in a TrainJob, run the command as `nasop wrap -- <command>` with nasop in the image, or use the Python helper"):
+        lambda s, old: not _has(s, "wrap") or not _has(s, "trialTrainJob"),
     ("spec.constraints[]", "a constraint needs min, max or both"):
         lambda s, old: _has(s, "min") or _has(s, "max"),
     ("spec.constraints[]", "min must not be above max"):
@@ -119,4 +121,53 @@ def validate_rules(obj: Dict[str, Any], old: Optional[Dict[str, Any]] = None) ->
                 continue  # a malformed object: the structural checks already say why
             if not holds:
                 errors.append((path, f"{path}: Invalid value: \"object\": {message}"))
+    return errors
+
+
+def validate_nasop(obj: Dict[str, Any]) -> Errors:
+    """Checks the schema cannot express, which nasop makes when it reads the experiment (the
+    operator's status condition, `nasop run`'s refusal), worded as nasop words them:
+    spec.wrap needs a written command and a metrics regex with two captures."""
+    errors: Errors = []
+    spec = obj.get("spec") if isinstance(obj, dict) else None
+    wrap = spec.get("wrap") if isinstance(spec, dict) else None
+    if not isinstance(wrap, dict):
+        return errors
+    regex = wrap.get("metricsRegex")
+    if isinstance(regex, str):
+        import re
+        field = "spec.wrap.metricsRegex"
+        try:
+            compiled = re.compile(regex)
+        except re.error as e:
+            errors.append((field, f"{field}: {regex!r} is not a regular expression: {e}"))
+        else:
+            named = {"name", "value"} <= set(compiled.groupindex)
+            if not named and compiled.groups < 2:
+                errors.append((field, f"{field}: {regex!r} must capture the name and the value: two groups, "
+                                      "or groups named `name` and `value`"))
+    for i, step in enumerate(wrap.get("stepMetrics") or []):
+        if step == "":
+            field = f"spec.wrap.stepMetrics[{i}]"
+            errors.append((field, f"{field}: name a metric, or remove the entry"))
+    needs = ("nasop wrap runs the command written here (nasop cannot read an image's entrypoint); "
+             "write the program and its arguments as command (and args)")
+    if _has(spec, "trialJobSet"):
+        jobs = (spec["trialJobSet"].get("spec") or {}).get("replicatedJobs") or []
+        for i, job in enumerate(jobs):
+            try:
+                command = job["template"]["spec"]["template"]["spec"]["containers"][0].get("command")
+            except (KeyError, IndexError, TypeError, AttributeError):
+                command = None
+            if not command:
+                field = f"spec.trialJobSet.spec.replicatedJobs[{i}].template.spec.template.spec.containers[0].command"
+                errors.append((field, f"{field}: {needs}"))
+    elif not _has(spec, "trialTrainJob"):
+        try:
+            command = spec["trialTemplate"]["spec"]["containers"][0].get("command")
+        except (KeyError, IndexError, TypeError, AttributeError):
+            command = None
+        if not command:
+            field = "spec.trialTemplate.spec.containers[0].command"
+            errors.append((field, f"{field}: {needs}"))
     return errors

@@ -220,3 +220,14 @@ def test_an_invalid_experiment_is_never_sent(cluster):
     assert raised.value.field == "spec.objectives[0].goal"
     assert 'Unsupported value: "maximise": supported values: "maximize", "minimize"' in str(raised.value)
     assert cluster.requests == []
+
+
+def test_a_namespace_other_than_the_clients_is_refused_before_sending(cluster):
+    client = nasop.ClusterClient(kubeconfig=cluster.kubeconfig("admin"))
+    elsewhere = experiment()
+    elsewhere.manifest["metadata"]["namespace"] = "other"
+    with pytest.raises(nasop.ValidationError) as raised:
+        client.create(elsewhere)
+    assert raised.value.field == "metadata.namespace"
+    assert "ClusterClient('other')" in str(raised.value)
+    assert not any(r[0] == "POST" for r in cluster.requests)

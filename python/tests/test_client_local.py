@@ -282,3 +282,42 @@ def test_every_example_manifest_is_valid():
         for doc in yaml.safe_load_all(path.read_text()):
             if isinstance(doc, dict) and doc.get("kind") == "NasExperiment":
                 assert nasop.Experiment.from_dict(doc).problems() == [], path
+
+
+def test_a_candidate_without_architecture_is_all_hyperparameters_typed_by_the_space():
+    from nasop.records import split_candidate
+    space = {"hyperparameters": [{"name": "lr", "float": {"min": 0.1, "max": 2.0}},
+                                 {"name": "hidden", "int": {"min": 1, "max": 64}},
+                                 {"name": "batch", "categorical": ["16", "32"]}]}
+    assert split_candidate("lr=1;hidden=12;batch=16", space) == (None, {"lr": 1.0, "hidden": 12, "batch": "16"})
+    arch, hps = split_candidate("|nor_conv_3x3~0|;lr=0.5", space)
+    assert arch == "|nor_conv_3x3~0|" and hps == {"lr": 0.5}
+    assert split_candidate("|skip_connect~0|") == ("|skip_connect~0|", {})
+
+
+def test_wrap_needs_a_command_and_a_regex_with_two_captures_named_by_field():
+    base = nasop.Experiment.from_yaml(EVOLUTION).to_dict()
+    base["spec"]["wrap"] = nasop.Wrap(metrics_regex="acc=(.*)").to_dict()
+    with pytest.raises(nasop.ValidationError) as raised:
+        nasop.Experiment.from_dict(base).validate()
+    assert raised.value.field == "spec.wrap.metricsRegex" and "two groups" in str(raised.value)
+    base["spec"]["wrap"] = {}
+    base["spec"]["trialTemplate"]["spec"]["containers"][0].pop("command", None)
+    with pytest.raises(nasop.ValidationError) as raised:
+        nasop.Experiment.from_dict(base).validate()
+    assert raised.value.field == "spec.trialTemplate.spec.containers[0].command"
+    assert "entrypoint" in str(raised.value)
+    base["spec"].pop("trialTemplate")
+    base["spec"]["trialTrainJob"] = {"spec": {"runtimeRef": {"name": "torch-distributed"},
+                                              "trainer": {"image": "x", "command": ["python3", "t.py"]}}}
+    with pytest.raises(nasop.ValidationError) as raised:
+        nasop.Experiment.from_dict(base).validate()
+    assert raised.value.field == "spec" and "wrap is for trialTemplate and trialJobSet" in str(raised.value)
+
+
+def test_a_yaml_file_with_a_configmap_beside_the_experiment_loads_the_experiment():
+    exp = nasop.Experiment.from_yaml(REPO / "examples" / "k8s" / "unmodified-script.yaml")
+    assert exp.name == "unmodified-script" and exp.spec["wrap"] == {"stepMetrics": ["epoch"]}
+    exp.validate()
+    with pytest.raises(nasop.ValidationError, match="no NasExperiment among its 1 YAML documents"):
+        nasop.Experiment.from_yaml("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n")

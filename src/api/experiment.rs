@@ -51,6 +51,7 @@ use std::collections::BTreeMap;
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("(has(self.trialTemplate) ? 1 : 0) + (has(self.trialJobSet) ? 1 : 0) + (has(self.trialTrainJob) ? 1 : 0) <= 1").message("give one trial kind: trialTemplate (a pod), trialJobSet or trialTrainJob, not several"))]
+#[x_kube(validation = Rule::new("!has(self.wrap) || !has(self.trialTrainJob)").message("wrap is for trialTemplate and trialJobSet trials; in a TrainJob, run the command as `nasop wrap -- <command>` with nasop in the image, or use the Python helper"))]
 #[x_kube(validation = Rule::new("has(self.trialJobSet) == has(oldSelf.trialJobSet) && has(self.trialTrainJob) == has(oldSelf.trialTrainJob)").message("the trial kind is immutable: create a new NasExperiment to run its trials as another kind"))]
 pub struct NasExperimentSpec {
     /// What the search optimises: one or more metrics that trials report. The first leads
@@ -183,17 +184,18 @@ impl WrapSpec {
     /// `nasop wrap`'s arguments up to and including `--`: the command follows.
     pub fn args(&self) -> Vec<String> {
         let mut args = vec!["wrap".to_string()];
+        // `--flag=value`: a value that starts with '-' stays a value.
         if let Some(r) = &self.metrics_regex {
-            args.extend(["--metrics-regex".into(), r.clone()]);
+            args.push(format!("--metrics-regex={r}"));
         }
         for s in &self.step_metrics {
-            args.extend(["--step-metric".into(), s.clone()]);
+            args.push(format!("--step-metric={s}"));
         }
         if let Some(d) = &self.tensorboard_dir {
-            args.extend(["--tensorboard".into(), d.clone()]);
+            args.push(format!("--tensorboard={d}"));
         }
         if let Some(g) = self.stop_grace_seconds {
-            args.extend(["--stop-grace-seconds".into(), g.to_string()]);
+            args.push(format!("--stop-grace-seconds={g}"));
         }
         args.push("--".into());
         args

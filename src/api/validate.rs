@@ -219,7 +219,7 @@ fn wrap(w: &WrapSpec, spec: &NasExperimentSpec) -> Result<(), ValidationError> {
     if spec.trial_train_job.is_some() {
         return Err(invalid(
             "spec.wrap",
-            "is for trialTemplate and trialJobSet trials; in a TrainJob, run the command as `nasop wrap -- <command>` with nasop in the image, or use the Python helper",
+            "wrap is for trialTemplate and trialJobSet trials; in a TrainJob, run the command as `nasop wrap -- <command>` with nasop in the image, or use the Python helper",
         ));
     }
     if let Some(js) = &spec.trial_job_set {

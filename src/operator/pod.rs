@@ -3,11 +3,11 @@
 
 use crate::api::{StorageSpec, TemplateMetadata, WrapSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerStateTerminated, ContainerStatus, EmptyDirVolumeSource,
-    EnvVar, EnvVarSource, PersistentVolumeClaimVolumeSource, Pod, PodSecurityContext, PodSpec,
-    PodStatus, PodTemplateSpec, ProjectedVolumeSource, ResourceRequirements, SeccompProfile,
-    SecretKeySelector, SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount,
-    VolumeProjection,
+    Capabilities, Container, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus,
+    EmptyDirVolumeSource, EnvVar, EnvVarSource, PersistentVolumeClaimVolumeSource, Pod,
+    PodSecurityContext, PodSpec, PodStatus, PodTemplateSpec, ProjectedVolumeSource,
+    ResourceRequirements, SeccompProfile, SecretKeySelector, SecurityContext,
+    ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::ResourceExt;
@@ -470,6 +470,11 @@ fn wrap(spec: &mut PodSpec, w: &WrapSpec, image: &str) {
     let inits = spec.init_containers.get_or_insert_with(Vec::new);
     inits.retain(|c| c.name != WRAP_VOLUME);
     inits.insert(0, init);
+    // The kubelet's grace must outlast the wrapper's, or a deleted pod's command is killed
+    // before the wrapper writes its final report.
+    let grace = i64::from(w.stop_grace_seconds.unwrap_or(20)) + 10;
+    let pod_grace = spec.termination_grace_period_seconds.get_or_insert(30);
+    *pod_grace = (*pod_grace).max(grace);
 }
 
 /// The report token's projected volume (replacing one of that name).
@@ -901,16 +906,36 @@ fn failed(
                 }
             )
         }
-        None => status
-            .message
-            .clone()
-            .unwrap_or_else(|| "the pod failed".into()),
+        None => match wrap_init(status)
+            .and_then(|c| c.state.as_ref())
+            .and_then(|s| s.terminated.as_ref())
+            .filter(|t| t.exit_code != 0)
+        {
+            Some(t) => format!(
+                "the {WRAP_VOLUME} init container (spec.wrap) exited with code {}: {}",
+                t.exit_code,
+                t.message.as_deref().or(t.reason.as_deref()).unwrap_or("")
+            ),
+            None => status
+                .message
+                .clone()
+                .unwrap_or_else(|| "the pod failed".into()),
+        },
     };
     Outcome::Failed {
         message,
         started_at,
         finished_at,
     }
+}
+
+/// The status of spec.wrap's init container, if the pod has one.
+fn wrap_init(status: &PodStatus) -> Option<&ContainerStatus> {
+    status
+        .init_container_statuses
+        .iter()
+        .flatten()
+        .find(|c| c.name == WRAP_VOLUME)
 }
 
 /// Why a pod that has not started waits: its container's waiting reason (past the normal
@@ -938,10 +963,27 @@ fn waiting(pod: &Pod, status: &PodStatus, first: Option<&ContainerStatus>) -> Wa
             .map(|a| created.map_or(a, |c| c.max(a))),
         None => created,
     };
+    let not_starting =
+        |w: &&ContainerStateWaiting| !STARTING.contains(&w.reason.as_deref().unwrap_or(""));
     let container = first
         .and_then(|c| c.state.as_ref())
         .and_then(|s| s.waiting.as_ref())
-        .filter(|w| !STARTING.contains(&w.reason.as_deref().unwrap_or("")));
+        .filter(not_starting)
+        .cloned()
+        .or_else(|| {
+            // spec.wrap's init container: its image is the operator's (--wrap-image).
+            wrap_init(status)
+                .and_then(|c| c.state.as_ref())
+                .and_then(|s| s.waiting.as_ref())
+                .filter(not_starting)
+                .map(|w| ContainerStateWaiting {
+                    reason: w.reason.clone(),
+                    message: Some(format!(
+                        "the {WRAP_VOLUME} init container (spec.wrap; the operator's --wrap-image, which this namespace must be able to pull): {}",
+                        w.message.as_deref().unwrap_or("waiting")
+                    )),
+                })
+        });
     let unscheduled = status
         .conditions
         .iter()
@@ -949,8 +991,8 @@ fn waiting(pod: &Pod, status: &PodStatus, first: Option<&ContainerStatus>) -> Wa
         .find(|c| c.type_ == "PodScheduled" && c.status == "False");
     match (container, unscheduled) {
         (Some(w), _) => Waiting {
-            reason: w.reason.clone(),
-            message: w.message.clone(),
+            reason: w.reason,
+            message: w.message,
             since,
         },
         (None, Some(c)) => Waiting {
@@ -963,6 +1005,18 @@ fn waiting(pod: &Pod, status: &PodStatus, first: Option<&ContainerStatus>) -> Wa
             ..Waiting::default()
         },
     }
+}
+
+/// A container's status as [`outcome`] reads it: its state alone.
+fn strip_container(c: &mut ContainerStatus) {
+    c.image = String::new();
+    c.image_id = String::new();
+    c.container_id = None;
+    c.last_state = None;
+    c.resources = None;
+    c.allocated_resources = None;
+    c.volume_mounts = None;
+    c.user = None;
 }
 
 /// A report from a termination message (a contract report as JSON); None when the message
@@ -992,20 +1046,16 @@ pub fn strip(p: &mut Pod) {
         s.host_ips = None;
         s.host_ip = None;
         s.pod_ip = None;
-        s.init_container_statuses = None;
+        // spec.wrap's init container says why a wrapped trial cannot start.
+        if let Some(cs) = s.init_container_statuses.as_mut() {
+            cs.retain(|c| c.name == WRAP_VOLUME);
+            cs.iter_mut().for_each(strip_container);
+        }
+        s.init_container_statuses = s.init_container_statuses.take().filter(|c| !c.is_empty());
         s.ephemeral_container_statuses = None;
         if let Some(cs) = s.container_statuses.as_mut() {
             cs.truncate(1);
-            for c in cs.iter_mut() {
-                c.image = String::new();
-                c.image_id = String::new();
-                c.container_id = None;
-                c.last_state = None;
-                c.resources = None;
-                c.allocated_resources = None;
-                c.volume_mounts = None;
-                c.user = None;
-            }
+            cs.iter_mut().for_each(strip_container);
         }
     }
 }

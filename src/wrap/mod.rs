@@ -501,7 +501,8 @@ mod tests {
             Wrap(WrapArgs),
         }
         let spec = crate::api::WrapSpec {
-            metrics_regex: Some(r"(?P<name>\w+)=(?P<value>\S+)".into()),
+            // A value starting with '-' is still the value.
+            metrics_regex: Some(r"-(?P<name>\w+)=(?P<value>\S+)".into()),
             step_metrics: vec!["epoch".into(), "iter".into()],
             tensorboard_dir: Some("/logs".into()),
             stop_grace_seconds: Some(7),

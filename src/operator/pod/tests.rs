@@ -196,8 +196,7 @@ fn a_wrapped_trial_runs_its_command_under_the_copied_nasop() {
         &[
             "/nasop-wrap/nasop",
             "wrap",
-            "--metrics-regex",
-            r"(\w+): ([\d.]+)",
+            r"--metrics-regex=(\w+): ([\d.]+)",
             "--",
             "python",
             "train.py",
@@ -236,6 +235,17 @@ fn a_wrapped_trial_runs_its_command_under_the_copied_nasop() {
         .find(|v| v.name == "nasop-wrap")
         .unwrap();
     assert!(volume.empty_dir.is_some());
+    // The kubelet waits for the wrapper's grace (20 s by default) and its final report.
+    assert_eq!(spec.termination_grace_period_seconds, Some(30));
+    let long = WrapSpec {
+        stop_grace_seconds: Some(60),
+        ..WrapSpec::default()
+    };
+    p.wrap = Some((&long, "registry.local/nasop:9"));
+    assert_eq!(
+        build(&p, &t).spec.unwrap().termination_grace_period_seconds,
+        Some(70)
+    );
     // Without spec.wrap, nothing of it.
     let plain = built(&t, &input, 1, None).spec.unwrap();
     assert_eq!(plain.init_containers, None);
@@ -701,4 +711,61 @@ fn a_container_that_asks_for_root_keeps_it() {
     assert_eq!(init.capabilities, None);
     let trainer = spec.containers[0].security_context.clone().unwrap();
     assert!(trainer.capabilities.is_some());
+}
+
+/// A wrapped trial whose init container cannot pull the operator's image says so, through
+/// the stripped pod too; one whose init container failed fails with its exit code.
+#[test]
+fn the_wrap_init_container_says_why_a_trial_cannot_start() {
+    let init = |state: ContainerState| ContainerStatus {
+        name: "nasop-wrap".into(),
+        state: Some(state),
+        ..Default::default()
+    };
+    let mut pod = pod_with("Pending", None, None);
+    let status = pod.status.as_mut().unwrap();
+    status.init_container_statuses = Some(vec![init(ContainerState {
+        waiting: Some(ContainerStateWaiting {
+            reason: Some("ImagePullBackOff".into()),
+            message: Some("Back-off pulling image \"registry.local/nasop:9\"".into()),
+        }),
+        ..Default::default()
+    })]);
+    status.container_statuses = Some(vec![ContainerStatus {
+        name: "trainer".into(),
+        state: Some(ContainerState {
+            waiting: Some(ContainerStateWaiting {
+                reason: Some("PodInitializing".into()),
+                message: None,
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }]);
+    let mut stripped = pod.clone();
+    strip(&mut stripped);
+    for p in [&pod, &stripped] {
+        let Outcome::Waiting(w) = outcome(p) else {
+            panic!("{:?}", outcome(p))
+        };
+        assert_eq!(w.reason.as_deref(), Some("ImagePullBackOff"));
+        let message = w.message.unwrap();
+        assert!(
+            message.contains("nasop-wrap init container") && message.contains("--wrap-image"),
+            "{message}"
+        );
+    }
+    let mut failed = pod_with("Failed", None, None);
+    failed.status.as_mut().unwrap().init_container_statuses = Some(vec![init(ContainerState {
+        terminated: Some(ContainerStateTerminated {
+            exit_code: 1,
+            message: Some("copying /nasop: No space left on device".into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })]);
+    let Outcome::Failed { message, .. } = outcome(&failed) else {
+        panic!("{:?}", outcome(&failed))
+    };
+    assert!(message.contains("exited with code 1: copying"), "{message}");
 }
