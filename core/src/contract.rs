@@ -36,6 +36,12 @@ pub const INFO_ARTIFACT: &str = "artifact";
 pub const STORAGE_REFUSED: &str = "StorageRefused";
 /// Optional: CPU threads the trial may use.
 pub const ENV_THREADS: &str = "NASOP_THREADS";
+/// In a JobSet trial's pods: "true" in the first replicated job's (where rank 0 is), "false"
+/// in the others'; with [`ENV_JOB_INDEX`] and Kubernetes' JOB_COMPLETION_INDEX, a program
+/// that does not compute ranks (`nasop wrap`) knows whether its reports count.
+pub const ENV_PRIMARY_JOB: &str = "NASOP_PRIMARY_JOB";
+/// In a JobSet trial's pods: the pod's Job index within its replicated job.
+pub const ENV_JOB_INDEX: &str = "NASOP_JOB_INDEX";
 /// Kubernetes keeps at most this many bytes of a termination message.
 pub const TERMINATION_MESSAGE_MAX_BYTES: usize = 4096;
 

@@ -15,6 +15,7 @@ use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector, Pod,
 use kube::ResourceExt;
 use kube::api::{ApiResource, DynamicObject};
 use kube::core::GroupVersionKind;
+use nasop_core::contract;
 use serde_json::{Value, json};
 use std::sync::Arc;
 
@@ -247,6 +248,12 @@ pub fn build(p: &PodInput, t: &JobSetTemplate, name: &str) -> Value {
         if let Some(label) = rank {
             env.push(label_env("RANK", label));
         }
+        // Rank 0 is in the first replicated job.
+        env.push(plain_env(
+            contract::ENV_PRIMARY_JOB,
+            built.is_empty().to_string(),
+        ));
+        env.push(label_env(contract::ENV_JOB_INDEX, LABEL_JOB_INDEX));
         let template = pod_template(&j).unwrap_or_default();
         let (meta, pod_spec) = pod::trial_pod(p, &template, env);
         let job = &mut j["template"]["spec"];

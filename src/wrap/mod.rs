@@ -200,6 +200,27 @@ enum Ending {
     Interrupted,
 }
 
+/// Why this process is not a multi-rank trial's rank 0, if it is not: the RANK (or a
+/// TrainJob's PET_NODE_RANK) it was given, or, in a JobSet, a pod outside the first
+/// replicated job's first pod (NASOP_PRIMARY_JOB, NASOP_JOB_INDEX, JOB_COMPLETION_INDEX).
+fn not_rank_zero(var: impl Fn(&str) -> Option<String>) -> Option<String> {
+    if var(contract::ENV_PRIMARY_JOB).as_deref() == Some("false") {
+        return Some("a pod of another replicated job than the first".into());
+    }
+    for name in [
+        "RANK",
+        "PET_NODE_RANK",
+        contract::ENV_JOB_INDEX,
+        "JOB_COMPLETION_INDEX",
+    ] {
+        let value = var(name).and_then(|v| v.trim().parse::<u64>().ok());
+        if let Some(v) = value.filter(|&v| v != 0) {
+            return Some(format!("{name}={v}"));
+        }
+    }
+    None
+}
+
 /// Copies the running nasop to `file`, readable and executable by anyone (the trial
 /// container's user is not the init container's), whole or not at all.
 pub fn copy_self(file: &std::path::Path) -> Result<()> {
@@ -220,13 +241,8 @@ pub fn copy_self(file: &std::path::Path) -> Result<()> {
 pub fn run(args: &WrapArgs) -> Result<i32> {
     let mut reporter = Reporter::from_env(WHO, None);
     // In a trial of several ranks (a JobSet's, a TrainJob's), rank 0 alone reports.
-    let rank = ["RANK", "PET_NODE_RANK"]
-        .iter()
-        .find_map(|n| std::env::var(n).ok())
-        .and_then(|r| r.trim().parse::<u64>().ok())
-        .unwrap_or(0);
-    if rank != 0 {
-        eprintln!("{WHO}: rank {rank}: rank 0 reports, this one runs the command only");
+    if let Some(why) = not_rank_zero(|n| std::env::var(n).ok()) {
+        eprintln!("{WHO}: {why}: rank 0 reports, this one runs the command only");
         reporter.stay_quiet();
     }
     match run_with(args, &reporter) {
@@ -485,6 +501,44 @@ mod tests {
         assert_eq!(env_name("learning-rate"), "NASOP_HP_LEARNING_RATE");
         let shell = substitute(&["echo ${OUT} {lr}".into()], &values).unwrap();
         assert_eq!(shell, vec!["echo ${OUT} 0.1"]);
+    }
+
+    #[test]
+    fn only_the_first_pod_of_the_first_replicated_job_is_rank_zero() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |n: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == n)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        assert_eq!(not_rank_zero(env(&[])), None);
+        assert_eq!(
+            not_rank_zero(env(&[
+                ("NASOP_PRIMARY_JOB", "true"),
+                ("NASOP_JOB_INDEX", "0"),
+                ("JOB_COMPLETION_INDEX", "0")
+            ])),
+            None
+        );
+        assert!(
+            not_rank_zero(env(&[
+                ("NASOP_PRIMARY_JOB", "false"),
+                ("NASOP_JOB_INDEX", "0")
+            ]))
+            .is_some()
+        );
+        assert!(
+            not_rank_zero(env(&[
+                ("NASOP_PRIMARY_JOB", "true"),
+                ("NASOP_JOB_INDEX", "1")
+            ]))
+            .is_some()
+        );
+        assert!(not_rank_zero(env(&[("JOB_COMPLETION_INDEX", "2")])).is_some());
+        assert!(not_rank_zero(env(&[("RANK", "1")])).is_some());
+        assert!(not_rank_zero(env(&[("PET_NODE_RANK", "1")])).is_some());
     }
 
     /// What spec.wrap turns into on a trial's command line is what `nasop wrap` reads.

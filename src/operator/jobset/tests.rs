@@ -125,6 +125,13 @@ spec:
         assert!(!env.contains_key("RANK"));
         assert_eq!(env["WORLD_SIZE"]["value"], "3");
         assert_eq!(env["MASTER_ADDR"]["value"], "e-3-2-a-0-0.e-3-2");
+        // Without a RANK, a program still knows where rank 0 is (nasop wrap reports there).
+        let primary = if j == 0 { "true" } else { "false" };
+        assert_eq!(env[contract::ENV_PRIMARY_JOB]["value"], primary);
+        assert_eq!(
+            env[contract::ENV_JOB_INDEX]["valueFrom"]["fieldRef"]["fieldPath"],
+            format!("metadata.labels['{LABEL_JOB_INDEX}']")
+        );
     }
 }
 
