@@ -211,10 +211,25 @@ class LocalClient(Client):
         return [from_results(name, t) for t in self.results(name).get("pareto_front") or []]
 
     def final_training(self, name: str) -> Optional[Dict[str, Any]]:
-        """With spec.finalTraining, once the search has ended: epochs, seeds, winner (a
-        rank) and candidates (rank, candidate, search_trial, trials, metrics with mean,
-        std, count); else None."""
-        return self.results(name).get("final_training")
+        """With spec.finalTraining, once the search has ended: winner (a rank) and
+        candidates (rank, candidate, search_trial (a trial's name), trials and succeeded
+        (counts), metrics with mean, std, count), as ClusterClient gives them; else None."""
+        results = self.results(name)
+        final = results.get("final_training")
+        if not final:
+            return None
+        phases = {t["index"]: t.get("phase") for t in results.get("trials") or []}
+        return {
+            "winner": final.get("winner"),
+            "candidates": [
+                {"rank": c.get("rank"), "candidate": c.get("candidate"),
+                 "search_trial": f"{name}-{c.get('search_trial')}",
+                 "trials": len(c.get("trials") or []),
+                 "succeeded": sum(1 for i in c.get("trials") or [] if phases.get(i) == "Succeeded"),
+                 "metrics": c.get("metrics") or {}}
+                for c in final.get("candidates") or []
+            ],
+        }
 
     def _open_model(self, name: str, artifact: str, torchscript: bool) -> Model:
         if artifact.startswith("s3://"):
