@@ -101,12 +101,15 @@ KC
 export KUBECONFIG=$kubeconfig
 wait_for kube-apiserver kube-apiserver 90 kubectl get --raw /readyz
 
+# NASOP_TESTENV_CM_FLAGS adds flags (the Katib benchmark's client limit: --kube-api-qps,
+# --kube-api-burst, and --use-service-account-credentials so that its controllers' requests
+# are audited as their service accounts).
 start kube-controller-manager "$bin/kube-controller-manager" --kubeconfig "$kubeconfig" \
   --authentication-kubeconfig "$kubeconfig" --authorization-kubeconfig "$kubeconfig" \
   --leader-elect=false --controllers '*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller,-route' \
   --node-monitor-grace-period 24h --node-startup-grace-period 24h \
   --service-account-private-key-file "$state/certs/sa.key" --root-ca-file "$state/certs/apiserver.crt" \
-  --bind-address 127.0.0.1 --secure-port "$cm_port"
+  --bind-address 127.0.0.1 --secure-port "$cm_port" ${NASOP_TESTENV_CM_FLAGS:-}
 start kube-scheduler "$bin/kube-scheduler" --kubeconfig "$kubeconfig" \
   --authentication-kubeconfig "$kubeconfig" --authorization-kubeconfig "$kubeconfig" \
   --leader-elect=false --bind-address 127.0.0.1 --secure-port "$sched_port"

@@ -175,16 +175,23 @@ impl Katib {
         };
         let mut pids = read("pids");
         pids.extend(read("suggestions"));
-        // The postmaster: its backends' CPU is counted in its own as they exit, their memory
-        // is not (shared buffers would count once per backend).
+        // The postmaster and its backends (the DB manager's connections, the background
+        // writers): memory as PSS counts their shared buffers once among them, and each
+        // backend's CPU counts as its own (the postmaster's then without its children's).
         if let Ok(dir) = std::fs::read_to_string(self.state.join("pgdata"))
             && let Ok(pidfile) =
                 std::fs::read_to_string(PathBuf::from(dir.trim()).join("data/postmaster.pid"))
             && let Some(pid) = pidfile.lines().next().and_then(|l| l.trim().parse().ok())
         {
             pids.push(pid);
+            pids.extend(super::measure::children(pid));
         }
         pids
+    }
+
+    /// The controller's log (tools/katib/up.sh writes it; a restart appends).
+    pub fn controller_log(&self) -> PathBuf {
+        self.state.join("logs/katib-controller.log")
     }
 
     fn controller_pid(&self) -> Option<u32> {

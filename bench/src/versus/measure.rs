@@ -23,6 +23,48 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     Some(f.get(11..15)?.iter().sum::<f64>() / ticks)
 }
 
+/// A process's own CPU-seconds so far, without its children's (for a process whose
+/// children are sampled themselves: PostgreSQL's postmaster).
+pub fn own_cpu_seconds(pid: u32) -> Option<f64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let f: Vec<f64> = text
+        .rsplit(')')
+        .next()?
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some(f.get(11..13)?.iter().sum::<f64>() / ticks)
+}
+
+/// A process's parent.
+fn parent(pid: u32) -> Option<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()?
+        .rsplit(')')
+        .next()?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// The CPU of each of `pids`: a process's own and its waited-for children's, except where
+/// its children are among `pids` (counted there, not twice).
+fn cpu_of(pids: &[u32]) -> Vec<(u32, f64)> {
+    let parents: std::collections::HashSet<u32> = pids.iter().filter_map(|&p| parent(p)).collect();
+    pids.iter()
+        .filter_map(|&pid| {
+            let c = if parents.contains(&pid) {
+                own_cpu_seconds(pid)
+            } else {
+                cpu_seconds(pid)
+            };
+            Some((pid, c?))
+        })
+        .collect()
+}
+
 /// A process's command name (/proc/PID/comm), or "?".
 pub fn command(pid: u32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/comm"))
@@ -43,6 +85,44 @@ pub fn rss_bytes(pid: u32) -> Option<f64> {
     Some(kib * 1024.0)
 }
 
+/// A process's proportional set size in bytes now (/proc/PID/smaps_rollup): each shared
+/// page counted as its share among the processes that map it, so that shared libraries and
+/// PostgreSQL's shared buffers count once across processes, not once per process.
+pub fn pss_bytes(pid: u32) -> Option<f64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    let kib: f64 = text
+        .lines()
+        .find(|l| l.starts_with("Pss:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kib * 1024.0)
+}
+
+/// The processes whose parent is `pid` (PostgreSQL's backends under its postmaster).
+pub fn children(pid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&child| {
+            std::fs::read_to_string(format!("/proc/{child}/stat"))
+                .ok()
+                .and_then(|s| {
+                    s.rsplit(')')
+                        .next()?
+                        .split_whitespace()
+                        .nth(1)?
+                        .parse::<u32>()
+                        .ok()
+                })
+                == Some(pid)
+        })
+        .collect()
+}
+
 /// Samples a changing set of processes every 200 ms: the CPU each used while sampled, and
 /// the peak of their summed resident memory. A process that exits keeps its last sample; one
 /// that appears counts from its first (its CPU before that, a start-up, is its own cost too,
@@ -54,6 +134,8 @@ struct Samples {
     /// pid -> its command name.
     names: HashMap<u32, String>,
     peak_rss: f64,
+    /// The peak of their summed PSS (see [`pss_bytes`]).
+    peak_pss: f64,
 }
 
 pub struct Sampler {
@@ -68,22 +150,21 @@ impl Sampler {
         let samples: Arc<Mutex<Samples>> = Arc::default();
         {
             let mut s = samples.lock().unwrap_or_else(|e| e.into_inner());
-            for &pid in existing {
-                if let Some(c) = cpu_seconds(pid) {
-                    s.cpu.insert(pid, (c, c));
-                }
+            for (pid, c) in cpu_of(existing) {
+                s.cpu.insert(pid, (c, c));
             }
         }
         let shared = samples.clone();
         let task = tokio::spawn(async move {
             loop {
                 let now = pids();
-                let mut rss = 0.0;
+                let (mut rss, mut pss) = (0.0, 0.0);
                 let mut cpu = Vec::new();
-                for pid in now {
-                    if let (Some(c), Some(r)) = (cpu_seconds(pid), rss_bytes(pid)) {
+                for (pid, c) in cpu_of(&now) {
+                    if let Some(r) = rss_bytes(pid) {
                         cpu.push((pid, c));
                         rss += r;
+                        pss += pss_bytes(pid).unwrap_or(r);
                     }
                 }
                 {
@@ -93,6 +174,7 @@ impl Sampler {
                         s.names.entry(pid).or_insert_with(|| command(pid));
                     }
                     s.peak_rss = s.peak_rss.max(rss);
+                    s.peak_pss = s.peak_pss.max(pss);
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
@@ -100,8 +182,9 @@ impl Sampler {
         Sampler { samples, task }
     }
 
-    /// CPU-seconds used (in all, and by command name), peak MiB; stops sampling.
-    pub async fn finish(self) -> (f64, BTreeMap<String, f64>, f64) {
+    /// CPU-seconds used (in all, and by command name), peak RSS and peak PSS in MiB; stops
+    /// sampling.
+    pub async fn finish(self) -> (f64, BTreeMap<String, f64>, f64, f64) {
         // One last sample's worth of time, so the final moments count.
         tokio::time::sleep(Duration::from_millis(250)).await;
         self.task.abort();
@@ -112,7 +195,8 @@ impl Sampler {
             *by_name.entry(name).or_default() += (b - a).max(0.0);
         }
         let cpu = by_name.values().sum();
-        (cpu, by_name, s.peak_rss / (1024.0 * 1024.0))
+        let mib = 1024.0 * 1024.0;
+        (cpu, by_name, s.peak_rss / mib, s.peak_pss / mib)
     }
 }
 
@@ -182,10 +266,24 @@ impl Audit {
 
     /// `verb resource[/subresource]` -> count, for requests by `user` since the offset.
     pub fn count(&self, user: &str) -> anyhow::Result<BTreeMap<String, u64>> {
+        self.count_by(user, |u| u == user)
+    }
+
+    /// The same for every user whose name starts with `prefix` (the controller manager's
+    /// controllers, each its own service account with --use-service-account-credentials).
+    pub fn count_prefix(&self, prefix: &str) -> anyhow::Result<BTreeMap<String, u64>> {
+        self.count_by(prefix, |u| u.starts_with(prefix))
+    }
+
+    fn count_by(
+        &self,
+        needle: &str,
+        matches: impl Fn(&str) -> bool,
+    ) -> anyhow::Result<BTreeMap<String, u64>> {
         let mut out = BTreeMap::new();
         for (mut file, offset) in self.files()? {
             file.seek(SeekFrom::Start(offset))?;
-            count_lines(std::io::BufReader::new(file), user, &mut out)?;
+            count_lines(std::io::BufReader::new(file), needle, &matches, &mut out)?;
         }
         Ok(out)
     }
@@ -193,19 +291,20 @@ impl Audit {
 
 fn count_lines(
     input: impl BufRead,
-    user: &str,
+    needle: &str,
+    matches: &dyn Fn(&str) -> bool,
     out: &mut BTreeMap<String, u64>,
 ) -> anyhow::Result<()> {
     {
         for line in input.lines() {
             let line = line?;
-            if !line.contains(user) {
+            if !line.contains(needle) {
                 continue;
             }
             let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
                 continue;
             };
-            if event["user"]["username"] != user {
+            if !event["user"]["username"].as_str().is_some_and(matches) {
                 continue;
             }
             let object = &event["objectRef"];
@@ -218,6 +317,38 @@ fn count_lines(
         }
     }
     Ok(())
+}
+
+/// A log file read from an offset: how many lines since then hold a phrase (client-go's
+/// "Waited for ... due to client-side throttling").
+pub struct LogTail {
+    path: PathBuf,
+    offset: u64,
+}
+
+impl LogTail {
+    /// From the end of `path` now; a file that does not exist yet counts from its start.
+    pub fn from_now(path: PathBuf) -> LogTail {
+        let offset = std::fs::metadata(&path).map_or(0, |m| m.len());
+        LogTail { path, offset }
+    }
+
+    pub fn count(&self, phrase: &str) -> u64 {
+        let Ok(mut file) = std::fs::File::open(&self.path) else {
+            return 0;
+        };
+        // A file rotated or truncated since: count it whole.
+        let len = file.metadata().map_or(0, |m| m.len());
+        let offset = if len < self.offset { 0 } else { self.offset };
+        if file.seek(SeekFrom::Start(offset)).is_err() {
+            return 0;
+        }
+        std::io::BufReader::new(file)
+            .split(b'\n')
+            .map_while(Result::ok)
+            .filter(|l| String::from_utf8_lossy(l).contains(phrase))
+            .count() as u64
+    }
 }
 
 /// Trial pods as a watch sees them: when each appeared and ended, per experiment.
@@ -233,6 +364,8 @@ pub struct PodTimes {
     pub experiment: String,
     pub trial: String,
     pub created: Instant,
+    /// When the watch first saw it Running.
+    pub running: Option<Instant>,
     pub ended: Option<Instant>,
 }
 
@@ -248,12 +381,81 @@ impl Timeline {
                 experiment: experiment.to_string(),
                 trial: trial.to_string(),
                 created: Instant::now(),
+                running: None,
                 ended: None,
             },
         );
         self.active += 1;
         self.max_active = self.max_active.max(self.active);
         true
+    }
+
+    /// The pod runs (first seen Running, or ended without being seen Running: then from
+    /// its end, running no time).
+    pub fn running(&mut self, pod: &str) {
+        if let Some(p) = self.pods.get_mut(pod) {
+            p.running.get_or_insert_with(Instant::now);
+        }
+    }
+
+    /// Per experiment, a slot freed (a trial pod's end) to the pod created for it, in
+    /// milliseconds, slots served first-freed first: an experiment starts with
+    /// `parallelism` free slots (their first pods are not refills), each end frees one, each
+    /// new pod takes the one free longest. An operator that leaves slots empty makes every
+    /// later slot wait behind them, so this is a refill latency whether or not the operator
+    /// fills its parallelism; the same definition for both operators.
+    pub fn refill_ms(&self, parallelism: usize) -> Vec<f64> {
+        let mut by_experiment: HashMap<&str, Vec<(Instant, bool)>> = HashMap::new();
+        for p in self.pods.values() {
+            let e = by_experiment.entry(&p.experiment).or_default();
+            e.push((p.created, true));
+            if let Some(end) = p.ended {
+                e.push((end, false));
+            }
+        }
+        let mut out = Vec::new();
+        for mut events in by_experiment.into_values() {
+            // At one instant, an end frees its slot before a pod takes one.
+            events.sort_by_key(|&(at, created)| (at, created));
+            // None: one of the slots free from the start.
+            let mut free: std::collections::VecDeque<Option<Instant>> =
+                std::iter::repeat_n(None, parallelism).collect();
+            for (at, created) in events {
+                if created {
+                    if let Some(Some(freed)) = free.pop_front() {
+                        out.push((at - freed).as_secs_f64() * 1000.0);
+                    }
+                } else {
+                    free.push_back(Some(at));
+                }
+            }
+        }
+        out.sort_by(f64::total_cmp);
+        out
+    }
+
+    /// The share of slot-seconds from `start` to `end` with a trial pod running, over
+    /// `slots` slots.
+    pub fn slot_utilisation(&self, slots: usize, start: Instant, end: Instant) -> f64 {
+        let span = end.saturating_duration_since(start).as_secs_f64() * slots as f64;
+        if span <= 0.0 {
+            return f64::NAN;
+        }
+        let busy: f64 = self
+            .pods
+            .values()
+            .filter_map(|p| {
+                let from = p.running?.max(start);
+                let to = p.ended.unwrap_or(end).min(end);
+                Some(to.saturating_duration_since(from).as_secs_f64())
+            })
+            .sum();
+        busy / span
+    }
+
+    /// The first time a trial pod ran.
+    pub fn first_running(&self) -> Option<Instant> {
+        self.pods.values().filter_map(|p| p.running).min()
     }
 
     pub fn ended(&mut self, pod: &str) {
@@ -350,6 +552,7 @@ mod tests {
                     experiment: exp.into(),
                     trial: pod.into(),
                     created: ms(created),
+                    running: None,
                     ended: ended.map(ms),
                 },
             );
@@ -357,6 +560,61 @@ mod tests {
         assert_eq!(t.end_to_next_pod_ms(), vec![10.0, 10.0]);
         assert_eq!(t.ended_count(), 3);
         assert_eq!(t.last_change(), Some(ms(270)));
+    }
+
+    #[test]
+    fn a_slot_waits_behind_slots_left_empty_and_utilisation_counts_running_time() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut t = Timeline::default();
+        // Parallelism 2. p0 and p1 take the two first slots; p0 ends at 100, p2 comes at
+        // 130 (a refill of 30 ms); p1 ends at 200, p3 comes at 500 (300 ms).
+        for (pod, created, running, ended) in [
+            ("p0", 0, Some(10), Some(100)),
+            ("p1", 0, Some(10), Some(200)),
+            ("p2", 130, Some(140), Some(300)),
+            ("p3", 500, Some(500), Some(600)),
+        ] {
+            t.pods.insert(
+                pod.into(),
+                PodTimes {
+                    experiment: "a".into(),
+                    trial: pod.into(),
+                    created: ms(created),
+                    running: running.map(ms),
+                    ended: ended.map(ms),
+                },
+            );
+        }
+        assert_eq!(t.refill_ms(2), vec![30.0, 300.0]);
+        // With parallelism 3 the first three pods took free slots: p3 takes p0's slot,
+        // free since 100.
+        assert_eq!(t.refill_ms(3), vec![400.0]);
+        // Running: 90 + 190 + 160 + 100 = 540 ms of 2 slots × 600 ms.
+        let u = t.slot_utilisation(2, ms(0), ms(600));
+        assert!((u - 0.45).abs() < 1e-9, "{u}");
+        assert_eq!(t.first_running(), Some(ms(10)));
+    }
+
+    #[test]
+    fn a_log_tail_counts_the_lines_written_since() {
+        use std::io::Write;
+        let path = std::env::temp_dir().join(format!("nasop-logtail-{}", std::process::id()));
+        std::fs::write(&path, "Waited for 1s due to client-side throttling\n").unwrap();
+        let tail = LogTail::from_now(path.clone());
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        writeln!(
+            f,
+            "I1207 Waited for 2.1s due to client-side throttling, not priority and fairness"
+        )
+        .unwrap();
+        writeln!(f, "other").unwrap();
+        assert_eq!(tail.count("client-side throttling"), 1);
+        assert_eq!(LogTail::from_now(path.with_extension("none")).count("x"), 0);
+        std::fs::remove_file(path).unwrap();
     }
 
     #[test]
@@ -422,6 +680,8 @@ mod tests {
         let pid = std::process::id();
         assert!(cpu_seconds(pid).is_some());
         assert!(rss_bytes(pid).unwrap() > 1e6);
+        let pss = pss_bytes(pid).unwrap();
+        assert!(pss > 0.0 && pss <= rss_bytes(pid).unwrap() * 1.5, "{pss}");
         assert!(cpu_seconds(u32::MAX).is_none());
     }
 }

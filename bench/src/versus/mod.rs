@@ -53,11 +53,25 @@ pub enum Shape {
     Long,
     /// The latency shape with the operator's controller killed --kills times.
     Faults,
+    /// Trials that take time, as a user's do: one experiment of --running-trials trials at
+    /// --running-parallelism, each trial pod held --hold-seconds (60-120) by KWOK.
+    Running,
+    /// The same with --running-experiments experiments of --running-experiment-trials
+    /// trials at --running-experiment-parallelism.
+    RunningMany,
 }
 
-/// An operator's or a shape's name in the table and the JSON: "nasop", "latency".
+/// An operator's or a shape's name in the table and the JSON, as on the command line:
+/// "nasop", "latency", "running-many".
 pub fn name(v: impl std::fmt::Debug) -> String {
-    format!("{v:?}").to_lowercase()
+    let mut out = String::new();
+    for (i, c) in format!("{v:?}").chars().enumerate() {
+        if c.is_uppercase() && i > 0 {
+            out.push('-');
+        }
+        out.extend(c.to_lowercase());
+    }
+    out
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -70,7 +84,7 @@ pub struct VersusArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "latency,many,long,faults"
+        default_value = "latency,many,long,faults,running,running-many"
     )]
     pub shapes: Vec<Shape>,
     /// Runs of each shape for each operator (the table shows the median and spread).
@@ -81,6 +95,23 @@ pub struct VersusArgs {
     /// Trials of each experiment of the `many` shape.
     #[arg(long, default_value_t = 60)]
     pub experiment_trials: u32,
+    /// Trials of the `running` shape's experiment.
+    #[arg(long, default_value_t = 600)]
+    pub running_trials: u32,
+    /// Its parallelism.
+    #[arg(long, default_value_t = 100)]
+    pub running_parallelism: u32,
+    /// Experiments of the `running-many` shape, their trials and parallelism each.
+    #[arg(long, default_value_t = 20)]
+    pub running_experiments: u32,
+    #[arg(long, default_value_t = 10)]
+    pub running_experiment_trials: u32,
+    #[arg(long, default_value_t = 5)]
+    pub running_experiment_parallelism: u32,
+    /// How long a trial pod of the running shapes runs, in seconds: MIN-MAX, each trial's
+    /// own from its name (the same for both operators).
+    #[arg(long, default_value = "60-120", value_parser = parse_hold)]
+    pub hold_seconds: (u64, u64),
     /// Controller kills in the `faults` shape, spread over the run.
     #[arg(long, default_value_t = 3)]
     pub kills: u32,
@@ -146,6 +177,61 @@ pub struct Run {
     pub resume_seconds: Vec<f64>,
     /// Why the run did not finish, if it did not.
     pub error: Option<String>,
+    /// The controller manager's client settings (see [`control_plane`]).
+    pub control_plane: String,
+    /// A slot freed → the pod created for it (see `Timeline::refill_ms`).
+    #[serde(deserialize_with = "nan_if_null")]
+    pub refill_ms_p50: f64,
+    #[serde(deserialize_with = "nan_if_null")]
+    pub refill_ms_p99: f64,
+    /// The share of slot-seconds (experiments × parallelism × wall time) with a trial pod
+    /// running.
+    #[serde(deserialize_with = "nan_if_null")]
+    pub slot_utilisation: f64,
+    /// From creating the experiments to the first trial pod running.
+    #[serde(deserialize_with = "nan_if_null")]
+    pub apply_to_first_running_seconds: f64,
+    /// The peak of the operator's processes' summed PSS (smaps_rollup).
+    #[serde(deserialize_with = "nan_if_null")]
+    pub peak_pss_mib: f64,
+    /// The controller manager's API requests per trial (its controllers' service
+    /// accounts; 0 unless it runs with --use-service-account-credentials).
+    #[serde(deserialize_with = "nan_if_null")]
+    pub controller_manager_requests_per_trial: f64,
+    /// Client-side throttling waits logged during the run, by component.
+    pub throttled_waits: BTreeMap<String, u64>,
+}
+
+fn parse_hold(text: &str) -> Result<(u64, u64), String> {
+    let (a, b) = text.split_once('-').unwrap_or((text, text));
+    let parse = |x: &str| {
+        x.trim()
+            .parse::<u64>()
+            .map_err(|_| format!("{text:?}: give seconds as MIN-MAX, e.g. 60-120"))
+    };
+    let (a, b) = (parse(a)?, parse(b)?);
+    if a > b {
+        return Err(format!("{text:?}: MIN above MAX"));
+    }
+    Ok((a, b))
+}
+
+/// How long the running shapes hold trial `trial`'s pod: a value in `hold` from its name.
+pub fn hold_for(trial: &str, hold: (u64, u64)) -> std::time::Duration {
+    // FNV-1a: the same name, the same time, in every run and for both operators' names.
+    let h = trial.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    });
+    std::time::Duration::from_secs(hold.0 + h % (hold.1 - hold.0 + 1))
+}
+
+/// The control plane the runs were measured on: tools/testenv/up.sh's extra
+/// kube-controller-manager flags (NASOP_TESTENV_CM_FLAGS), or "defaults".
+pub fn control_plane() -> String {
+    match std::env::var("NASOP_TESTENV_CM_FLAGS") {
+        Ok(f) if f.contains("--kube-api-qps") => f.trim().to_string(),
+        _ => "defaults".into(),
+    }
 }
 
 fn nan_if_null<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
@@ -334,6 +420,8 @@ fn pod_trial(side: Side, pod: &Pod) -> Option<(String, String, Option<String>)> 
 /// collector would).
 struct VersusPlayer {
     side: Side,
+    /// The running shapes: how long each trial pod runs.
+    hold: Option<(u64, u64)>,
     table: Arc<Tabular>,
     katib: Option<Arc<katib::Katib>>,
     timeline: Arc<Mutex<Timeline>>,
@@ -348,6 +436,9 @@ impl Player for VersusPlayer {
         let name = pod.name_any();
         let mut t = self.timeline.lock().unwrap_or_else(|e| e.into_inner());
         t.seen(&name, &experiment, &trial);
+        if pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running") {
+            t.running(&name);
+        }
         if matches!(
             pod.status.as_ref().and_then(|s| s.phase.as_deref()),
             Some("Succeeded" | "Failed")
@@ -359,7 +450,11 @@ impl Player for VersusPlayer {
     fn plan(&self, pod: &Pod) -> Option<Plan> {
         let (_, trial, candidate) = pod_trial(self.side, pod)?;
         let (side, table, katib) = (self.side, self.table.clone(), self.katib.clone());
+        let hold = self.hold.map(|h| hold_for(&trial, h));
         Some(Plan::Later(Box::pin(async move {
+            if let Some(hold) = hold {
+                tokio::time::sleep(hold).await;
+            }
             let candidate = candidate.context("the pod names no architecture")?;
             let metrics = table.evaluate(&candidate, 12)?;
             let val = metrics.get("val_accuracy").copied().unwrap_or(0.0);
@@ -388,6 +483,7 @@ impl Player for VersusPlayer {
 /// Plays the trainer for every trial pod of the namespace (see [`VersusPlayer`]).
 fn play_trainer(
     side: Side,
+    hold: Option<(u64, u64)>,
     pods: Api<Pod>,
     table: Arc<Tabular>,
     katib: Option<Arc<katib::Katib>>,
@@ -396,6 +492,7 @@ fn play_trainer(
 ) -> FakeTrainer {
     let player = VersusPlayer {
         side,
+        hold,
         table,
         katib,
         timeline,
@@ -412,6 +509,21 @@ mod tests {
         serde_json::from_value(serde_json::json!({"apiVersion": "v1", "kind": kind,
             "metadata": {"name": "x"}, "status": status}))
         .unwrap()
+    }
+
+    #[test]
+    fn a_trial_is_held_the_same_time_in_every_run_within_the_range() {
+        let names: Vec<String> = (0..200).map(|i| format!("e0-{i}")).collect();
+        let holds: Vec<u64> = names
+            .iter()
+            .map(|n| hold_for(n, (60, 120)).as_secs())
+            .collect();
+        assert!(holds.iter().all(|h| (60..=120).contains(h)));
+        assert!(holds.iter().min() < Some(&70) && holds.iter().max() > Some(&110));
+        assert_eq!(hold_for("e0-7", (60, 120)), hold_for("e0-7", (60, 120)));
+        assert_eq!(parse_hold("60-120"), Ok((60, 120)));
+        assert_eq!(parse_hold("5"), Ok((5, 5)));
+        assert!(parse_hold("9-3").is_err());
     }
 
     #[test]

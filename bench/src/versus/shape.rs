@@ -3,7 +3,7 @@
 //! figures.
 
 use super::katib::{self, Katib};
-use super::measure::{Audit, Sampler, Timeline, quantile};
+use super::measure::{Audit, LogTail, Sampler, Timeline, quantile};
 use super::nasop_operator::NasopOperator;
 use super::{Run, Shape, Side, VersusArgs, largest_objects, name, play_trainer, succeeded_trials};
 use anyhow::{Context, Result, bail};
@@ -40,6 +40,12 @@ pub async fn shape_run(
             args.sizes.experiments,
             args.experiment_trials,
             args.sizes.experiment_parallelism,
+        ),
+        Shape::Running => (1, args.running_trials, args.running_parallelism),
+        Shape::RunningMany => (
+            args.running_experiments,
+            args.running_experiment_trials,
+            args.running_experiment_parallelism,
         ),
     };
     let ns = format!(
@@ -320,8 +326,11 @@ async fn measure_shape(
     if let Some(k) = &operator.katib {
         k.start_suggestions(ns, &plan.names)?;
     }
+    let hold =
+        matches!(plan.shape, Shape::Running | Shape::RunningMany).then_some(args.hold_seconds);
     let trainer = play_trainer(
         side,
+        hold,
         Api::<Pod>::namespaced(client.clone(), ns),
         table.clone(),
         operator.katib.clone(),
@@ -331,21 +340,46 @@ async fn measure_shape(
     let (trials_task, trials_seen) = watch_trials(client, side, ns);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let audit = Audit::from_now()?;
+    // Client-side throttling: the controller manager's (client-go, its --kube-api-qps) and
+    // Katib's controller's (controller-runtime's client); nasop's kube-rs client has none.
+    let logs = std::env::var("KUBECONFIG")
+        .ok()
+        .and_then(|k| std::path::PathBuf::from(k).parent().map(|d| d.join("logs")))
+        .unwrap_or_default();
+    let mut throttle_logs = vec![(
+        "controller-manager",
+        LogTail::from_now(logs.join("kube-controller-manager.log")),
+    )];
+    if let Some(k) = &operator.katib {
+        throttle_logs.push(("katib-controller", LogTail::from_now(k.controller_log())));
+    }
+    let applied = Instant::now();
     create_experiments(client, plan).await?;
     let ending = await_end(client, args, plan, &mut operator, &timeline, &trials_seen).await?;
+    let ended_at = Instant::now();
     // What went wrong is in what the operator logged while nothing moved.
     let gave_up_window = k8s_openapi::jiff::Timestamp::now()
         - k8s_openapi::jiff::SignedDuration::from_secs(args.stall as i64);
     // Requests until the last experiment ended (no more from here).
     let requests = audit.count(&operator.user())?;
+    let controller_manager: u64 = audit
+        .count_prefix("system:serviceaccount:kube-system:")?
+        .values()
+        .sum();
+    let throttled_waits = throttle_logs
+        .iter()
+        .map(|(who, log)| (who.to_string(), log.count("client-side throttling")))
+        .collect();
     drop(trainer);
     trials_task.abort();
-    let (cpu, cpu_by_process, peak) = sampler.finish().await;
+    let (cpu, cpu_by_process, peak, peak_pss) = sampler.finish().await;
     let largest = largest_objects(client, side, ns).await?;
     let succeeded = succeeded_trials(client, side, ns).await?;
     let t = timeline.lock().unwrap_or_else(|e| e.into_inner());
     let seen = trials_seen.lock().unwrap_or_else(|e| e.into_inner());
     let latency = t.end_to_next_pod_ms();
+    let refill = t.refill_ms(plan.parallelism as usize);
+    let slots = plan.names.len() * plan.parallelism as usize;
     let total_requests: u64 = requests.values().sum();
     // Per trial made: the same as per trial of the shape when the run finished, and still
     // a per-trial figure when it did not.
@@ -386,6 +420,16 @@ async fn measure_shape(
         trials_run_twice: t.trials_with_several_pods(),
         resume_seconds: seen.resume_seconds(&ending.restarts),
         error,
+        control_plane: super::control_plane(),
+        refill_ms_p50: quantile(&refill, 0.5),
+        refill_ms_p99: quantile(&refill, 0.99),
+        slot_utilisation: t.slot_utilisation(slots, applied, ended_at),
+        apply_to_first_running_seconds: t
+            .first_running()
+            .map_or(f64::NAN, |f| (f - applied).as_secs_f64()),
+        peak_pss_mib: peak_pss,
+        controller_manager_requests_per_trial: controller_manager as f64 / made,
+        throttled_waits,
         ..Run::default()
     })
 }

@@ -59,15 +59,50 @@ fn spread(values: &[f64], digits: usize) -> String {
     )
 }
 
-/// The table's columns: each operator of `--operators` at its defaults, then at each other
-/// setting the runs were measured with, in the order first seen.
+/// A run's settings as its column names them: the operator's flags, and the controller
+/// manager's client limit it ran beside ("" for runs saved before that was recorded).
+fn setting(r: &Run) -> String {
+    let flag = |name: &str| {
+        r.control_plane
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix(&format!("--{name}=")))
+            .unwrap_or("?")
+            .to_string()
+    };
+    let plane = match r.control_plane.as_str() {
+        "" => String::new(),
+        "defaults" => "controller manager: defaults (20 qps)".into(),
+        _ => format!(
+            "controller manager: {} qps, burst {}",
+            flag("kube-api-qps"),
+            flag("kube-api-burst")
+        ),
+    };
+    [r.settings.as_str(), plane.as_str()]
+        .iter()
+        .filter(|s| !s.is_empty())
+        .map(|s| s.to_string())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// The table's columns: each operator of `--operators`, at each setting the runs were
+/// measured with (its defaults first), in the order first seen.
 fn columns(args: &VersusArgs, runs: &[Run]) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = Vec::new();
     for side in &args.operators {
         let side = super::name(*side);
-        out.push((side.clone(), String::new()));
-        for r in runs.iter().filter(|r| r.operator == side) {
-            let column = (side.clone(), r.settings.clone());
+        let mut mine: Vec<(String, String)> = runs
+            .iter()
+            .filter(|r| r.operator == side)
+            .map(|r| (side.clone(), setting(r)))
+            .collect();
+        if mine.is_empty() {
+            mine.push((side.clone(), String::new()));
+        }
+        // Its defaults first.
+        mine.sort_by_key(|c| !c.1.is_empty());
+        for column in mine {
             if !out.contains(&column) {
                 out.push(column);
             }
@@ -97,23 +132,50 @@ pub fn print(args: &VersusArgs, runs: &[Run]) {
         }
         let of = |side: &(String, String)| -> Vec<&Run> {
             runs.iter()
-                .filter(|r| r.shape == shape && r.operator == side.0 && r.settings == side.1)
+                .filter(|r| r.shape == shape && r.operator == side.0 && setting(r) == side.1)
                 .collect()
         };
         type Figure = (&'static str, usize, fn(&Run) -> f64);
-        let figures: [Figure; 10] = [
+        let figures: [Figure; 17] = [
             ("wall time, s", 1, |r| r.wall_seconds),
             ("trials per second", 1, |r| r.trials_per_second),
-            ("trial end → next pod, p50 ms", 0, |r| {
-                r.end_to_next_pod_ms_p50
+            ("slot utilisation (trial pods running / slots)", 2, |r| {
+                r.slot_utilisation
             }),
-            ("trial end → next pod, p99 ms", 0, |r| {
-                r.end_to_next_pod_ms_p99
+            ("apply → first trial pod running, s", 1, |r| {
+                r.apply_to_first_running_seconds
+            }),
+            ("a slot freed → its next pod, p50 ms", 0, |r| {
+                r.refill_ms_p50
+            }),
+            ("a slot freed → its next pod, p99 ms", 0, |r| {
+                r.refill_ms_p99
             }),
             ("most trial pods running", 0, |r| r.max_running_pods as f64),
             ("operator CPU-seconds", 1, |r| r.cpu_seconds),
-            ("operator peak RSS, MiB", 1, |r| r.peak_rss_mib),
-            ("API requests per trial", 2, |r| r.api_requests_per_trial),
+            ("operator CPU-ms per trial", 1, |r| {
+                r.cpu_seconds * 1000.0 / r.trials.max(1) as f64
+            }),
+            ("operator peak PSS, MiB", 1, |r| r.peak_pss_mib),
+            ("operator peak RSS (summed), MiB", 1, |r| r.peak_rss_mib),
+            ("operator API requests per trial", 2, |r| {
+                r.api_requests_per_trial
+            }),
+            ("controller-manager API requests per trial", 2, |r| {
+                r.controller_manager_requests_per_trial
+            }),
+            ("controller-manager throttling waits", 0, |r| {
+                r.throttled_waits
+                    .get("controller-manager")
+                    .map_or(f64::NAN, |n| *n as f64)
+            }),
+            ("operator client throttling waits", 0, |r| {
+                r.throttled_waits
+                    .iter()
+                    .filter(|(k, _)| *k != "controller-manager")
+                    .map(|(_, n)| *n as f64)
+                    .sum()
+            }),
             ("trials lost", 0, |r| r.trials_lost as f64),
             ("trials run twice", 0, |r| r.trials_run_twice as f64),
         ];
@@ -290,6 +352,30 @@ mod tests {
         assert_eq!(
             columns,
             expected.map(|(o, s)| (o.to_string(), s.to_string()))
+        );
+        // The controller manager's limit makes columns of its own.
+        let on = |operator: &str, plane: &str| Run {
+            operator: operator.into(),
+            control_plane: plane.into(),
+            ..Run::default()
+        };
+        let tuned = "--kube-api-qps=100 --kube-api-burst=200 --use-service-account-credentials";
+        let runs = [
+            on("nasop", tuned),
+            on("nasop", "defaults"),
+            on("katib", tuned),
+        ];
+        let labels: Vec<String> = super::columns(&args, &runs)
+            .into_iter()
+            .map(|c| c.1)
+            .collect();
+        assert_eq!(
+            labels,
+            [
+                "controller manager: 100 qps, burst 200",
+                "controller manager: defaults (20 qps)",
+                "controller manager: 100 qps, burst 200"
+            ]
         );
     }
 
