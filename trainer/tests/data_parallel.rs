@@ -8,12 +8,26 @@ use common::*;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// A port for rank 0's store. Not one from bind(0): that port is free only until the next
+/// bind(0) (a report server of a test running beside) may be given it, and rank 0 then fails
+/// with EADDRINUSE while the other ranks wait for it. Ports below the kernel's ephemeral range
+/// (where bind(0) picks), from a counter of this process, free when handed out.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOW: u32 = 20000;
+    const SPAN: u32 = 12000;
+    let start = std::process::id().wrapping_mul(37) % SPAN;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(n < SPAN, "no free port between {LOW} and {}", LOW + SPAN);
+        let port = (LOW + (start + n) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && std::net::TcpListener::bind(("0.0.0.0", port)).is_ok()
+        {
+            return port;
+        }
+    }
 }
 
 /// A quick run (common::quick's) on one thread: the ranks share the machine's cores.
@@ -65,6 +79,67 @@ fn spawn_ranks(world: usize, url: &str, extra: &[&str]) -> Vec<Child> {
         .collect()
 }
 
+/// Every rank's output, as a JobSet with no restarts would end them: once one rank has
+/// failed, the others (which would wait for it until the process group's timeout) are
+/// killed 30 s later; all are killed after 10 minutes.
+fn wait_ranks(mut children: Vec<Child>) -> Vec<Output> {
+    use std::io::Read;
+    let readers: Vec<_> = children
+        .iter_mut()
+        .map(|c| {
+            let mut out = c.stdout.take().unwrap();
+            let mut err = c.stderr.take().unwrap();
+            (
+                std::thread::spawn(move || {
+                    let mut b = Vec::new();
+                    let _ = out.read_to_end(&mut b);
+                    b
+                }),
+                std::thread::spawn(move || {
+                    let mut b = Vec::new();
+                    let _ = err.read_to_end(&mut b);
+                    b
+                }),
+            )
+        })
+        .collect();
+    let limit = Instant::now() + Duration::from_secs(600);
+    let mut statuses = vec![None; children.len()];
+    let mut failed_at: Option<Instant> = None;
+    while statuses.iter().any(Option::is_none) {
+        for (c, status) in children.iter_mut().zip(statuses.iter_mut()) {
+            if status.is_none()
+                && let Some(s) = c.try_wait().unwrap()
+            {
+                if !s.success() {
+                    failed_at.get_or_insert_with(Instant::now);
+                }
+                *status = Some(s);
+            }
+        }
+        let give_up = Instant::now() > limit
+            || failed_at.is_some_and(|f| f.elapsed() > Duration::from_secs(30));
+        if give_up {
+            for (c, status) in children.iter_mut().zip(statuses.iter_mut()) {
+                if status.is_none() {
+                    let _ = c.kill();
+                    *status = Some(c.wait().unwrap());
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    readers
+        .into_iter()
+        .zip(statuses)
+        .map(|((out, err), status)| Output {
+            status: status.unwrap(),
+            stdout: out.join().unwrap(),
+            stderr: err.join().unwrap(),
+        })
+        .collect()
+}
+
 /// The weights digest a rank logs at its end (each rank must hold the same model).
 fn digest(out: &Output) -> String {
     let err = String::from_utf8_lossy(&out.stderr);
@@ -76,10 +151,7 @@ fn digest(out: &Output) -> String {
 #[test]
 fn two_ranks_train_one_model_and_rank_zero_alone_reports() {
     let server = ReportServer::start(usize::MAX);
-    let outs: Vec<Output> = spawn_ranks(2, &server.url, &["--epochs", "3"])
-        .into_iter()
-        .map(|c| c.wait_with_output().unwrap())
-        .collect();
+    let outs: Vec<Output> = wait_ranks(spawn_ranks(2, &server.url, &["--epochs", "3"]));
     let printed = lines(&outs[0]);
     assert!(
         outs[1].status.success(),
@@ -119,10 +191,7 @@ fn two_ranks_train_one_model_and_rank_zero_alone_reports() {
 fn a_stop_reply_to_rank_zero_ends_every_rank() {
     let server = ReportServer::start(1);
     let started = Instant::now();
-    let outs: Vec<Output> = spawn_ranks(2, &server.url, &["--epochs", "20"])
-        .into_iter()
-        .map(|c| c.wait_with_output().unwrap())
-        .collect();
+    let outs: Vec<Output> = wait_ranks(spawn_ranks(2, &server.url, &["--epochs", "20"]));
     let last = lines(&outs[0]).last().unwrap().clone();
     assert_eq!(last["info"]["ending"], "StoppedByRunner");
     assert_eq!(metric(&last, "epoch"), 1.0);
@@ -236,10 +305,7 @@ fn terminated_ranks_resume_together_from_rank_zeros_checkpoint() {
         .spawn()
         .unwrap();
     let one = rank(1, 2, port, &server.url, &extra).spawn().unwrap();
-    let outs: Vec<Output> = [zero, one]
-        .into_iter()
-        .map(|c| c.wait_with_output().unwrap())
-        .collect();
+    let outs: Vec<Output> = wait_ranks(vec![zero, one]);
     let printed = lines(&outs[0]);
     assert!(
         printed[0]["step"].as_u64().unwrap() >= reported as u64,
@@ -268,10 +334,7 @@ fn a_batch_smaller_than_the_ranks_still_trains_one_model() {
         "--limit",
         "500",
     ];
-    let outs: Vec<Output> = spawn_ranks(4, &server.url, &extra)
-        .into_iter()
-        .map(|c| c.wait_with_output().unwrap())
-        .collect();
+    let outs: Vec<Output> = wait_ranks(spawn_ranks(4, &server.url, &extra));
     let last = lines(&outs[0]).last().unwrap().clone();
     assert!(metric(&last, "train_loss").is_finite());
     for out in &outs[1..] {
