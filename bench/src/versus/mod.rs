@@ -180,23 +180,29 @@ pub struct Run {
     /// The controller manager's client settings (see [`control_plane`]).
     pub control_plane: String,
     /// A slot freed → the pod created for it (see `Timeline::refill_ms`).
-    #[serde(deserialize_with = "nan_if_null")]
+    // Runs saved before it was measured read as not measured.
+    #[serde(default = "nan", deserialize_with = "nan_if_null")]
     pub refill_ms_p50: f64,
-    #[serde(deserialize_with = "nan_if_null")]
+    // Runs saved before it was measured read as not measured.
+    #[serde(default = "nan", deserialize_with = "nan_if_null")]
     pub refill_ms_p99: f64,
     /// The share of slot-seconds (experiments × parallelism × wall time) with a trial pod
     /// running.
-    #[serde(deserialize_with = "nan_if_null")]
+    // Runs saved before it was measured read as not measured.
+    #[serde(default = "nan", deserialize_with = "nan_if_null")]
     pub slot_utilisation: f64,
     /// From creating the experiments to the first trial pod running.
-    #[serde(deserialize_with = "nan_if_null")]
+    // Runs saved before it was measured read as not measured.
+    #[serde(default = "nan", deserialize_with = "nan_if_null")]
     pub apply_to_first_running_seconds: f64,
     /// The peak of the operator's processes' summed PSS (smaps_rollup).
-    #[serde(deserialize_with = "nan_if_null")]
+    // Runs saved before it was measured read as not measured.
+    #[serde(default = "nan", deserialize_with = "nan_if_null")]
     pub peak_pss_mib: f64,
     /// The controller manager's API requests per trial (its controllers' service
     /// accounts; 0 unless it runs with --use-service-account-credentials).
-    #[serde(deserialize_with = "nan_if_null")]
+    // Runs saved before it was measured read as not measured.
+    #[serde(default = "nan", deserialize_with = "nan_if_null")]
     pub controller_manager_requests_per_trial: f64,
     /// Client-side throttling waits logged during the run, by component.
     pub throttled_waits: BTreeMap<String, u64>,
@@ -232,6 +238,10 @@ pub fn control_plane() -> String {
         Ok(f) if f.contains("--kube-api-qps") => f.trim().to_string(),
         _ => "defaults".into(),
     }
+}
+
+fn nan() -> f64 {
+    f64::NAN
 }
 
 fn nan_if_null<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {

@@ -170,11 +170,18 @@ pub fn print(args: &VersusArgs, runs: &[Run]) {
                     .map_or(f64::NAN, |n| *n as f64)
             }),
             ("operator client throttling waits", 0, |r| {
-                r.throttled_waits
+                let theirs: Vec<f64> = r
+                    .throttled_waits
                     .iter()
                     .filter(|(k, _)| *k != "controller-manager")
                     .map(|(_, n)| *n as f64)
-                    .sum()
+                    .collect();
+                match (r.throttled_waits.is_empty(), theirs.is_empty()) {
+                    (true, _) => f64::NAN,
+                    // nasop's kube-rs client has no client-side limit.
+                    (false, true) => 0.0,
+                    (false, false) => theirs.iter().sum(),
+                }
             }),
             ("trials lost", 0, |r| r.trials_lost as f64),
             ("trials run twice", 0, |r| r.trials_run_twice as f64),
