@@ -8,59 +8,51 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// What /proc/PID/stat says of a process: its parent, and its CPU-seconds, its own and
+/// those of the children it has waited for.
+struct Stat {
+    parent: u32,
+    own: f64,
+    children: f64,
+}
+
+fn stat(pid: u32) -> Option<Stat> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name: state, ppid, ..., utime, stime, cutime, cstime (fields 14 to
+    // 17 of the whole line).
+    let f: Vec<&str> = text.rsplit(')').next()?.split_whitespace().collect();
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let seconds = |i: usize| f.get(i).map(|x| x.parse::<f64>().unwrap_or(0.0) / ticks);
+    Some(Stat {
+        parent: f.get(1)?.parse().ok()?,
+        own: seconds(11)? + seconds(12)?,
+        children: seconds(13)? + seconds(14)?,
+    })
+}
+
 /// A process's CPU-seconds so far: its own and those of the children it has waited for
 /// (PostgreSQL's backends come and go under its postmaster).
 pub fn cpu_seconds(pid: u32) -> Option<f64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // After the command name: utime, stime, cutime, cstime are fields 14 to 17.
-    let f: Vec<f64> = text
-        .rsplit(')')
-        .next()?
-        .split_whitespace()
-        .map(|x| x.parse().unwrap_or(0.0))
-        .collect();
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Some(f.get(11..15)?.iter().sum::<f64>() / ticks)
-}
-
-/// A process's own CPU-seconds so far, without its children's (for a process whose
-/// children are sampled themselves: PostgreSQL's postmaster).
-pub fn own_cpu_seconds(pid: u32) -> Option<f64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let f: Vec<f64> = text
-        .rsplit(')')
-        .next()?
-        .split_whitespace()
-        .map(|x| x.parse().unwrap_or(0.0))
-        .collect();
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Some(f.get(11..13)?.iter().sum::<f64>() / ticks)
-}
-
-/// A process's parent.
-fn parent(pid: u32) -> Option<u32> {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()?
-        .rsplit(')')
-        .next()?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
+    stat(pid).map(|s| s.own + s.children)
 }
 
 /// The CPU of each of `pids`: a process's own and its waited-for children's, except where
-/// its children are among `pids` (counted there, not twice).
+/// its children are among `pids` (counted there, not twice: PostgreSQL's postmaster).
 fn cpu_of(pids: &[u32]) -> Vec<(u32, f64)> {
-    let parents: std::collections::HashSet<u32> = pids.iter().filter_map(|&p| parent(p)).collect();
-    pids.iter()
-        .filter_map(|&pid| {
-            let c = if parents.contains(&pid) {
-                own_cpu_seconds(pid)
+    let stats: Vec<(u32, Stat)> = pids
+        .iter()
+        .filter_map(|&pid| Some((pid, stat(pid)?)))
+        .collect();
+    let parents: std::collections::HashSet<u32> = stats.iter().map(|(_, s)| s.parent).collect();
+    stats
+        .into_iter()
+        .map(|(pid, s)| {
+            let children = if parents.contains(&pid) {
+                0.0
             } else {
-                cpu_seconds(pid)
+                s.children
             };
-            Some((pid, c?))
+            (pid, s.own + children)
         })
         .collect()
 }
@@ -72,12 +64,12 @@ pub fn command(pid: u32) -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
-/// A process's resident memory in bytes now.
-pub fn rss_bytes(pid: u32) -> Option<f64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+/// A `Key:  N kB` line of a /proc file, in bytes.
+fn kib_line(path: &str, key: &str) -> Option<f64> {
+    let text = std::fs::read_to_string(path).ok()?;
     let kib: f64 = text
         .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
+        .find(|l| l.starts_with(key))?
         .split_whitespace()
         .nth(1)?
         .parse()
@@ -85,19 +77,16 @@ pub fn rss_bytes(pid: u32) -> Option<f64> {
     Some(kib * 1024.0)
 }
 
+/// A process's resident memory in bytes now.
+pub fn rss_bytes(pid: u32) -> Option<f64> {
+    kib_line(&format!("/proc/{pid}/status"), "VmRSS:")
+}
+
 /// A process's proportional set size in bytes now (/proc/PID/smaps_rollup): each shared
 /// page counted as its share among the processes that map it, so that shared libraries and
 /// PostgreSQL's shared buffers count once across processes, not once per process.
 pub fn pss_bytes(pid: u32) -> Option<f64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
-    let kib: f64 = text
-        .lines()
-        .find(|l| l.starts_with("Pss:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    Some(kib * 1024.0)
+    kib_line(&format!("/proc/{pid}/smaps_rollup"), "Pss:")
 }
 
 /// The processes whose parent is `pid` (PostgreSQL's backends under its postmaster).
@@ -107,19 +96,7 @@ pub fn children(pid: u32) -> Vec<u32> {
     };
     dir.flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&child| {
-            std::fs::read_to_string(format!("/proc/{child}/stat"))
-                .ok()
-                .and_then(|s| {
-                    s.rsplit(')')
-                        .next()?
-                        .split_whitespace()
-                        .nth(1)?
-                        .parse::<u32>()
-                        .ok()
-                })
-                == Some(pid)
-        })
+        .filter(|&child| stat(child).is_some_and(|s| s.parent == pid))
         .collect()
 }
 
@@ -683,5 +660,16 @@ mod tests {
         let pss = pss_bytes(pid).unwrap();
         assert!(pss > 0.0 && pss <= rss_bytes(pid).unwrap() * 1.5, "{pss}");
         assert!(cpu_seconds(u32::MAX).is_none());
+        // A child sampled beside its parent: the parent's CPU is its own only.
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        assert!(children(pid).contains(&child.id()));
+        let both = cpu_of(&[pid, child.id()]);
+        let own = stat(pid).unwrap().own;
+        assert!((both[0].1 - own).abs() < 0.05, "{both:?} vs own {own}");
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 }
