@@ -618,34 +618,7 @@ fn an_unmodified_script_reports_through_the_injected_wrapper(images: &str) {
         )
         .replace("maxTrials: 12", "maxTrials: 3")
         .replace("trialEpochs: 5", "trialEpochs: 3");
-    let out = with_stdin(&mut kube(&["apply", "-n", NAMESPACE, "-f", "-"]), &manifest);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut last = String::new();
-    loop {
-        assert!(
-            started.elapsed() < Duration::from_secs(600),
-            "{NAME} did not end within 600 s: {last}"
-        );
-        let exp = json(&["get", "nasexp", NAME, "-n", NAMESPACE]);
-        let status = &exp["status"];
-        let line = format!(
-            "{NAME}: phase {} progress {} conditions {}",
-            status["phase"], status["progress"], status["conditions"]
-        );
-        if line != last {
-            log(&line);
-            last = line;
-        }
-        match status["phase"].as_str() {
-            Some("Succeeded") => break,
-            Some("Failed") => panic!("{NAME} failed: {status}"),
-            _ => std::thread::sleep(Duration::from_secs(2)),
-        }
-    }
+    apply_and_await(NAME, &manifest, started, Duration::from_secs(600));
     let trials = items(
         "nastrials",
         NAMESPACE,
@@ -929,11 +902,9 @@ fn trials_train_data_parallel_on_two_pods(images: &str, experiment: &str, rank_l
     ]));
 }
 
-/// Applies `manifest` (an experiment `name` with storage) and waits for it to succeed; every
-/// promoted trial's first report must be the epoch after its parent's last (it continued the
-/// parent's checkpoint from the storage). Returns the experiment, its trials and how many
-/// were promotions (at least one).
-fn run_to_success(name: &str, manifest: &str, started: Instant) -> (Value, Vec<Value>, usize) {
+/// Applies `manifest` and waits until experiment `name` succeeds, logging each change of
+/// its status; returns its object. Panics when it fails, or `limit` after `started`.
+fn apply_and_await(name: &str, manifest: &str, started: Instant, limit: Duration) -> Value {
     let out = with_stdin(&mut kube(&["apply", "-n", NAMESPACE, "-f", "-"]), manifest);
     assert!(
         out.status.success(),
@@ -941,10 +912,10 @@ fn run_to_success(name: &str, manifest: &str, started: Instant) -> (Value, Vec<V
         String::from_utf8_lossy(&out.stderr)
     );
     let mut last = String::new();
-    let experiment = loop {
+    loop {
         assert!(
-            started.elapsed() < TIMEOUT,
-            "{name} did not end within {TIMEOUT:?}"
+            started.elapsed() < limit,
+            "{name} did not end within {limit:?}: {last}"
         );
         let exp = json(&["get", "nasexp", name, "-n", NAMESPACE]);
         let status = &exp["status"];
@@ -957,12 +928,20 @@ fn run_to_success(name: &str, manifest: &str, started: Instant) -> (Value, Vec<V
             last = line;
         }
         match status["phase"].as_str() {
-            Some("Succeeded") => break exp,
+            Some("Succeeded") => return exp,
             Some("Failed") => panic!("{name} failed: {status}"),
             _ => {}
         }
         std::thread::sleep(Duration::from_secs(3));
-    };
+    }
+}
+
+/// Applies `manifest` (an experiment `name` with storage) and waits for it to succeed; every
+/// promoted trial's first report must be the epoch after its parent's last (it continued the
+/// parent's checkpoint from the storage). Returns the experiment, its trials and how many
+/// were promotions (at least one).
+fn run_to_success(name: &str, manifest: &str, started: Instant) -> (Value, Vec<Value>, usize) {
+    let experiment = apply_and_await(name, manifest, started, TIMEOUT);
     let trials = items(
         "nastrials",
         NAMESPACE,
